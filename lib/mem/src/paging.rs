@@ -294,6 +294,20 @@ impl AddressSpace {
         len: u64,
         flags: Flags,
     ) -> Result<(), MapError> {
+        self.map_range_up_to(mem, virt, phys, len, flags, PageSize::Size1G)
+    }
+
+    /// [`AddressSpace::map_range`] with pages no larger than `largest` (1 GiB pages exist only on
+    /// CPUs that report them).
+    pub fn map_range_up_to(
+        &mut self,
+        mem: &mut impl TableMemory,
+        virt: u64,
+        phys: u64,
+        len: u64,
+        flags: Flags,
+        largest: PageSize,
+    ) -> Result<(), MapError> {
         if flags.writable && flags.executable {
             return Err(MapError::WritableAndExecutable);
         }
@@ -314,9 +328,9 @@ impl AddressSpace {
             _ => return Err(MapError::PhysTooLarge),
         }
 
-        for (mapped, (v, p, size)) in chunks(virt, phys, len).enumerate() {
+        for (mapped, (v, p, size)) in chunks(virt, phys, len, largest).enumerate() {
             if let Err(e) = self.map(mem, v, p, size, flags) {
-                for (v, _, size) in chunks(virt, phys, len).take(mapped) {
+                for (v, _, size) in chunks(virt, phys, len, largest).take(mapped) {
                     // Cannot fail: these pages were just mapped.
                     let _ = self.unmap(mem, v, size);
                 }
@@ -360,6 +374,13 @@ impl AddressSpace {
         }
         mem.write(table, idx, 0);
         Ok(e.addr() & !size.mask())
+    }
+
+    /// Calls `visit(virt, translation)` for every leaf mapping, in address order, with the
+    /// effective rights as [`AddressSpace::translate`] reports them (`phys` is the page base).
+    pub fn for_each_leaf(&self, mem: &impl TableMemory, visit: &mut dyn FnMut(u64, &Translation)) {
+        let all = Flags { writable: true, executable: true, user: true, ..Flags::default() };
+        walk(mem, self.root, LEVELS, 0, all, visit);
     }
 
     /// Walks the tables for `virt` as the CPU would, honouring huge pages.
@@ -467,15 +488,62 @@ fn leaf_entry(phys: u64, size: PageSize, flags: Flags) -> Pte {
     e
 }
 
+/// Visits the leaves under `table` (at `level`), which maps virtual addresses from `base`;
+/// `inherited` holds the rights the levels above allow.
+fn walk(
+    mem: &impl TableMemory,
+    table: u64,
+    level: usize,
+    base: u64,
+    inherited: Flags,
+    visit: &mut dyn FnMut(u64, &Translation),
+) {
+    let span = 1u64 << (12 + 9 * (level - 1));
+    for idx in 0..512 {
+        let e = Pte(mem.read(table, idx));
+        if !e.present() {
+            continue;
+        }
+        let mut virt = base + idx as u64 * span;
+        if level == LEVELS && virt & (1 << 47) != 0 {
+            virt |= 0xffff_0000_0000_0000; // sign-extend into the upper half
+        }
+        let flags = Flags {
+            writable: inherited.writable && e.writable(),
+            executable: inherited.executable && !e.no_execute(),
+            user: inherited.user && e.user(),
+            global: e.global(),
+            uncached: e.cache_disable(),
+        };
+        let size = match (level, e.huge()) {
+            (1, _) => Some(PageSize::Size4K),
+            (2, true) => Some(PageSize::Size2M),
+            (3, true) => Some(PageSize::Size1G),
+            (4, true) => continue, // reserved: the CPU faults, nothing is mapped
+            _ => None,
+        };
+        match size {
+            Some(size) => visit(virt, &Translation { phys: e.addr() & !size.mask(), size, flags }),
+            None => walk(mem, e.addr(), level - 1, virt, flags, visit),
+        }
+    }
+}
+
 /// Splits `[virt, virt + len)` into the largest pages the alignment of both addresses allows.
 /// The caller has checked that both ranges are 4 KiB-aligned and do not overflow.
-fn chunks(virt: u64, phys: u64, len: u64) -> impl Iterator<Item = (u64, u64, PageSize)> {
+fn chunks(
+    virt: u64,
+    phys: u64,
+    len: u64,
+    largest: PageSize,
+) -> impl Iterator<Item = (u64, u64, PageSize)> {
     let mut done = 0u64;
     core::iter::from_fn(move || {
         let rest = len.checked_sub(done).filter(|&r| r > 0)?;
         let (v, p) = (virt.checked_add(done)?, phys.checked_add(done)?);
         let size = [PageSize::Size1G, PageSize::Size2M]
             .into_iter()
+            .filter(|s| s.bytes() <= largest.bytes())
             .find(|s| v & s.mask() == 0 && p & s.mask() == 0 && rest >= s.bytes())
             .unwrap_or(PageSize::Size4K);
         done = done.checked_add(size.bytes())?;

@@ -794,3 +794,47 @@ fn errors_display_on_one_line() {
         assert!(!text.is_empty() && !text.contains('\n'), "{e:?}");
     }
 }
+
+#[test]
+fn map_range_up_to_respects_the_largest_page_size() {
+    let (mut mem, mut space) = setup();
+    space
+        .map_range_up_to(&mut mem, 0, 0, 2 * G1, RW, PageSize::Size2M)
+        .unwrap();
+    assert_eq!(space.translate(&mem, G1 + 5).unwrap().size, PageSize::Size2M);
+    // root, one PDPT, two PDs of 2 MiB pages.
+    assert_eq!(mem.count(), 4);
+
+    let (mut mem, mut space) = setup();
+    space
+        .map_range_up_to(&mut mem, 0, 0, 4 * M2, RW, PageSize::Size4K)
+        .unwrap();
+    assert_eq!(space.translate(&mem, M2).unwrap().size, PageSize::Size4K);
+}
+
+#[test]
+fn for_each_leaf_reports_every_mapping_with_effective_rights() {
+    let (mut mem, mut space) = setup();
+    space.map(&mut mem, 0x1000, 0x5000, PageSize::Size4K, USER_RW).unwrap();
+    space.map(&mut mem, 0x4000, 0x6000, PageSize::Size4K, RX).unwrap();
+    space.map(&mut mem, KERNEL_BASE + M2, 0, PageSize::Size2M, RW).unwrap();
+    space.map(&mut mem, KERNEL_BASE + G1, 0, PageSize::Size1G, RX).unwrap();
+    let mut seen = Vec::new();
+    space.for_each_leaf(&mem, &mut |virt, t| seen.push((virt, t.phys, t.size, t.flags)));
+    assert_eq!(
+        seen,
+        vec![
+            (0x1000, 0x5000, PageSize::Size4K, USER_RW),
+            // RX shares the lower-half tables made user by USER_RW: effective user is false
+            // because the leaf itself is supervisor.
+            (0x4000, 0x6000, PageSize::Size4K, RX),
+            (KERNEL_BASE + M2, 0, PageSize::Size2M, RW),
+            (KERNEL_BASE + G1, 0, PageSize::Size1G, RX),
+        ]
+    );
+    // Each leaf agrees with translate.
+    for (virt, phys, size, flags) in seen {
+        let t = space.translate(&mem, virt).unwrap();
+        assert_eq!((t.phys, t.size, t.flags), (phys, size, flags));
+    }
+}

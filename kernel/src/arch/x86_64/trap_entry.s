@@ -1,0 +1,209 @@
+/*
+ * Trap entry stubs: every vector pushes a uniform frame (an error code, 0 where the CPU pushes
+ * none, then the vector number and the general registers) and calls `trap_dispatch` with a
+ * pointer to it. Generated as plain text so that each stub can be read; `trap_stub_table` lists
+ * them in the order of `idt::STUB_VECTORS`.
+ */
+.section .text
+trap_common:
+    push rax
+    push rbx
+    push rcx
+    push rdx
+    push rsi
+    push rdi
+    push rbp
+    push r8
+    push r9
+    push r10
+    push r11
+    push r12
+    push r13
+    push r14
+    push r15
+    mov rdi, rsp
+    cld
+    call trap_dispatch
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rbp
+    pop rdi
+    pop rsi
+    pop rdx
+    pop rcx
+    pop rbx
+    pop rax
+    add rsp, 16
+    iretq
+
+trap_stub_0:
+    push 0
+    push 0
+    jmp trap_common
+trap_stub_1:
+    push 0
+    push 1
+    jmp trap_common
+trap_stub_2:
+    push 0
+    push 2
+    jmp trap_common
+trap_stub_3:
+    push 0
+    push 3
+    jmp trap_common
+trap_stub_4:
+    push 0
+    push 4
+    jmp trap_common
+trap_stub_5:
+    push 0
+    push 5
+    jmp trap_common
+trap_stub_6:
+    push 0
+    push 6
+    jmp trap_common
+trap_stub_7:
+    push 0
+    push 7
+    jmp trap_common
+trap_stub_8:
+    push 8
+    jmp trap_common
+trap_stub_9:
+    push 0
+    push 9
+    jmp trap_common
+trap_stub_10:
+    push 10
+    jmp trap_common
+trap_stub_11:
+    push 11
+    jmp trap_common
+trap_stub_12:
+    push 12
+    jmp trap_common
+trap_stub_13:
+    push 13
+    jmp trap_common
+trap_stub_14:
+    push 14
+    jmp trap_common
+trap_stub_15:
+    push 0
+    push 15
+    jmp trap_common
+trap_stub_16:
+    push 0
+    push 16
+    jmp trap_common
+trap_stub_17:
+    push 17
+    jmp trap_common
+trap_stub_18:
+    push 0
+    push 18
+    jmp trap_common
+trap_stub_19:
+    push 0
+    push 19
+    jmp trap_common
+trap_stub_20:
+    push 0
+    push 20
+    jmp trap_common
+trap_stub_21:
+    push 21
+    jmp trap_common
+trap_stub_22:
+    push 0
+    push 22
+    jmp trap_common
+trap_stub_23:
+    push 0
+    push 23
+    jmp trap_common
+trap_stub_24:
+    push 0
+    push 24
+    jmp trap_common
+trap_stub_25:
+    push 0
+    push 25
+    jmp trap_common
+trap_stub_26:
+    push 0
+    push 26
+    jmp trap_common
+trap_stub_27:
+    push 0
+    push 27
+    jmp trap_common
+trap_stub_28:
+    push 0
+    push 28
+    jmp trap_common
+trap_stub_29:
+    push 29
+    jmp trap_common
+trap_stub_30:
+    push 30
+    jmp trap_common
+trap_stub_31:
+    push 0
+    push 31
+    jmp trap_common
+trap_stub_32:
+    push 0
+    push 32
+    jmp trap_common
+trap_stub_255:
+    push 0
+    push 255
+    jmp trap_common
+
+.section .rodata
+.balign 8
+.global trap_stub_table
+trap_stub_table:
+    .quad trap_stub_0
+    .quad trap_stub_1
+    .quad trap_stub_2
+    .quad trap_stub_3
+    .quad trap_stub_4
+    .quad trap_stub_5
+    .quad trap_stub_6
+    .quad trap_stub_7
+    .quad trap_stub_8
+    .quad trap_stub_9
+    .quad trap_stub_10
+    .quad trap_stub_11
+    .quad trap_stub_12
+    .quad trap_stub_13
+    .quad trap_stub_14
+    .quad trap_stub_15
+    .quad trap_stub_16
+    .quad trap_stub_17
+    .quad trap_stub_18
+    .quad trap_stub_19
+    .quad trap_stub_20
+    .quad trap_stub_21
+    .quad trap_stub_22
+    .quad trap_stub_23
+    .quad trap_stub_24
+    .quad trap_stub_25
+    .quad trap_stub_26
+    .quad trap_stub_27
+    .quad trap_stub_28
+    .quad trap_stub_29
+    .quad trap_stub_30
+    .quad trap_stub_31
+    .quad trap_stub_32
+    .quad trap_stub_255

@@ -1,0 +1,85 @@
+//! From a loader's hand-over to a running kernel.
+//!
+//! Each boot path fills one [`BootInfo`] and calls [`start`]. `start` validates it (a memory map
+//! with usable memory, modules that do not overlap the kernel or each other, a CPU with hardware
+//! virtualization) and brings the kernel up; each failure is a readable message and a failure
+//! power-off.
+
+mod limine;
+mod multiboot2;
+
+use bootinfo::BootInfo;
+use spin::Once;
+
+use crate::arch::{self, cpu, power};
+use crate::{klog, mem, selftest};
+
+/// The boot information, copied into kernel memory before anything else is allocated.
+static BOOT_INFO: Once<BootInfo> = Once::new();
+
+/// Where the kernel image lies, as the loader placed it.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelImage {
+    pub phys_base: u64,
+    pub virt_base: u64,
+}
+
+/// The boot path's hand-over: boot information and the kernel's placement. The boot path has
+/// already told `mem::direct` how its loader maps physical memory.
+pub struct Handover {
+    pub info: BootInfo,
+    pub image: KernelImage,
+    /// TSC when the boot path started (boot-time measurements).
+    pub tsc_at_entry: u64,
+}
+
+/// Brings the kernel up. Never returns: the system ends with a power-off.
+pub fn start(handover: Handover) -> ! {
+    klog::init_early();
+    arch::init_traps();
+    let info = BOOT_INFO.call_once(|| handover.info);
+    klog::set_level_from_cmdline(&info.cmdline);
+
+    let cpu = cpu::identify();
+    crate::println!(
+        "dmphv {}: capability microhypervisor with dynamic memory paravirtualization",
+        env!("CARGO_PKG_VERSION")
+    );
+    crate::println!(
+        "cpu: {} \"{}\", virtualization: {}",
+        cpu.vendor.as_str(),
+        cpu.brand.as_str(),
+        cpu.virt
+    );
+    crate::println!(
+        "boot: {} via \"{}\", cmdline \"{}\", tsc={}",
+        match info.protocol {
+            bootinfo::BootProtocol::Limine => "limine",
+            bootinfo::BootProtocol::Multiboot2 => "multiboot2",
+        },
+        info.bootloader.as_str(),
+        info.cmdline.as_str(),
+        handover.tsc_at_entry
+    );
+    if info.truncated {
+        log::warn!(
+            "boot information was truncated (too many regions, modules or too long strings)"
+        );
+    }
+    if !cpu.virt.usable() {
+        power::fail(format_args!(
+            "no hardware virtualization: {} (the kernel needs VMX with EPT or SVM with NPT)",
+            cpu.virt
+        ));
+    }
+
+    mem::init(info, handover.image).unwrap_or_else(|e| power::fail(format_args!("memory: {e}")));
+    let apic = arch::apic::init(cpu.x2apic)
+        .unwrap_or_else(|e| power::fail(format_args!("local APIC: {e}")));
+    log::info!(
+        "apic: {apic} id {} enabled, timer on vector {:#x}",
+        arch::apic::id(),
+        arch::TIMER_VECTOR
+    );
+    selftest::run(info)
+}
