@@ -1,0 +1,179 @@
+//! Limine images: Limine's BIOS (and, when present, UEFI) CD boot files from `LIMINE_DIR` or
+//! `/usr/share/limine`, a generated `limine.conf`, `xorriso`, then `limine bios-install`.
+//!
+//! Limine is in no package registry these machines reach, so it is never installed here: the user
+//! points `LIMINE_DIR` at a build of it. Nothing of Limine is part of this repository.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::Result;
+
+use super::{run_quiet, ImageModule};
+
+const SYSTEM_DIR: &str = "/usr/share/limine";
+const BIOS_SYS: &str = "limine-bios.sys";
+const BIOS_CD: &str = "limine-bios-cd.bin";
+const UEFI_CD: &str = "limine-uefi-cd.bin";
+const UEFI_APP: &str = "BOOTX64.EFI";
+
+/// A usable Limine installation.
+#[derive(Debug)]
+pub struct Limine {
+    pub dir: PathBuf,
+    /// The `limine` host program (for `bios-install`), if found.
+    pub program: Option<PathBuf>,
+}
+
+impl Limine {
+    /// Finds Limine, or says why it is not usable (the reason shown for skipped runs).
+    pub fn find() -> Result<Self, String> {
+        let from_env = std::env::var_os("LIMINE_DIR").map(PathBuf::from);
+        let dir = from_env
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(SYSTEM_DIR));
+        let missing: Vec<&str> = [BIOS_SYS, BIOS_CD]
+            .into_iter()
+            .filter(|f| !dir.join(f).is_file())
+            .collect();
+        if !missing.is_empty() {
+            return Err(match from_env {
+                Some(_) => format!(
+                    "Limine not found: LIMINE_DIR={} lacks {}",
+                    dir.display(),
+                    missing.join(", ")
+                ),
+                None => format!("Limine not found: set LIMINE_DIR or install to {SYSTEM_DIR}"),
+            });
+        }
+        let program = [dir.join("limine"), dir.join("bin/limine")]
+            .into_iter()
+            .find(|p| p.is_file())
+            .or_else(|| crate::setup::on_path("limine").then(|| PathBuf::from("limine")));
+        Ok(Self { dir, program })
+    }
+
+    pub fn describe(&self) -> String {
+        match &self.program {
+            Some(p) => format!("{} (bios-install with {})", self.dir.display(), p.display()),
+            None => format!(
+                "{} (no `limine` program: ISO not bios-installed)",
+                self.dir.display()
+            ),
+        }
+    }
+
+    /// Makes the ISO `out` from the staged `root`.
+    pub fn build(
+        &self,
+        root: &Path,
+        out: &Path,
+        system: &str,
+        cmdline: &str,
+        modules: &[ImageModule],
+    ) -> Result<()> {
+        let dir = root.join("boot/limine");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("limine.conf"), config(system, cmdline, modules))?;
+        for file in [BIOS_SYS, BIOS_CD] {
+            std::fs::copy(self.dir.join(file), dir.join(file))?;
+        }
+        let uefi = self.dir.join(UEFI_CD).is_file();
+        if uefi {
+            std::fs::copy(self.dir.join(UEFI_CD), dir.join(UEFI_CD))?;
+            if self.dir.join(UEFI_APP).is_file() {
+                std::fs::create_dir_all(root.join("EFI/BOOT"))?;
+                std::fs::copy(
+                    self.dir.join(UEFI_APP),
+                    root.join("EFI/BOOT").join(UEFI_APP),
+                )?;
+            }
+        }
+        let mut cmd = Command::new("xorriso");
+        cmd.args(["-as", "mkisofs", "-R", "-r", "-J"])
+            .args(["-b", "boot/limine/limine-bios-cd.bin"])
+            .args(["-no-emul-boot", "-boot-load-size", "4", "-boot-info-table"]);
+        if uefi {
+            cmd.args(["--efi-boot", "boot/limine/limine-uefi-cd.bin"])
+                .args([
+                    "-efi-boot-part",
+                    "--efi-boot-image",
+                    "--protective-msdos-label",
+                ]);
+        }
+        cmd.arg("-o").arg(out).arg(root);
+        run_quiet(cmd, "xorriso")?;
+        match &self.program {
+            Some(program) => {
+                let mut cmd = Command::new(program);
+                cmd.arg("bios-install").arg(out);
+                run_quiet(cmd, "limine bios-install")
+            }
+            None => {
+                eprintln!(
+                    "xtask: note: no `limine` program in {} or on PATH; the ISO boots from CD but \
+                     is not bios-installed for disks",
+                    self.dir.display()
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The `limine.conf` that boots `/boot/kernel` of `system` at once with the Limine protocol.
+///
+/// The kernel path is written twice: Limine 8 reads `kernel_path:`, Limine 9 and later read
+/// `path:`; each ignores the key it does not know.
+pub fn config(system: &str, cmdline: &str, modules: &[ImageModule]) -> String {
+    let mut conf = format!(
+        "# Boots the `{system}` system with the Limine protocol. Generated by `cargo xtask image`\n\
+         # (tools/xtask/src/image/limine.rs): edit the generator, not this file.\n\
+         # `path:` is read by Limine 9 and later, `kernel_path:` by Limine 8.\n\
+         timeout: 0\n\n/dmphv\n    protocol: limine\n    path: boot():/boot/kernel\n    kernel_path: boot():/boot/kernel\n"
+    );
+    if !cmdline.is_empty() {
+        conf.push_str(&format!("    cmdline: {cmdline}\n"));
+    }
+    for module in modules {
+        conf.push_str(&format!("    module_path: boot():/boot/{}\n", module.file));
+        conf.push_str(&format!("    module_cmdline: {}\n", module.name));
+    }
+    conf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_lists_cmdline_and_modules() {
+        let modules = [ImageModule {
+            file: "init".into(),
+            name: "init".into(),
+        }];
+        let conf = config("x", "a=1", &modules);
+        assert!(conf.contains("timeout: 0\n"));
+        assert!(conf.contains("/dmphv\n    protocol: limine\n"));
+        assert!(
+            conf.contains("    path: boot():/boot/kernel\n    kernel_path: boot():/boot/kernel\n")
+        );
+        assert!(conf.ends_with(
+            "    cmdline: a=1\n    module_path: boot():/boot/init\n    module_cmdline: init\n"
+        ));
+    }
+
+    /// The top-level `limine.conf` is the demo system's generated configuration.
+    #[test]
+    fn top_level_limine_conf_is_the_demo_config() {
+        let root = crate::layout::root();
+        let system = crate::manifest::load(&root, "demo").unwrap();
+        let modules = crate::image::plan_modules(&system.modules).unwrap();
+        let expected = config("demo", &system.cmdline, &modules);
+        let actual = std::fs::read_to_string(root.join("limine.conf")).unwrap();
+        assert_eq!(
+            actual, expected,
+            "limine.conf is stale: regenerate it with the text above (cargo xtask image writes the same)"
+        );
+    }
+}
