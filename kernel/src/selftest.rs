@@ -135,7 +135,7 @@ fn timer() -> Result<(), &'static str> {
 }
 
 fn deliberate_page_fault() -> ! {
-    const UNMAPPED: u64 = 0x0000_dead_0000_0000;
+    const UNMAPPED: u64 = 0x0000_00de_ad00_0000;
     println!("selftest: reading unmapped address {UNMAPPED:#x}");
     // SAFETY: not safe by design: the read faults, and the page-fault handler ends the system.
     let value = unsafe { core::ptr::read_volatile(UNMAPPED as *const u64) };

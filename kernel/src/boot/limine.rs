@@ -7,8 +7,8 @@ use core::arch::global_asm;
 use bootinfo::{BootInfo, BootProtocol, MemoryRegion, RegionKind};
 use limine::memmap;
 use limine::request::{
-    BootloaderInfoRequest, ExecutableAddressRequest, ExecutableCmdlineRequest, HhdmRequest,
-    MemmapRequest, ModulesRequest, RsdpRequest,
+    BootloaderInfoRequest, ExecutableAddressRequest, ExecutableCmdlineRequest,
+    ExecutableFileRequest, HhdmRequest, MemmapRequest, ModulesRequest, RsdpRequest,
 };
 use limine::{BaseRevision, RequestsEndMarker, RequestsStartMarker};
 
@@ -40,6 +40,10 @@ static MODULES: ModulesRequest = ModulesRequest::new();
 #[used]
 #[link_section = ".requests"]
 static CMDLINE: ExecutableCmdlineRequest = ExecutableCmdlineRequest::new();
+/// Limine 8.x answers only this one with the command line (the dedicated request is newer).
+#[used]
+#[link_section = ".requests"]
+static EXECUTABLE: ExecutableFileRequest = ExecutableFileRequest::new();
 #[used]
 #[link_section = ".requests"]
 static LOADER: BootloaderInfoRequest = BootloaderInfoRequest::new();
@@ -98,6 +102,8 @@ extern "C" fn limine_main() -> ! {
     }
     if let Some(cmdline) = CMDLINE.response() {
         info.set_cmdline(cmdline.cmdline());
+    } else if let Some(file) = EXECUTABLE.response() {
+        info.set_cmdline(file.executable_file().cmdline());
     }
     if let Some(loader) = LOADER.response() {
         let mut name = heapless::String::<64>::new();

@@ -23,6 +23,7 @@ pub fn fail(reason: fmt::Arguments) -> ! {
 }
 
 fn off(debug_exit_value: u32) -> ! {
+    super::serial::flush();
     // SAFETY: writes to the two emulator exit ports; on a machine without these devices the ports
     // are unclaimed and the writes do nothing. Interrupts are disabled so that nothing runs after.
     unsafe {

@@ -36,6 +36,18 @@ pub fn write_byte(byte: u8) {
     }
 }
 
+/// Waits (boundedly) until the UART has sent everything, so that an emulator that stops at the
+/// next instruction still shows the last line.
+pub fn flush() {
+    const TRANSMITTER_IDLE: u8 = 1 << 6;
+    for _ in 0..100_000 {
+        // SAFETY: reading COM1's line status register has no side effects.
+        if unsafe { inb(LINE_STATUS) } & TRANSMITTER_IDLE != 0 {
+            break;
+        }
+    }
+}
+
 /// Writes a string, turning `\n` into `\r\n`.
 pub fn write_str(s: &str) {
     for byte in s.bytes() {
