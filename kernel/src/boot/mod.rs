@@ -66,11 +66,14 @@ pub fn start(handover: Handover) -> ! {
             "boot information was truncated (too many regions, modules or too long strings)"
         );
     }
-    if !cpu.virt.usable() {
-        power::fail(format_args!(
-            "no hardware virtualization: {} (the kernel needs VMX with EPT or SVM with NPT)",
-            cpu.virt
-        ));
+    match cpu.virt {
+        cpu::Virtualization::None => power::fail(format_args!(
+            "no hardware virtualization: the CPU offers neither VMX nor SVM"
+        )),
+        virt if !virt.usable() => power::fail(format_args!(
+            "hardware virtualization unusable: {virt} (the kernel needs VMX with EPT or SVM with NPT)"
+        )),
+        _ => {}
     }
 
     mem::init(info, handover.image).unwrap_or_else(|e| power::fail(format_args!("memory: {e}")));
