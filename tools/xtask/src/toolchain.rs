@@ -130,6 +130,13 @@ impl KernelToolchain {
     pub fn clippy(&self, root: &Path) -> Result<Command, String> {
         let mut cmd = match self {
             Self::Prebuilt { .. } => {
+                let mut probe = self.cargo_command(root);
+                probe.args(["clippy", "--version"]);
+                if !probe.output().is_ok_and(|out| out.status.success()) {
+                    return Err("clippy is not installed for the kernel's toolchain \
+                                (rustup component add clippy)"
+                        .into());
+                }
                 let mut cmd = self.cargo_command(root);
                 cmd.arg("clippy");
                 cmd
@@ -247,11 +254,13 @@ mod tests {
         };
         let cmd = tc.build(Path::new("/repo"), false);
         assert_eq!(args(&cmd), ["build", "-p", "kernel", "--target", TARGET]);
-        let clippy = tc.clippy(Path::new("/repo")).unwrap();
-        assert_eq!(
-            args(&clippy),
-            ["clippy", "-p", "kernel", "--target", TARGET, "--", "-D", "warnings"]
-        );
+        match tc.clippy(&crate::layout::root()) {
+            Ok(clippy) => assert_eq!(
+                args(&clippy),
+                ["clippy", "-p", "kernel", "--target", TARGET, "--", "-D", "warnings"]
+            ),
+            Err(reason) => assert!(reason.contains("rustup component add clippy")),
+        }
     }
 
     #[test]
