@@ -33,7 +33,7 @@ struct Requirement {
     present: fn() -> bool,
 }
 
-const DEBIAN_TOOLCHAIN: [Requirement; 6] = [
+const DEBIAN_TOOLCHAIN: [Requirement; 7] = [
     Requirement {
         what: "Debian rustc >= 1.85 (/usr/bin/rustc)",
         package: "rustc-web",
@@ -58,6 +58,11 @@ const DEBIAN_TOOLCHAIN: [Requirement; 6] = [
         what: "Debian rustfmt (/usr/bin/rustfmt)",
         package: "rustfmt-web",
         present: || Path::new("/usr/bin/rustfmt").is_file(),
+    },
+    Requirement {
+        what: "rust-lld (/usr/bin/rust-lld, the target's default linker)",
+        package: "rust-web-llvm",
+        present: || Path::new("/usr/bin/rust-lld").exists(),
     },
     Requirement {
         what: "lld 22 (the linker behind /usr/bin/rust-lld)",
