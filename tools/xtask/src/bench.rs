@@ -25,14 +25,16 @@ pub fn banner_time(lines: &[Line]) -> Option<Duration> {
     lines.iter().find(|l| l.text.contains(BANNER)).map(|l| l.at)
 }
 
-/// The `tsc=<decimal>` value of the first line starting with `boot:`.
+/// The `tsc=<decimal>` value of the first line starting with `boot:` (the last such word, so a
+/// command line quoted earlier in the line cannot fool it).
 pub fn boot_tsc(lines: &[Line]) -> Option<u64> {
     let line = lines
         .iter()
         .find(|l| l.text.trim_start().starts_with("boot:"))?;
     line.text
         .split(|c: char| c.is_whitespace() || c == ',')
-        .find_map(|word| word.strip_prefix("tsc=")?.parse().ok())
+        .filter_map(|word| word.strip_prefix("tsc=")?.parse().ok())
+        .last()
 }
 
 fn median(values: &mut [f64]) -> Option<f64> {
@@ -219,6 +221,8 @@ mod tests {
         assert_eq!(banner_time(&lines), Some(Duration::from_millis(10)));
         assert_eq!(boot_tsc(&lines), Some(123456));
         assert_eq!(boot_tsc(&[line(1, "boot: no number")]), None);
+        let quoted = line(1, "boot: multiboot2, cmdline \"tsc=1\", tsc=99");
+        assert_eq!(boot_tsc(&[quoted]), Some(99));
     }
 
     #[test]
