@@ -33,8 +33,8 @@ pub fn boot_tsc(lines: &[Line]) -> Option<u64> {
         .find(|l| l.text.trim_start().starts_with("boot:"))?;
     line.text
         .split(|c: char| c.is_whitespace() || c == ',')
-        .filter_map(|word| word.strip_prefix("tsc=")?.parse().ok())
-        .last()
+        .rev()
+        .find_map(|word| word.strip_prefix("tsc=")?.parse().ok())
 }
 
 fn median(values: &mut [f64]) -> Option<f64> {
