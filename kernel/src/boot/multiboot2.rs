@@ -36,7 +36,7 @@ extern "C" fn multiboot2_main(magic: u32, info_phys: u32) -> ! {
 /// Reads the information structure through the identity map of the boot page tables, validating
 /// its size before taking a slice of it.
 fn read_info(phys: u64) -> Result<bootinfo::BootInfo, multiboot2::Mb2Error> {
-    if phys == 0 || phys % 8 != 0 {
+    if phys == 0 || !phys.is_multiple_of(8) {
         return Err(multiboot2::Mb2Error::Misaligned);
     }
     // The boot tables map 0..4 GiB at offset 0 (see `direct::set_window` defaults).

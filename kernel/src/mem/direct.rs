@@ -69,7 +69,7 @@ pub fn zero_frame(frame: u64) {
 
 fn word_addr(frame: u64, index: usize) -> u64 {
     assert!(
-        frame % 4096 == 0 && index < 512,
+        frame.is_multiple_of(4096) && index < 512,
         "page-table frame access out of bounds"
     );
     match virt(frame, 4096) {

@@ -379,7 +379,12 @@ impl AddressSpace {
     /// Calls `visit(virt, translation)` for every leaf mapping, in address order, with the
     /// effective rights as [`AddressSpace::translate`] reports them (`phys` is the page base).
     pub fn for_each_leaf(&self, mem: &impl TableMemory, visit: &mut dyn FnMut(u64, &Translation)) {
-        let all = Flags { writable: true, executable: true, user: true, ..Flags::default() };
+        let all = Flags {
+            writable: true,
+            executable: true,
+            user: true,
+            ..Flags::default()
+        };
         walk(mem, self.root, LEVELS, 0, all, visit);
     }
 
@@ -523,7 +528,14 @@ fn walk(
             _ => None,
         };
         match size {
-            Some(size) => visit(virt, &Translation { phys: e.addr() & !size.mask(), size, flags }),
+            Some(size) => visit(
+                virt,
+                &Translation {
+                    phys: e.addr() & !size.mask(),
+                    size,
+                    flags,
+                },
+            ),
             None => walk(mem, e.addr(), level - 1, virt, flags, visit),
         }
     }

@@ -801,7 +801,10 @@ fn map_range_up_to_respects_the_largest_page_size() {
     space
         .map_range_up_to(&mut mem, 0, 0, 2 * G1, RW, PageSize::Size2M)
         .unwrap();
-    assert_eq!(space.translate(&mem, G1 + 5).unwrap().size, PageSize::Size2M);
+    assert_eq!(
+        space.translate(&mem, G1 + 5).unwrap().size,
+        PageSize::Size2M
+    );
     // root, one PDPT, two PDs of 2 MiB pages.
     assert_eq!(mem.count(), 4);
 
@@ -815,12 +818,22 @@ fn map_range_up_to_respects_the_largest_page_size() {
 #[test]
 fn for_each_leaf_reports_every_mapping_with_effective_rights() {
     let (mut mem, mut space) = setup();
-    space.map(&mut mem, 0x1000, 0x5000, PageSize::Size4K, USER_RW).unwrap();
-    space.map(&mut mem, 0x4000, 0x6000, PageSize::Size4K, RX).unwrap();
-    space.map(&mut mem, KERNEL_BASE + M2, 0, PageSize::Size2M, RW).unwrap();
-    space.map(&mut mem, KERNEL_BASE + G1, 0, PageSize::Size1G, RX).unwrap();
+    space
+        .map(&mut mem, 0x1000, 0x5000, PageSize::Size4K, USER_RW)
+        .unwrap();
+    space
+        .map(&mut mem, 0x4000, 0x6000, PageSize::Size4K, RX)
+        .unwrap();
+    space
+        .map(&mut mem, KERNEL_BASE + M2, 0, PageSize::Size2M, RW)
+        .unwrap();
+    space
+        .map(&mut mem, KERNEL_BASE + G1, 0, PageSize::Size1G, RX)
+        .unwrap();
     let mut seen = Vec::new();
-    space.for_each_leaf(&mem, &mut |virt, t| seen.push((virt, t.phys, t.size, t.flags)));
+    space.for_each_leaf(&mem, &mut |virt, t| {
+        seen.push((virt, t.phys, t.size, t.flags))
+    });
     assert_eq!(
         seen,
         vec![
