@@ -52,14 +52,15 @@ pub fn start(handover: Handover) -> ! {
         cpu.virt
     );
     crate::println!(
-        "boot: {} via \"{}\", cmdline \"{}\", tsc={}",
+        "boot: {} via \"{}\", cmdline \"{}\", entry_tsc={}, tsc={}",
         match info.protocol {
             bootinfo::BootProtocol::Limine => "limine",
             bootinfo::BootProtocol::Multiboot2 => "multiboot2",
         },
         info.bootloader.as_str(),
         info.cmdline.as_str(),
-        handover.tsc_at_entry
+        handover.tsc_at_entry,
+        cpu::rdtsc()
     );
     if info.truncated {
         log::warn!(

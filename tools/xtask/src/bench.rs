@@ -26,15 +26,25 @@ pub fn banner_time(lines: &[Line]) -> Option<Duration> {
 }
 
 /// The `tsc=<decimal>` value of the first line starting with `boot:` (the last such word, so a
-/// command line quoted earlier in the line cannot fool it).
+/// command line quoted earlier in the line cannot fool it): the TSC at the banner.
 pub fn boot_tsc(lines: &[Line]) -> Option<u64> {
+    boot_word(lines, "tsc=")
+}
+
+/// The `entry_tsc=<decimal>` value of the `boot:` line: the TSC when the kernel's boot path
+/// started, so that `boot_tsc - boot_entry_tsc` counts the kernel's own work.
+pub fn boot_entry_tsc(lines: &[Line]) -> Option<u64> {
+    boot_word(lines, "entry_tsc=")
+}
+
+fn boot_word(lines: &[Line], key: &str) -> Option<u64> {
     let line = lines
         .iter()
         .find(|l| l.text.trim_start().starts_with("boot:"))?;
     line.text
         .split(|c: char| c.is_whitespace() || c == ',')
         .rev()
-        .find_map(|word| word.strip_prefix("tsc=")?.parse().ok())
+        .find_map(|word| word.strip_prefix(key)?.parse().ok())
 }
 
 fn median(values: &mut [f64]) -> Option<f64> {
@@ -55,6 +65,8 @@ struct Config {
     median_wall_ms_to_banner: Option<f64>,
     /// The guest TSC at the `boot:` line of each boot (instructions under icount).
     tsc_at_banner: Vec<Option<u64>>,
+    /// Banner TSC minus the TSC at the kernel's entry: the kernel's own work up to the banner.
+    kernel_tsc_to_banner: Vec<Option<u64>>,
 }
 
 #[derive(Serialize)]
@@ -101,6 +113,7 @@ pub fn command(args: &BenchArgs) -> Result<bool> {
             wall_ms_to_banner: Vec::new(),
             median_wall_ms_to_banner: None,
             tsc_at_banner: Vec::new(),
+            kernel_tsc_to_banner: Vec::new(),
         };
         for i in 1..=args.runs {
             let spec = Spec {
@@ -134,6 +147,11 @@ pub fn command(args: &BenchArgs) -> Result<bool> {
                 .wall_ms_to_banner
                 .push((at.as_secs_f64() * 1e4).round() / 10.0);
             config.tsc_at_banner.push(tsc);
+            let entry = boot_entry_tsc(&boot.lines);
+            config.kernel_tsc_to_banner.push(
+                tsc.zip(entry)
+                    .map(|(banner, entry)| banner.saturating_sub(entry)),
+            );
         }
         config.median_wall_ms_to_banner = median(&mut config.wall_ms_to_banner.clone());
         configs.push(config);
@@ -168,7 +186,9 @@ fn table(report: &Report) -> String {
         "boot benchmark: system {} via {} on QEMU ({}), {} kernel\n",
         report.system, report.bootloader, report.cpu, report.profile
     );
-    text.push_str("mode        median ms to banner   instructions at banner\n");
+    text.push_str(
+        "mode        median ms to banner   instructions at banner   kernel entry to banner\n",
+    );
     for config in &report.configs {
         let tsc: Vec<String> = config
             .tsc_at_banner
@@ -177,8 +197,14 @@ fn table(report: &Report) -> String {
             .collect();
         let mut unique = tsc.clone();
         unique.dedup();
+        let mut kernel: Vec<String> = config
+            .kernel_tsc_to_banner
+            .iter()
+            .map(|t| t.map_or("?".into(), |t| t.to_string()))
+            .collect();
+        kernel.dedup();
         text.push_str(&format!(
-            "{:<10}  {:>19}   {}\n",
+            "{:<10}  {:>19}   {:<22}   {}\n",
             if config.icount { "icount" } else { "realtime" },
             config
                 .median_wall_ms_to_banner
@@ -186,7 +212,12 @@ fn table(report: &Report) -> String {
             if config.icount {
                 unique.join(", ")
             } else {
-                "(TSC counts time, not instructions)".into()
+                "(TSC counts time)".into()
+            },
+            if config.icount {
+                kernel.join(", ")
+            } else {
+                "(TSC counts time)".into()
             }
         ));
     }
@@ -223,6 +254,9 @@ mod tests {
         assert_eq!(boot_tsc(&[line(1, "boot: no number")]), None);
         let quoted = line(1, "boot: multiboot2, cmdline \"tsc=1\", tsc=99");
         assert_eq!(boot_tsc(&[quoted]), Some(99));
+        let both = line(1, "boot: limine, cmdline \"\", entry_tsc=40, tsc=99");
+        assert_eq!(boot_tsc(&[both.clone()]), Some(99));
+        assert_eq!(boot_entry_tsc(&[both]), Some(40));
     }
 
     #[test]
