@@ -255,7 +255,7 @@ mod tests {
         let quoted = line(1, "boot: multiboot2, cmdline \"tsc=1\", tsc=99");
         assert_eq!(boot_tsc(&[quoted]), Some(99));
         let both = line(1, "boot: limine, cmdline \"\", entry_tsc=40, tsc=99");
-        assert_eq!(boot_tsc(&[both.clone()]), Some(99));
+        assert_eq!(boot_tsc(std::slice::from_ref(&both)), Some(99));
         assert_eq!(boot_entry_tsc(&[both]), Some(40));
     }
 
