@@ -1,7 +1,67 @@
 //! The kernel/user contract, shared by the kernel, the user-level servers and the build tool.
 //!
 //! Everything here is `no_std`, has a stable representation, and is the single definition of its
-//! item: the kernel and its clients never restate these numbers.
+//! item: the kernel and its clients never restate these numbers. `docs/abi.md` is the prose form.
 #![no_std]
 
 pub mod exit;
+pub mod rights;
+pub mod status;
+pub mod syscall;
+pub mod utcb;
+
+pub use rights::Rights;
+pub use status::Status;
+pub use syscall::Syscall;
+
+/// A capability selector: an index into a protection domain's capability space.
+pub type Sel = u64;
+
+/// Number of selectors in every capability space.
+pub const CAP_SPACE_SLOTS: u64 = 1024;
+
+/// Selectors that the kernel fills when it creates a protection domain's first thread.
+pub mod well_known {
+    use super::Sel;
+    /// The protection domain itself (rights as delegated by its creator).
+    pub const SELF_PD: Sel = 0;
+    /// The thread that runs the domain's entry point.
+    pub const SELF_THREAD: Sel = 1;
+    /// The portal that receives the domain's faults (empty if its creator gave none).
+    pub const FAULT_PORTAL: Sel = 2;
+    /// First selector free for the domain's own use.
+    pub const FIRST_FREE: Sel = 16;
+}
+
+/// Kinds of kernel object a capability can name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ObjectKind {
+    Pd = 1,
+    Thread = 2,
+    Portal = 3,
+    Semaphore = 4,
+    Memory = 5,
+    IoPorts = 6,
+    Irq = 7,
+    /// Reserved for the hardware-virtualization objects (issue #4).
+    Vm = 8,
+    Vcpu = 9,
+}
+
+impl ObjectKind {
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::Pd,
+            2 => Self::Thread,
+            3 => Self::Portal,
+            4 => Self::Semaphore,
+            5 => Self::Memory,
+            6 => Self::IoPorts,
+            7 => Self::Irq,
+            8 => Self::Vm,
+            9 => Self::Vcpu,
+            _ => return None,
+        })
+    }
+}

@@ -1,0 +1,104 @@
+//! Syscall numbers and the register convention.
+//!
+//! A thread enters the kernel with `syscall`: RAX holds the number, RDI, RSI, RDX, R10, R8, R9
+//! the arguments in order. The kernel returns a [`crate::Status`] in RAX and a value in RDX (where
+//! the call has one); RCX and R11 are clobbered by the instruction itself, every other register is
+//! preserved. Messages travel in the thread's UTCB (`crate::utcb`), never in registers.
+
+/// Syscall numbers. Arguments are listed as `name: meaning`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u64)]
+pub enum Syscall {
+    /// `portal`: send the UTCB's message to the portal's handler and wait for its reply (which
+    /// replaces the UTCB's message). Needs CALL on the portal.
+    Call = 0,
+    /// Reply to the thread whose call this thread is serving, and go on running.
+    Reply = 1,
+    /// `portal`: reply to the current caller (if any), then wait for the next call on `portal`,
+    /// which must be bound to this thread. Returns the portal's badge in RDX.
+    ReplyWait = 2,
+    /// `dest, quota`: create a protection domain at `dest`, moving `quota` bytes of the caller's
+    /// kernel-memory quota to it.
+    CreatePd = 3,
+    /// `dest, pd, entry, stack_top, priority, utcb`: create and start a thread in `pd` (needs
+    /// CONTROL) whose UTCB is the page at user address `utcb` of that domain.
+    CreateThread = 4,
+    /// `dest, handler, badge`: create a portal served by thread `handler` (of the caller's own
+    /// domain); calls deliver `badge` to the handler.
+    CreatePortal = 5,
+    /// `dest, initial`: create a counting semaphore.
+    CreateSemaphore = 6,
+    /// `src, pd, dest, rights`: copy capability `src` into `pd`'s space at `dest` with `rights`,
+    /// which must be a subset of what `src` holds; `src` needs GRANT and `pd` CONTROL.
+    Delegate = 7,
+    /// `sel, include_self`: remove every capability derived from `sel`, in every domain,
+    /// recursively; with `include_self` = 1 also `sel` itself.
+    Revoke = 8,
+    /// `sel`: RDX = kind (bits 0..7) | rights (bits 8..15) of the capability at `sel`.
+    Lookup = 9,
+    /// `sem`: signal (needs WRITE).
+    SemUp = 10,
+    /// `sem, timeout_ticks`: wait (needs READ); 0 waits forever. Returns `Timeout` at the end.
+    SemDown = 11,
+    /// `mem, pd, virt, first_page, pages, rights`: map pages of a memory capability into `pd` at
+    /// user address `virt` with `rights` (READ, WRITE, EXEC; a subset of the capability's, never
+    /// WRITE with EXEC).
+    Map = 12,
+    /// Give up the rest of the time slice.
+    Yield = 13,
+    /// `irq, sem`: signal `sem` whenever the interrupt fires (needs CALL on the IRQ).
+    IrqBind = 14,
+    /// End the calling thread.
+    ThreadExit = 15,
+    /// `status`: end the system, 0 = success (root domain only).
+    PowerOff = 16,
+    /// `ptr, len`: write bytes to the kernel console (root domain only; others use the serial
+    /// driver).
+    ConsoleWrite = 17,
+}
+
+/// Number of defined syscalls; every number at or above it returns `BadSyscall`.
+pub const COUNT: u64 = 18;
+
+impl Syscall {
+    pub const fn from_u64(v: u64) -> Option<Self> {
+        Some(match v {
+            0 => Self::Call,
+            1 => Self::Reply,
+            2 => Self::ReplyWait,
+            3 => Self::CreatePd,
+            4 => Self::CreateThread,
+            5 => Self::CreatePortal,
+            6 => Self::CreateSemaphore,
+            7 => Self::Delegate,
+            8 => Self::Revoke,
+            9 => Self::Lookup,
+            10 => Self::SemUp,
+            11 => Self::SemDown,
+            12 => Self::Map,
+            13 => Self::Yield,
+            14 => Self::IrqBind,
+            15 => Self::ThreadExit,
+            16 => Self::PowerOff,
+            17 => Self::ConsoleWrite,
+            _ => return None,
+        })
+    }
+}
+
+/// Highest thread priority; 0 is the lowest.
+pub const MAX_PRIORITY: u64 = 31;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_dense_and_bounded() {
+        for v in 0..COUNT {
+            assert_eq!(Syscall::from_u64(v).map(|s| s as u64), Some(v));
+        }
+        assert_eq!(Syscall::from_u64(COUNT), None);
+        assert_eq!(Syscall::from_u64(u64::MAX), None);
+    }
+}
