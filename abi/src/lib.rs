@@ -4,6 +4,7 @@
 //! item: the kernel and its clients never restate these numbers. `docs/abi.md` is the prose form.
 #![no_std]
 
+pub mod boot;
 pub mod exit;
 pub mod rights;
 pub mod status;
