@@ -5,6 +5,7 @@
 #![no_std]
 
 pub mod boot;
+pub mod bootstrap;
 pub mod exit;
 pub mod rights;
 pub mod status;
@@ -30,6 +31,8 @@ pub mod well_known {
     pub const SELF_THREAD: Sel = 1;
     /// The portal that receives the domain's faults (empty if its creator gave none).
     pub const FAULT_PORTAL: Sel = 2;
+    /// Servers started by init: init's bootstrap portal (see `crate::bootstrap`).
+    pub const BOOTSTRAP_PORTAL: Sel = 15;
     /// First selector free for the domain's own use.
     pub const FIRST_FREE: Sel = 16;
 }

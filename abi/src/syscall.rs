@@ -4,6 +4,10 @@
 //! the arguments in order. The kernel returns a [`crate::Status`] in RAX and a value in RDX (where
 //! the call has one); RCX and R11 are clobbered by the instruction itself, every other register is
 //! preserved. Messages travel in the thread's UTCB (`crate::utcb`), never in registers.
+//!
+//! A new thread starts at its entry point with RSP = its stack top, RDI = the user address of its
+//! UTCB and RSI = 0 (init: RSI = [`crate::boot::BOOT_PAGE_ADDR`]); other registers are zero and
+//! interrupts are enabled.
 
 /// Syscall numbers. Arguments are listed as `name: meaning`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,10 +59,14 @@ pub enum Syscall {
     /// `ptr, len`: write bytes to the kernel console (root domain only; others use the serial
     /// driver).
     ConsoleWrite = 17,
+    /// `src, dest, first, count`: create at `dest` a capability over a sub-range of the Memory
+    /// (pages) or IoPorts (ports) capability `src` (needs GRANT), with the same rights. It is
+    /// derived from `src`, so revoking `src` removes it.
+    Carve = 18,
 }
 
 /// Number of defined syscalls; every number at or above it returns `BadSyscall`.
-pub const COUNT: u64 = 18;
+pub const COUNT: u64 = 19;
 
 impl Syscall {
     pub const fn from_u64(v: u64) -> Option<Self> {
@@ -81,6 +89,7 @@ impl Syscall {
             15 => Self::ThreadExit,
             16 => Self::PowerOff,
             17 => Self::ConsoleWrite,
+            18 => Self::Carve,
             _ => return None,
         })
     }
