@@ -1,0 +1,194 @@
+//! The system manifest in its compiled form: what the build tool packs as the boot module named
+//! [`abi::boot::MANIFEST_MODULE`] and what the root server (init) turns into protection domains
+//! and capabilities at boot.
+//!
+//! A person writes `manifests/<system>.toml`; `cargo xtask` parses it (with file and line in
+//! every error), builds the servers and encodes a [`SystemImage`] with [`SystemImage::encode`].
+//! Init calls [`SystemImage::decode`], which checks the same rules again ([`SystemImage::check`]),
+//! so init never acts on an image that the build tool would have refused.
+//!
+//! The image is the whole authority graph of a system: each [`Server`] lists the hardware it
+//! owns (I/O ports, IRQ lines), the portals it provides and the portals of other servers it may
+//! obtain from init ([`SystemImage::grant`] answers init's question "may `client` have
+//! `server.portal`, and with which rights?").
+//!
+//! Encoding: the four bytes [`MAGIC`], the format [`VERSION`], then the `SystemImage` in
+//! `postcard`. Zero bytes after it are ignored (a loader may pad a module to a page).
+
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+mod check;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use abi::Rights;
+use serde::{Deserialize, Serialize};
+
+pub use check::{Field, Place, Problem, Rule};
+
+/// First bytes of an encoded image.
+pub const MAGIC: [u8; 4] = *b"dmpm";
+/// Format version written after [`MAGIC`]; bumped whenever a type below changes.
+pub const VERSION: u8 = 1;
+/// Longest server or portal name in bytes. A server's name is its boot module's name, which the
+/// kernel hands to init in a 48-byte NUL-padded field.
+pub const NAME_MAX: usize = 47;
+/// Boot-module names that every system with servers uses already, so no server may take them.
+pub const RESERVED_NAMES: [&str; 2] = [abi::boot::INIT_MODULE, abi::boot::MANIFEST_MODULE];
+/// Size of the pages that [`Server::memory_pages`] counts.
+pub const PAGE_SIZE: u64 = 4096;
+/// Legacy IRQ lines a server may be given (`0..IRQ_LINES`).
+pub const IRQ_LINES: u8 = abi::boot::IRQ_COUNT as u8;
+/// Highest server priority.
+pub const MAX_PRIORITY: u8 = abi::syscall::MAX_PRIORITY as u8;
+/// The only rights a [`Use`] may carry: calling the portal, optionally passing it on.
+pub const USE_RIGHTS: [Rights; 2] = [Rights::CALL, Rights(Rights::CALL.0 | Rights::GRANT.0)];
+
+/// A bootable system: its servers, in the order init starts them.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct SystemImage {
+    pub name: String,
+    pub servers: Vec<Server>,
+}
+
+/// One server: a protection domain with one thread running the ELF in the boot module of the
+/// same name.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Server {
+    /// Unique; also the boot-module name of its ELF.
+    pub name: String,
+    /// 0..=[`MAX_PRIORITY`].
+    pub priority: u8,
+    /// Kernel-memory quota in bytes.
+    pub quota: u64,
+    /// RAM pages for its stack and heap beyond its ELF image.
+    pub memory_pages: u64,
+    pub io_ports: Vec<PortRange>,
+    /// Legacy IRQ lines `0..IRQ_LINES`.
+    pub irqs: Vec<u8>,
+    /// Names of the portals it provides (and registers with init).
+    pub portals: Vec<String>,
+    /// Portals of other servers (or its own) that it may obtain from init.
+    pub uses: Vec<Use>,
+    /// May ask init to end the system.
+    pub power_off: bool,
+    /// `"server.portal"` that receives its faults; `None`: init reports them and stops the
+    /// thread.
+    pub fault_handler: Option<String>,
+}
+
+/// I/O ports `base .. base + count`.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub base: u16,
+    pub count: u16,
+}
+
+/// A portal that a server may obtain from init.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Use {
+    pub server: String,
+    pub portal: String,
+    /// [`abi::Rights`] bits: `CALL`, plus `GRANT` when the manifest says `grant = true`.
+    pub rights: u8,
+}
+
+/// Why [`SystemImage::decode`] refused its input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The bytes do not start with [`MAGIC`]: not a compiled manifest.
+    NotAManifest,
+    /// Written in another format version (the one found).
+    Version(u8),
+    /// The body is not a postcard-encoded `SystemImage`.
+    Malformed,
+    /// Non-zero bytes follow the image.
+    TrailingBytes,
+    /// The image decodes but breaks a rule (the first problem [`SystemImage::check`] found).
+    Invalid(Problem),
+}
+
+impl PortRange {
+    /// One past the last port (up to 0x10000).
+    pub fn end(self) -> u32 {
+        u32::from(self.base) + u32::from(self.count)
+    }
+
+    /// Whether the two ranges share a port.
+    pub fn overlaps(self, other: PortRange) -> bool {
+        u32::from(self.base) < other.end() && u32::from(other.base) < self.end()
+    }
+}
+
+impl Server {
+    /// The fault handler as `(server, portal)`, if one is named and has the right form.
+    pub fn fault_portal(&self) -> Option<(&str, &str)> {
+        self.fault_handler.as_deref().and_then(split_portal)
+    }
+
+    /// Whether the server provides a portal called `name`.
+    pub fn provides(&self, name: &str) -> bool {
+        self.portals.iter().any(|p| p == name)
+    }
+}
+
+/// Splits `"server.portal"` at its first dot; `None` without a dot.
+pub fn split_portal(name: &str) -> Option<(&str, &str)> {
+    name.split_once('.')
+}
+
+impl SystemImage {
+    /// The image's bytes: [`MAGIC`], [`VERSION`], the postcard encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::from(MAGIC);
+        out.push(VERSION);
+        // Strings, integers, options and vectors of known length always serialize.
+        postcard::to_extend(self, out).expect("a SystemImage always serializes")
+    }
+
+    /// Decodes and checks an image made by [`SystemImage::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let body = bytes
+            .strip_prefix(&MAGIC[..])
+            .ok_or(DecodeError::NotAManifest)?;
+        let (&version, body) = body.split_first().ok_or(DecodeError::NotAManifest)?;
+        if version != VERSION {
+            return Err(DecodeError::Version(version));
+        }
+        let (image, rest): (SystemImage, &[u8]) =
+            postcard::take_from_bytes(body).map_err(|_| DecodeError::Malformed)?;
+        if rest.iter().any(|&b| b != 0) {
+            return Err(DecodeError::TrailingBytes);
+        }
+        match image.check().into_iter().next() {
+            Some(problem) => Err(DecodeError::Invalid(problem)),
+            None => Ok(image),
+        }
+    }
+
+    /// The server called `name`.
+    pub fn server(&self, name: &str) -> Option<&Server> {
+        self.servers.iter().find(|s| s.name == name)
+    }
+
+    /// Whether `client` may obtain `server.portal`, and with which rights: only when `client`
+    /// lists the use and `server` provides the portal.
+    pub fn grant(&self, client: &str, server: &str, portal: &str) -> Option<Rights> {
+        if !self.server(server)?.provides(portal) {
+            return None;
+        }
+        self.server(client)?
+            .uses
+            .iter()
+            .find(|u| u.server == server && u.portal == portal)
+            .map(|u| Rights(u.rights))
+            .filter(|r| USE_RIGHTS.contains(r))
+    }
+}
+
+#[cfg(test)]
+mod tests;
