@@ -15,6 +15,7 @@ extern crate alloc;
 
 mod arch;
 mod boot;
+mod kern;
 mod klog;
 mod mem;
 mod selftest;

@@ -77,3 +77,21 @@ fn word_addr(frame: u64, index: usize) -> u64 {
         None => panic!("physical frame {frame:#x} outside the direct-map window"),
     }
 }
+
+/// Copies `data` into physical memory at `phys`, which the caller owns (frames it allocated).
+/// Returns `None` (copying nothing) if the window does not cover the range.
+pub fn copy_to(phys: u64, data: &[u8]) -> Option<()> {
+    let start = virt(phys, data.len() as u64)?;
+    // SAFETY: the window maps the range writable; the caller owns the frames, so no one else
+    // reads or writes them concurrently.
+    unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), start as *mut u8, data.len()) };
+    Some(())
+}
+
+/// Fills `len` bytes of caller-owned physical memory at `phys` with zeros.
+pub fn zero(phys: u64, len: u64) -> Option<()> {
+    let start = virt(phys, len)?;
+    // SAFETY: as in `copy_to`.
+    unsafe { core::ptr::write_bytes(start as *mut u8, 0, len as usize) };
+    Some(())
+}

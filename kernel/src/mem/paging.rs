@@ -164,3 +164,20 @@ pub fn for_each_mapping(mut visit: impl FnMut(u64, &Translation)) {
         space.for_each_leaf(&KernelTables { allocated: 0 }, &mut visit);
     }
 }
+
+/// Copies the kernel's upper-half top-level entries into a new address space's top-level
+/// table, so that the kernel stays mapped while that space is active. All kernel mappings exist
+/// before the first user space is made (boot maps everything, including MMIO), so the copy never
+/// goes stale.
+pub fn share_kernel_half(root: u64) {
+    let guard = KERNEL_SPACE.lock();
+    let Some(kernel) = guard.as_ref() else { return };
+    for index in 256..512 {
+        direct::write_word(root, index, direct::read_word(kernel.root(), index));
+    }
+}
+
+/// How the address space `space` translates `virt`.
+pub fn translate_in(space: &AddressSpace, virt: u64) -> Option<Translation> {
+    space.translate(&KernelTables { allocated: 0 }, virt)
+}

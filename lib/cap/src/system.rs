@@ -226,13 +226,26 @@ impl<O: Clone + PartialEq + core::fmt::Debug> CapSystem<O> {
         dst_sel: u64,
         rights: Rights,
     ) -> Result<(), CapError> {
+        let object = self.get(src_space, src_sel)?.0.clone();
+        self.derive(src_space, src_sel, dst_space, dst_sel, object, rights)
+    }
+
+    /// Like [`CapSystem::delegate`], but the new capability names `object` (a narrower view of
+    /// the source's object, such as a sub-range of a memory capability; the caller checks that it
+    /// is one). It is a child of the source, so revoking the source removes it.
+    pub fn derive(
+        &mut self,
+        src_space: SpaceId,
+        src_sel: u64,
+        dst_space: SpaceId,
+        dst_sel: u64,
+        object: O,
+        rights: Rights,
+    ) -> Result<(), CapError> {
         let src = self.find(src_space, src_sel)?;
         self.space(dst_space)?;
-        let (object, src_rights) = {
-            let node = self.node(src).ok_or(CapError::Empty)?;
-            (node.object.clone(), node.rights)
-        };
-        if !src_rights.contains(Rights::GRANT) || !src_rights.contains(rights) {
+        let src_rights = self.node(src).ok_or(CapError::Empty)?.rights;
+        if !src_rights.contains(Rights::GRANT) {
             return Err(CapError::NoRights);
         }
         let index = self.free_slot(dst_space, dst_sel)?;

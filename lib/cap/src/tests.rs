@@ -575,3 +575,23 @@ fn errors_map_to_status() {
         assert_eq!(Status::from(e), status);
     }
 }
+
+#[test]
+fn derive_names_a_new_object_and_is_revoked_with_its_source() {
+    let (mut cs, s) = setup(2);
+    cs.insert_original(s[0], 1, 100, RWG).unwrap();
+    // A narrower object, fewer rights, into another space.
+    cs.derive(s[0], 1, s[1], 7, 101, R).unwrap();
+    assert_eq!(cs.get(s[1], 7).unwrap(), (&101, R));
+    // Rights may not grow; the source needs GRANT.
+    assert_eq!(
+        cs.derive(s[0], 1, s[1], 8, 102, Rights::ALL),
+        Err(CapError::NoRights)
+    );
+    assert_eq!(cs.derive(s[1], 7, s[1], 8, 103, R), Err(CapError::NoRights));
+    let removed = revoke(&mut cs, s[0], 1, false);
+    assert_eq!(removed.len(), 1);
+    assert_eq!(removed[0].object, 101);
+    assert!(!removed[0].original);
+    assert_eq!(cs.get(s[1], 7), Err(CapError::Empty));
+}

@@ -4,6 +4,8 @@
 //! data, 0x18 user data, 0x20 user code (64-bit), 0x28 TSS. The TSS's interrupt stack table gives
 //! double faults, NMIs and machine checks stacks of their own (each above a guard page).
 
+use core::cell::UnsafeCell;
+
 use spin::Once;
 use x86::bits64::segmentation::Descriptor64;
 use x86::bits64::task::TaskStateSegment;
@@ -20,6 +22,9 @@ use super::stacks;
 
 pub const KERNEL_CODE: SegmentSelector = SegmentSelector::new(1, Ring::Ring0);
 pub const KERNEL_DATA: SegmentSelector = SegmentSelector::new(2, Ring::Ring0);
+/// User data and code selectors as user mode loads them (RPL 3); `entry.s` pushes the same values.
+pub const USER_DATA: u64 = 0x18 | 3;
+pub const USER_CODE: u64 = 0x20 | 3;
 const TSS: SegmentSelector = SegmentSelector::new(5, Ring::Ring0);
 
 /// IST slots (1-based, as the IDT names them).
@@ -33,8 +38,58 @@ struct Gdt {
     tss: Descriptor64,
 }
 
-static TSS_SEGMENT: Once<TaskStateSegment> = Once::new();
+/// Bytes of the I/O permission bitmap: one bit per port, set = denied.
+pub const IO_BITMAP_BYTES: usize = 65536 / 8;
+
+/// The TSS followed by its I/O permission bitmap (and the all-ones byte the CPU reads past it).
+#[repr(C, packed)]
+struct TssWithBitmap {
+    tss: TaskStateSegment,
+    bitmap: [u8; IO_BITMAP_BYTES + 1],
+}
+
+/// The single CPU's TSS. Written only by this module, with interrupts disabled (the kernel runs
+/// with interrupts off except in its idle loop, which does not touch it).
+struct TssCell(UnsafeCell<TssWithBitmap>);
+
+// SAFETY: one CPU; every access happens in the kernel with interrupts disabled, so accesses never
+// overlap (see `TssCell`).
+unsafe impl Sync for TssCell {}
+
+static TSS_AREA: TssCell = TssCell(UnsafeCell::new(TssWithBitmap {
+    tss: TaskStateSegment::new(),
+    bitmap: [0xff; IO_BITMAP_BYTES + 1],
+}));
 static GDT: Once<Gdt> = Once::new();
+
+extern "C" {
+    /// Where `syscall_entry` starts pushing a thread's frame (see `entry.s`).
+    static mut current_regs_end: u64;
+}
+
+/// Makes the next entry from user mode (trap or syscall) save the user state just below `top`,
+/// the end of the current thread's register save area (16-byte aligned).
+pub fn set_user_entry_stack(top: u64) {
+    debug_assert!(top % 16 == 0);
+    let tss = TSS_AREA.0.get();
+    // SAFETY: see `TssCell`: no concurrent access; the fields are written unaligned because the
+    // TSS layout is packed.
+    unsafe {
+        core::ptr::addr_of_mut!((*tss).tss.rsp).write_unaligned([top, 0, 0]);
+        core::ptr::addr_of_mut!(current_regs_end).write(top);
+    }
+}
+
+/// Loads the I/O permission bitmap for the thread about to run: `None` denies every port.
+pub fn load_io_bitmap(bitmap: Option<&[u8; IO_BITMAP_BYTES]>) {
+    let tss = TSS_AREA.0.get();
+    // SAFETY: see `TssCell`; `bitmap` is a plain byte array inside the static.
+    let target = unsafe { &mut *core::ptr::addr_of_mut!((*tss).bitmap) };
+    match bitmap {
+        Some(bits) => target[..IO_BITMAP_BYTES].copy_from_slice(bits),
+        None => target.fill(0xff),
+    }
+}
 
 fn segment(code: bool, ring: Ring) -> Descriptor {
     let builder = if code {
@@ -47,17 +102,21 @@ fn segment(code: bool, ring: Ring) -> Descriptor {
 
 /// Builds and loads the GDT and TSS, and reloads every segment register.
 pub fn init() {
-    let tss = TSS_SEGMENT.call_once(|| {
-        let mut tss = TaskStateSegment::new();
-        let [double_fault, nmi, machine_check] = stacks::ist_tops();
-        tss.set_ist(usize::from(IST_DOUBLE_FAULT - 1), double_fault);
-        tss.set_ist(usize::from(IST_NMI - 1), nmi);
-        tss.set_ist(usize::from(IST_MACHINE_CHECK - 1), machine_check);
-        tss
-    });
+    let area = TSS_AREA.0.get();
+    let [double_fault, nmi, machine_check] = stacks::ist_tops();
+    let mut ist = [0u64; 7];
+    ist[usize::from(IST_DOUBLE_FAULT - 1)] = double_fault;
+    ist[usize::from(IST_NMI - 1)] = nmi;
+    ist[usize::from(IST_MACHINE_CHECK - 1)] = machine_check;
+    // SAFETY: see `TssCell`; runs once at boot before any user thread exists.
+    unsafe {
+        core::ptr::addr_of_mut!((*area).tss.ist).write_unaligned(ist);
+        core::ptr::addr_of_mut!((*area).tss.iomap_base)
+            .write_unaligned(core::mem::size_of::<TaskStateSegment>() as u16);
+    }
     let gdt = GDT.call_once(|| {
-        let base = tss as *const TaskStateSegment as u64;
-        let limit = core::mem::size_of::<TaskStateSegment>() as u64 - 1;
+        let base = area as u64;
+        let limit = core::mem::size_of::<TssWithBitmap>() as u64 - 1;
         Gdt {
             segments: [
                 Descriptor::NULL,

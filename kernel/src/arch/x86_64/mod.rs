@@ -3,12 +3,13 @@
 
 pub mod apic;
 pub mod cpu;
-mod gdt;
+pub mod gdt;
 mod idt;
 pub mod power;
 pub mod serial;
 pub mod stacks;
-mod trap;
+pub mod trap;
+pub mod user;
 
 pub use trap::TIMER_VECTOR;
 
@@ -63,4 +64,5 @@ pub fn kernel_image_len() -> u64 {
 pub fn init_traps() {
     gdt::init();
     idt::init();
+    user::init_syscalls();
 }

@@ -12,8 +12,10 @@ use crate::println;
 pub const TIMER_VECTOR: u8 = 0x20;
 pub const SPURIOUS_VECTOR: u8 = 0xff;
 
-/// What the entry stubs push, lowest address first.
-#[repr(C)]
+/// What the entry stubs push, lowest address first. A user thread's saved registers have the
+/// same layout (the stubs build it in the thread object, see `entry.s`).
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C, align(16))]
 pub struct TrapFrame {
     pub r15: u64,
     pub r14: u64,
@@ -39,7 +41,9 @@ pub struct TrapFrame {
     pub ss: u64,
 }
 
-const PAGE_FAULT: u64 = 14;
+const _: () = assert!(core::mem::size_of::<TrapFrame>() == 22 * 8);
+
+pub const PAGE_FAULT: u64 = 14;
 const DOUBLE_FAULT: u64 = 8;
 
 /// Called by `trap_common` with interrupts disabled.

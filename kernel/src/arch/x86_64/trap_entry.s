@@ -3,6 +3,11 @@
  * none, then the vector number and the general registers) and calls `trap_dispatch` with a
  * pointer to it. Generated as plain text so that each stub can be read; `trap_stub_table` lists
  * them in the order of `idt::STUB_VECTORS`.
+ *
+ * From user mode the CPU has switched to TSS.RSP0, which points just past the current thread's
+ * register save area, so the whole frame lands in the thread object; the kernel then continues
+ * on its own stack in `trap_from_user`, which never returns (it resumes some thread through
+ * `return_to_user`).
  */
 .section .text
 trap_common:
@@ -23,7 +28,12 @@ trap_common:
     push r15
     mov rdi, rsp
     cld
-    call trap_dispatch
+    test byte ptr [rsp + 144], 3              /* CS of the interrupted context */
+    jz 1f
+    lea rsp, [rip + boot_stack_top]
+    call trap_from_user
+    ud2
+1:  call trap_dispatch
     pop r15
     pop r14
     pop r13

@@ -4,8 +4,8 @@ use super::{space_id, CapSystem, Entry, NodeId, SpaceState};
 
 impl<O: Clone + PartialEq + core::fmt::Debug> CapSystem<O> {
     /// Checks the internal links: slots and nodes point at each other, sibling lists are
-    /// doubly linked, parent chains end at an original, and the counters match. O(nodes ×
-    /// depth + slots); for tests and kernel self-checks.
+    /// doubly linked, every node lies below an original, and the counters match. O(nodes +
+    /// slots); for tests and kernel self-checks.
     pub fn check_invariants(&self) -> Result<(), &'static str> {
         let mut used = 0usize;
         for (i, entry) in self.nodes.iter().enumerate() {
@@ -44,18 +44,12 @@ impl<O: Clone + PartialEq + core::fmt::Debug> CapSystem<O> {
                     return Err("child does not point at its parent");
                 }
             }
-            let mut ancestor = node.parent;
-            let mut steps = 0usize;
-            while let Some(a) = ancestor {
-                steps += 1;
-                if steps > self.nodes.len() {
-                    return Err("cycle in parent links");
-                }
-                ancestor = self.node(a).ok_or("dangling parent link")?.parent;
-            }
         }
         if used != self.nodes_in_use {
             return Err("nodes_in_use is wrong");
+        }
+        if self.reachable_from_originals()? != used {
+            return Err("a node is not below an original (cycle in parent links)");
         }
         let mut free = 0usize;
         let mut next = self.free_node;
@@ -91,5 +85,53 @@ impl<O: Clone + PartialEq + core::fmt::Debug> CapSystem<O> {
             }
         }
         Ok(())
+    }
+
+    /// Number of nodes reached by walking down from every original, without recursion. Fails
+    /// if the walk takes more steps than a forest of this size can need (a cycle).
+    fn reachable_from_originals(&self) -> Result<usize, &'static str> {
+        let limit = self.nodes.len().saturating_mul(4).saturating_add(4);
+        let mut steps = 0usize;
+        let mut step = || {
+            steps += 1;
+            if steps > limit {
+                Err("cycle in tree links")
+            } else {
+                Ok(())
+            }
+        };
+        let mut reached = 0usize;
+        for (i, entry) in self.nodes.iter().enumerate() {
+            let Entry::Used(node) = entry else { continue };
+            if !node.original {
+                continue;
+            }
+            let root = NodeId::try_from(i).map_err(|_| "arena index too large")?;
+            let mut at = root;
+            reached += 1;
+            'walk: loop {
+                step()?;
+                let node = self.node(at).ok_or("dangling link")?;
+                if let Some(child) = node.first_child {
+                    at = child;
+                    reached += 1;
+                    continue;
+                }
+                loop {
+                    if at == root {
+                        break 'walk;
+                    }
+                    step()?;
+                    let node = self.node(at).ok_or("dangling link")?;
+                    if let Some(next) = node.next_sibling {
+                        at = next;
+                        reached += 1;
+                        break;
+                    }
+                    at = node.parent.ok_or("non-original without parent")?;
+                }
+            }
+        }
+        Ok(reached)
     }
 }

@@ -1,0 +1,208 @@
+//! User memory and I/O ports: mapping memory capabilities into domains, carving sub-ranges of
+//! resource capabilities, and the per-domain I/O permission bitmap.
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+
+use abi::{Rights, Status};
+use cap::{Quota, SpaceId};
+use mem::paging::{Flags, PageSize, TableMemory};
+
+use super::objects::{cost, Obj, PdId, ThreadId};
+use super::Kernel;
+use crate::arch::gdt::IO_BITMAP_BYTES;
+use crate::mem::{direct, frames};
+
+/// Highest user address + 1 (the lower canonical half).
+pub const USER_END: u64 = 0x0000_8000_0000_0000;
+const PAGE: u64 = 4096;
+
+/// Page-table frames for a domain, charged to its quota.
+pub struct QuotaTables<'a> {
+    pub quota: &'a mut Quota,
+    pub frames: &'a mut Vec<u64>,
+}
+
+impl TableMemory for QuotaTables<'_> {
+    fn alloc_table(&mut self) -> Option<u64> {
+        self.quota.charge(cost::PAGE_TABLE).ok()?;
+        let Some(frame) = frames::alloc(1) else {
+            self.quota.release(cost::PAGE_TABLE);
+            return None;
+        };
+        direct::zero_frame(frame);
+        self.frames.push(frame);
+        Some(frame)
+    }
+
+    fn read(&self, table: u64, index: usize) -> u64 {
+        direct::read_word(table, index)
+    }
+
+    fn write(&mut self, table: u64, index: usize, value: u64) {
+        direct::write_word(table, index, value)
+    }
+
+    fn free_table(&mut self, table: u64) {
+        self.frames.retain(|&f| f != table);
+        frames::free(table, 1);
+        self.quota.release(cost::PAGE_TABLE);
+    }
+}
+
+/// Maps `pages` pages of `phys` at user address `virt` of `pd`.
+pub fn map_pages(
+    k: &mut Kernel,
+    pd: PdId,
+    virt: u64,
+    phys: u64,
+    pages: u64,
+    rights: Rights,
+) -> Result<(), Status> {
+    let len = pages.checked_mul(PAGE).ok_or(Status::BadArgument)?;
+    let end = virt.checked_add(len).ok_or(Status::BadAddress)?;
+    if virt % PAGE != 0 || end > USER_END || pages == 0 {
+        return Err(Status::BadAddress);
+    }
+    if rights.contains(Rights::WRITE) && rights.contains(Rights::EXEC) {
+        return Err(Status::BadArgument);
+    }
+    let flags = Flags {
+        writable: rights.contains(Rights::WRITE),
+        executable: rights.contains(Rights::EXEC),
+        user: true,
+        ..Flags::default()
+    };
+    let domain = k.pds.get_mut(pd).ok_or(Status::BadSelector)?;
+    let mut tables = QuotaTables {
+        quota: &mut domain.quota,
+        frames: &mut domain.table_frames,
+    };
+    domain
+        .aspace
+        .map_range_up_to(&mut tables, virt, phys, len, flags, PageSize::Size4K)
+        .map_err(|e| match e {
+            mem::paging::MapError::OutOfTableMemory => Status::QuotaExceeded,
+            mem::paging::MapError::AlreadyMapped { .. } => Status::BadAddress,
+            _ => Status::BadArgument,
+        })
+}
+
+/// `map(mem, pd, virt, first_page, pages, rights)`.
+pub fn map(k: &mut Kernel, space: SpaceId, args: [u64; 6]) -> Result<(), Status> {
+    let [mem_sel, pd_sel, virt, first, pages, rights] = args;
+    let rights = Rights::from_bits(rights).ok_or(Status::BadArgument)?;
+    let mappable = Rights::READ | Rights::WRITE | Rights::EXEC;
+    if !mappable.contains(rights) || !rights.contains(Rights::READ) {
+        return Err(Status::BadArgument);
+    }
+    let (base, total) = match k
+        .caps
+        .lookup(space, mem_sel, rights)
+        .map_err(Status::from)?
+    {
+        Obj::Memory { base, pages } => (*base, *pages),
+        _ => return Err(Status::WrongKind),
+    };
+    let pd = match k
+        .caps
+        .lookup(space, pd_sel, Rights::CONTROL)
+        .map_err(Status::from)?
+    {
+        Obj::Pd(pd) => *pd,
+        _ => return Err(Status::WrongKind),
+    };
+    let last = first.checked_add(pages).ok_or(Status::BadArgument)?;
+    if pages == 0 || last > total {
+        return Err(Status::BadArgument);
+    }
+    map_pages(k, pd, virt, base + first * PAGE, pages, rights)
+}
+
+/// `carve(src, dest, first, count)`: a capability over a sub-range, derived from `src`.
+pub fn carve(
+    k: &mut Kernel,
+    space: SpaceId,
+    owner: ThreadId,
+    args: [u64; 4],
+) -> Result<(), Status> {
+    let [src, dest, first, count] = args;
+    let (object, rights) = k.caps.get(space, src).map_err(Status::from)?;
+    if !rights.contains(Rights::GRANT) {
+        return Err(Status::NoRights);
+    }
+    let end = first.checked_add(count).ok_or(Status::BadArgument)?;
+    let carved = match *object {
+        Obj::Memory { base, pages } if count > 0 && end <= pages => Obj::Memory {
+            base: base + first * PAGE,
+            pages: count,
+        },
+        Obj::IoPorts { base, count: n } if count > 0 && end <= u64::from(n) => Obj::IoPorts {
+            base: base + first as u32,
+            count: count as u32,
+        },
+        Obj::Memory { .. } | Obj::IoPorts { .. } => return Err(Status::BadArgument),
+        _ => return Err(Status::WrongKind),
+    };
+    k.caps
+        .derive(space, src, space, dest, carved, rights)
+        .map_err(Status::from)?;
+    after_cap_insert(k, owner, dest);
+    Ok(())
+}
+
+/// Called after a capability lands at `sel` in the domain of thread `t`: an IoPorts capability
+/// opens its ports in the domain's I/O bitmap.
+pub fn after_cap_insert(k: &mut Kernel, t: ThreadId, sel: u64) {
+    let Some(pd) = k.threads.get(t).map(|x| x.pd) else {
+        return;
+    };
+    after_cap_insert_pd(k, pd, sel);
+}
+
+pub fn after_cap_insert_pd(k: &mut Kernel, pd: PdId, sel: u64) {
+    let Some(space) = k.pds.get(pd).map(|d| d.space) else {
+        return;
+    };
+    if let Ok((Obj::IoPorts { .. }, _)) = k.caps.get(space, sel) {
+        rebuild_io_bitmap(k, pd);
+    }
+}
+
+/// Recomputes a domain's I/O bitmap from the IoPorts capabilities with CALL it holds.
+pub fn rebuild_io_bitmap(k: &mut Kernel, pd: PdId) {
+    let Some(space) = k.pds.get(pd).map(|d| d.space) else {
+        return;
+    };
+    let mut ranges = Vec::new();
+    for (_, object, rights) in k.caps.iter_space(space) {
+        if let Obj::IoPorts { base, count } = *object {
+            if rights.contains(Rights::CALL) {
+                ranges.push((base, count));
+            }
+        }
+    }
+    let Some(domain) = k.pds.get_mut(pd) else {
+        return;
+    };
+    if ranges.is_empty() {
+        if domain.io_bitmap.take().is_some() {
+            domain.quota.release(cost::IO_BITMAP);
+        }
+        return;
+    }
+    if domain.io_bitmap.is_none() {
+        if domain.quota.charge(cost::IO_BITMAP).is_err() {
+            return; // no room for a bitmap: the ports stay closed
+        }
+        domain.io_bitmap = Some(Box::new([0xff; IO_BITMAP_BYTES]));
+    }
+    if let Some(bitmap) = domain.io_bitmap.as_deref_mut() {
+        bitmap.fill(0xff);
+        for (base, count) in ranges {
+            for port in base..(base + count).min(65536) {
+                bitmap[(port / 8) as usize] &= !(1 << (port % 8));
+            }
+        }
+    }
+}
