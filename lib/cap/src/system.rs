@@ -245,7 +245,7 @@ impl<O: Clone + PartialEq + core::fmt::Debug> CapSystem<O> {
         let src = self.find(src_space, src_sel)?;
         self.space(dst_space)?;
         let src_rights = self.node(src).ok_or(CapError::Empty)?.rights;
-        if !src_rights.contains(Rights::GRANT) {
+        if !src_rights.contains(Rights::GRANT) || !src_rights.contains(rights) {
             return Err(CapError::NoRights);
         }
         let index = self.free_slot(dst_space, dst_sel)?;
