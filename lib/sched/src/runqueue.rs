@@ -158,3 +158,141 @@ impl<T: Copy + Eq> RunQueue<T> {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use alloc::vec::Vec;
+
+    use super::*;
+
+    fn drain(q: &mut RunQueue<u32>) -> Vec<(u32, u8)> {
+        core::iter::from_fn(|| q.pop_highest()).collect()
+    }
+
+    #[test]
+    fn empty() {
+        let mut q = RunQueue::<u32>::new();
+        assert!(q.is_empty());
+        assert_eq!(q.len(), 0);
+        assert_eq!(q.highest_priority(), None);
+        assert_eq!(q.pop_highest(), None);
+        assert!(!q.remove(1));
+        assert!(!q.contains(1));
+    }
+
+    #[test]
+    fn strict_priority_order() {
+        let mut q = RunQueue::new();
+        for (item, prio) in [(1, 3), (2, 31), (3, 0), (4, 17), (5, 3), (6, 31)] {
+            q.push_back(item, prio).unwrap();
+        }
+        assert_eq!(q.len(), 6);
+        assert_eq!(q.highest_priority(), Some(31));
+        assert_eq!(
+            drain(&mut q),
+            [(2, 31), (6, 31), (4, 17), (1, 3), (5, 3), (3, 0)]
+        );
+        assert!(q.is_empty());
+        assert_eq!(q.highest_priority(), None);
+    }
+
+    #[test]
+    fn round_robin_within_a_level() {
+        let mut q = RunQueue::new();
+        for item in 1..=3 {
+            q.push_back(item, 10).unwrap();
+        }
+        let mut order = Vec::new();
+        for _ in 0..9 {
+            let (item, prio) = q.pop_highest().unwrap();
+            order.push(item);
+            q.push_back(item, prio).unwrap();
+        }
+        assert_eq!(order, [1, 2, 3, 1, 2, 3, 1, 2, 3]);
+        assert_eq!(q.len(), 3);
+    }
+
+    #[test]
+    fn push_front_keeps_the_turn() {
+        let mut q = RunQueue::new();
+        for item in 1..=3 {
+            q.push_back(item, 5).unwrap();
+        }
+        let (preempted, prio) = q.pop_highest().unwrap();
+        q.push_front(preempted, prio).unwrap();
+        assert_eq!(q.pop_highest(), Some((1, 5)));
+        q.push_front(9, 5).unwrap();
+        q.push_front(8, 6).unwrap();
+        assert_eq!(drain(&mut q), [(8, 6), (9, 5), (2, 5), (3, 5)]);
+    }
+
+    #[test]
+    fn remove_from_anywhere() {
+        let mut q = RunQueue::new();
+        for item in 1..=5 {
+            q.push_back(item, 7).unwrap();
+        }
+        q.push_back(6, 2).unwrap();
+        assert!(q.remove(3));
+        assert!(!q.remove(3));
+        assert!(q.remove(1));
+        assert!(q.remove(5));
+        assert_eq!(q.len(), 3);
+        assert!(q.remove(6));
+        assert_eq!(q.highest_priority(), Some(7));
+        assert!(q.remove(2));
+        assert!(q.remove(4));
+        assert_eq!(q.highest_priority(), None);
+        assert!(q.is_empty());
+        // Removing the only item of the top level exposes the next level.
+        q.push_back(1, 9).unwrap();
+        q.push_back(2, 4).unwrap();
+        assert!(q.remove(1));
+        assert_eq!(q.highest_priority(), Some(4));
+    }
+
+    #[test]
+    fn bad_priority_is_refused() {
+        let mut q = RunQueue::new();
+        for prio in [32, 33, 200, u8::MAX] {
+            assert_eq!(q.push_back(1, prio), Err(SchedError::BadPriority));
+            assert_eq!(q.push_front(1, prio), Err(SchedError::BadPriority));
+        }
+        assert!(q.is_empty());
+        q.push_back(1, 31).unwrap();
+        q.push_back(2, 0).unwrap();
+        assert_eq!(drain(&mut q), [(1, 31), (2, 0)]);
+    }
+
+    #[test]
+    fn duplicates_are_refused_at_any_priority() {
+        let mut q = RunQueue::new();
+        q.push_back(1, 4).unwrap();
+        assert_eq!(q.push_back(1, 4), Err(SchedError::AlreadyQueued));
+        assert_eq!(q.push_front(1, 4), Err(SchedError::AlreadyQueued));
+        assert_eq!(q.push_back(1, 20), Err(SchedError::AlreadyQueued));
+        assert_eq!(q.push_front(1, 0), Err(SchedError::AlreadyQueued));
+        assert_eq!(q.len(), 1);
+        assert_eq!(q.priority_of(1), Some(4));
+        // Once popped it may be queued again.
+        assert_eq!(q.pop_highest(), Some((1, 4)));
+        q.push_back(1, 20).unwrap();
+        assert_eq!(q.priority_of(1), Some(20));
+    }
+
+    #[test]
+    fn many_items() {
+        let mut q = RunQueue::new();
+        for item in 0..10_000u32 {
+            q.push_back(item, (item % 32) as u8).unwrap();
+        }
+        assert_eq!(q.len(), 10_000);
+        let out = drain(&mut q);
+        assert_eq!(out.len(), 10_000);
+        // Priorities never rise, and within a level items come out in push order.
+        for pair in out.windows(2) {
+            let ((a, pa), (b, pb)) = (pair[0], pair[1]);
+            assert!(pa > pb || (pa == pb && a < b));
+        }
+    }
+}

@@ -96,3 +96,120 @@ impl<T: Copy + Eq> Timeouts<T> {
         self.entries.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use alloc::vec::Vec;
+
+    use super::*;
+
+    fn expire(t: &mut Timeouts<u32>, now: u64) -> Vec<u32> {
+        let mut out = Vec::new();
+        t.expire(now, &mut |x| out.push(x));
+        out
+    }
+
+    #[test]
+    fn earliest_first() {
+        let mut t = Timeouts::new();
+        t.add(1, 30);
+        t.add(2, 10);
+        t.add(3, 20);
+        assert_eq!((t.len(), t.next_deadline()), (3, Some(10)));
+        assert_eq!(expire(&mut t, 100), [2, 3, 1]);
+        assert!(t.is_empty());
+        assert_eq!(t.next_deadline(), None);
+    }
+
+    #[test]
+    fn equal_deadlines_expire_in_order_added() {
+        let mut t = Timeouts::new();
+        for item in [5, 3, 9, 1] {
+            t.add(item, 7);
+        }
+        t.add(0, 6);
+        assert_eq!(expire(&mut t, 7), [0, 5, 3, 9, 1]);
+    }
+
+    #[test]
+    fn exact_boundaries() {
+        let mut t = Timeouts::new();
+        t.add(1, 10);
+        t.add(2, 11);
+        assert_eq!(expire(&mut t, 9), [] as [u32; 0]);
+        assert_eq!(expire(&mut t, 10), [1]);
+        assert_eq!(expire(&mut t, 10), [] as [u32; 0]);
+        assert_eq!(t.next_deadline(), Some(11));
+        assert_eq!(expire(&mut t, 11), [2]);
+        // The extremes of the tick range.
+        t.add(3, 0);
+        t.add(4, u64::MAX);
+        assert_eq!(expire(&mut t, 0), [3]);
+        assert_eq!(expire(&mut t, u64::MAX - 1), [] as [u32; 0]);
+        assert_eq!(expire(&mut t, u64::MAX), [4]);
+    }
+
+    #[test]
+    fn add_replaces() {
+        let mut t = Timeouts::new();
+        t.add(1, 10);
+        t.add(2, 20);
+        t.add(1, 30);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.deadline_of(1), Some(30));
+        assert_eq!(t.next_deadline(), Some(20));
+        t.add(1, 5);
+        assert_eq!((t.len(), t.next_deadline()), (2, Some(5)));
+        assert_eq!(expire(&mut t, 25), [1, 2]);
+        assert_eq!(t.deadline_of(1), None);
+    }
+
+    #[test]
+    fn cancel() {
+        let mut t = Timeouts::new();
+        t.add(1, 10);
+        t.add(2, 20);
+        t.add(3, 30);
+        assert!(t.cancel(2));
+        assert!(!t.cancel(2));
+        assert!(!t.cancel(99));
+        assert!(t.cancel(1));
+        assert_eq!(t.next_deadline(), Some(30));
+        assert_eq!(expire(&mut t, 100), [3]);
+        assert!(!t.cancel(3));
+    }
+
+    #[test]
+    fn reserve_then_add() {
+        let mut t = Timeouts::new();
+        t.reserve(100).unwrap();
+        for item in 0..100u32 {
+            t.add(item, u64::from(item));
+        }
+        assert_eq!(t.reserve(usize::MAX), Err(SchedError::NoMemory));
+        assert_eq!(t.len(), 100);
+    }
+
+    #[test]
+    fn many_items() {
+        let mut t = Timeouts::new();
+        // Deadlines in a scrambled order, with repeats.
+        for item in 0..5_000u32 {
+            t.add(item, u64::from(item.wrapping_mul(7919) % 1000));
+        }
+        let mut out = Vec::new();
+        let mut now = 0;
+        while !t.is_empty() {
+            let next = t.next_deadline().unwrap();
+            assert!(next >= now);
+            now = next;
+            t.expire(now, &mut |x| {
+                out.push((u64::from(x.wrapping_mul(7919) % 1000), x))
+            });
+        }
+        assert_eq!(out.len(), 5_000);
+        let mut sorted = out.clone();
+        sorted.sort();
+        assert_eq!(out, sorted);
+    }
+}
