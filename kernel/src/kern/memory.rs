@@ -171,6 +171,7 @@ pub fn after_cap_insert_pd(k: &mut Kernel, pd: PdId, sel: u64) {
 
 /// Recomputes a domain's I/O bitmap from the IoPorts capabilities with CALL it holds.
 pub fn rebuild_io_bitmap(k: &mut Kernel, pd: PdId) {
+    k.forget_loaded(pd);
     let Some(space) = k.pds.get(pd).map(|d| d.space) else {
         return;
     };

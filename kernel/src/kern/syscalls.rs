@@ -395,6 +395,7 @@ pub fn destroy_pd(k: &mut Kernel, pd: PdId) {
     let mut removed = Vec::new();
     let _ = k.caps.destroy_space(space, &mut |r| removed.push(r));
     settle_removed(k, removed);
+    k.forget_loaded(pd);
     if let Some(domain) = k.pds.remove(pd) {
         for frame in &domain.table_frames {
             crate::mem::frames::free(*frame, 1);

@@ -177,6 +177,15 @@ pub fn share_kernel_half(root: u64) {
     }
 }
 
+/// Loads the kernel's own page tables (no user half).
+pub fn load_kernel_space() {
+    let guard = KERNEL_SPACE.lock();
+    if let Some(kernel) = guard.as_ref() {
+        // SAFETY: the kernel's page tables map all kernel code and data.
+        unsafe { x86::controlregs::cr3_write(kernel.root()) };
+    }
+}
+
 /// How the address space `space` translates `virt`.
 pub fn translate_in(space: &AddressSpace, virt: u64) -> Option<Translation> {
     space.translate(&KernelTables { allocated: 0 }, virt)
