@@ -1,0 +1,87 @@
+//! The serial driver: owns COM1 and prints what other servers send it.
+//!
+//! It obtains its ports from init (`GET_RESOURCE "io_ports"`, which the manifest grants; the
+//! kernel opens the ports of an I/O-port capability in the holder's I/O bitmap), initialises
+//! the 16550 UART at [`uart::COM1`], creates its `log` portal, registers it, and then serves
+//! `rt::log::WRITE` requests forever: the payload is a postcard `&str`, written as it is (the
+//! clients put their own names in front), with `\n` sent as `\r\n`. The reply's word 0 is the
+//! status: `Ok`, or `BadArgument` for an unknown label or a payload that is not a string.
+//!
+//! Interrupt-driven input is not offered: the kernel does not deliver IRQs to user space yet
+//! (`IrqBind` answers `BadArgument`), and nothing in the system reads from the console.
+#![no_std]
+#![no_main]
+#![deny(unsafe_code)]
+
+mod uart;
+
+use abi::{well_known, Status};
+use rt::ipc::Next;
+use rt::{bootstrap, log, syscall, Start, Utcb};
+
+rt::entry!(main, heap = 16 * 1024);
+
+/// The I/O-port capability over COM1.
+const PORTS: abi::Sel = well_known::FIRST_FREE;
+/// The `log` portal.
+const LOG: abi::Sel = well_known::FIRST_FREE + 1;
+/// Where a capability sent to `log` would land (clients send none; it is dropped).
+const RECV: abi::Sel = well_known::FIRST_FREE + 2;
+/// Badge of the `log` portal.
+const LOG_BADGE: u64 = 1;
+
+fn main(start: Start) -> ! {
+    let mut utcb = start.utcb;
+    log::set_name("serial");
+    let ports = bootstrap::get_resource(&mut utcb, "io_ports", PORTS);
+    // Without the ports nothing can be printed. Touching the UART anyway makes the kernel send
+    // a #GP fault to init, which prints it: the failure shows on the console.
+    let mut com1 = uart::Uart::new(uart::COM1);
+    com1.init();
+    if let Err(e) = ports {
+        fail(&mut utcb, "no I/O ports", e)
+    }
+    com1.write_str("serial: COM1 ready\n");
+    if let Err(e) = syscall::create_portal(LOG, well_known::SELF_THREAD, LOG_BADGE) {
+        com1.write_str("serial: cannot create the log portal\n");
+        fail(&mut utcb, "create portal", e)
+    }
+    if let Err(e) = bootstrap::register(&mut utcb, "log", LOG) {
+        com1.write_str("serial: cannot register the log portal\n");
+        fail(&mut utcb, "register", e)
+    }
+    let result = rt::ipc::serve(&mut utcb, LOG, RECV, |utcb, _badge| {
+        handle(utcb, &mut com1);
+        Next::Reply
+    });
+    com1.write_str("serial: log portal gone; stopping\n");
+    if let Err(e) = result {
+        fail(&mut utcb, "serve", e)
+    }
+    syscall::thread_exit()
+}
+
+/// Handles one request on `log`, leaving the reply in the UTCB.
+fn handle(utcb: &mut Utcb, com1: &mut uart::Uart) {
+    if utcb.cap_received() {
+        let _ = syscall::revoke(RECV, true);
+    }
+    let status = if utcb.label() == log::WRITE {
+        let mut buf: rt::wire::Buf = [0; rt::wire::MAX_BYTES];
+        match utcb.payload::<&str>(&mut buf) {
+            Ok(text) => {
+                com1.write_str(text);
+                Status::Ok
+            }
+            Err(_) => Status::BadArgument,
+        }
+    } else {
+        Status::BadArgument
+    };
+    utcb.set_status(status);
+}
+
+fn fail(utcb: &mut Utcb, what: &str, error: rt::Error) -> ! {
+    rt::println!(utcb, "serial: {what}: {error}");
+    syscall::thread_exit()
+}

@@ -1,0 +1,76 @@
+//! The user runtime: what every server of the system links.
+//!
+//! - [`entry!`] names a server's `fn main(start: Start) -> !`; the runtime's `_start` (the ELF
+//!   entry) aligns the stack, sets up the heap and calls it with the thread's UTCB.
+//! - [`syscall`]: one wrapper per [`abi::Syscall`], returning [`Error`] for refusals (status
+//!   codes the runtime does not know become [`Error::Unknown`], never a panic), and
+//!   [`syscall::raw`] for the isolation experiments' syscall storm.
+//! - [`ipc::Utcb`]: the thread's message area: words, label, capability transfer, postcard
+//!   payloads ([`uwire`] layout: byte length in word 0, bytes little-endian from word 1), and the
+//!   IPC syscalls, which are methods because they rewrite the message area.
+//! - [`heap`]: the global allocator over a static arena (size set in [`entry!`]).
+//! - [`log`] and [`println!`]: text through the serial driver's `log` portal (or the kernel
+//!   console for init, the only domain allowed to use it).
+//! - [`bootstrap`]: the client side of `abi::bootstrap` (register, get, get_resource, power off).
+//! - [`thread`]: more threads in the caller's own domain, over static stacks.
+//! - A panic prints a best-effort message through the log portal and ends the thread.
+//!
+//! `unsafe` lives in `start`, `syscall::raw`, the UTCB accessors, the heap arena and `thread`;
+//! each use says why it is sound.
+#![no_std]
+
+extern crate alloc;
+
+pub mod bootstrap;
+mod error;
+pub mod heap;
+pub mod ipc;
+pub mod log;
+mod panic;
+mod start;
+pub mod syscall;
+pub mod thread;
+
+pub use abi::Sel;
+pub use error::Error;
+pub use ipc::Utcb;
+/// The payload layout (`uwire`), for servers that decode payloads themselves.
+pub use uwire as wire;
+
+/// What a thread receives when it starts.
+pub struct Start {
+    /// The thread's message area.
+    pub utcb: Utcb,
+    /// The start argument: 0 for servers, `abi::boot::BOOT_PAGE_ADDR` for init, the `arg` given
+    /// to [`thread::spawn`] for threads the runtime starts.
+    pub arg: u64,
+}
+
+/// Declares the server's entry function, `fn main(start: rt::Start) -> !`, optionally with the
+/// heap size in bytes (default [`heap::DEFAULT_SIZE`]):
+///
+/// ```ignore
+/// rt::entry!(main);
+/// rt::entry!(main, heap = 64 * 1024);
+/// ```
+///
+/// The expansion defines the symbol `__rt_main` that the runtime's `_start` calls, so a crate
+/// using it cannot `forbid(unsafe_code)` (the `no_mangle` attribute counts as unsafe code); use
+/// `deny(unsafe_code)`, which the expansion allows for that one item.
+#[macro_export]
+macro_rules! entry {
+    ($main:path) => {
+        $crate::entry!($main, heap = $crate::heap::DEFAULT_SIZE);
+    };
+    ($main:path, heap = $size:expr) => {
+        static __RT_HEAP: $crate::heap::Arena<{ $size }> = $crate::heap::Arena::new();
+
+        #[allow(unsafe_code)]
+        #[no_mangle]
+        fn __rt_main(start: $crate::Start) -> ! {
+            $crate::heap::init(&__RT_HEAP);
+            let main: fn($crate::Start) -> ! = $main;
+            main(start)
+        }
+    };
+}
