@@ -15,7 +15,7 @@ use crate::cli::BenchArgs;
 use crate::emulator::{self, Emulator, Line, Spec};
 use crate::outcome::Outcome;
 use crate::setup::{self, Need};
-use crate::{build, elf, image, layout, manifest, run};
+use crate::{build, elf, image, layout, manifest, pack, run};
 
 /// The substring that marks the banner line.
 pub const BANNER: &str = "virtualization:";
@@ -104,7 +104,8 @@ pub fn command(args: &BenchArgs) -> Result<bool> {
     let bootloader = run::default_bootloader();
     let work = layout::work_dir(&["bench"])?;
     let iso = work.join("boot.iso");
-    image::for_system(&system, bootloader, &kernel, "", &iso)?;
+    let modules = pack::modules(&root, &system, release, true)?;
+    image::for_system(&system, &modules, bootloader, &kernel, "", &iso)?;
 
     let mut configs = Vec::new();
     for icount in [false, true] {

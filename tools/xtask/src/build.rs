@@ -1,12 +1,14 @@
-//! `cargo xtask build`: the host crates, then the kernel.
+//! `cargo xtask build`: the host crates, the kernel, then the user-space crates.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
 use crate::cli::BuildArgs;
 use crate::setup::{self, Need};
+use crate::workspace::Workspace;
 use crate::{layout, toolchain};
 
 /// Builds the kernel (cargo's output goes to our stderr) and returns the ELF's path.
@@ -30,6 +32,38 @@ pub fn kernel(root: &Path, release: bool) -> Result<PathBuf> {
     Ok(elf)
 }
 
+/// Builds the user-space `packages` for the target (cargo's output goes to our stderr).
+pub fn user(root: &Path, packages: &[String], release: bool) -> Result<()> {
+    if packages.is_empty() {
+        return Ok(());
+    }
+    let tc = toolchain::detect();
+    let started = Instant::now();
+    let status = tc
+        .build_user(root, packages, release)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .with_context(|| format!("cannot run {}", tc.describe()))?;
+    if !status.success() {
+        let hint = if root.join("user/link.ld").is_file() {
+            ""
+        } else {
+            " (user/link.ld, the user linker script, is missing)"
+        };
+        bail!(
+            "build of {} failed ({status}) with {}{hint}",
+            packages.join(", "),
+            tc.describe()
+        );
+    }
+    eprintln!(
+        "xtask: built {} in {:.1} s",
+        packages.join(", "),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// `cargo build` of the host crates (the workspace's default members).
 fn host(root: &Path, release: bool) -> Result<()> {
     let mut cmd = Command::new(toolchain::host_cargo());
@@ -49,6 +83,7 @@ pub fn command(args: &BuildArgs) -> Result<bool> {
     let root = layout::root();
     host(&root, args.release)?;
     let elf = kernel(&root, args.release)?;
+    user(&root, &Workspace::load(&root)?.user_crates(), args.release)?;
     println!("{}", elf.display());
     Ok(true)
 }

@@ -19,6 +19,7 @@ mod image;
 mod layout;
 mod manifest;
 mod outcome;
+mod pack;
 mod run;
 mod scenario;
 mod setup;
@@ -26,6 +27,7 @@ mod suite;
 mod summary;
 mod toml_file;
 mod toolchain;
+mod workspace;
 
 use std::process::ExitCode;
 

@@ -9,7 +9,7 @@ use crate::emulator::{self, Emulator, Spec};
 use crate::image::{self, limine::Limine, Bootloader};
 use crate::outcome::Outcome;
 use crate::setup::{self, Need};
-use crate::{build, layout, manifest};
+use crate::{build, layout, manifest, pack};
 
 /// The bootloader to use when none was asked for: Limine when it is there, else GRUB (saying why).
 pub fn default_bootloader() -> Bootloader {
@@ -53,8 +53,10 @@ pub fn command(args: &RunArgs) -> Result<bool> {
     );
     let work = layout::work_dir(&["run", &label])?;
     let iso = work.join(format!("{label}.iso"));
+    let modules = pack::modules(&root, &system, args.release, true)?;
     image::for_system(
         &system,
+        &modules,
         bootloader,
         &kernel,
         args.cmdline.as_deref().unwrap_or(""),

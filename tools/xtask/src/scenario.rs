@@ -12,6 +12,8 @@
 //! must_contain = ["SVM", "NPT"]
 //! must_not_contain = []
 //! timeout_secs = 60          # optional; default per emulator
+//! requires = ["init"]        # optional: workspace packages the system needs; while one is
+//!                            # missing the scenario is skipped ("servers not built yet")
 //! ```
 
 use std::path::Path;
@@ -60,6 +62,8 @@ struct File {
     #[serde(default)]
     must_not_contain: Vec<String>,
     timeout_secs: Option<u64>,
+    #[serde(default)]
+    requires: Vec<String>,
 }
 
 fn default_system() -> String {
@@ -80,6 +84,8 @@ pub struct Scenario {
     pub must_contain: Vec<String>,
     pub must_not_contain: Vec<String>,
     pub timeout: Duration,
+    /// Workspace packages without which the scenario is skipped.
+    pub requires: Vec<String>,
 }
 
 /// Parses one scenario file named `name`.
@@ -105,6 +111,7 @@ pub fn parse(source: &Source, name: &str) -> Result<Scenario> {
             file.timeout_secs
                 .unwrap_or_else(|| file.emulator.default_timeout()),
         ),
+        requires: file.requires,
     })
 }
 
@@ -219,7 +226,7 @@ mod tests {
         assert!(all.len() >= 7);
         let root = crate::layout::root();
         for s in &all {
-            crate::manifest::load(&root, &s.system).unwrap();
+            crate::manifest::load_with(&root, &s.system, None).unwrap();
         }
     }
 }

@@ -2,14 +2,15 @@
 //! the summary table whose last line is `N passed, M failed, K skipped`.
 //!
 //! Item names (what `--filter` matches): `unit:<crate>`, `fmt`, `clippy:host`, `build:kernel`,
-//! `clippy:kernel`, `scenario:<name>`. The kernel is built whenever a scenario runs.
+//! `clippy:kernel`, `build:user`, `clippy:user`, `scenario:<name>`. The kernel is built whenever
+//! a scenario runs, the user-space crates whenever a scenario boots a system with servers.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::cargo_test;
 use crate::cli::TestArgs;
@@ -18,7 +19,10 @@ use crate::image::{self, limine::Limine, Bootloader};
 use crate::scenario::{self, Scenario};
 use crate::setup;
 use crate::summary::{self, Counts, Row, Status};
-use crate::{layout, manifest, toolchain};
+use crate::workspace::Workspace;
+use crate::{layout, manifest, pack, toolchain};
+
+const NO_USER_CRATES: &str = "no user-space crates in the workspace yet";
 
 /// Lines of a failed scenario's transcript shown in the output.
 const TAIL_LINES: usize = 40;
@@ -30,7 +34,9 @@ pub fn command(args: &TestArgs) -> Result<bool> {
     let selected = |name: &str| args.filter.as_deref().is_none_or(|f| name.contains(f));
     let mut rows: Vec<Row> = Vec::new();
 
-    let crates: Vec<String> = host_crates(&root)?
+    let workspace = Workspace::load(&root)?;
+    let crates: Vec<String> = workspace
+        .host_crates()
         .into_iter()
         .filter(|c| selected(&format!("unit:{c}")))
         .collect();
@@ -87,17 +93,66 @@ pub fn command(args: &TestArgs) -> Result<bool> {
         });
     }
 
-    let kernel = toolchain::kernel_elf(&root, args.release);
-    for s in scenarios {
-        let row = if kernel_ok {
-            run_scenario(&root, s, &kernel, args.verbose)
-        } else {
-            Row::single(
-                &scenario_row(s),
-                Status::Failed,
+    // Scenarios whose packages do not exist yet are skipped; the others decide whether the
+    // user-space crates must be built.
+    let skips: Vec<Option<String>> = scenarios
+        .iter()
+        .map(|s| missing_packages(s, workspace))
+        .collect();
+    let needs_servers =
+        |s: &Scenario| manifest::load_with(&root, &s.system, None).is_ok_and(|m| m.has_servers());
+    let needs_user = scenarios
+        .iter()
+        .zip(&skips)
+        .any(|(s, skip)| skip.is_none() && needs_servers(s));
+    let user_crates = workspace.user_crates();
+    let mut user_ok = true;
+    if selected("build:user") || needs_user {
+        let row = if user_crates.is_empty() {
+            announce(Row::single(
+                "build:user",
+                Status::Skipped,
                 Duration::ZERO,
-                "the kernel did not build",
+                NO_USER_CRATES,
+            ))
+        } else {
+            check(
+                "build:user",
+                tc.build_user(&root, &user_crates, args.release),
             )
+        };
+        user_ok = row.status != Status::Failed;
+        rows.push(row);
+    }
+    if selected("clippy:user") {
+        let clippy = if user_crates.is_empty() {
+            Err(NO_USER_CRATES.to_string())
+        } else {
+            tc.clippy_user(&root, &user_crates)
+        };
+        rows.push(match clippy {
+            Ok(cmd) => check("clippy:user", cmd),
+            Err(reason) => announce(Row::single(
+                "clippy:user",
+                Status::Skipped,
+                Duration::ZERO,
+                reason,
+            )),
+        });
+    }
+
+    let kernel = toolchain::kernel_elf(&root, args.release);
+    for (s, skip) in scenarios.into_iter().zip(skips) {
+        let failed =
+            |reason: &str| Row::single(&scenario_row(s), Status::Failed, Duration::ZERO, reason);
+        let row = if let Some(reason) = skip {
+            Row::single(&scenario_row(s), Status::Skipped, Duration::ZERO, reason)
+        } else if !kernel_ok {
+            failed("the kernel did not build")
+        } else if !user_ok && needs_servers(s) {
+            failed("the user-space crates did not build")
+        } else {
+            run_scenario(&root, s, &kernel, args)
         };
         rows.push(announce(row));
     }
@@ -133,33 +188,24 @@ fn starting(name: &str) {
     let _ = std::io::stdout().flush();
 }
 
-/// The workspace's default members (the host crates), from `cargo metadata`.
-fn host_crates(root: &Path) -> Result<Vec<String>> {
-    let out = Command::new(toolchain::host_cargo())
-        .current_dir(root)
-        .args(["metadata", "--format-version", "1", "--no-deps"])
-        .output()
-        .context("cannot run cargo metadata")?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "cargo metadata failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let ids = meta["workspace_default_members"]
-        .as_array()
-        .context("cargo metadata lacks workspace_default_members")?;
-    let mut names = Vec::new();
-    for package in meta["packages"].as_array().into_iter().flatten() {
-        if ids.contains(&package["id"]) {
-            if let Some(name) = package["name"].as_str() {
-                names.push(name.to_string());
-            }
-        }
-    }
-    names.sort();
-    Ok(names)
+/// Why `scenario` is skipped: a package it `requires` is not in the workspace yet.
+fn missing_packages(scenario: &Scenario, workspace: &Workspace) -> Option<String> {
+    let missing: Vec<&str> = scenario
+        .requires
+        .iter()
+        .filter(|p| !workspace.has(p))
+        .map(String::as_str)
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "servers not built yet (no workspace package {})",
+            missing
+                .iter()
+                .map(|p| format!("`{p}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
 }
 
 /// `cargo test` per crate (after one build of all), one row per crate with its test counts.
@@ -289,7 +335,7 @@ fn print_tail(text: &str, n: usize) {
     }
 }
 
-fn run_scenario(root: &Path, s: &Scenario, kernel: &Path, verbose: bool) -> Row {
+fn run_scenario(root: &Path, s: &Scenario, kernel: &Path, args: &TestArgs) -> Row {
     let name = scenario_row(s);
     if s.bootloader == Bootloader::Limine {
         if let Err(reason) = Limine::find() {
@@ -298,7 +344,7 @@ fn run_scenario(root: &Path, s: &Scenario, kernel: &Path, verbose: bool) -> Row 
     }
     starting(&name);
     let started = Instant::now();
-    let result = boot_scenario(root, s, kernel, verbose);
+    let result = boot_scenario(root, s, kernel, args);
     let time = started.elapsed();
     match result {
         Ok((problems, _)) if problems.is_empty() => Row::single(
@@ -326,12 +372,14 @@ fn boot_scenario(
     root: &Path,
     s: &Scenario,
     kernel: &Path,
-    verbose: bool,
+    args: &TestArgs,
 ) -> Result<(Vec<String>, PathBuf)> {
+    let verbose = args.verbose;
     let system = manifest::load(root, &s.system)?;
+    let modules = pack::modules(root, &system, args.release, false)?;
     let work = layout::work_dir(&["scenarios", &s.name])?;
     let iso = work.join(format!("{}.iso", s.name));
-    image::for_system(&system, s.bootloader, kernel, &s.cmdline, &iso)?;
+    image::for_system(&system, &modules, s.bootloader, kernel, &s.cmdline, &iso)?;
     let spec = Spec {
         iso,
         cpu: s.cpu.clone(),

@@ -34,13 +34,23 @@ impl Source {
         span: Option<Range<usize>>,
         message: impl std::fmt::Display,
     ) -> anyhow::Error {
+        anyhow!("{}", self.message(span, message))
+    }
+
+    /// `file:line:column: message` (or `file: message` without a span).
+    pub fn message(&self, span: Option<Range<usize>>, message: impl std::fmt::Display) -> String {
         match span {
             Some(span) => {
                 let (line, column) = line_column(&self.text, span.start);
-                anyhow!("{}:{line}:{column}: {message}", self.name)
+                format!("{}:{line}:{column}: {message}", self.name)
             }
-            None => anyhow!("{}: {message}", self.name),
+            None => format!("{}: {message}", self.name),
         }
+    }
+
+    /// The line of byte `offset`.
+    pub fn line(&self, offset: usize) -> usize {
+        line_column(&self.text, offset).0
     }
 }
 

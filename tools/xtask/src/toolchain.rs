@@ -126,9 +126,38 @@ impl KernelToolchain {
         cmd
     }
 
+    /// `cargo build` of the user-space `packages` for the target, with their own flags and
+    /// target directory (see [`user_rustflags`]).
+    pub fn build_user(&self, root: &Path, packages: &[String], release: bool) -> Command {
+        let mut cmd = self.cargo_command(root);
+        cmd.arg("build");
+        self.add_user_args(&mut cmd, root, packages);
+        if release {
+            cmd.arg("--release");
+        }
+        cmd
+    }
+
     /// Clippy on the kernel with warnings denied, or the reason it cannot run here.
     pub fn clippy(&self, root: &Path) -> Result<Command, String> {
-        let mut cmd = match self {
+        let mut cmd = self.clippy_command(root)?;
+        cmd.args(["-p", "kernel", "--target", TARGET]);
+        self.add_build_std(&mut cmd);
+        cmd.args(["--", "-D", "warnings"]);
+        Ok(cmd)
+    }
+
+    /// Clippy on the user-space `packages` with warnings denied, built as by [`Self::build_user`].
+    pub fn clippy_user(&self, root: &Path, packages: &[String]) -> Result<Command, String> {
+        let mut cmd = self.clippy_command(root)?;
+        self.add_user_args(&mut cmd, root, packages);
+        cmd.args(["--", "-D", "warnings"]);
+        Ok(cmd)
+    }
+
+    /// `cargo clippy` with this toolchain, or why there is none.
+    fn clippy_command(&self, root: &Path) -> Result<Command, String> {
+        match self {
             Self::Prebuilt { .. } => {
                 let mut probe = self.cargo_command(root);
                 probe.args(["clippy", "--version"]);
@@ -139,7 +168,7 @@ impl KernelToolchain {
                 }
                 let mut cmd = self.cargo_command(root);
                 cmd.arg("clippy");
-                cmd
+                Ok(cmd)
             }
             Self::BuildStd { cargo, rustc } => {
                 // `cargo clippy` would find rustup's cargo-clippy first (it searches
@@ -157,13 +186,19 @@ impl KernelToolchain {
                     .env("RUSTC", rustc)
                     .env("RUSTC_BOOTSTRAP", "1");
                 cmd.arg("clippy");
-                cmd
+                Ok(cmd)
             }
-        };
-        cmd.args(["-p", "kernel", "--target", TARGET]);
-        self.add_build_std(&mut cmd);
-        cmd.args(["--", "-D", "warnings"]);
-        Ok(cmd)
+        }
+    }
+
+    fn add_user_args(&self, cmd: &mut Command, root: &Path, packages: &[String]) {
+        for package in packages {
+            cmd.args(["-p", package]);
+        }
+        cmd.args(["--target", TARGET, "--target-dir"])
+            .arg(root.join(USER_TARGET_DIR));
+        self.add_build_std(cmd);
+        cmd.env("CARGO_ENCODED_RUSTFLAGS", user_rustflags(root));
     }
 
     fn cargo_command(&self, root: &Path) -> Command {
@@ -200,6 +235,36 @@ fn clean_env(cmd: &mut Command, root: &Path) {
     for var in FOREIGN_ENV {
         cmd.env_remove(var);
     }
+}
+
+/// Where user-space crates are built: their code generation differs from the kernel's, so they
+/// must not share its artifacts.
+pub const USER_TARGET_DIR: &str = "target/user";
+
+/// The flags of user-space crates, as `CARGO_ENCODED_RUSTFLAGS` (which takes precedence over
+/// the kernel's `target.x86_64-unknown-none.rustflags` in `.cargo/config.toml`): static
+/// executables in the low 2 GiB linked with `user/link.ld`, with frame pointers for traces.
+pub fn user_rustflags(root: &Path) -> String {
+    let link = format!("link-arg=-T{}", root.join("user/link.ld").display());
+    [
+        "-C",
+        "relocation-model=static",
+        "-C",
+        "code-model=small",
+        "-C",
+        &link,
+        "-C",
+        "force-frame-pointers=yes",
+    ]
+    .join("\x1f")
+}
+
+/// Where the ELF of user-space binary `name` lands.
+pub fn user_elf(root: &Path, name: &str, release: bool) -> PathBuf {
+    root.join(USER_TARGET_DIR)
+        .join(TARGET)
+        .join(if release { "release" } else { "debug" })
+        .join(name)
 }
 
 /// Where the kernel ELF lands.
@@ -261,6 +326,40 @@ mod tests {
             ),
             Err(reason) => assert!(reason.contains("rustup component add clippy")),
         }
+    }
+
+    #[test]
+    fn user_crates_get_their_own_flags_and_directory() {
+        let tc = KernelToolchain::BuildStd {
+            cargo: DEBIAN_CARGO.into(),
+            rustc: DEBIAN_RUSTC.into(),
+        };
+        let cmd = tc.build_user(Path::new("/repo"), &["init".into(), "serial".into()], true);
+        assert_eq!(
+            args(&cmd),
+            [
+                "build",
+                "-p",
+                "init",
+                "-p",
+                "serial",
+                "--target",
+                TARGET,
+                "--target-dir",
+                "/repo/target/user",
+                BUILD_STD[0],
+                BUILD_STD[1],
+                "--release"
+            ]
+        );
+        let flags = "-C\x1frelocation-model=static\x1f-C\x1fcode-model=small\x1f-C\x1f\
+                     link-arg=-T/repo/user/link.ld\x1f-C\x1fforce-frame-pointers=yes";
+        let envs: Vec<_> = cmd.get_envs().collect();
+        assert!(envs.contains(&("CARGO_ENCODED_RUSTFLAGS".as_ref(), Some(flags.as_ref()))));
+        assert_eq!(
+            user_elf(Path::new("/r"), "serial", false),
+            Path::new("/r/target/user/x86_64-unknown-none/debug/serial")
+        );
     }
 
     #[test]

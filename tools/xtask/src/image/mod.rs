@@ -14,7 +14,7 @@ use serde::Deserialize;
 use crate::cli::ImageArgs;
 use crate::manifest::{self, System};
 use crate::setup::{self, Need};
-use crate::{build, layout};
+use crate::{build, layout, pack};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -140,9 +140,10 @@ pub fn run_quiet(mut cmd: Command, what: &str) -> Result<()> {
 }
 
 /// The image of `system` for `bootloader` with `extra` appended to its command line: builds the
-/// ISO at `out` around an already built kernel.
+/// ISO at `out` around an already built kernel and the system's `modules` (see [`crate::pack`]).
 pub fn for_system(
     system: &System,
+    modules: &[BootModule],
     bootloader: Bootloader,
     kernel: &Path,
     extra: &str,
@@ -152,7 +153,7 @@ pub fn for_system(
     let contents = Contents {
         kernel,
         cmdline: &cmdline,
-        modules: &system.modules,
+        modules,
     };
     let stem = out.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
     let staging = layout::work_dir(&["images", &format!("{stem}.root")])?;
@@ -171,8 +172,10 @@ pub fn command(args: &ImageArgs) -> Result<bool> {
         Some(kernel) => kernel.clone(),
         None => build::kernel(&root, args.release)?,
     };
+    let modules = pack::modules(&root, &system, args.release, true)?;
     for_system(
         &system,
+        &modules,
         args.bootloader,
         &kernel,
         args.cmdline.as_deref().unwrap_or(""),

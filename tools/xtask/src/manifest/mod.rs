@@ -1,53 +1,46 @@
-//! System manifests: `manifests/<system>.toml` describes one bootable system.
-//!
-//! For now a system is a kernel command line and a list of boot modules:
+//! System manifests: `manifests/<system>.toml` describes one bootable system, the whole
+//! authority graph included.
 //!
 //! ```toml
 //! [system]
-//! name = "demo"
+//! name = "isolation"          # = the file name
 //! description = "…"
-//! cmdline = ""
-//! modules = [{ file = "target/…/server", name = "server" }]
+//! cmdline = ""                # kernel command line
+//! modules = []                # extra boot modules: [{ file = "path from the root", name = "…" }]
+//!
+//! [[server]]
+//! name = "serial"             # unique; its boot module's name
+//! binary = "serial"           # workspace package of its ELF (default: name)
+//! priority = 20               # 0..=31
+//! quota = "64K"               # kernel-memory quota: bytes, or digits with K/M/G
+//! memory = "128K"             # RAM for stack and heap, rounded up to 4 KiB pages
+//! io_ports = [{ base = 0x3f8, count = 8 }]
+//! irqs = [4]                  # legacy IRQ lines 0..=15
+//! portals = ["log"]           # portals it provides
+//! uses = ["other.portal", { portal = "x.y", grant = true }]
+//! power_off = false           # may end the system
+//! fault_handler = "x.faults"  # optional: the portal that receives its faults
 //! ```
 //!
-//! Unknown sections and fields are errors (with file, line and column), so a manifest written for
-//! a later version of the tool never half-works.
+//! A system without servers boots the kernel alone (with `modules`, if any). With servers, the
+//! image carries the boot modules `init`, `manifest` (the compiled [`manifest::SystemImage`]) and
+//! one module per server, named like it (see [`crate::pack`]).
+//!
+//! Every problem is reported as `file:line:column: message`, all of them at once where the file
+//! parses; unknown sections and keys are errors, so a manifest written for a later version of
+//! the tool never half-works.
 
+mod source;
+
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
-use serde::Deserialize;
-use toml::Spanned;
+use anyhow::{anyhow, bail, Result};
+use manifest::SystemImage;
 
 use crate::image::BootModule;
 use crate::toml_file::Source;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct File {
-    system: SystemSection,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SystemSection {
-    name: Spanned<String>,
-    #[serde(default)]
-    description: String,
-    #[serde(default)]
-    cmdline: String,
-    #[serde(default)]
-    modules: Vec<Spanned<ModuleEntry>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ModuleEntry {
-    /// Path of the module file, relative to the repository root.
-    file: String,
-    /// The module's name (its command line); defaults to the file name.
-    name: Option<String>,
-}
+use crate::workspace::Workspace;
 
 /// A checked system manifest.
 #[derive(Debug)]
@@ -55,11 +48,27 @@ pub struct System {
     pub name: String,
     pub description: String,
     pub cmdline: String,
+    /// Extra boot modules (`[system] modules`), packed after the servers' modules.
     pub modules: Vec<BootModule>,
+    /// The compiled form; `image.servers` is empty for a kernel-only system.
+    pub image: SystemImage,
+    /// The workspace package of each server's ELF, in the order of `image.servers`.
+    pub binaries: Vec<String>,
 }
 
-/// Loads `manifests/<name>.toml` below `root`.
+impl System {
+    pub fn has_servers(&self) -> bool {
+        !self.image.servers.is_empty()
+    }
+}
+
+/// Loads `manifests/<name>.toml` below `root`; `binary` packages must exist in the workspace.
 pub fn load(root: &Path, name: &str) -> Result<System> {
+    load_with(root, name, Some(Workspace::load(root)?))
+}
+
+/// Like [`load`]; without a workspace, `binary` packages are not looked up.
+pub fn load_with(root: &Path, name: &str, workspace: Option<&Workspace>) -> Result<System> {
     let dir = root.join("manifests");
     let path = dir.join(format!("{name}.toml"));
     if !path.is_file() {
@@ -70,7 +79,7 @@ pub fn load(root: &Path, name: &str) -> Result<System> {
         );
     }
     let source = Source::read(&path)?;
-    parse(&source, name, root)
+    parse(&source, name, root, workspace)
 }
 
 /// The names of the systems in `dir`.
@@ -89,25 +98,82 @@ pub fn available(dir: &Path) -> Vec<String> {
 }
 
 /// Parses and checks a manifest whose file is named `<expected_name>.toml`; module paths are
-/// resolved against `root`.
-pub fn parse(source: &Source, expected_name: &str, root: &Path) -> Result<System> {
-    let file: File = source.parse()?;
-    let section = file.system;
+/// resolved against `root`. Syntax errors stop at the first; every other problem is collected
+/// and all are reported, one `file:line:column: message` per line, in file order.
+pub fn parse(
+    source: &Source,
+    expected_name: &str,
+    root: &Path,
+    workspace: Option<&Workspace>,
+) -> Result<System> {
+    let file: source::File = source.parse()?;
+    let compiled = source::compile(&file, workspace);
+    // A value that is wrong in the source stands in the image as a placeholder; the rules
+    // would only repeat the complaint about it.
+    let reported: Vec<usize> = compiled.errors.iter().map(|(s, _)| s.start).collect();
+    let mut errors = compiled.errors;
+    errors.extend(compiled.package_errors);
+    let section = &file.system;
     if section.name.get_ref() != expected_name {
-        return Err(source.error(
-            Some(section.name.span()),
+        errors.push((
+            section.name.span(),
             format!(
                 "system name `{}` differs from the file name `{expected_name}`",
                 section.name.get_ref()
             ),
         ));
     }
-    if section.cmdline.contains('\n') {
-        return Err(source.error(None, "`cmdline` must be one line"));
+    let cmdline = section.cmdline.as_ref();
+    if let Some(line) = cmdline.filter(|c| c.get_ref().contains('\n')) {
+        errors.push((line.span(), "`cmdline` must be one line".into()));
     }
-    let mut modules = Vec::new();
+    let image = compiled.image;
+    for problem in image.check() {
+        let span = compiled.spans.of(problem.place);
+        if reported.contains(&span.start) {
+            continue;
+        }
+        let mut message = problem.message(&image);
+        if let Some(other) = problem.related() {
+            let line = source.line(compiled.spans.of(other).start);
+            message.push_str(&format!(" (see line {line})"));
+        }
+        errors.push((span, message));
+    }
+    let modules = extra_modules(section, &image, root, &mut errors);
+    if errors.is_empty() {
+        return Ok(System {
+            name: section.name.get_ref().clone(),
+            description: section.description.clone(),
+            cmdline: cmdline.map(|c| c.get_ref().clone()).unwrap_or_default(),
+            modules,
+            image,
+            binaries: compiled.binaries,
+        });
+    }
+    errors.sort_by_key(|(span, _)| span.start);
+    let lines: Vec<String> = errors
+        .into_iter()
+        .map(|(span, message)| source.message(Some(span), message))
+        .collect();
+    Err(match lines.as_slice() {
+        [one] => anyhow!("{one}"),
+        _ => anyhow!("{} problems:\n{}", lines.len(), lines.join("\n")),
+    })
+}
+
+/// The `[system] modules` as boot modules, checked against each other, against the servers'
+/// modules and against the number of modules the kernel describes to init.
+fn extra_modules(
+    section: &source::SystemSection,
+    image: &SystemImage,
+    root: &Path,
+    errors: &mut Vec<(Range<usize>, String)>,
+) -> Vec<BootModule> {
+    let servers = !image.servers.is_empty();
+    let mut modules: Vec<BootModule> = Vec::new();
     for entry in &section.modules {
-        let span = Some(entry.span());
+        let span = entry.span();
         let module = entry.get_ref();
         let file = PathBuf::from(&module.file);
         let default_name = file
@@ -119,22 +185,38 @@ pub fn parse(source: &Source, expected_name: &str, root: &Path) -> Result<System
             .clone()
             .unwrap_or_else(|| default_name.to_string());
         if name.is_empty() || name.contains('\n') {
-            return Err(source.error(span, "a module needs a one-line, non-empty `name`"));
-        }
-        if modules.iter().any(|m: &BootModule| m.name == name) {
-            return Err(source.error(span, format!("two modules are named `{name}`")));
+            errors.push((span, "a module needs a one-line, non-empty `name`".into()));
+        } else if modules.iter().any(|m| m.name == name) {
+            errors.push((span, format!("two modules are named `{name}`")));
+        } else if servers
+            && (manifest::RESERVED_NAMES.contains(&name.as_str()) || image.server(&name).is_some())
+        {
+            errors.push((
+                span,
+                format!("module name `{name}` is taken by the servers' boot modules"),
+            ));
         }
         modules.push(BootModule {
             source: root.join(file),
             name,
         });
     }
-    Ok(System {
-        name: section.name.into_inner(),
-        description: section.description,
-        cmdline: section.cmdline,
-        modules,
-    })
+    let count = modules.len()
+        + if servers {
+            manifest::RESERVED_NAMES.len() + image.servers.len()
+        } else {
+            0
+        };
+    if count > abi::boot::MAX_BOOT_MODULES {
+        errors.push((
+            section.name.span(),
+            format!(
+                "the system needs {count} boot modules; the kernel hands init at most {}",
+                abi::boot::MAX_BOOT_MODULES
+            ),
+        ));
+    }
+    modules
 }
 
 /// Joins command-line fragments with single spaces, skipping empty ones.
@@ -148,93 +230,4 @@ pub fn join_cmdline<'a>(parts: impl IntoIterator<Item = &'a str>) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse_text(text: &str, name: &str) -> Result<System> {
-        let source = Source {
-            name: format!("manifests/{name}.toml"),
-            text: text.into(),
-        };
-        parse(&source, name, Path::new("/repo"))
-    }
-
-    #[test]
-    fn minimal_manifest() {
-        let system = parse_text("[system]\nname = \"demo\"\n", "demo").unwrap();
-        assert_eq!(system.name, "demo");
-        assert_eq!(system.cmdline, "");
-        assert!(system.modules.is_empty());
-    }
-
-    #[test]
-    fn modules_resolve_against_the_root_and_default_their_name() {
-        let text = "[system]\nname = \"s\"\ncmdline = \"log=debug\"\nmodules = [\n  { file = \"target/init\" },\n  { file = \"a/b.bin\", name = \"guest\" },\n]\n";
-        let system = parse_text(text, "s").unwrap();
-        assert_eq!(system.cmdline, "log=debug");
-        assert_eq!(system.modules[0].name, "init");
-        assert_eq!(system.modules[0].source, Path::new("/repo/target/init"));
-        assert_eq!(system.modules[1].name, "guest");
-    }
-
-    #[test]
-    fn unknown_section_is_an_error_with_position() {
-        let err = parse_text("[system]\nname = \"demo\"\n\n[servers]\nx = 1\n", "demo")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.starts_with("manifests/demo.toml:4:2: unknown field `servers`"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn field_errors_give_the_line() {
-        let err = parse_text("[system]\nname = \"demo\"\ncmdline = 3\n", "demo")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.starts_with("manifests/demo.toml:3:11: invalid type"),
-            "{err}"
-        );
-        let err = parse_text(
-            "[system]\nname = \"demo\"\nmodules = [{ path = \"x\" }]\n",
-            "demo",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.starts_with("manifests/demo.toml:3:14: unknown field `path`"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn name_must_match_file_and_modules_be_unique() {
-        let err = parse_text("[system]\nname = \"other\"\n", "demo")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.starts_with("manifests/demo.toml:2:8: system name `other`"),
-            "{err}"
-        );
-        let text = "[system]\nname = \"d\"\nmodules = [{ file = \"x/m\" }, { file = \"y/m\" }]\n";
-        let err = parse_text(text, "d").unwrap_err().to_string();
-        assert!(err.contains("two modules are named `m`"), "{err}");
-    }
-
-    #[test]
-    fn join_skips_empty_parts() {
-        assert_eq!(join_cmdline(["", " a ", "", "b=1"]), "a b=1");
-        assert_eq!(join_cmdline([""]), "");
-    }
-
-    #[test]
-    fn the_repository_manifests_parse() {
-        let root = crate::layout::root();
-        for name in available(&root.join("manifests")) {
-            load(&root, &name).unwrap();
-        }
-        assert!(load(&root, "demo").is_ok());
-    }
-}
+mod tests;

@@ -1,0 +1,396 @@
+//! The manifest's TOML form, read with the position of every value, and its translation into
+//! the compiled form ([`manifest::SystemImage`]).
+//!
+//! Only what TOML cannot say on its own is checked here (sizes, numbers that do not fit their
+//! type, `server.portal` syntax, workspace packages); the rules of the system itself live in the
+//! `manifest` crate and are mapped back to lines through [`Spans`].
+
+use std::fmt;
+use std::ops::Range;
+
+use manifest::{Field, Place, PortRange, Server, SystemImage, Use};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::workspace::Workspace;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    pub system: SystemSection,
+    #[serde(default)]
+    pub server: Vec<ServerEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemSection {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub description: String,
+    pub cmdline: Option<Spanned<String>>,
+    #[serde(default)]
+    pub modules: Vec<Spanned<ModuleEntry>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModuleEntry {
+    /// Path of the module file, relative to the repository root.
+    pub file: String,
+    /// The module's name (its command line); defaults to the file name.
+    pub name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerEntry {
+    name: Spanned<String>,
+    /// Workspace package of the server's ELF (default: `name`).
+    binary: Option<Spanned<String>>,
+    priority: Spanned<i64>,
+    quota: Spanned<Size>,
+    memory: Spanned<Size>,
+    #[serde(default)]
+    io_ports: Vec<Spanned<PortEntry>>,
+    #[serde(default)]
+    irqs: Vec<Spanned<i64>>,
+    #[serde(default)]
+    portals: Vec<Spanned<String>>,
+    #[serde(default)]
+    uses: Vec<Spanned<UseEntry>>,
+    #[serde(default)]
+    power_off: bool,
+    fault_handler: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PortEntry {
+    base: i64,
+    count: i64,
+}
+
+/// A byte count: an integer, or a string of digits with an optional `K`, `M` or `G` suffix
+/// (powers of 1024).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+/// `"server.portal"` or `{ portal = "server.portal", grant = true }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct UseEntry {
+    portal: String,
+    grant: bool,
+}
+
+/// Where each value of each server was written, to turn a [`Place`] into a position.
+#[derive(Debug, Default)]
+pub struct Spans {
+    pub system_name: Range<usize>,
+    pub servers: Vec<ServerSpans>,
+}
+
+#[derive(Debug, Default)]
+pub struct ServerSpans {
+    name: Range<usize>,
+    priority: Range<usize>,
+    quota: Range<usize>,
+    memory: Range<usize>,
+    io_ports: Vec<Range<usize>>,
+    irqs: Vec<Range<usize>>,
+    portals: Vec<Range<usize>>,
+    uses: Vec<Range<usize>>,
+    fault_handler: Option<Range<usize>>,
+}
+
+impl Spans {
+    /// Where `place` was written (the server's name when the field has no position of its own).
+    pub fn of(&self, place: Place) -> Range<usize> {
+        let Place::Server {
+            server,
+            field,
+            item,
+        } = place
+        else {
+            return self.system_name.clone();
+        };
+        let Some(s) = self.servers.get(server) else {
+            return self.system_name.clone();
+        };
+        let listed = |list: &[Range<usize>]| item.and_then(|i| list.get(i)).cloned();
+        match field {
+            Field::Name => None,
+            Field::Priority => Some(s.priority.clone()),
+            Field::Quota => Some(s.quota.clone()),
+            Field::Memory => Some(s.memory.clone()),
+            Field::IoPorts => listed(&s.io_ports),
+            Field::Irqs => listed(&s.irqs),
+            Field::Portals => listed(&s.portals),
+            Field::Uses => listed(&s.uses),
+            Field::FaultHandler => s.fault_handler.clone(),
+        }
+        .unwrap_or_else(|| s.name.clone())
+    }
+}
+
+/// The compiled form of the servers, the package each is built from, where everything was
+/// written, and the problems found on the way (position, message).
+pub struct Compiled {
+    pub image: SystemImage,
+    pub binaries: Vec<String>,
+    pub spans: Spans,
+    /// Values that cannot be represented in the image (a placeholder stands in for each).
+    pub errors: Vec<(Range<usize>, String)>,
+    /// `binary` packages that are missing from the workspace or build no binary.
+    pub package_errors: Vec<(Range<usize>, String)>,
+}
+
+/// Translates the parsed file. `workspace` (when given) is where `binary` packages must exist.
+pub fn compile(file: &File, workspace: Option<&Workspace>) -> Compiled {
+    let mut errors = Vec::new();
+    let mut package_errors = Vec::new();
+    let mut servers = Vec::new();
+    let mut binaries = Vec::new();
+    let mut spans = Spans {
+        system_name: file.system.name.span(),
+        servers: Vec::new(),
+    };
+    for entry in &file.server {
+        if let Some(ws) = workspace {
+            check_package(entry, ws, &mut package_errors);
+        }
+        let (server, binary, server_spans) = compile_server(entry, &mut errors);
+        servers.push(server);
+        binaries.push(binary);
+        spans.servers.push(server_spans);
+    }
+    Compiled {
+        image: SystemImage {
+            name: file.system.name.get_ref().clone(),
+            servers,
+        },
+        binaries,
+        spans,
+        errors,
+        package_errors,
+    }
+}
+
+fn check_package(entry: &ServerEntry, ws: &Workspace, errors: &mut Vec<(Range<usize>, String)>) {
+    let name = entry.name.get_ref();
+    let (binary, span) = match &entry.binary {
+        Some(binary) => (binary.get_ref(), binary.span()),
+        None => (name, entry.name.span()),
+    };
+    if !ws.has(binary) {
+        errors.push((
+            span,
+            format!("no workspace package `{binary}` (the binary of server `{name}`)"),
+        ));
+    } else if let Err(err) = ws.binary(binary) {
+        errors.push((span, format!("{err} (server `{name}`)")));
+    }
+}
+
+fn compile_server(
+    entry: &ServerEntry,
+    errors: &mut Vec<(Range<usize>, String)>,
+) -> (Server, String, ServerSpans) {
+    let name = entry.name.get_ref().clone();
+    let binary = entry
+        .binary
+        .as_ref()
+        .map_or_else(|| name.clone(), |b| b.get_ref().clone());
+    let priority = *entry.priority.get_ref();
+    let priority = u8::try_from(priority).unwrap_or_else(|_| {
+        errors.push((
+            entry.priority.span(),
+            format!(
+                "priority {priority} of `{name}` is not between 0 and {}",
+                manifest::MAX_PRIORITY
+            ),
+        ));
+        0
+    });
+    let mut io_ports = Vec::new();
+    for spanned in &entry.io_ports {
+        let PortEntry { base, count } = *spanned.get_ref();
+        match (u16::try_from(base), u16::try_from(count)) {
+            (Ok(base), Ok(count)) => io_ports.push(PortRange { base, count }),
+            _ => {
+                errors.push((
+                    spanned.span(),
+                    format!(
+                        "I/O ports {base:#x}+{count:#x} of `{name}`: base and count must lie in 0..=0xffff"
+                    ),
+                ));
+                // Keep the indices of the remaining ranges (and their positions) in step.
+                io_ports.push(PortRange { base: 0, count: 1 });
+            }
+        }
+    }
+    let mut irqs = Vec::new();
+    for irq in &entry.irqs {
+        let line = *irq.get_ref();
+        irqs.push(u8::try_from(line).unwrap_or_else(|_| {
+            errors.push((
+                irq.span(),
+                format!(
+                    "IRQ {line} of `{name}` does not exist (legacy lines are 0 to {})",
+                    manifest::IRQ_LINES - 1
+                ),
+            ));
+            0
+        }));
+    }
+    let mut uses = Vec::new();
+    for used in &entry.uses {
+        let UseEntry { portal, grant } = used.get_ref();
+        let (server, portal) = manifest::split_portal(portal).unwrap_or_else(|| {
+            errors.push((
+                used.span(),
+                format!("use `{portal}` of `{name}` is not of the form `server.portal`"),
+            ));
+            (portal, "")
+        });
+        let rights = if *grant {
+            abi::Rights::CALL | abi::Rights::GRANT
+        } else {
+            abi::Rights::CALL
+        };
+        uses.push(Use {
+            server: server.to_string(),
+            portal: portal.to_string(),
+            rights: rights.0,
+        });
+    }
+    let server = Server {
+        name,
+        priority,
+        quota: entry.quota.get_ref().0,
+        memory_pages: entry.memory.get_ref().0.div_ceil(manifest::PAGE_SIZE),
+        io_ports,
+        irqs,
+        portals: entry.portals.iter().map(|p| p.get_ref().clone()).collect(),
+        uses,
+        power_off: entry.power_off,
+        fault_handler: entry.fault_handler.as_ref().map(|f| f.get_ref().clone()),
+    };
+    let spans = ServerSpans {
+        name: entry.name.span(),
+        priority: entry.priority.span(),
+        quota: entry.quota.span(),
+        memory: entry.memory.span(),
+        io_ports: entry.io_ports.iter().map(Spanned::span).collect(),
+        irqs: entry.irqs.iter().map(Spanned::span).collect(),
+        portals: entry.portals.iter().map(Spanned::span).collect(),
+        uses: entry.uses.iter().map(Spanned::span).collect(),
+        fault_handler: entry.fault_handler.as_ref().map(Spanned::span),
+    };
+    (server, binary, spans)
+}
+
+/// Reads `"64K"`-style sizes; `None` for anything else.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let (digits, shift) = match text.as_bytes().last()? {
+        b'K' => (&text[..text.len() - 1], 10),
+        b'M' => (&text[..text.len() - 1], 20),
+        b'G' => (&text[..text.len() - 1], 30),
+        _ => (text, 0),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<u64>().ok()?.checked_mul(1 << shift)
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SizeVisitor;
+        impl Visitor<'_> for SizeVisitor {
+            type Value = Size;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a byte count: an integer or a string like \"64K\" or \"2M\"")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Size, E> {
+                u64::try_from(v)
+                    .map(Size)
+                    .map_err(|_| E::custom(format!("size {v} is negative")))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Size, E> {
+                Ok(Size(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Size, E> {
+                parse_size(v).map(Size).ok_or_else(|| {
+                    E::custom(format!(
+                        "invalid size `{v}`: write bytes as an integer or digits with a K, M or G suffix (\"64K\")"
+                    ))
+                })
+            }
+        }
+        deserializer.deserialize_any(SizeVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for UseEntry {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct UseVisitor;
+        impl<'de> Visitor<'de> for UseVisitor {
+            type Value = UseEntry;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"server.portal\" or { portal = \"server.portal\", grant = true }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<UseEntry, E> {
+                Ok(UseEntry {
+                    portal: v.to_string(),
+                    grant: false,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UseEntry, A::Error> {
+                const FIELDS: &[&str] = &["portal", "grant"];
+                let mut portal = None;
+                let mut grant = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "portal" if portal.is_none() => portal = Some(map.next_value()?),
+                        "grant" if grant.is_none() => grant = Some(map.next_value()?),
+                        "portal" | "grant" => return Err(de::Error::duplicate_field("portal")),
+                        other => return Err(de::Error::unknown_field(other, FIELDS)),
+                    }
+                }
+                Ok(UseEntry {
+                    portal: portal.ok_or_else(|| de::Error::missing_field("portal"))?,
+                    grant: grant.unwrap_or(false),
+                })
+            }
+        }
+        deserializer.deserialize_any(UseVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("64K"), Some(64 << 10));
+        assert_eq!(parse_size("2M"), Some(2 << 20));
+        assert_eq!(parse_size("1G"), Some(1 << 30));
+        assert_eq!(parse_size("0"), Some(0));
+        for bad in [
+            "",
+            "K",
+            "64k",
+            "64 K",
+            "-1",
+            "1.5M",
+            "64KB",
+            "99999999999999999999G",
+        ] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
+    }
+}
