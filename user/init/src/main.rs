@@ -1,0 +1,106 @@
+//! Init, the root server: the first user program, and the only one the kernel starts.
+//!
+//! 1. Reads the boot page (`abi::boot`): magic, modules.
+//! 2. Decodes the compiled manifest from the module named `manifest`
+//!    (`manifest::SystemImage::decode`, which checks the build tool's rules again). A missing or
+//!    bad manifest is reported on the console and the system powers off with failure.
+//! 3. For each server, in manifest order: creates its domain, loads its ELF from the boot module
+//!    of the same name, sets up its bootstrap portal and starts it (see [`servers`] for the order
+//!    rule of fault handlers). Any failure here is fatal: the system is not what the manifest
+//!    says.
+//! 4. Leaves the bootstrap protocol to its handler threads ([`serve`]) and ends its first thread.
+//!
+//! Init prints its progress and the servers' faults on the kernel console.
+#![no_std]
+#![no_main]
+#![deny(unsafe_code)]
+
+extern crate alloc;
+
+mod boot;
+mod console;
+mod load;
+mod memory;
+mod serve;
+mod servers;
+mod state;
+
+use abi::boot::MANIFEST_MODULE;
+use manifest::SystemImage;
+use rt::{syscall, Start};
+
+use state::{lock, State, MAX_SERVERS};
+
+rt::entry!(main);
+
+/// Size of a page.
+pub const PAGE: u64 = 4096;
+/// The priority the kernel gives init's first thread (`kernel/src/kern/init.rs`; not part of the
+/// ABI), used for init's other threads too: above the servers, so requests are served at once.
+pub const INIT_PRIORITY: u8 = 30;
+
+fn main(start: Start) -> ! {
+    rt::log::set_name("init");
+    let page = match boot::boot_page(start.arg) {
+        Ok(page) => page,
+        Err(e) => fatal(format_args!("no usable boot page ({e:?})")),
+    };
+    let Some(module) = boot::find(page, MANIFEST_MODULE) else {
+        fatal(format_args!("no `{MANIFEST_MODULE}` boot module"))
+    };
+    let Some(bytes) = boot::bytes(module) else {
+        fatal(format_args!(
+            "the manifest module lies outside the user half"
+        ))
+    };
+    let image = match SystemImage::decode(bytes) {
+        Ok(image) => image,
+        Err(e) => fatal(format_args!("bad manifest: {e:?}")),
+    };
+    if image.servers.len() > MAX_SERVERS {
+        fatal(format_args!(
+            "{} servers, at most {MAX_SERVERS} supported",
+            image.servers.len()
+        ))
+    }
+    say!(
+        "init: system {}: {} servers, {} free pages, quota {} KiB",
+        image.name,
+        image.servers.len(),
+        page.free_pages,
+        page.quota / 1024
+    );
+
+    // Hold the lock through set-up: the handler threads serve nothing before it is complete.
+    let mut guard = lock();
+    let state = guard.insert(State::new(image, page.free_pages));
+    for index in 0..state.image.servers.len() {
+        if let Err(why) = servers::prepare(state, page, index) {
+            let name = state.image.servers[index].name.clone();
+            drop(guard);
+            fatal(format_args!("cannot load {name}: {why}"))
+        }
+    }
+    if let Err(why) = servers::start_ready(state) {
+        drop(guard);
+        fatal(format_args!("{why}"))
+    }
+    for (index, server) in state.image.servers.iter().enumerate() {
+        if state.progress[index] != state::Progress::Running {
+            say!(
+                "init: {} waits for its fault handler {}",
+                server.name,
+                server.fault_handler.as_deref().unwrap_or("?")
+            );
+        }
+    }
+    drop(guard);
+    syscall::thread_exit()
+}
+
+/// Reports why the system cannot run and powers off with failure.
+fn fatal(why: core::fmt::Arguments<'_>) -> ! {
+    say!("init: {why}");
+    let _ = syscall::power_off(false);
+    syscall::thread_exit()
+}

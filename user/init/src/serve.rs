@@ -1,0 +1,247 @@
+//! The bootstrap protocol, init's side (`abi::bootstrap`). Each server's bootstrap portal has its
+//! own handler thread in init (the kernel delivers a portal's calls only to a thread waiting on
+//! that very portal), so the portal's badge, the server's index, names the caller; the threads
+//! share [`crate::state`] behind one lock.
+//!
+//! - `REGISTER name` + portal capability: accepted only for a portal name the manifest lists for
+//!   the caller, once. Init keeps the capability (CALL|GRANT as sent) and starts servers that
+//!   were waiting for it as their fault handler.
+//! - `GET "server.portal"`: `BadSelector` if the name is malformed or names no portal of the
+//!   system, `NoRights` unless `SystemImage::grant` allows it, `NoPartner` until registered;
+//!   else `Ok` with the capability attached, with exactly the granted rights.
+//! - `GET_RESOURCE`: `"io_ports"` / `"io_ports:N"` carve the caller's N-th port range out of all
+//!   ports (kept and handed out again on a repeated ask), `"irq:N"` passes IRQ line N if the
+//!   manifest gives it to the caller; attached with CALL. `NoRights` for resources the manifest
+//!   does not give, `BadSelector` for unknown names.
+//! - `POWER_OFF [success]`: ends the system if the manifest allows the caller, else `NoRights`.
+//! - A fault message (`abi::utcb::FAULT_LABEL`) of a server without a fault handler: printed,
+//!   and the thread is not resumed.
+//! - Anything else: `BadArgument`.
+
+use alloc::string::ToString;
+
+use abi::boot::sel::{ALL_IO_PORTS, FIRST_IRQ};
+use abi::bootstrap::{GET, GET_RESOURCE, POWER_OFF, REGISTER};
+use abi::utcb::FAULT_LABEL;
+use abi::{ObjectKind, Rights, Sel, Status};
+use rt::{syscall, Error, Start, Utcb};
+
+use crate::console::vector_name;
+use crate::state::{lock, Registered, Resource, ServerSels, State};
+use crate::{say, servers};
+
+/// Body of the handler thread of server `start.arg`'s bootstrap portal.
+pub fn handler_main(start: Start) -> ! {
+    let index = start.arg as usize;
+    let portal = ServerSels::of(index).portal;
+    let mut utcb = start.utcb;
+    let mut landing: Option<Sel> = None;
+    utcb.set_msg(0, &[]);
+    loop {
+        let recv = match landing {
+            Some(sel) => sel,
+            None => {
+                let sel = lock()
+                    .as_mut()
+                    .and_then(|s| s.sels.alloc())
+                    .unwrap_or(abi::CAP_SPACE_SLOTS);
+                landing = Some(sel);
+                sel
+            }
+        };
+        utcb.set_cap_recv(recv);
+        match utcb.reply_wait(portal) {
+            Ok(badge) if badge == index as u64 => {}
+            Ok(_) => {
+                utcb.set_status(Status::BadArgument);
+                continue;
+            }
+            // The portal is created right after this thread starts.
+            Err(Error::Kernel(Status::BadSelector)) => {
+                utcb.set_msg(0, &[]);
+                syscall::yield_now();
+                continue;
+            }
+            Err(e) => {
+                say!("init: bootstrap handler {index} stops: {e}");
+                syscall::thread_exit()
+            }
+        }
+        let received = utcb.cap_received();
+        let kept = handle(&mut utcb, index, recv);
+        if received {
+            if kept {
+                landing = None;
+            } else {
+                let _ = syscall::revoke(recv, true);
+            }
+        }
+    }
+}
+
+/// Handles one message from server `index`; leaves the reply in the UTCB and says whether the
+/// capability that came with it (if any) is kept.
+fn handle(utcb: &mut Utcb, index: usize, recv: Sel) -> bool {
+    let label = utcb.label();
+    if label == FAULT_LABEL {
+        report_fault(utcb, index);
+        // Any label but RESUME_LABEL: the kernel ends the faulting thread.
+        utcb.set_msg(0, &[]);
+        return false;
+    }
+    let mut buf: rt::wire::Buf = [0; rt::wire::MAX_BYTES];
+    let arg = match label {
+        REGISTER | GET | GET_RESOURCE => match utcb.payload::<&str>(&mut buf) {
+            Ok(arg) => arg,
+            Err(_) => {
+                utcb.set_status(Status::BadArgument);
+                return false;
+            }
+        },
+        _ => "",
+    };
+    let received = utcb.cap_received();
+    let success = utcb.word(0) == 1;
+    let mut guard = lock();
+    let Some(state) = guard.as_mut() else {
+        utcb.set_status(Status::Aborted);
+        return false;
+    };
+    let (status, attach, kept) = match label {
+        REGISTER => {
+            let status = register(state, index, arg, received.then_some(recv));
+            (status, None, status == Status::Ok)
+        }
+        GET => match get(state, index, arg) {
+            Ok(cap) => (Status::Ok, Some(cap), false),
+            Err(status) => (status, None, false),
+        },
+        GET_RESOURCE => match resource(state, index, arg) {
+            Ok(sel) => (Status::Ok, Some((sel, Rights::CALL)), false),
+            Err(status) => (status, None, false),
+        },
+        POWER_OFF => (power_off(state, index, success), None, false),
+        _ => (Status::BadArgument, None, false),
+    };
+    drop(guard);
+    utcb.set_status(status);
+    if let Some((sel, rights)) = attach {
+        utcb.attach_cap(sel, rights);
+    }
+    kept
+}
+
+fn report_fault(utcb: &Utcb, index: usize) {
+    let name = lock()
+        .as_ref()
+        .and_then(|s| s.image.servers.get(index).map(|s| s.name.to_string()))
+        .unwrap_or_default();
+    let [vector, error, rip, address, thread] = [0, 1, 2, 3, 4].map(|i| utcb.word(i));
+    say!(
+        "init: server {name} faulted: vector {vector} ({}), error {error:#x}, rip {rip:#x}, address {address:#x}, thread {thread:#x}; not resumed",
+        vector_name(vector)
+    );
+}
+
+fn register(state: &mut State, index: usize, name: &str, cap: Option<Sel>) -> Status {
+    let Some(cap) = cap else {
+        return Status::BadArgument;
+    };
+    if !state.image.servers[index].provides(name) {
+        return Status::NoRights;
+    }
+    if state
+        .registry
+        .iter()
+        .any(|r| r.server == index && r.portal == name)
+    {
+        return Status::BadArgument;
+    }
+    match syscall::lookup(cap) {
+        Ok(info) if info.kind() == Some(ObjectKind::Portal) => {}
+        _ => return Status::WrongKind,
+    }
+    state.registry.push(Registered {
+        server: index,
+        portal: name.to_string(),
+        sel: cap,
+    });
+    let server = &state.image.servers[index].name;
+    say!("init: {server} registered {server}.{name}");
+    if let Err(why) = servers::start_ready(state) {
+        say!("init: {why}");
+    }
+    Status::Ok
+}
+
+fn get(state: &State, index: usize, name: &str) -> Result<(Sel, Rights), Status> {
+    let (server, portal) = manifest::split_portal(name).ok_or(Status::BadSelector)?;
+    let provider = state.image.server(server).ok_or(Status::BadSelector)?;
+    if !provider.provides(portal) {
+        return Err(Status::BadSelector);
+    }
+    let client = &state.image.servers[index].name;
+    let rights = state
+        .image
+        .grant(client, server, portal)
+        .ok_or(Status::NoRights)?;
+    let sel = state.registered(server, portal).ok_or(Status::NoPartner)?;
+    Ok((sel, rights))
+}
+
+fn resource(state: &mut State, index: usize, name: &str) -> Result<Sel, Status> {
+    if let Some(r) = state
+        .resources
+        .iter()
+        .find(|r| r.server == index && r.name == name)
+    {
+        return Ok(r.sel);
+    }
+    let server = &state.image.servers[index];
+    if let Some(line) = name.strip_prefix("irq:") {
+        let line: u8 = line.parse().map_err(|_| Status::BadSelector)?;
+        if !server.irqs.contains(&line) || u64::from(line) >= abi::boot::IRQ_COUNT {
+            return Err(Status::NoRights);
+        }
+        return Ok(FIRST_IRQ + u64::from(line));
+    }
+    let range = match name {
+        "io_ports" => 0,
+        _ => name
+            .strip_prefix("io_ports:")
+            .and_then(|n| n.parse::<usize>().ok())
+            .ok_or(Status::BadSelector)?,
+    };
+    let ports = *server.io_ports.get(range).ok_or(Status::NoRights)?;
+    let sel = state.sels.alloc().ok_or(Status::OutOfMemory)?;
+    if let Err(e) = syscall::carve(
+        ALL_IO_PORTS,
+        sel,
+        u64::from(ports.base),
+        u64::from(ports.count),
+    ) {
+        state.sels.release(sel);
+        return Err(e.status().unwrap_or(Status::BadArgument));
+    }
+    state.resources.push(Resource {
+        server: index,
+        name: name.to_string(),
+        sel,
+    });
+    Ok(sel)
+}
+
+fn power_off(state: &State, index: usize, success: bool) -> Status {
+    let server = &state.image.servers[index];
+    if !server.power_off {
+        say!("init: {} may not power off; refused", server.name);
+        return Status::NoRights;
+    }
+    say!(
+        "init: {} powers the system off ({})",
+        server.name,
+        if success { "success" } else { "failure" }
+    );
+    let error = syscall::power_off(success);
+    error.status().unwrap_or(Status::Aborted)
+}

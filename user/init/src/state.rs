@@ -1,0 +1,156 @@
+//! What init knows at run time, shared by its threads behind one lock: the system image, the
+//! memory pool, its selector allocation, the servers' progress, the registered portals and the
+//! resource capabilities it has carved.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use abi::Sel;
+use manifest::SystemImage;
+use spin::{Mutex, MutexGuard};
+
+use crate::memory::Memory;
+
+/// Servers a system can have: boot modules less init and the manifest.
+pub const MAX_SERVERS: usize = abi::boot::MAX_BOOT_MODULES - 2;
+
+/// First of the eight selectors each server's objects take in init's space.
+const PER_SERVER_BASE: Sel = 64;
+/// First selector handed out dynamically (registered portals, carved resources, landing slots).
+const DYNAMIC_BASE: Sel = PER_SERVER_BASE + 8 * MAX_SERVERS as Sel;
+
+/// Init's selectors for server `index`'s objects.
+#[derive(Clone, Copy)]
+pub struct ServerSels {
+    /// Its protection domain (the original capability).
+    pub pd: Sel,
+    /// The memory carved for its image, stack and UTCB.
+    pub mem: Sel,
+    /// Its bootstrap portal (badge = index), also its fault portal when it has no handler.
+    pub portal: Sel,
+    /// Init's thread that serves the bootstrap portal.
+    pub handler: Sel,
+    /// Its first thread.
+    pub thread: Sel,
+}
+
+impl ServerSels {
+    pub const fn of(index: usize) -> ServerSels {
+        let base = PER_SERVER_BASE + 8 * index as Sel;
+        ServerSels {
+            pd: base,
+            mem: base + 1,
+            portal: base + 2,
+            handler: base + 3,
+            thread: base + 4,
+        }
+    }
+}
+
+/// Selectors from [`DYNAMIC_BASE`] up, with reuse of returned ones.
+pub struct Sels {
+    next: Sel,
+    free: Vec<Sel>,
+}
+
+impl Sels {
+    fn new() -> Sels {
+        Sels {
+            next: DYNAMIC_BASE,
+            free: Vec::new(),
+        }
+    }
+
+    /// A free selector, `None` when the space is full.
+    pub fn alloc(&mut self) -> Option<Sel> {
+        if let Some(sel) = self.free.pop() {
+            return Some(sel);
+        }
+        if self.next >= abi::CAP_SPACE_SLOTS {
+            return None;
+        }
+        self.next += 1;
+        Some(self.next - 1)
+    }
+
+    /// Returns a selector whose slot is empty again.
+    pub fn release(&mut self, sel: Sel) {
+        self.free.push(sel);
+    }
+}
+
+/// How far a server got.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Not loaded yet.
+    Waiting,
+    /// Loaded; starts once its fault handler's portal is registered.
+    Loaded {
+        entry: u64,
+    },
+    Running,
+}
+
+/// A portal a server registered.
+pub struct Registered {
+    pub server: usize,
+    pub portal: String,
+    pub sel: Sel,
+}
+
+/// A resource capability init carved (or picked) for a server, kept to answer a repeated ask.
+pub struct Resource {
+    pub server: usize,
+    pub name: String,
+    pub sel: Sel,
+}
+
+pub struct State {
+    pub image: SystemImage,
+    pub memory: Memory,
+    pub sels: Sels,
+    pub progress: Vec<Progress>,
+    pub registry: Vec<Registered>,
+    pub resources: Vec<Resource>,
+}
+
+impl State {
+    pub fn new(image: SystemImage, free_pages: u64) -> State {
+        let servers = image.servers.len();
+        State {
+            image,
+            memory: Memory::new(free_pages),
+            sels: Sels::new(),
+            progress: alloc::vec![Progress::Waiting; servers],
+            registry: Vec::new(),
+            resources: Vec::new(),
+        }
+    }
+
+    /// The capability of `server.portal`, if that server registered it.
+    pub fn registered(&self, server: &str, portal: &str) -> Option<Sel> {
+        let index = self.index(server)?;
+        self.registry
+            .iter()
+            .find(|r| r.server == index && r.portal == portal)
+            .map(|r| r.sel)
+    }
+
+    /// The index of the server called `name`.
+    pub fn index(&self, name: &str) -> Option<usize> {
+        self.image.servers.iter().position(|s| s.name == name)
+    }
+}
+
+static STATE: Mutex<Option<State>> = Mutex::new(None);
+
+/// Takes the lock, yielding while another of init's threads holds it (they share a priority,
+/// so spinning would only burn the holder's time).
+pub fn lock() -> MutexGuard<'static, Option<State>> {
+    loop {
+        if let Some(guard) = STATE.try_lock() {
+            return guard;
+        }
+        rt::syscall::yield_now();
+    }
+}
