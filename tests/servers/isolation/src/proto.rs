@@ -9,6 +9,11 @@
 //!   (the `mode` constants). Reply `[0]`.
 //! - [`LAST_FAULT`]: reply `[count, vector, error_code, rip, address]`: how many fault messages
 //!   the target has received so far and the last one's contents.
+//! - [`HOLD`]: the capability that comes with this call is kept at the target's hold slot
+//!   (replacing the one kept before). Reply `[status]`: `Ok`, or `BadArgument` without a
+//!   capability.
+//! - [`PROBE_HOLD`]: reply `[status, kind, rights]` of `Lookup` on the hold slot (status
+//!   `BadSelector` once the capability is gone, e.g. revoked by the domain it came from).
 //!
 //! **`faults`** is the attacker's fault portal: the kernel calls it with label
 //! `abi::utcb::FAULT_LABEL` and words `[vector, error_code, rip, address, thread_badge]`. The
@@ -20,6 +25,10 @@ pub const ECHO: u64 = 1;
 pub const SET_FAULT_MODE: u64 = 2;
 /// Report the fault count and the last fault.
 pub const LAST_FAULT: u64 = 3;
+/// Keep the capability that comes with the call.
+pub const HOLD: u64 = 4;
+/// Report what the kept capability is now.
+pub const PROBE_HOLD: u64 = 5;
 
 /// Fault modes.
 pub mod mode {

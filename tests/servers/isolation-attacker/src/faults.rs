@@ -1,0 +1,221 @@
+//! Experiments on faults: memory that is not mapped or not writable or not executable, ports
+//! not granted, and a thread that faults forever.
+
+use alloc::format;
+
+use isolation::proto::{self, mode};
+use rt::{syscall, Start};
+
+use crate::{ensure, ok, probe, Ctx, Fault, Outcome, GO};
+
+const PAGE_FAULT: u64 = 14;
+const GENERAL_PROTECTION: u64 = 13;
+/// Page-fault error code bits.
+const PF_PRESENT: u64 = 1;
+const PF_WRITE: u64 = 2;
+const PF_USER: u64 = 4;
+const PF_FETCH: u64 = 16;
+
+/// What a probe's fault must look like.
+struct Expect {
+    what: &'static str,
+    vector: u64,
+    rip: u64,
+    /// The faulting address, where the vector reports one.
+    address: Option<u64>,
+    /// Error-code bits compared, and their expected value.
+    mask: u64,
+    error: u64,
+}
+
+/// Runs `probe`, which must fault exactly once, and checks what the handler recorded.
+fn trap(
+    ctx: &mut Ctx,
+    expect: Expect,
+    probe: fn() -> bool,
+) -> Result<Fault, alloc::string::String> {
+    let before = ctx.last_fault()?.count;
+    let faulted = probe();
+    let fault = ctx.last_fault()?;
+    let what = expect.what;
+    ensure!(faulted, "{what}: no trap");
+    ensure!(
+        fault.count == before + 1,
+        "{what}: the handler saw {} fault messages, expected 1",
+        fault.count - before
+    );
+    ensure!(
+        fault.vector == expect.vector,
+        "{what}: vector {}, expected {}",
+        fault.vector,
+        expect.vector
+    );
+    ensure!(
+        fault.rip == expect.rip,
+        "{what}: rip {:#x}, expected {:#x}",
+        fault.rip,
+        expect.rip
+    );
+    if let Some(address) = expect.address {
+        ensure!(
+            fault.address == address,
+            "{what}: address {:#x}, expected {address:#x}",
+            fault.address
+        );
+    }
+    ensure!(
+        fault.error & expect.mask == expect.error,
+        "{what}: error code {:#x}, expected {:#x} in bits {:#x}",
+        fault.error,
+        expect.error,
+        expect.mask
+    );
+    Ok(fault)
+}
+
+/// (3) Reads and writes of unmapped memory, a read of the kernel's half, a write to this
+/// program's text and a jump into read-only data each trap as a page fault with the right error
+/// code, address and RIP, reach the fault handler (the target) once, and the thread resumes.
+pub fn memory(ctx: &mut Ctx) -> Outcome {
+    ctx.set_mode(mode::RESUME_AT, probe::recover_addr())?;
+    let all = PF_PRESENT | PF_WRITE | PF_USER | PF_FETCH;
+    trap(
+        ctx,
+        Expect {
+            what: "read of unmapped memory",
+            vector: PAGE_FAULT,
+            rip: probe::read_insn(),
+            address: Some(probe::UNMAPPED),
+            mask: all,
+            error: PF_USER,
+        },
+        || probe::read(probe::UNMAPPED),
+    )?;
+    trap(
+        ctx,
+        Expect {
+            what: "write of unmapped memory",
+            vector: PAGE_FAULT,
+            rip: probe::write_insn(),
+            address: Some(probe::UNMAPPED),
+            mask: all,
+            error: PF_USER | PF_WRITE,
+        },
+        probe::write_unmapped,
+    )?;
+    trap(
+        ctx,
+        Expect {
+            what: "read of the kernel's half",
+            vector: PAGE_FAULT,
+            rip: probe::read_insn(),
+            address: Some(probe::KERNEL),
+            mask: PF_WRITE | PF_USER | PF_FETCH,
+            error: PF_USER,
+        },
+        || probe::read(probe::KERNEL),
+    )?;
+    trap(
+        ctx,
+        Expect {
+            what: "write to read-only text",
+            vector: PAGE_FAULT,
+            rip: probe::rewrite_insn(),
+            address: Some(probe::read_insn()),
+            mask: all,
+            error: PF_PRESENT | PF_USER | PF_WRITE,
+        },
+        probe::rewrite_text,
+    )?;
+    trap(
+        ctx,
+        Expect {
+            what: "execution of read-only data",
+            vector: PAGE_FAULT,
+            rip: probe::not_code_addr(),
+            address: Some(probe::not_code_addr()),
+            mask: all,
+            error: PF_PRESENT | PF_USER | PF_FETCH,
+        },
+        probe::exec_data,
+    )?;
+    Ok("5 page faults reported and resumed".into())
+}
+
+/// (4) Port I/O without an I/O-port capability (the attacker has none) traps as #GP at the
+/// I/O instruction and reaches the fault handler.
+pub fn ports(ctx: &mut Ctx) -> Outcome {
+    ctx.set_mode(mode::RESUME_AT, probe::recover_addr())?;
+    for (what, rip, probe) in [
+        (
+            "in from COM1 (serial's port)",
+            probe::inb_insn(),
+            probe::inb_com1 as fn() -> bool,
+        ),
+        ("out to the POST port", probe::outb_insn(), probe::outb_post),
+    ] {
+        trap(
+            ctx,
+            Expect {
+                what,
+                vector: GENERAL_PROTECTION,
+                rip,
+                address: None,
+                mask: u64::MAX,
+                error: 0,
+            },
+            probe,
+        )?;
+    }
+    Ok(format!(
+        "2 #GP reported (ports {:#x}, {:#x})",
+        probe::COM1_DATA,
+        probe::POST
+    ))
+}
+
+/// Body of the looping thread: waits until (9) releases it, then faults forever.
+pub fn looper_main(_start: Start) -> ! {
+    let _ = syscall::sem_down(GO, 0);
+    probe::fault_forever()
+}
+
+/// Echo calls (9) makes while the looping thread faults.
+const CALLS: u64 = 1000;
+
+/// (9) A second thread of this domain, at the same priority, faults in a loop (the handler
+/// resumes it at the faulting instruction) while this thread makes 1000 echo calls: all must be
+/// answered, the looping thread must have faulted meanwhile (so both really ran), and once the
+/// handler stops resuming it, the faults must stop.
+pub fn fault_loop(ctx: &mut Ctx) -> Outcome {
+    ok("preparing the looping thread", ctx.looper)?;
+    ctx.set_mode(mode::RETRY, 0)?;
+    let before = ctx.last_fault()?.count;
+    ok("releasing the looping thread", syscall::sem_up(GO))?;
+    for i in 0..CALLS {
+        let (_, words) = ok("echo while a thread faults", ctx.echo(proto::ECHO, &[i]))?;
+        ensure!(words == [i + 1], "echo {i} answered {words:?}");
+    }
+    let during = ctx.last_fault()?.count - before;
+    ctx.set_mode(mode::STOP, 0)?;
+    // Let the looping thread fault once more, which ends it.
+    for _ in 0..10 {
+        syscall::yield_now();
+    }
+    let settled = ctx.last_fault()?.count;
+    for _ in 0..10 {
+        syscall::yield_now();
+        let _ = ctx.echo(proto::ECHO, &[0]);
+    }
+    let after = ctx.last_fault()?.count;
+    ensure!(
+        during > 0,
+        "the looping thread never faulted during {CALLS} calls (is its priority, {}, the attacker's?)",
+        crate::PRIORITY
+    );
+    ensure!(
+        after == settled,
+        "faults went on after the handler stopped resuming ({settled} -> {after})"
+    );
+    Ok(format!("{CALLS} calls answered during {during} faults"))
+}

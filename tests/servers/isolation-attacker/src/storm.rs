@@ -1,0 +1,100 @@
+//! (8) The syscall storm: at least `isolation::storm::MIN_CALLS` raw syscalls from the seeded
+//! generator in `isolation::storm` (whose filter keeps every call away from what the attacker
+//! needs). Every call must return with a defined status code, every undefined number with
+//! `BadSyscall`; afterwards the attacker's own capabilities must be exactly as before and the
+//! target must still answer.
+
+use alloc::format;
+use alloc::vec::Vec;
+
+use abi::syscall::COUNT;
+use abi::Status;
+use isolation::proto::{self, mode};
+use isolation::storm::{Storm, MIN_CALLS, ZONE_A};
+use rt::syscall;
+
+use crate::{ensure, ok, probe, Ctx, Outcome};
+
+/// Used when RDTSC is not available to user code.
+const FALLBACK_SEED: u64 = 0x5eed_15d1_a7e5_0001;
+
+pub fn storm(ctx: &mut Ctx) -> Outcome {
+    // A fault while reading the TSC (CR4.TSD) is resumed, and the fixed seed used.
+    ctx.set_mode(mode::RESUME_AT, probe::recover_addr())?;
+    let seed = probe::rdtsc().map_or(FALLBACK_SEED, |tsc| tsc ^ FALLBACK_SEED);
+    ctx.set_mode(mode::STOP, 0)?;
+    rt::println!(
+        &mut ctx.utcb,
+        "isolation: syscall storm: seed {seed:#018x}, {MIN_CALLS} calls"
+    );
+
+    let own: Vec<_> = (0..ZONE_A.start).map(syscall::lookup).collect();
+    let mut storm = Storm::new(seed);
+    let mut by_status = [0u64; 13];
+    let (mut unknown, mut not_bad_syscall) = (0u64, 0u64);
+    let mut first_unknown = None;
+    for _ in 0..MIN_CALLS {
+        let call = storm.next_call();
+        // SAFETY: the generator never makes ThreadExit or PowerOff and never names a selector
+        // below ZONE_A (where all of this program's capabilities are) except in Lookup, which
+        // only reads (`isolation::storm`, tested on the host). So no call can end this thread,
+        // create, map or start anything in this domain, or rewrite the UTCB, which no borrow
+        // spans here anyway.
+        #[allow(unsafe_code)]
+        let (status, _) = unsafe { syscall::raw(call.number, call.args) };
+        match Status::from_u64(status) {
+            Some(s) => by_status[s as usize] += 1,
+            None => {
+                unknown += 1;
+                first_unknown.get_or_insert((call, status));
+            }
+        }
+        if call.number >= COUNT && status != Status::BadSyscall as u64 {
+            not_bad_syscall += 1;
+        }
+    }
+    // Remove what the storm made (objects in zone A, and what was derived from them).
+    for sel in ZONE_A {
+        let _ = syscall::revoke(sel, true);
+    }
+    let changed: Vec<u64> = (0..ZONE_A.start)
+        .zip(&own)
+        .filter(|&(sel, before)| syscall::lookup(sel) != *before)
+        .map(|(sel, _)| sel)
+        .collect();
+    let echo = ctx.echo(proto::ECHO, &[99]);
+
+    let summary = format!(
+        "seed {seed:#x}: ok {}, bad syscall {}, bad selector {}, wrong kind {}, no rights {}, \
+         quota {}, bad argument {}, in use {}, timeout {}, bad address {}, other {}",
+        by_status[Status::Ok as usize],
+        by_status[Status::BadSyscall as usize],
+        by_status[Status::BadSelector as usize],
+        by_status[Status::WrongKind as usize],
+        by_status[Status::NoRights as usize],
+        by_status[Status::QuotaExceeded as usize],
+        by_status[Status::BadArgument as usize],
+        by_status[Status::SelectorInUse as usize],
+        by_status[Status::Timeout as usize],
+        by_status[Status::BadAddress as usize],
+        by_status[Status::Aborted as usize]
+            + by_status[Status::OutOfMemory as usize]
+            + by_status[Status::NoPartner as usize],
+    );
+    rt::println!(&mut ctx.utcb, "isolation: syscall storm: {summary}");
+    ensure!(
+        unknown == 0,
+        "{unknown} calls returned undefined status codes, first: {first_unknown:?}"
+    );
+    ensure!(
+        not_bad_syscall == 0,
+        "{not_bad_syscall} undefined syscall numbers did not give BadSyscall"
+    );
+    ensure!(
+        changed.is_empty(),
+        "the attacker's own capabilities changed at selectors {changed:?}"
+    );
+    let (_, words) = ok("echo after the storm", echo)?;
+    ensure!(words == [100], "echo after the storm answered {words:?}");
+    Ok(format!("{MIN_CALLS} calls returned, seed {seed:#x}"))
+}
