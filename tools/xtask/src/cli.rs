@@ -20,7 +20,7 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Build the host crates and the kernel; print the kernel's path.
+    /// Build the host crates, the kernel and the user-space crates; print the kernel's path.
     Build(BuildArgs),
     /// Build, pack a boot image, boot it and stream the serial console; exit 0 only on success.
     Run(RunArgs),

@@ -8,16 +8,19 @@
 //! | `<server name>`            | `/boot/<name>.elf`  | the ELF of the server's `binary`     |
 //!
 //! The kernel finds init and the manifest by these names (`abi::boot`); init finds each server's
-//! ELF by the server's name. A system without servers packs only its extra modules.
+//! ELF by the server's name. A system without servers packs only its extra modules. Packed ELFs
+//! are stripped of debug information (with `objcopy --strip-debug`, when it is installed); the
+//! ELFs under `target/user/` keep it.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
 use crate::image::BootModule;
 use crate::manifest::System;
 use crate::workspace::Workspace;
-use crate::{build, layout, toolchain};
+use crate::{build, layout, setup, toolchain};
 
 /// The package of the root server.
 pub const INIT_PACKAGE: &str = "init";
@@ -106,16 +109,27 @@ fn gather_all(
     Ok(modules)
 }
 
-/// Copies `from` to `dir/<name>.<extension>` as the module `name`.
+/// Copies `from` to `dir/<name>.<extension>` as the module `name`; ELFs lose their debug
+/// information on the way when `objcopy` is there (the built ELF keeps it, for symbolizing).
 fn gather(dir: &Path, from: &Path, name: &str, extension: &str) -> Result<BootModule> {
     let to = dir.join(format!("{name}.{extension}"));
-    std::fs::copy(from, &to).with_context(|| {
-        format!(
-            "cannot copy {} to {}",
-            layout::show(from),
-            layout::show(&to)
-        )
-    })?;
+    let stripped = extension == "elf"
+        && setup::on_path("objcopy")
+        && Command::new("objcopy")
+            .arg("--strip-debug")
+            .arg(from)
+            .arg(&to)
+            .output()
+            .is_ok_and(|out| out.status.success());
+    if !stripped {
+        std::fs::copy(from, &to).with_context(|| {
+            format!(
+                "cannot copy {} to {}",
+                layout::show(from),
+                layout::show(&to)
+            )
+        })?;
+    }
     Ok(BootModule {
         source: to,
         name: name.to_string(),
