@@ -150,7 +150,11 @@ impl Kernel {
         if let Some(pd) = self.pds.get_mut(pd) {
             pd.threads.retain(|&x| x != t);
         }
-        self.threads.remove(t);
+        if let Some(thread) = self.threads.remove(t) {
+            if let Some(payer) = thread.charged_to.and_then(|p| self.pds.get_mut(p)) {
+                payer.quota.release(objects::cost::THREAD);
+            }
+        }
     }
 
     fn portals_handled_by(&self, t: ThreadId) -> alloc::vec::Vec<objects::PortalId> {

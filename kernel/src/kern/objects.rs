@@ -106,6 +106,8 @@ pub struct Thread {
     pub faulted: bool,
     /// Badge reported in fault messages (its selector-independent id).
     pub badge: u64,
+    /// The domain whose quota paid for the thread (none for init's first thread).
+    pub charged_to: Option<PdId>,
 }
 
 pub struct Portal {
@@ -113,9 +115,13 @@ pub struct Portal {
     pub badge: u64,
     /// Callers waiting for the handler, in arrival order.
     pub callers: VecDeque<ThreadId>,
+    /// The domain whose quota paid for it.
+    pub owner: PdId,
 }
 
 pub struct Semaphore {
     pub count: u64,
     pub waiters: VecDeque<ThreadId>,
+    /// The domain whose quota paid for it.
+    pub owner: PdId,
 }

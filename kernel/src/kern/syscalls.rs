@@ -32,16 +32,14 @@ pub fn dispatch(k: &mut Kernel) {
         None => Err(Status::BadSyscall),
         Some(call) => handle(k, call, me, my_pd, space, args),
     };
-    // A blocked thread is no longer current; its registers get their result on wake-up.
-    if k.current == Some(me) {
+    // A thread that blocked (in IPC or on a semaphore) gets its result when it wakes; every
+    // other thread that still exists (running, preempted or yielded) gets it now.
+    if k.threads.get(me).is_some_and(|t| t.state == State::Ready) {
         let (status, value) = match result {
             Ok(value) => (Status::Ok, value),
             Err(status) => (status, 0),
         };
         k.set_result(me, status, value);
-    } else if let Err(status) = result {
-        // Refused before blocking (e.g. a bad portal): the thread did not block after all.
-        k.set_result(me, status, 0);
     }
 }
 
@@ -217,6 +215,9 @@ fn create_thread(k: &mut Kernel, my_pd: PdId, space: SpaceId, a: [u64; 6]) -> Re
     };
     charge(k, my_pd, cost::THREAD)?;
     let t = spawn(k, pd, entry, stack_top, priority as u8, utcb, utcb_frame, 0);
+    if let Some(thread) = k.threads.get_mut(t) {
+        thread.charged_to = Some(my_pd);
+    }
     if let Err(e) = k
         .caps
         .insert_original(space, dest, Obj::Thread(t), Rights::ALL)
@@ -250,6 +251,7 @@ pub fn spawn(
         serving: None,
         faulted: false,
         badge: 0,
+        charged_to: None,
     });
     if let Some(thread) = k.threads.get_mut(t) {
         thread.badge = t.raw();
@@ -287,6 +289,7 @@ fn create_portal(
         handler,
         badge,
         callers: VecDeque::new(),
+        owner: my_pd,
     });
     if let Err(e) = k
         .caps
@@ -311,6 +314,7 @@ fn create_semaphore(
     let sem = k.sems.insert(Semaphore {
         count: initial,
         waiters: VecDeque::new(),
+        owner: my_pd,
     });
     if let Err(e) = k
         .caps
@@ -368,10 +372,13 @@ pub fn settle_removed(k: &mut Kernel, removed: Vec<Removed<Obj>>) {
             Obj::Thread(t) if r.original => k.kill(t),
             Obj::Portal(p) if r.original => {
                 k.abort_portal_callers(p);
-                k.portals.remove(p);
+                if let Some(portal) = k.portals.remove(p) {
+                    release(k, portal.owner, cost::PORTAL);
+                }
             }
             Obj::Semaphore(s) if r.original => {
                 if let Some(sem) = k.sems.remove(s) {
+                    release(k, sem.owner, cost::SEMAPHORE);
                     for w in sem.waiters {
                         k.set_result(w, Status::Aborted, 0);
                         k.wake(w);
