@@ -290,9 +290,13 @@ pub fn quota(ctx: &mut Ctx) -> Outcome {
     let free = result?;
     let again = syscall::create_semaphore(free, 0);
     let _ = syscall::revoke(free, true);
-    ok(
-        "creating after revoking them all (quota given back?)",
-        again,
-    )?;
-    Ok(format!("{} semaphores until quota exceeded", made.len()))
+    let n = made.len();
+    ensure!(
+        again.is_ok(),
+        "{n} semaphores until quota exceeded; after revoking them all, creating one failed \
+         ({again:?}): the quota was not given back"
+    );
+    Ok(format!(
+        "{n} semaphores until quota exceeded, quota back after revoke"
+    ))
 }

@@ -32,6 +32,8 @@ pub fn storm(ctx: &mut Ctx) -> Outcome {
     let mut storm = Storm::new(seed);
     let mut by_status = [0u64; 13];
     let (mut unknown, mut not_bad_syscall) = (0u64, 0u64);
+    // Undefined status codes per defined syscall number (the last slot: undefined numbers).
+    let mut unknown_by_number = [0u64; COUNT as usize + 1];
     let mut first_unknown = None;
     for _ in 0..MIN_CALLS {
         let call = storm.next_call();
@@ -46,7 +48,8 @@ pub fn storm(ctx: &mut Ctx) -> Outcome {
             Some(s) => by_status[s as usize] += 1,
             None => {
                 unknown += 1;
-                first_unknown.get_or_insert((call, status));
+                unknown_by_number[call.number.min(COUNT) as usize] += 1;
+                first_unknown.get_or_insert((call.number, status));
             }
         }
         if call.number >= COUNT && status != Status::BadSyscall as u64 {
@@ -82,10 +85,18 @@ pub fn storm(ctx: &mut Ctx) -> Outcome {
             + by_status[Status::NoPartner as usize],
     );
     rt::println!(&mut ctx.utcb, "isolation: syscall storm: {summary}");
-    ensure!(
-        unknown == 0,
-        "{unknown} calls returned undefined status codes, first: {first_unknown:?}"
-    );
+    if unknown > 0 {
+        let by_number: Vec<_> = (0..=COUNT)
+            .zip(unknown_by_number)
+            .filter(|&(_, n)| n > 0)
+            .collect();
+        let (number, status) = first_unknown.unwrap_or_default();
+        return Err(format!(
+            "{unknown} calls returned undefined status codes, (syscall number, calls): \
+             {by_number:?} (number {COUNT} = undefined numbers); first: syscall {number} \
+             returned {status}"
+        ));
+    }
     ensure!(
         not_bad_syscall == 0,
         "{not_bad_syscall} undefined syscall numbers did not give BadSyscall"

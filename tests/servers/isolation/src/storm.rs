@@ -9,10 +9,12 @@
 //!   random values at or above `COUNT`), which must all give `BadSyscall`.
 //! - **Selectors.** Every argument that the ABI defines as a selector (the capability or domain
 //!   a call acts on, and the destination slot of a create, carve or delegate) is drawn from
-//!   [`ZONE_A`] (55 %: where the storm's own objects live), [`ZONE_B`] (15 %: never filled),
-//!   boundary values at or above `CAP_SPACE_SLOTS` (15 %) or random values at or above it
-//!   (15 %); never below [`ZONE_A`], where the attacker keeps the capabilities it needs (its own
-//!   domain and thread, the echo and log portals, its fault and bootstrap portals). Since no
+//!   [`ZONE_A`] (55 %: where the storm's own objects live), [`ZONE_B`] (15 %), boundary values
+//!   at or above `CAP_SPACE_SLOTS` (15 %) or random values at or above it (15 %); never below
+//!   [`ZONE_A`], where the attacker keeps the capabilities it needs (its own domain and thread,
+//!   the echo and log portals, its fault and bootstrap portals). Destinations in the attacker's
+//!   own space (of creates and carves) are never in [`ZONE_B`], so that zone stays empty
+//!   (a delegation's destination is in the other domain's space and may be anything). Since no
 //!   storm selector can name the attacker's own domain, nothing is created, mapped or started in
 //!   it; since a portal's handler must be a thread of the caller's domain and the storm can name
 //!   none, no storm portal can exist, so `Call` and `ReplyWait` cannot block. `Lookup`, which
@@ -144,6 +146,16 @@ impl Storm {
         }
     }
 
+    /// A destination slot in the attacker's own space: like [`Storm::sel`] without [`ZONE_B`].
+    fn dest(&mut self) -> u64 {
+        loop {
+            let sel = self.sel();
+            if !ZONE_B.contains(&sel) {
+                return sel;
+            }
+        }
+    }
+
     /// Any other argument.
     fn value(&mut self) -> u64 {
         if self.rng.below(2) == 0 {
@@ -173,18 +185,22 @@ impl Storm {
         let mut args = [(); 6].map(|()| self.value());
         match call {
             Syscall::Call | Syscall::ReplyWait | Syscall::SemUp => args[0] = self.sel(),
-            Syscall::CreatePd | Syscall::CreateSemaphore => args[0] = self.sel(),
+            Syscall::CreatePd | Syscall::CreateSemaphore => args[0] = self.dest(),
             Syscall::Revoke => {
                 args[0] = self.sel();
                 args[1] = self.rng.pick(&[0, 1, 2, u64::MAX]);
             }
-            Syscall::CreateThread
-            | Syscall::CreatePortal
-            | Syscall::Map
-            | Syscall::IrqBind
-            | Syscall::Carve => {
+            Syscall::CreateThread | Syscall::CreatePortal => {
+                args[0] = self.dest();
+                args[1] = self.sel();
+            }
+            Syscall::Map | Syscall::IrqBind => {
                 args[0] = self.sel();
                 args[1] = self.sel();
+            }
+            Syscall::Carve => {
+                args[0] = self.sel();
+                args[1] = self.dest();
             }
             Syscall::Delegate => {
                 args[0] = self.sel();
@@ -265,6 +281,29 @@ mod tests {
                 } else {
                     assert!(ZONE_B.contains(&call.args[0]));
                 }
+            }
+        }
+    }
+
+    /// Positions of destination slots in the caller's own space.
+    fn own_destinations(number: u64) -> &'static [usize] {
+        match Syscall::from_u64(number) {
+            Some(
+                Syscall::CreatePd
+                | Syscall::CreateThread
+                | Syscall::CreatePortal
+                | Syscall::CreateSemaphore,
+            ) => &[0],
+            Some(Syscall::Carve) => &[1],
+            _ => &[],
+        }
+    }
+
+    #[test]
+    fn zone_b_is_never_filled() {
+        for call in calls(5, 200_000) {
+            for &i in own_destinations(call.number) {
+                assert!(!ZONE_B.contains(&call.args[i]), "{call:?}");
             }
         }
     }
