@@ -138,7 +138,9 @@ fn start(state: &mut State, index: usize, entry: u64, fault: Option<Sel>) -> Res
         )
     }
     .map_err(|e| format!("create its thread: {e}"))?;
-    // Init runs above every server (priority 30 > 29), so the server has not run yet.
+    // The kernel does not fill SELF_THREAD (abi::well_known says it does), so init gives it.
+    // A server below init's priority (30) has not run yet; one at 30 or 31 may run first and
+    // find SELF_THREAD empty for a moment.
     give(sels.thread, sels.pd, well_known::SELF_THREAD, SELF_RIGHTS)
         .map_err(|e| format!("give its thread: {e}"))?;
     say!(
