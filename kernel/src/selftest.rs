@@ -53,7 +53,7 @@ fn frame_allocator() -> Result<(), &'static str> {
     let (free_before, total) = frames::stats();
     let a = frames::alloc(1).ok_or("frame allocation failed")?;
     let b = frames::alloc(4).ok_or("4-frame allocation failed")?;
-    if a == b || a % 4096 != 0 || b % (4 * 4096) != 0 {
+    if a == b || !a.is_multiple_of(4096) || !b.is_multiple_of(4 * 4096) {
         return Err("frame allocator returned overlapping or misaligned frames");
     }
     direct::zero_frame(a);

@@ -156,7 +156,7 @@ fn load(k: &mut Kernel, info: &BootInfo, init_index: usize) -> Result<(), &'stat
     log::info!(
         "init: entry {entry:#x}, {} modules, pool {} MiB, quota {} KiB",
         page.module_count,
-        pool_pages * PAGE >> 20,
+        (pool_pages * PAGE) >> 20,
         page.quota >> 10
     );
     Ok(())

@@ -61,7 +61,7 @@ pub fn map_pages(
 ) -> Result<(), Status> {
     let len = pages.checked_mul(PAGE).ok_or(Status::BadArgument)?;
     let end = virt.checked_add(len).ok_or(Status::BadAddress)?;
-    if virt % PAGE != 0 || end > USER_END || pages == 0 {
+    if !virt.is_multiple_of(PAGE) || end > USER_END || pages == 0 {
         return Err(Status::BadAddress);
     }
     if rights.contains(Rights::WRITE) && rights.contains(Rights::EXEC) {

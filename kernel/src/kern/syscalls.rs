@@ -198,8 +198,8 @@ fn create_thread(k: &mut Kernel, my_pd: PdId, space: SpaceId, a: [u64; 6]) -> Re
     }
     if entry >= USER_END
         || stack_top > USER_END
-        || stack_top % 16 != 0
-        || utcb % 4096 != 0
+        || !stack_top.is_multiple_of(16)
+        || !utcb.is_multiple_of(4096)
         || utcb >= USER_END
     {
         return Err(Status::BadAddress);

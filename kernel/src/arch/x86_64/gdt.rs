@@ -5,6 +5,7 @@
 //! double faults, NMIs and machine checks stacks of their own (each above a guard page).
 
 use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use spin::Once;
 use x86::bits64::segmentation::Descriptor64;
@@ -70,7 +71,7 @@ extern "C" {
 /// Makes the next entry from user mode (trap or syscall) save the user state just below `top`,
 /// the end of the current thread's register save area (16-byte aligned).
 pub fn set_user_entry_stack(top: u64) {
-    debug_assert!(top % 16 == 0);
+    debug_assert!(top.is_multiple_of(16));
     let tss = TSS_AREA.0.get();
     // SAFETY: see `TssCell`: no concurrent access; the fields are written unaligned because the
     // TSS layout is packed.
@@ -80,8 +81,15 @@ pub fn set_user_entry_stack(top: u64) {
     }
 }
 
+/// Whether the TSS bitmap currently allows some port (else it is all ones and a switch between
+/// two domains without ports need not touch it).
+static BITMAP_OPEN: AtomicBool = AtomicBool::new(false);
+
 /// Loads the I/O permission bitmap for the thread about to run: `None` denies every port.
 pub fn load_io_bitmap(bitmap: Option<&[u8; IO_BITMAP_BYTES]>) {
+    if bitmap.is_none() && !BITMAP_OPEN.load(Ordering::Relaxed) {
+        return;
+    }
     let tss = TSS_AREA.0.get();
     // SAFETY: see `TssCell`; `bitmap` is a plain byte array inside the static.
     let target = unsafe { &mut *core::ptr::addr_of_mut!((*tss).bitmap) };
@@ -89,6 +97,7 @@ pub fn load_io_bitmap(bitmap: Option<&[u8; IO_BITMAP_BYTES]>) {
         Some(bits) => target[..IO_BITMAP_BYTES].copy_from_slice(bits),
         None => target.fill(0xff),
     }
+    BITMAP_OPEN.store(bitmap.is_some(), Ordering::Relaxed);
 }
 
 fn segment(code: bool, ring: Ring) -> Descriptor {
