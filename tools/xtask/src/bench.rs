@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::cli::BenchArgs;
+use crate::cli::{BenchArgs, BenchKind};
 use crate::emulator::{self, Emulator, Line, Spec};
 use crate::outcome::Outcome;
 use crate::setup::{self, Need};
@@ -96,11 +96,23 @@ pub fn command(args: &BenchArgs) -> Result<bool> {
     }
     let root = layout::root();
     let release = !args.debug;
-    let system = manifest::load(&root, "demo")?;
     let kernel = match &args.kernel {
         Some(kernel) => kernel.clone(),
         None => build::kernel(&root, release)?,
     };
+    if args.which != Some(BenchKind::Ipc) {
+        boot_bench(args, &kernel, release)?;
+    }
+    if args.which != Some(BenchKind::Boot) {
+        crate::bench_ipc::run(&kernel, release)?;
+    }
+    Ok(true)
+}
+
+fn boot_bench(args: &BenchArgs, kernel: &std::path::Path, release: bool) -> Result<()> {
+    let root = layout::root();
+    let system = manifest::load(&root, "demo")?;
+    let kernel = kernel.to_path_buf();
     let bootloader = run::default_bootloader();
     let work = layout::work_dir(&["bench"])?;
     let iso = work.join("boot.iso");
@@ -179,7 +191,7 @@ pub fn command(args: &BenchArgs) -> Result<bool> {
     let out = work.join("boot.json");
     std::fs::write(&out, serde_json::to_string_pretty(&report)? + "\n")?;
     println!("wrote {}", layout::show(&out));
-    Ok(true)
+    Ok(())
 }
 
 fn table(report: &Report) -> String {

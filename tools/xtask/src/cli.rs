@@ -103,6 +103,9 @@ pub struct ImageArgs {
 
 #[derive(Args)]
 pub struct BenchArgs {
+    /// Which benchmark: `boot`, `ipc`, or all of them when left out.
+    #[arg(value_enum)]
+    pub which: Option<BenchKind>,
     /// Boots per configuration (the table shows the median wall-clock time).
     #[arg(long, default_value_t = 3)]
     pub runs: u32,
@@ -112,4 +115,13 @@ pub struct BenchArgs {
     /// Benchmark this kernel ELF instead of building one.
     #[arg(long, value_name = "FILE")]
     pub kernel: Option<PathBuf>,
+}
+
+/// The benchmarks `cargo xtask bench` knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchKind {
+    /// Time and instructions from power-on to the kernel banner, kernel size.
+    Boot,
+    /// Instructions per IPC call/reply round trip between two domains.
+    Ipc,
 }
