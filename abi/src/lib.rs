@@ -22,14 +22,17 @@ pub type Sel = u64;
 /// Number of selectors in every capability space.
 pub const CAP_SPACE_SLOTS: u64 = 1024;
 
-/// Selectors that the kernel fills when it creates a protection domain's first thread.
+/// Selectors with a fixed meaning in every domain. The kernel fills them for init; for other
+/// domains the creator delegates them (init does so for every server it starts).
 pub mod well_known {
     use super::Sel;
     /// The protection domain itself (rights as delegated by its creator).
     pub const SELF_PD: Sel = 0;
     /// The thread that runs the domain's entry point.
     pub const SELF_THREAD: Sel = 1;
-    /// The portal that receives the domain's faults (empty if its creator gave none).
+    /// The portal that receives the domain's faults (empty if its creator gave none). The kernel
+    /// sends fault messages there; a user `Call` with `utcb::FAULT_LABEL` is refused, so a fault
+    /// message is always the kernel's.
     pub const FAULT_PORTAL: Sel = 2;
     /// Servers started by init: init's bootstrap portal (see `crate::bootstrap`).
     pub const BOOTSTRAP_PORTAL: Sel = 15;

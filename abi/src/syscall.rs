@@ -14,12 +14,15 @@
 #[repr(u64)]
 pub enum Syscall {
     /// `portal`: send the UTCB's message to the portal's handler and wait for its reply (which
-    /// replaces the UTCB's message). Needs CALL on the portal.
+    /// replaces the UTCB's message). Needs CALL on the portal; the label `utcb::FAULT_LABEL` is
+    /// the kernel's and refused (`BadArgument`).
     Call = 0,
     /// Reply to the thread whose call this thread is serving, and go on running.
     Reply = 1,
     /// `portal`: reply to the current caller (if any), then wait for the next call on `portal`,
-    /// which must be bound to this thread. Returns the portal's badge in RDX.
+    /// which must be bound to this thread (a thread serves the one portal it waits on; a server
+    /// with several portals waits on each with its own thread). Returns the portal's badge in
+    /// RDX.
     ReplyWait = 2,
     /// `dest, quota`: create a protection domain at `dest`, moving `quota` bytes of the caller's
     /// kernel-memory quota to it.

@@ -92,6 +92,11 @@ fn deliver(k: &mut Kernel, caller: ThreadId, portal: PortalId) -> Result<(), Sta
 /// `call(portal)` from the current thread.
 pub fn call(k: &mut Kernel, portal_sel: u64) -> Result<(), Status> {
     let caller = k.current();
+    // Fault messages come from the kernel only, so a handler can trust them.
+    let frame = utcb_frame(k, caller).ok_or(Status::NoPartner)?;
+    if MsgTag(direct::read_word(frame, TAG)).label() == FAULT_LABEL {
+        return Err(Status::BadArgument);
+    }
     let space = pd_space(k, caller).ok_or(Status::NoPartner)?;
     let portal = match k
         .caps
@@ -180,20 +185,25 @@ pub fn reply_wait(k: &mut Kernel, portal_sel: u64) -> Result<(), Status> {
         return Err(Status::NoRights); // only the bound handler receives on a portal
     }
     let replied = reply_to_caller(k)?;
-    // Take the next queued caller, if any, right away.
-    let next = k
+    // Take the next queued caller whose message can be delivered, if any, right away; a caller
+    // whose message cannot travel (bad tag or capability) gets the reason and is skipped.
+    while let Some(caller) = k
         .portals
         .get_mut(portal)
-        .and_then(|p| p.callers.pop_front());
-    if let Some(caller) = next {
-        if let Some(r) = replied {
-            k.wake_if_ready(r);
+        .and_then(|p| p.callers.pop_front())
+    {
+        match deliver(k, caller, portal) {
+            Ok(()) => {
+                if let Some(r) = replied {
+                    k.wake_if_ready(r);
+                }
+                return Ok(()); // rax/rdx set by `deliver`
+            }
+            Err(status) => {
+                k.set_result(caller, status, 0);
+                k.wake(caller);
+            }
         }
-        if let Err(status) = deliver(k, caller, portal) {
-            k.set_result(caller, status, 0);
-            k.wake(caller);
-        }
-        return Ok(()); // rax/rdx set by `deliver`
     }
     k.block_current_if(me, State::Receiving(portal));
     if let Some(r) = replied {
