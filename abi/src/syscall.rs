@@ -53,7 +53,9 @@ pub enum Syscall {
     Map = 12,
     /// Give up the rest of the time slice.
     Yield = 13,
-    /// `irq, sem`: signal `sem` whenever the interrupt fires (needs CALL on the IRQ).
+    /// `irq, sem`: signal `sem` whenever the interrupt fires (needs CALL on the IRQ and WRITE on
+    /// the semaphore); the line is unmasked from then on. Legacy IRQs are edge-triggered: the
+    /// driver clears its device's interrupt condition itself.
     IrqBind = 14,
     /// End the calling thread.
     ThreadExit = 15,

@@ -7,8 +7,10 @@
 //! clients put their own names in front), with `\n` sent as `\r\n`. The reply's word 0 is the
 //! status: `Ok`, or `BadArgument` for an unknown label or a payload that is not a string.
 //!
-//! Interrupt-driven input is not offered: the kernel does not deliver IRQs to user space yet
-//! (`IrqBind` answers `BadArgument`), and nothing in the system reads from the console.
+//! At start it binds its IRQ line (`GET_RESOURCE "irq:4"`, which the manifest grants) to a
+//! semaphore and checks, with the UART's transmitter-empty interrupt, that the interrupt arrives;
+//! it prints the result (`serial: IRQ 4 delivered` or why not). Output stays polled: a line of
+//! log text is short, and polling keeps the driver simple. Nothing in the system reads input.
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
@@ -29,6 +31,13 @@ const LOG: abi::Sel = well_known::FIRST_FREE + 1;
 const RECV: abi::Sel = well_known::FIRST_FREE + 2;
 /// Badge of the `log` portal.
 const LOG_BADGE: u64 = 1;
+/// The IRQ capability and the semaphore it signals.
+const IRQ: abi::Sel = well_known::FIRST_FREE + 3;
+const IRQ_SEM: abi::Sel = well_known::FIRST_FREE + 4;
+/// COM1's legacy IRQ line.
+const COM1_IRQ: u8 = 4;
+/// Timer ticks to wait for the interrupt before reporting that it did not come.
+const IRQ_WAIT_TICKS: u64 = 20;
 
 fn main(start: Start) -> ! {
     let mut utcb = start.utcb;
@@ -42,6 +51,7 @@ fn main(start: Start) -> ! {
         fail(&mut utcb, "no I/O ports", e)
     }
     com1.write_str("serial: COM1 ready\n");
+    check_irq(&mut utcb, &mut com1);
     if let Err(e) = syscall::create_portal(LOG, well_known::SELF_THREAD, LOG_BADGE) {
         com1.write_str("serial: cannot create the log portal\n");
         fail(&mut utcb, "create portal", e)
@@ -59,6 +69,29 @@ fn main(start: Start) -> ! {
         fail(&mut utcb, "serve", e)
     }
     syscall::thread_exit()
+}
+
+/// Binds the IRQ line to a semaphore and waits for one transmitter-empty interrupt.
+fn check_irq(utcb: &mut Utcb, com1: &mut uart::Uart) {
+    let bound = bootstrap::get_resource(utcb, "irq:4", IRQ)
+        .and_then(|()| syscall::create_semaphore(IRQ_SEM, 0))
+        .and_then(|()| syscall::irq_bind(IRQ, IRQ_SEM));
+    let report = match bound {
+        Err(e) => {
+            rt::println!(utcb, "serial: IRQ {COM1_IRQ} not bound: {e}");
+            return;
+        }
+        Ok(()) => {
+            com1.enable_tx_interrupt();
+            let waited = syscall::sem_down(IRQ_SEM, IRQ_WAIT_TICKS);
+            com1.disable_interrupts();
+            waited
+        }
+    };
+    match report {
+        Ok(()) => com1.write_str("serial: IRQ 4 delivered (transmitter empty)\n"),
+        Err(e) => rt::println!(utcb, "serial: IRQ {COM1_IRQ} not delivered: {e}"),
+    }
 }
 
 /// Handles one request on `log`, leaving the reply in the UTCB.

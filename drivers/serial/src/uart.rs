@@ -1,4 +1,6 @@
-//! The 16550 UART, polled. The only `unsafe` of the driver: port I/O on ports the driver owns.
+//! The 16550 UART, polled for output; its transmitter-empty interrupt is used once at start to
+//! check that IRQ delivery works. The only `unsafe` of the driver: port I/O on ports the driver
+//! owns.
 #![allow(unsafe_code)]
 
 /// COM1's base port.
@@ -14,6 +16,10 @@ const DIVISOR_LOW: u16 = 0;
 const DIVISOR_HIGH: u16 = 1;
 
 const LCR_DLAB: u8 = 0x80;
+/// DTR, RTS, and OUT2, which connects the UART's interrupt output to the ISA IRQ line.
+const MCR_DTR_RTS_OUT2: u8 = 0x0b;
+/// Interrupt enable: transmitter holding register empty.
+const IER_THR_EMPTY: u8 = 0x02;
 const LCR_8N1: u8 = 0x03;
 const LSR_THR_EMPTY: u8 = 0x20;
 /// Polls of the line status before a byte is sent anyway (a missing UART must not hang us).
@@ -40,7 +46,7 @@ impl Uart {
         unsafe { x86::io::inb(self.base + reg) }
     }
 
-    /// 115200 baud, 8N1, FIFOs on, interrupts off.
+    /// 115200 baud, 8N1, FIFOs on, interrupts off (but routed to the IRQ line).
     pub fn init(&mut self) {
         self.out(INT_ENABLE, 0);
         self.out(LINE_CTRL, LCR_DLAB);
@@ -48,7 +54,17 @@ impl Uart {
         self.out(DIVISOR_HIGH, 0);
         self.out(LINE_CTRL, LCR_8N1);
         self.out(FIFO_CTRL, 0xc7);
-        self.out(MODEM_CTRL, 0x03);
+        self.out(MODEM_CTRL, MCR_DTR_RTS_OUT2);
+    }
+
+    /// Asks for an interrupt when the transmitter is empty (at once, if it is).
+    pub fn enable_tx_interrupt(&mut self) {
+        self.out(INT_ENABLE, IER_THR_EMPTY);
+    }
+
+    /// Back to polling: no interrupts.
+    pub fn disable_interrupts(&mut self) {
+        self.out(INT_ENABLE, 0);
     }
 
     fn put(&mut self, byte: u8) {

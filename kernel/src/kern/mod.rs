@@ -43,6 +43,10 @@ pub struct Kernel {
     ticks_seen: u64,
     /// The root domain (init), which may power off and write to the kernel console.
     pub root: Option<PdId>,
+    /// The semaphore each legacy IRQ line signals, once a driver bound it.
+    irq_sems: [Option<objects::SemId>; 16],
+    /// Scratch list for `deliver_irqs` (kept to avoid allocating on the interrupt path).
+    pending_signals: alloc::vec::Vec<objects::SemId>,
     /// The domain whose address space and I/O bitmap are loaded (switching costs a CR3 load
     /// and an 8 KiB bitmap copy, so it happens only when the domain changes).
     loaded_pd: Option<PdId>,
@@ -64,6 +68,8 @@ impl Kernel {
             slice: Slice::new(sched::DEFAULT_SLICE_TICKS),
             ticks_seen: 0,
             root: None,
+            irq_sems: [None; 16],
+            pending_signals: alloc::vec::Vec::new(),
             loaded_pd: None,
         }
     }
@@ -213,8 +219,48 @@ impl Kernel {
         self.timeouts.add(t, deadline);
     }
 
+    /// Signals the semaphore of every bound IRQ line that fired.
+    fn deliver_irqs(&mut self) {
+        let pending = arch::pic::take_pending();
+        if pending == 0 {
+            return;
+        }
+        for (irq, sem) in self.irq_sems.iter().enumerate() {
+            if pending & (1 << irq) != 0 {
+                if let Some(sem) = sem {
+                    self.pending_signals.push(*sem);
+                }
+            }
+        }
+        while let Some(sem) = self.pending_signals.pop() {
+            self.signal(sem);
+        }
+    }
+
+    /// `up` on a semaphore: wakes its first waiter or counts.
+    pub fn signal(&mut self, sem: objects::SemId) {
+        let Some(s) = self.sems.get_mut(sem) else {
+            return;
+        };
+        if let Some(waiter) = s.waiters.pop_front() {
+            self.set_result(waiter, Status::Ok, 0);
+            self.wake(waiter);
+        } else {
+            s.count = s.count.saturating_add(1);
+        }
+    }
+
+    /// Binds a legacy IRQ line to a semaphore and unmasks it.
+    pub fn bind_irq(&mut self, irq: u8, sem: objects::SemId) {
+        if let Some(slot) = self.irq_sems.get_mut(usize::from(irq)) {
+            *slot = Some(sem);
+            arch::pic::unmask(irq);
+        }
+    }
+
     /// Accounts timer ticks: expires timed waits and uses up the running thread's slice.
     fn account_ticks(&mut self) {
+        self.deliver_irqs();
         let now = apic::ticks();
         while self.ticks_seen < now {
             self.ticks_seen += 1;
@@ -337,6 +383,10 @@ pub fn on_user_trap(frame: &mut TrapFrame) -> ! {
         run_and_resume(|_| {});
     }
     if vector == u64::from(arch::trap::SPURIOUS_VECTOR) {
+        run_and_resume(|_| {});
+    }
+    if let Some(irq) = arch::trap::irq_line(vector) {
+        arch::pic::interrupt(irq);
         run_and_resume(|_| {});
     }
     // SAFETY: reading CR2 has no side effects.

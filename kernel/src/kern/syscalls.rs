@@ -74,18 +74,7 @@ fn handle(
             k.yield_current();
             Ok(0)
         }
-        Syscall::IrqBind => {
-            // IRQ delivery to user space is not wired yet: check the capabilities honestly and
-            // report that the binding cannot be made.
-            match k
-                .caps
-                .lookup(space, a[0], Rights::CALL)
-                .map_err(Status::from)?
-            {
-                Obj::Irq(_) => Err(Status::BadArgument),
-                _ => Err(Status::WrongKind),
-            }
-        }
+        Syscall::IrqBind => irq_bind(k, space, a[0], a[1]),
         Syscall::ThreadExit => {
             k.kill(me);
             Ok(0)
@@ -424,13 +413,30 @@ fn sem_up(k: &mut Kernel, space: SpaceId, sel: u64) -> Result<u64, Status> {
         Obj::Semaphore(s) => *s,
         _ => return Err(Status::WrongKind),
     };
-    let s = k.sems.get_mut(sem).ok_or(Status::BadSelector)?;
-    if let Some(waiter) = s.waiters.pop_front() {
-        k.set_result(waiter, Status::Ok, 0);
-        k.wake(waiter);
-    } else {
-        s.count = s.count.saturating_add(1);
-    }
+    k.signal(sem);
+    Ok(0)
+}
+
+/// `irq_bind(irq, sem)`: the IRQ line signals the semaphore from now on (needs CALL on the IRQ
+/// and WRITE on the semaphore). A later bind of the same line replaces the earlier one.
+fn irq_bind(k: &mut Kernel, space: SpaceId, irq_sel: u64, sem_sel: u64) -> Result<u64, Status> {
+    let irq = match k
+        .caps
+        .lookup(space, irq_sel, Rights::CALL)
+        .map_err(Status::from)?
+    {
+        Obj::Irq(irq) => *irq,
+        _ => return Err(Status::WrongKind),
+    };
+    let sem = match k
+        .caps
+        .lookup(space, sem_sel, Rights::WRITE)
+        .map_err(Status::from)?
+    {
+        Obj::Semaphore(s) => *s,
+        _ => return Err(Status::WrongKind),
+    };
+    k.bind_irq(irq, sem);
     Ok(0)
 }
 

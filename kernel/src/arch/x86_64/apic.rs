@@ -1,10 +1,10 @@
 //! Local APIC: x2APIC through MSRs where the CPU offers it, otherwise xAPIC through its MMIO page.
-//! The legacy 8259 PICs are masked; the APIC timer runs periodically on [`TIMER_VECTOR`].
+//! The legacy 8259 PICs are remapped and masked (`pic`); the APIC timer runs periodically on
+//! [`TIMER_VECTOR`].
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use spin::Once;
-use x86::io::outb;
 use x86::msr::{rdmsr, wrmsr};
 
 use super::trap::{SPURIOUS_VECTOR, TIMER_VECTOR};
@@ -70,12 +70,7 @@ fn read(reg: u32) -> u32 {
 /// Masks the 8259 PICs, enables the local APIC (x2APIC if `x2apic`) and starts the periodic
 /// timer. Interrupts stay disabled; the caller enables them.
 pub fn init(x2apic: bool) -> Result<&'static str, mem::MemError> {
-    // SAFETY: masking every line of both PICs only stops legacy interrupts, which the kernel does
-    // not use.
-    unsafe {
-        outb(0x21, 0xff);
-        outb(0xa1, 0xff);
-    }
+    super::pic::init();
     // SAFETY: IA32_APIC_BASE exists on every x86-64 CPU.
     let base = unsafe { rdmsr(IA32_APIC_BASE) };
     let mode = if x2apic {

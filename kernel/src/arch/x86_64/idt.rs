@@ -10,21 +10,27 @@ use x86::segmentation::{BuildDescriptor, DescriptorBuilder, GateDescriptorBuilde
 use x86::Ring;
 
 use super::gdt;
+use super::pic::IRQ_BASE;
 use super::trap::{SPURIOUS_VECTOR, TIMER_VECTOR};
 
 global_asm!(include_str!("trap_entry.s"));
 
 /// Vectors that have a stub, in the order of `trap_stub_table`: the 32 exceptions, the APIC
-/// timer and the spurious-interrupt vector.
-const STUB_VECTORS: [u8; 34] = {
-    let mut vectors = [0u8; 34];
+/// timer, the 16 legacy IRQ lines and the spurious-interrupt vector.
+const STUB_VECTORS: [u8; 50] = {
+    let mut vectors = [0u8; 50];
     let mut i = 0;
     while i < 32 {
         vectors[i] = i as u8;
         i += 1;
     }
     vectors[32] = TIMER_VECTOR;
-    vectors[33] = SPURIOUS_VECTOR;
+    let mut irq = 0;
+    while irq < 16 {
+        vectors[33 + irq] = IRQ_BASE + irq as u8;
+        irq += 1;
+    }
+    vectors[49] = SPURIOUS_VECTOR;
     vectors
 };
 

@@ -5,6 +5,7 @@ pub mod apic;
 pub mod cpu;
 pub mod gdt;
 mod idt;
+pub mod pic;
 pub mod power;
 pub mod serial;
 pub mod stacks;

@@ -6,7 +6,7 @@ use core::fmt;
 
 use x86::controlregs::{cr0, cr2, cr3, cr4};
 
-use super::{apic, power, stacks};
+use super::{apic, pic, power, stacks};
 use crate::println;
 
 pub const TIMER_VECTOR: u8 = 0x20;
@@ -52,8 +52,19 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     match frame.vector {
         v if v == u64::from(TIMER_VECTOR) => apic::timer_interrupt(),
         v if v == u64::from(SPURIOUS_VECTOR) => {}
-        _ => fatal_exception(frame),
+        v => match irq_line(v) {
+            Some(irq) => pic::interrupt(irq),
+            None => fatal_exception(frame),
+        },
     }
+}
+
+/// The legacy IRQ line a vector belongs to, if it is one.
+pub fn irq_line(vector: u64) -> Option<u8> {
+    let base = u64::from(pic::IRQ_BASE);
+    (base..base + u64::from(pic::IRQ_LINES))
+        .contains(&vector)
+        .then(|| (vector - base) as u8)
 }
 
 fn fatal_exception(frame: &TrapFrame) -> ! {

@@ -174,6 +174,70 @@ trap_stub_32:
     push 0
     push 32
     jmp trap_common
+trap_stub_48:
+    push 0
+    push 48
+    jmp trap_common
+trap_stub_49:
+    push 0
+    push 49
+    jmp trap_common
+trap_stub_50:
+    push 0
+    push 50
+    jmp trap_common
+trap_stub_51:
+    push 0
+    push 51
+    jmp trap_common
+trap_stub_52:
+    push 0
+    push 52
+    jmp trap_common
+trap_stub_53:
+    push 0
+    push 53
+    jmp trap_common
+trap_stub_54:
+    push 0
+    push 54
+    jmp trap_common
+trap_stub_55:
+    push 0
+    push 55
+    jmp trap_common
+trap_stub_56:
+    push 0
+    push 56
+    jmp trap_common
+trap_stub_57:
+    push 0
+    push 57
+    jmp trap_common
+trap_stub_58:
+    push 0
+    push 58
+    jmp trap_common
+trap_stub_59:
+    push 0
+    push 59
+    jmp trap_common
+trap_stub_60:
+    push 0
+    push 60
+    jmp trap_common
+trap_stub_61:
+    push 0
+    push 61
+    jmp trap_common
+trap_stub_62:
+    push 0
+    push 62
+    jmp trap_common
+trap_stub_63:
+    push 0
+    push 63
+    jmp trap_common
 trap_stub_255:
     push 0
     push 255
@@ -216,4 +280,20 @@ trap_stub_table:
     .quad trap_stub_30
     .quad trap_stub_31
     .quad trap_stub_32
+    .quad trap_stub_48
+    .quad trap_stub_49
+    .quad trap_stub_50
+    .quad trap_stub_51
+    .quad trap_stub_52
+    .quad trap_stub_53
+    .quad trap_stub_54
+    .quad trap_stub_55
+    .quad trap_stub_56
+    .quad trap_stub_57
+    .quad trap_stub_58
+    .quad trap_stub_59
+    .quad trap_stub_60
+    .quad trap_stub_61
+    .quad trap_stub_62
+    .quad trap_stub_63
     .quad trap_stub_255
