@@ -38,8 +38,10 @@ pub fn start_init(info: &BootInfo) {
 
 fn load(k: &mut Kernel, info: &BootInfo, init_index: usize) -> Result<(), &'static str> {
     let (free, _) = frames::stats();
-    // Init's kernel-memory quota: a quarter of free memory; the pool it hands out: a quarter too.
-    let quota = Quota::new(free as u64 / 4 * PAGE);
+    // Init's kernel-memory quota: what the kernel heap can really back (objects live there), at
+    // most a quarter of free memory, so that no quota promises memory the heap does not have.
+    // The pool of pages it hands out to servers is another quarter of free memory.
+    let quota = Quota::new((crate::mem::heap_free_bytes() / 2).min(free as u64 / 4 * PAGE));
     let pd = syscalls::new_pd(k, None, quota).map_err(|_| "no memory for the root domain")?;
     k.root = Some(pd);
     let space = k.pds.get(pd).ok_or("root domain vanished")?.space;

@@ -264,8 +264,9 @@ impl Kernel {
         let now = apic::ticks();
         while self.ticks_seen < now {
             self.ticks_seen += 1;
-            if self.current.is_some() && self.slice.tick() {
-                // Preemption happens in `schedule`.
+            if self.current.is_some() {
+                // A used-up slice is acted on in `schedule`.
+                self.slice.tick();
             }
         }
         if self.timeouts.next_deadline().is_none_or(|d| d > now) {

@@ -112,6 +112,12 @@ pub fn init(info: &BootInfo, image: KernelImage) -> Result<(), MemError> {
     Ok(())
 }
 
+/// Bytes the kernel heap has not handed out.
+pub fn heap_free_bytes() -> u64 {
+    let (used, total) = heap::stats();
+    total.saturating_sub(used) as u64
+}
+
 /// Maps `len` bytes of device memory at `phys` uncached; returns the virtual address of `phys`.
 pub fn map_mmio(phys: u64, len: u64) -> Result<u64, MemError> {
     paging::map_mmio(phys, len)
