@@ -35,17 +35,16 @@ fn transfer(
     to: ThreadId,
     badge: Option<u64>,
 ) -> Result<(), Status> {
-    let (Some(src), Some(dst)) = (utcb_frame(k, from), utcb_frame(k, to)) else {
+    let (Some(src), Some(dst)) = (utcb_words(k, from), utcb_words(k, to)) else {
         return Err(Status::NoPartner);
     };
-    let tag = MsgTag(direct::read_word(src, TAG));
+    let tag = MsgTag(src.read(TAG));
     let words = tag.words().ok_or(Status::BadArgument)?;
     let mut received = 0;
     if tag.has_cap() {
-        let sel = direct::read_word(src, CAP_SEND);
-        let rights = Rights::from_bits(direct::read_word(src, CAP_SEND_RIGHTS))
-            .ok_or(Status::BadArgument)?;
-        let dst_sel = direct::read_word(dst, CAP_RECV);
+        let sel = src.read(CAP_SEND);
+        let rights = Rights::from_bits(src.read(CAP_SEND_RIGHTS)).ok_or(Status::BadArgument)?;
+        let dst_sel = dst.read(CAP_RECV);
         let (Some(from_pd), Some(to_pd)) = (pd_space(k, from), pd_space(k, to)) else {
             return Err(Status::NoPartner);
         };
@@ -56,14 +55,19 @@ fn transfer(
         received = 1;
     }
     for i in 0..words.min(MSG_WORDS) {
-        direct::write_word(dst, WORDS + i, direct::read_word(src, WORDS + i));
+        dst.write(WORDS + i, src.read(WORDS + i));
     }
-    direct::write_word(dst, TAG, tag.0);
-    direct::write_word(dst, CAP_RECEIVED, received);
+    dst.write(TAG, tag.0);
+    dst.write(CAP_RECEIVED, received);
     if let Some(badge) = badge {
-        direct::write_word(dst, BADGE, badge);
+        dst.write(BADGE, badge);
     }
     Ok(())
+}
+
+/// A thread's UTCB frame, located once.
+fn utcb_words(k: &Kernel, t: ThreadId) -> Option<direct::FrameWords> {
+    direct::FrameWords::new(utcb_frame(k, t)?)
 }
 
 fn pd_space(k: &Kernel, t: ThreadId) -> Option<cap::SpaceId> {

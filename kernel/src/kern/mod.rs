@@ -108,13 +108,13 @@ impl Kernel {
         self.current = None;
     }
 
-    /// Hands the CPU to `t` directly, keeping the time slice (IPC hand-off).
+    /// Hands the CPU to `t` directly, keeping the time slice (IPC hand-off). `t` is a thread that
+    /// was blocked in IPC, so it is in no queue.
     pub fn switch_to(&mut self, t: ThreadId) {
         if let Some(previous) = self.current.take() {
             let priority = self.threads.get(previous).map_or(0, |p| p.priority);
             let _ = self.run.push_front(previous, priority);
         }
-        self.run.remove(t);
         if let Some(thread) = self.threads.get_mut(t) {
             thread.state = State::Ready;
         }

@@ -45,36 +45,66 @@ pub fn bytes(phys: u64, len: usize) -> Option<&'static [u8]> {
     Some(unsafe { core::slice::from_raw_parts(start as *const u8, len) })
 }
 
+/// The 512 words of one 4 KiB frame through the window, located (and checked) once, for code
+/// that touches a frame many times (IPC copies UTCB to UTCB).
+#[derive(Clone, Copy)]
+pub struct FrameWords(u64);
+
+impl FrameWords {
+    /// The frame at physical `frame`, if it is page-aligned and inside the window.
+    pub fn new(frame: u64) -> Option<FrameWords> {
+        if !frame.is_multiple_of(4096) {
+            return None;
+        }
+        virt(frame, 4096).map(FrameWords)
+    }
+
+    /// Word `index` (< 512; larger indexes read 0).
+    pub fn read(self, index: usize) -> u64 {
+        if index >= 512 {
+            return 0;
+        }
+        // SAFETY: `new` checked that the frame lies in the window, which maps it for the
+        // kernel's lifetime; `index` is inside the frame and the address is 8-byte aligned.
+        unsafe { core::ptr::read_volatile((self.0 as *const u64).add(index)) }
+    }
+
+    /// Sets word `index` (< 512; larger indexes are ignored). The frame belongs to the caller (a
+    /// page table or a UTCB the kernel writes on a thread's behalf).
+    pub fn write(self, index: usize, value: u64) {
+        if index >= 512 {
+            return;
+        }
+        // SAFETY: as in `read`.
+        unsafe { core::ptr::write_volatile((self.0 as *mut u64).add(index), value) }
+    }
+}
+
+fn frame_words(frame: u64) -> FrameWords {
+    match FrameWords::new(frame) {
+        Some(words) => words,
+        None => {
+            panic!("physical frame {frame:#x} not page-aligned or outside the direct-map window")
+        }
+    }
+}
+
 /// Reads the `index`th 64-bit word of the 4 KiB frame at `frame`.
 pub fn read_word(frame: u64, index: usize) -> u64 {
-    let addr = word_addr(frame, index);
-    // SAFETY: `word_addr` checked that the word lies inside the window and is aligned.
-    unsafe { core::ptr::read_volatile(addr as *const u64) }
+    assert!(index < 512, "page-table frame access out of bounds");
+    frame_words(frame).read(index)
 }
 
 /// Writes the `index`th 64-bit word of the 4 KiB frame at `frame`.
 pub fn write_word(frame: u64, index: usize, value: u64) {
-    let addr = word_addr(frame, index);
-    // SAFETY: `word_addr` checked that the word lies inside the window and is aligned; the frame
-    // belongs to the caller (a page table it owns).
-    unsafe { core::ptr::write_volatile(addr as *mut u64, value) }
+    assert!(index < 512, "page-table frame access out of bounds");
+    frame_words(frame).write(index, value)
 }
 
 /// Fills the 4 KiB frame at `frame` with zeros.
 pub fn zero_frame(frame: u64) {
     for index in 0..512 {
         write_word(frame, index, 0);
-    }
-}
-
-fn word_addr(frame: u64, index: usize) -> u64 {
-    assert!(
-        frame.is_multiple_of(4096) && index < 512,
-        "page-table frame access out of bounds"
-    );
-    match virt(frame, 4096) {
-        Some(base) => base + index as u64 * 8,
-        None => panic!("physical frame {frame:#x} outside the direct-map window"),
     }
 }
 

@@ -52,8 +52,8 @@ pub const PUBLISHED: [(&str, &str, u64, &str, &str); 4] = [
     ),
 ];
 
-/// `(round trips, tsc per round trip)` from the client's line.
-pub fn parse(lines: &[Line]) -> Option<(u64, u64)> {
+/// `(round trips, tsc per round trip, tsc per null syscall)` from the client's line.
+pub fn parse(lines: &[Line]) -> Option<(u64, u64, u64)> {
     let line = lines
         .iter()
         .find(|l| l.text.contains("ipcbench:") && l.text.contains("per round trip"))?;
@@ -63,7 +63,7 @@ pub fn parse(lines: &[Line]) -> Option<(u64, u64)> {
         .filter_map(|w| w.parse().ok())
         .collect();
     match numbers[..] {
-        [round_trips, per_round_trip, ..] => Some((round_trips, per_round_trip)),
+        [round_trips, per_round_trip, null, ..] => Some((round_trips, per_round_trip, null)),
         _ => None,
     }
 }
@@ -77,6 +77,8 @@ struct Report {
     round_trips: u64,
     instructions_per_round_trip: u64,
     instructions_per_one_way: u64,
+    /// A syscall the kernel refuses at once (lookup of an empty selector): entry and exit.
+    instructions_per_null_syscall: u64,
 }
 
 /// Runs the benchmark with the kernel ELF `kernel`.
@@ -113,7 +115,7 @@ pub fn run(kernel: &std::path::Path, release: bool) -> Result<()> {
             layout::show(&log)
         );
     }
-    let (round_trips, per_round_trip) =
+    let (round_trips, per_round_trip, null) =
         parse(&boot.lines).context("no `ipcbench: … per round trip` line in the transcript")?;
     let report = Report {
         system: "ipcbench",
@@ -123,6 +125,7 @@ pub fn run(kernel: &std::path::Path, release: bool) -> Result<()> {
         round_trips,
         instructions_per_round_trip: per_round_trip,
         instructions_per_one_way: per_round_trip / 2,
+        instructions_per_null_syscall: null,
     };
     print!("{}", table(&report));
     let out = layout::work_dir(&["bench"])?.join("ipc.json");
@@ -147,6 +150,10 @@ fn table(report: &Report) -> String {
     text.push_str(&format!(
         "{:<12} {:<34} {:>10} {:<13} {this_run}\n",
         "dmphv", "QEMU TCG (qemu64), x86-64", report.instructions_per_one_way, "instructions"
+    ));
+    text.push_str(&format!(
+        "{:<12} {:<34} {:>10} {:<13} this run (null syscall: entry, refusal, exit)\n",
+        "", "", report.instructions_per_null_syscall, "instructions"
     ));
     for (kernel, machine, figure, unit, source) in PUBLISHED {
         text.push_str(&format!(
@@ -175,9 +182,9 @@ mod tests {
     fn parses_the_client_line_only() {
         let lines = [
             line("init: system ipcbench: 3 servers, 8192 free pages"),
-            line("ipcbench: 100000 round trips, 1755 tsc per round trip"),
+            line("ipcbench: 100000 round trips, 1755 tsc per round trip, 400 tsc per null syscall"),
         ];
-        assert_eq!(parse(&lines), Some((100000, 1755)));
+        assert_eq!(parse(&lines), Some((100000, 1755, 400)));
         assert_eq!(parse(&[line("ipcbench: a round trip failed")]), None);
     }
 }
