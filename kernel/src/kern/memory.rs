@@ -8,7 +8,7 @@ use abi::{Rights, Status};
 use cap::{Quota, SpaceId};
 use mem::paging::{Flags, PageSize, TableMemory};
 
-use super::objects::{cost, Obj, PdId, ThreadId};
+use super::objects::{cost, MapRecord, Obj, PdId, ThreadId};
 use super::Kernel;
 use crate::arch::gdt::IO_BITMAP_BYTES;
 use crate::mem::{direct, frames};
@@ -116,7 +116,44 @@ pub fn map(k: &mut Kernel, space: SpaceId, args: [u64; 6]) -> Result<(), Status>
     if pages == 0 || last > total {
         return Err(Status::BadArgument);
     }
-    map_pages(k, pd, virt, base + first * PAGE, pages, rights)
+    map_pages(k, pd, virt, base + first * PAGE, pages, rights)?;
+    k.mappings.push(MapRecord {
+        pd,
+        virt,
+        pages,
+        space,
+        sel: mem_sel,
+    });
+    Ok(())
+}
+
+/// Removes every mapping made through the memory capability at (`space`, `sel`), which is
+/// being removed, and flushes the TLB of the domains that lose pages.
+pub fn unmap_through(k: &mut Kernel, space: SpaceId, sel: u64) {
+    let mut gone = Vec::new();
+    k.mappings.retain(|m| {
+        let through = m.space == space && m.sel == sel;
+        if through {
+            gone.push(*m);
+        }
+        !through
+    });
+    for m in gone {
+        let Some(domain) = k.pds.get_mut(m.pd) else {
+            continue;
+        };
+        let mut tables = QuotaTables {
+            quota: &mut domain.quota,
+            frames: &mut domain.table_frames,
+        };
+        for page in 0..m.pages {
+            // A page can only be missing if the domain is being torn down; nothing to undo then.
+            let _ = domain
+                .aspace
+                .unmap(&mut tables, m.virt + page * PAGE, PageSize::Size4K);
+        }
+        k.forget_loaded(m.pd);
+    }
 }
 
 /// `carve(src, dest, first, count)`: a capability over a sub-range, derived from `src`.

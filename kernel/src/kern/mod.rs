@@ -43,6 +43,8 @@ pub struct Kernel {
     ticks_seen: u64,
     /// The root domain (init), which may power off and write to the kernel console.
     pub root: Option<PdId>,
+    /// Live user mappings and the memory capability each came through.
+    pub mappings: alloc::vec::Vec<objects::MapRecord>,
     /// The semaphore each legacy IRQ line signals, once a driver bound it.
     irq_sems: [Option<objects::SemId>; 16],
     /// Scratch list for `deliver_irqs` (kept to avoid allocating on the interrupt path).
@@ -68,6 +70,7 @@ impl Kernel {
             slice: Slice::new(sched::DEFAULT_SLICE_TICKS),
             ticks_seen: 0,
             root: None,
+            mappings: alloc::vec::Vec::new(),
             irq_sems: [None; 16],
             pending_signals: alloc::vec::Vec::new(),
             loaded_pd: None,

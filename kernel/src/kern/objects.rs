@@ -52,6 +52,19 @@ impl Obj {
     }
 }
 
+/// A user mapping made with `Map`, remembered so that it goes away with the capability it was
+/// made through (revoking a memory capability unmaps everything mapped through it or through
+/// anything derived from it).
+#[derive(Clone, Copy, Debug)]
+pub struct MapRecord {
+    pub pd: PdId,
+    pub virt: u64,
+    pub pages: u64,
+    /// The memory capability used: its space and selector.
+    pub space: SpaceId,
+    pub sel: u64,
+}
+
 /// Kernel memory charged to a domain's quota per object (bytes). Sizes are rounded up from the
 /// real allocations so that a quota bounds what a domain can make the kernel allocate.
 pub mod cost {

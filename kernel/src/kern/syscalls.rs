@@ -347,6 +347,7 @@ fn revoke(k: &mut Kernel, space: SpaceId, sel: u64, include_self: u64) -> Result
 pub fn settle_removed(k: &mut Kernel, removed: Vec<Removed<Obj>>) {
     for r in removed {
         match r.object {
+            Obj::Memory { .. } => memory::unmap_through(k, r.space, r.sel),
             Obj::IoPorts { .. } => {
                 let mut owner = None;
                 k.pds.for_each(|id, d| {
@@ -391,6 +392,7 @@ pub fn destroy_pd(k: &mut Kernel, pd: PdId) {
     let mut removed = Vec::new();
     let _ = k.caps.destroy_space(space, &mut |r| removed.push(r));
     settle_removed(k, removed);
+    k.mappings.retain(|m| m.pd != pd);
     k.forget_loaded(pd);
     if let Some(domain) = k.pds.remove(pd) {
         for frame in &domain.table_frames {

@@ -67,6 +67,9 @@ pub struct Server {
     pub quota: u64,
     /// RAM pages for its stack and heap beyond its ELF image.
     pub memory_pages: u64,
+    /// RAM pages it may obtain as a memory capability (`GET_RESOURCE "memory"`) to map, delegate
+    /// and revoke itself; 0 = none.
+    pub scratch_pages: u64,
     pub io_ports: Vec<PortRange>,
     /// Legacy IRQ lines `0..IRQ_LINES`.
     pub irqs: Vec<u8>,

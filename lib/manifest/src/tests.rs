@@ -8,6 +8,7 @@ fn server(name: &str) -> Server {
         priority: 10,
         quota: 64 * 1024,
         memory_pages: 32,
+        scratch_pages: 0,
         io_ports: vec![],
         irqs: vec![],
         portals: vec![],

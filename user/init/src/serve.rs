@@ -11,14 +11,19 @@
 //!   else `Ok` with the capability attached, with exactly the granted rights.
 //! - `GET_RESOURCE`: `"io_ports"` / `"io_ports:N"` carve the caller's N-th port range out of all
 //!   ports (kept and handed out again on a repeated ask), `"irq:N"` passes IRQ line N if the
-//!   manifest gives it to the caller; attached with CALL. `NoRights` for resources the manifest
-//!   does not give, `BadSelector` for unknown names.
+//!   manifest gives it to the caller; attached with CALL. `"memory"` carves the caller's
+//!   `scratch` pages (manifest) from the pool once and attaches them with READ|WRITE|GRANT, for
+//!   the server to map, delegate and revoke. `NoRights` for resources the manifest does not give,
+//!   `BadSelector` for unknown names.
 //! - `POWER_OFF [success]`: ends the system if the manifest allows the caller, else `NoRights`.
 //! - A fault message (`abi::utcb::FAULT_LABEL`) of a server without a fault handler: printed,
 //!   and the thread is not resumed.
 //! - Anything else: `BadArgument`.
 
 use alloc::string::ToString;
+
+/// Rights of a server's scratch-memory capability: map it read/write, pass it on.
+const MEMORY_RIGHTS: Rights = Rights(Rights::READ.0 | Rights::WRITE.0 | Rights::GRANT.0);
 
 use abi::boot::sel::{ALL_IO_PORTS, FIRST_IRQ};
 use abi::bootstrap::{GET, GET_RESOURCE, POWER_OFF, REGISTER};
@@ -117,6 +122,7 @@ fn handle(utcb: &mut Utcb, index: usize, recv: Sel) -> bool {
             Err(status) => (status, None, false),
         },
         GET_RESOURCE => match resource(state, index, arg) {
+            Ok(sel) if arg == "memory" => (Status::Ok, Some((sel, MEMORY_RIGHTS)), false),
             Ok(sel) => (Status::Ok, Some((sel, Rights::CALL)), false),
             Err(status) => (status, None, false),
         },
@@ -198,6 +204,23 @@ fn resource(state: &mut State, index: usize, name: &str) -> Result<Sel, Status> 
         return Ok(r.sel);
     }
     let server = &state.image.servers[index];
+    if name == "memory" {
+        let pages = server.scratch_pages;
+        if pages == 0 {
+            return Err(Status::NoRights);
+        }
+        let sel = state.sels.alloc().ok_or(Status::OutOfMemory)?;
+        if state.memory.take(sel, pages).is_err() {
+            state.sels.release(sel);
+            return Err(Status::OutOfMemory);
+        }
+        state.resources.push(Resource {
+            server: index,
+            name: name.to_string(),
+            sel,
+        });
+        return Ok(sel);
+    }
     if let Some(line) = name.strip_prefix("irq:") {
         let line: u8 = line.parse().map_err(|_| Status::BadSelector)?;
         if !server.irqs.contains(&line) || u64::from(line) >= abi::boot::IRQ_COUNT {

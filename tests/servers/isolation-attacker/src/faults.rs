@@ -17,6 +17,7 @@ const PF_USER: u64 = 4;
 const PF_FETCH: u64 = 16;
 
 /// What a probe's fault must look like.
+#[derive(Clone, Copy)]
 struct Expect {
     what: &'static str,
     vector: u64,
@@ -218,4 +219,68 @@ pub fn fault_loop(ctx: &mut Ctx) -> Outcome {
         "faults went on after the handler stopped resuming ({settled} -> {after})"
     );
     Ok(format!("{CALLS} calls answered during {during} faults"))
+}
+
+/// The scratch memory capability from init and a copy derived from it.
+const SCRATCH: abi::Sel = 50;
+const SCRATCH_COPY: abi::Sel = 51;
+/// Where the two are mapped (one page each).
+const THROUGH_ORIGINAL: u64 = 0x0000_4444_0000_0000;
+const THROUGH_COPY: u64 = 0x0000_4444_0001_0000;
+
+/// (10) Memory stops being reachable when the capability it was mapped through is revoked:
+/// the attacker maps its scratch page (manifest `scratch`) once through the capability init
+/// gave it and once through a copy derived from that; revoking the derived copies unmaps the
+/// second mapping only, and revoking the capability itself unmaps the first. Each access after a
+/// revoke must fault as not present.
+pub fn revoked_memory(ctx: &mut Ctx) -> Outcome {
+    use abi::{well_known::SELF_PD, Rights};
+    let rw = Rights::READ | Rights::WRITE;
+    ok(
+        "get scratch memory",
+        rt::bootstrap::get_resource(&mut ctx.utcb, "memory", SCRATCH),
+    )?;
+    ok(
+        "derive a copy",
+        syscall::delegate(SCRATCH, SELF_PD, SCRATCH_COPY, rw),
+    )?;
+    ok(
+        "map through the capability",
+        syscall::map(SCRATCH, SELF_PD, THROUGH_ORIGINAL, 0, 1, rw),
+    )?;
+    ok(
+        "map through the copy",
+        syscall::map(SCRATCH_COPY, SELF_PD, THROUGH_COPY, 0, 1, rw),
+    )?;
+    ctx.set_mode(mode::RESUME_AT, probe::recover_addr())?;
+    ensure!(
+        !probe::read(THROUGH_ORIGINAL) && !probe::read(THROUGH_COPY),
+        "reading freshly mapped memory faulted"
+    );
+    let removed = ok("revoke the copies", syscall::revoke(SCRATCH, false))?;
+    ensure!(
+        removed == 1,
+        "revoke removed {removed} capabilities, expected 1"
+    );
+    let not_present = Expect {
+        what: "read through the revoked copy",
+        vector: PAGE_FAULT,
+        rip: probe::read_insn(),
+        address: Some(THROUGH_COPY),
+        mask: PF_PRESENT | PF_WRITE | PF_USER | PF_FETCH,
+        error: PF_USER,
+    };
+    trap(ctx, not_present, || probe::read(THROUGH_COPY))?;
+    ensure!(
+        !probe::read(THROUGH_ORIGINAL),
+        "memory mapped through the kept capability faulted"
+    );
+    ok("revoke the capability", syscall::revoke(SCRATCH, true))?;
+    let gone = Expect {
+        what: "read through the revoked capability",
+        address: Some(THROUGH_ORIGINAL),
+        ..not_present
+    };
+    trap(ctx, gone, || probe::read(THROUGH_ORIGINAL))?;
+    Ok("2 mappings gone with their capabilities".into())
 }

@@ -151,7 +151,7 @@ fn main(start: Start) -> ! {
         .and_then(|()| thread::spawn(&LOOPER_MEM, LOOPER, PRIORITY, faults::looper_main, 0));
     let mut ctx = Ctx { utcb, looper };
 
-    let experiments: [(&str, Experiment); 9] = [
+    let experiments: [(&str, Experiment); 10] = [
         ("ipc ping-pong + capability transfer", caps::ping_pong),
         ("calling a portal without a capability", caps::no_capability),
         (
@@ -159,6 +159,10 @@ fn main(start: Start) -> ! {
             faults::memory,
         ),
         ("port I/O outside the granted range traps", faults::ports),
+        (
+            "revoked memory is unmapped everywhere it was mapped through",
+            faults::revoked_memory,
+        ),
         ("delegation cannot add rights", caps::rights),
         (
             "revoke removes derived capabilities transitively",

@@ -52,6 +52,8 @@ pub struct ServerEntry {
     priority: Spanned<i64>,
     quota: Spanned<Size>,
     memory: Spanned<Size>,
+    /// Memory the server may obtain as a capability of its own (`GET_RESOURCE "memory"`).
+    scratch: Option<Spanned<Size>>,
     #[serde(default)]
     io_ports: Vec<Spanned<PortEntry>>,
     #[serde(default)]
@@ -270,6 +272,10 @@ fn compile_server(
         priority,
         quota: entry.quota.get_ref().0,
         memory_pages: entry.memory.get_ref().0.div_ceil(manifest::PAGE_SIZE),
+        scratch_pages: entry
+            .scratch
+            .as_ref()
+            .map_or(0, |s| s.get_ref().0.div_ceil(manifest::PAGE_SIZE)),
         io_ports,
         irqs,
         portals: entry.portals.iter().map(|p| p.get_ref().clone()).collect(),
