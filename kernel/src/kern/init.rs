@@ -153,7 +153,8 @@ fn load(k: &mut Kernel, info: &BootInfo, init_index: usize) -> Result<(), &'stat
         boot::INIT_UTCB_ADDR,
         utcb_frame,
         boot::BOOT_PAGE_ADDR,
-    );
+    )
+    .ok_or("init's UTCB is outside the direct map")?;
     insert(k, well_known::SELF_THREAD, Obj::Thread(thread), Rights::ALL)?;
     log::info!(
         "init: entry {entry:#x}, {} modules, pool {} MiB, quota {} KiB",

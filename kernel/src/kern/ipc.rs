@@ -23,8 +23,8 @@ const WORDS: usize = 8;
 const _: () = assert!(core::mem::offset_of!(Utcb, words) == WORDS * 8);
 const _: () = assert!(core::mem::offset_of!(Utcb, badge) == BADGE * 8);
 
-fn utcb_frame(k: &Kernel, t: ThreadId) -> Option<u64> {
-    k.threads.get(t).map(|x| x.utcb_frame)
+fn utcb(k: &Kernel, t: ThreadId) -> Option<direct::FrameWords> {
+    k.threads.get(t).map(|x| x.utcb)
 }
 
 /// Copies a message from `from`'s UTCB to `to`'s, with its capability if any. Validates the tag
@@ -35,7 +35,7 @@ fn transfer(
     to: ThreadId,
     badge: Option<u64>,
 ) -> Result<(), Status> {
-    let (Some(src), Some(dst)) = (utcb_words(k, from), utcb_words(k, to)) else {
+    let (Some(src), Some(dst)) = (utcb(k, from), utcb(k, to)) else {
         return Err(Status::NoPartner);
     };
     let tag = MsgTag(src.read(TAG));
@@ -65,11 +65,6 @@ fn transfer(
     Ok(())
 }
 
-/// A thread's UTCB frame, located once.
-fn utcb_words(k: &Kernel, t: ThreadId) -> Option<direct::FrameWords> {
-    direct::FrameWords::new(utcb_frame(k, t)?)
-}
-
 fn pd_space(k: &Kernel, t: ThreadId) -> Option<cap::SpaceId> {
     let pd = k.threads.get(t)?.pd;
     Some(k.pds.get(pd)?.space)
@@ -97,8 +92,8 @@ fn deliver(k: &mut Kernel, caller: ThreadId, portal: PortalId) -> Result<(), Sta
 pub fn call(k: &mut Kernel, portal_sel: u64) -> Result<(), Status> {
     let caller = k.current();
     // Fault messages come from the kernel only, so a handler can trust them.
-    let frame = utcb_frame(k, caller).ok_or(Status::NoPartner)?;
-    if MsgTag(direct::read_word(frame, TAG)).label() == FAULT_LABEL {
+    let frame = utcb(k, caller).ok_or(Status::NoPartner)?;
+    if MsgTag(frame.read(TAG)).label() == FAULT_LABEL {
         return Err(Status::BadArgument);
     }
     let space = pd_space(k, caller).ok_or(Status::NoPartner)?;
@@ -251,13 +246,13 @@ pub fn deliver_fault(k: &mut Kernel, vector: u64, address: u64) {
         k.kill(t);
         return;
     };
-    let Some(frame) = utcb_frame(k, t) else {
+    let Some(frame) = utcb(k, t) else {
         return;
     };
     // The faulting thread's UTCB carries the fault message; it is not using it for a call now.
-    direct::write_word(frame, TAG, MsgTag::new(FAULT_LABEL, 5, false).0);
+    frame.write(TAG, MsgTag::new(FAULT_LABEL, 5, false).0);
     for (i, word) in [vector, error, rip, address, badge].into_iter().enumerate() {
-        direct::write_word(frame, WORDS + i, word);
+        frame.write(WORDS + i, word);
     }
     if let Some(thread) = k.threads.get_mut(t) {
         thread.faulted = true;
@@ -272,11 +267,11 @@ pub fn deliver_fault(k: &mut Kernel, vector: u64, address: u64) {
 
 /// The handler answered a fault message: resume at the RIP it gives, or end the thread.
 fn finish_fault(k: &mut Kernel, handler: ThreadId, faulted: ThreadId) {
-    let Some(frame) = utcb_frame(k, handler) else {
+    let Some(frame) = utcb(k, handler) else {
         return;
     };
-    let tag = MsgTag(direct::read_word(frame, TAG));
-    let resume_rip = direct::read_word(frame, WORDS);
+    let tag = MsgTag(frame.read(TAG));
+    let resume_rip = frame.read(WORDS);
     if tag.label() == RESUME_LABEL && resume_rip < 0x0000_8000_0000_0000 {
         if let Some(t) = k.threads.get_mut(faulted) {
             t.faulted = false;

@@ -11,6 +11,7 @@ use mem::paging::AddressSpace;
 use super::slab::Id;
 use crate::arch::gdt::IO_BITMAP_BYTES;
 use crate::arch::trap::TrapFrame;
+use crate::mem::direct;
 
 pub type PdId = Id<Pd>;
 pub type ThreadId = Id<Thread>;
@@ -109,8 +110,8 @@ pub struct Thread {
     pub pd: PdId,
     /// Saved user registers; entries from user mode write here (see `arch::user`).
     pub regs: Box<TrapFrame>,
-    /// Physical frame of the UTCB (its user mapping belongs to the domain).
-    pub utcb_frame: u64,
+    /// The UTCB's frame through the direct map (its user mapping belongs to the domain).
+    pub utcb: direct::FrameWords,
     pub priority: u8,
     pub state: State,
     /// The caller whose message this thread (a handler) is serving.

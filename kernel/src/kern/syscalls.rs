@@ -203,7 +203,9 @@ fn create_thread(k: &mut Kernel, my_pd: PdId, space: SpaceId, a: [u64; 6]) -> Re
         t.phys & !0xfff
     };
     charge(k, my_pd, cost::THREAD)?;
-    let t = spawn(k, pd, entry, stack_top, priority as u8, utcb, utcb_frame, 0);
+    let t = spawn(k, pd, entry, stack_top, priority as u8, utcb, utcb_frame, 0)
+        .ok_or(Status::BadAddress)
+        .inspect_err(|_| release(k, my_pd, cost::THREAD))?;
     if let Some(thread) = k.threads.get_mut(t) {
         thread.charged_to = Some(my_pd);
     }
@@ -229,12 +231,13 @@ pub fn spawn(
     utcb: u64,
     utcb_frame: u64,
     arg: u64,
-) -> ThreadId {
+) -> Option<ThreadId> {
+    let utcb_words = crate::mem::direct::FrameWords::new(utcb_frame)?;
     let regs = Box::new(user::initial_frame(entry, stack_top, utcb, arg));
     let t = k.threads.insert(Thread {
         pd,
         regs,
-        utcb_frame,
+        utcb: utcb_words,
         priority,
         state: State::Ready,
         serving: None,
@@ -249,7 +252,7 @@ pub fn spawn(
         domain.threads.push(t);
     }
     k.wake(t);
-    t
+    Some(t)
 }
 
 fn create_portal(
