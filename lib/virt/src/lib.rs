@@ -1,6 +1,7 @@
 //! The hardware-virtualization logic that does not need the hardware: adjusting VMX controls to
-//! what the CPU's capability MSRs allow, building EPT entries and pointers, and decoding VM
-//! exits of both VMX and SVM into one architecture-neutral form.
+//! what the CPU's capability MSRs allow, building EPT entries and pointers, checking an SVM guest
+//! state before VMRUN, and decoding VM exits of both VMX and SVM into one architecture-neutral
+//! form.
 //!
 //! The kernel's VMX and SVM back ends (issue #4) feed raw MSR values, exit reasons and
 //! qualifications in and act on the results; every input is treated as untrusted (a VMM or a
@@ -10,4 +11,5 @@
 
 pub mod ept;
 pub mod exit;
+pub mod svm_state;
 pub mod vmx_controls;
