@@ -23,7 +23,7 @@ use super::stacks;
 
 pub const KERNEL_CODE: SegmentSelector = SegmentSelector::new(1, Ring::Ring0);
 pub const KERNEL_DATA: SegmentSelector = SegmentSelector::new(2, Ring::Ring0);
-/// User data and code selectors as user mode loads them (RPL 3); `entry.s` pushes the same values.
+/// User data and code selectors as user mode loads them (RPL 3); `trap_entry.s` pushes the same values.
 pub const USER_DATA: u64 = 0x18 | 3;
 pub const USER_CODE: u64 = 0x20 | 3;
 const TSS: SegmentSelector = SegmentSelector::new(5, Ring::Ring0);
@@ -64,7 +64,7 @@ static TSS_AREA: TssCell = TssCell(UnsafeCell::new(TssWithBitmap {
 static GDT: Once<Gdt> = Once::new();
 
 extern "C" {
-    /// Where `syscall_entry` starts pushing a thread's frame (see `entry.s`).
+    /// Where `syscall_entry` starts pushing a thread's frame (see `trap_entry.s`).
     static mut current_regs_end: u64;
 }
 

@@ -13,7 +13,7 @@ pub const TIMER_VECTOR: u8 = 0x20;
 pub const SPURIOUS_VECTOR: u8 = 0xff;
 
 /// What the entry stubs push, lowest address first. A user thread's saved registers have the
-/// same layout (the stubs build it in the thread object, see `entry.s`).
+/// same layout (the stubs build it in the thread object, see `trap_entry.s`).
 #[derive(Clone, Copy, Debug, Default)]
 #[repr(C, align(16))]
 pub struct TrapFrame {

@@ -8,9 +8,13 @@
  * register save area, so the whole frame lands in the thread object; the kernel then continues
  * on its own stack in `trap_from_user`, which never returns (it resumes some thread through
  * `return_to_user`).
+ *
+ * The user-mode entry and exit paths follow the stubs (one file, so the register macros are
+ * defined once).
  */
 .section .text
-trap_common:
+/* The general registers in `TrapFrame` order (RAX pushed first, so R15 lies lowest). */
+.macro SAVE_GPRS
     push rax
     push rbx
     push rcx
@@ -26,14 +30,8 @@ trap_common:
     push r13
     push r14
     push r15
-    mov rdi, rsp
-    cld
-    test byte ptr [rsp + 144], 3              /* CS of the interrupted context */
-    jz 1f
-    lea rsp, [rip + boot_stack_top]
-    call trap_from_user
-    ud2
-1:  call trap_dispatch
+.endm
+.macro RESTORE_GPRS
     pop r15
     pop r14
     pop r13
@@ -49,6 +47,19 @@ trap_common:
     pop rcx
     pop rbx
     pop rax
+.endm
+
+trap_common:
+    SAVE_GPRS
+    mov rdi, rsp
+    cld
+    test byte ptr [rsp + 144], 3              /* CS of the interrupted context */
+    jz 1f
+    lea rsp, [rip + boot_stack_top]
+    call trap_from_user
+    ud2
+1:  call trap_dispatch
+    RESTORE_GPRS
     add rsp, 16
     iretq
 
@@ -297,3 +308,46 @@ trap_stub_table:
     .quad trap_stub_62
     .quad trap_stub_63
     .quad trap_stub_255
+
+/*
+ * User-mode entry and exit.
+ *
+ * `syscall_entry` is the SYSCALL target. It builds the same frame a trap from user mode would
+ * (SS, RSP, RFLAGS, CS, RIP, error 0, vector 0x100, the general registers) in the current
+ * thread's register save area, whose end `current_regs_end` holds, then continues on the kernel
+ * stack in `syscall_from_user`, which never returns.
+ *
+ * `return_to_user(regs)` loads a thread's saved frame and returns to it with IRETQ (also after a
+ * syscall: IRETQ restores every register and has no SYSRET non-canonical-RIP pitfall).
+ */
+.section .text
+.global syscall_entry
+syscall_entry:
+    mov [rip + user_rsp_scratch], rsp
+    mov rsp, [rip + current_regs_end]
+    push 0x1b                                 /* user SS */
+    push qword ptr [rip + user_rsp_scratch]
+    push r11                                  /* user RFLAGS */
+    push 0x23                                 /* user CS */
+    push rcx                                  /* user RIP */
+    push 0
+    push 0x100
+    SAVE_GPRS
+    mov rdi, rsp
+    cld
+    lea rsp, [rip + boot_stack_top]
+    call syscall_from_user
+    ud2
+
+.global return_to_user
+return_to_user:
+    mov rsp, rdi
+    RESTORE_GPRS
+    add rsp, 16
+    iretq
+
+.section .bss
+.balign 8
+.global current_regs_end
+current_regs_end: .skip 8
+user_rsp_scratch: .skip 8

@@ -1,14 +1,11 @@
 //! Entering and leaving user mode: SYSCALL set-up and the hand-off from the entry stubs of
-//! `entry.s` and `trap_entry.s` to the kernel proper (`crate::kern`).
-
-use core::arch::global_asm;
+//! `trap_entry.s` (traps, `syscall_entry`, `return_to_user`) to the kernel proper
+//! (`crate::kern`).
 
 use x86::msr::{rdmsr, wrmsr};
 
 use super::gdt;
 use super::trap::TrapFrame;
-
-global_asm!(include_str!("entry.s"));
 
 const EFER: u32 = 0xc000_0080;
 const EFER_SCE: u64 = 1 << 0;
