@@ -5,6 +5,8 @@
 //! guest accesses count as user accesses, so `mem::paging` builds them.
 
 use bitfield::bitfield;
+/// EPT maps the same three page sizes as 4-level paging.
+pub use mem::paging::PageSize;
 
 /// IA32_VMX_EPT_VPID_CAP bits.
 pub mod cap {
@@ -76,24 +78,6 @@ pub enum EptError {
 }
 
 const MAX_PHYS: u64 = 1 << 52;
-
-/// Page sizes an EPT leaf can map.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PageSize {
-    Size4K,
-    Size2M,
-    Size1G,
-}
-
-impl PageSize {
-    pub const fn bytes(self) -> u64 {
-        match self {
-            PageSize::Size4K => 1 << 12,
-            PageSize::Size2M => 1 << 21,
-            PageSize::Size1G => 1 << 30,
-        }
-    }
-}
 
 /// A leaf entry mapping the page at `phys`, checked against `caps` (IA32_VMX_EPT_VPID_CAP).
 pub fn leaf(
