@@ -17,3 +17,27 @@ pub const POWER_OFF: u64 = 3;
 /// `"resource"`: asks for a resource capability the manifest grants (`"io_ports"` for its port
 /// ranges, `"irq:N"` for an IRQ line); landed like `GET`.
 pub const GET_RESOURCE: u64 = 4;
+
+/// Servers that run a guest (vmm-server instances, which init starts one per `[[guest]]` of the
+/// manifest): the reply's words hold the guest's configuration, postcard-encoded
+/// (`manifest::Guest`), after word 0 = status and word 1 = its length in bytes.
+pub const GET_CONFIG: u64 = 5;
+/// `[outcome, detail]`: a vmm-server reports how its guest ended (one of [`outcome`]); init
+/// compares it with the manifest's `expect` and, once every guest has ended, prints
+/// `guests: N passed, M failed` and powers off.
+pub const GUEST_DONE: u64 = 6;
+
+/// How a guest ended ([`GUEST_DONE`] word 0).
+pub mod outcome {
+    /// It wrote a status to the exit port (detail: the status).
+    pub const EXITED: u64 = 1;
+    /// It triple-faulted (detail: the RIP of the last exit).
+    pub const SHUTDOWN: u64 = 2;
+    /// It asked for a reset (detail: the port or method).
+    pub const RESET: u64 = 3;
+    /// Its VMM stopped it for a violation: an access outside its memory (detail: the
+    /// guest-physical address).
+    pub const STOPPED: u64 = 4;
+    /// The VMM could not run it (bad image, entry failure; detail: a code for the log).
+    pub const FAILED: u64 = 5;
+}

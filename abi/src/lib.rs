@@ -11,6 +11,7 @@ pub mod rights;
 pub mod status;
 pub mod syscall;
 pub mod utcb;
+pub mod vm;
 
 pub use rights::Rights;
 pub use status::Status;
@@ -51,8 +52,9 @@ pub enum ObjectKind {
     Memory = 5,
     IoPorts = 6,
     Irq = 7,
-    /// Reserved for the hardware-virtualization objects (issue #4).
+    /// A guest-physical address space (`vm`).
     Vm = 8,
+    /// A virtual CPU of a Vm (`vm`).
     Vcpu = 9,
 }
 

@@ -68,10 +68,25 @@ pub enum Syscall {
     /// (pages) or IoPorts (ports) capability `src` (needs GRANT), with the same rights. It is
     /// derived from `src`, so revoking `src` removes it.
     Carve = 18,
+    /// `dest, pd, mode`: create a Vm (an empty guest-physical address space) in [`crate::vm::MemoryMode`]
+    /// `mode`, paid from `pd`'s quota (needs CONTROL on `pd`). Fails with `BadArgument` where
+    /// the CPU has no usable virtualization or the mode is not supported.
+    CreateVm = 19,
+    /// `dest, vm, pd, priority, exit_base`: create a vCPU of `vm` (needs CONTROL), paid from `pd`
+    /// (CONTROL). It runs at `priority`; its exits call the portals at `exit_base + reason` in the
+    /// caller's space (see `crate::vm`), starting with [`crate::vm::Exit::Startup`].
+    CreateVcpu = 20,
+    /// `vm, mem, first_page, pages, gpa, rights`: map pages of a memory capability into the Vm at
+    /// guest-physical `gpa` (page-aligned, below `vm::GUEST_PHYS_LIMIT`) with `rights` (READ,
+    /// WRITE, EXEC; a subset of the capability's). Replaces what was mapped there. Revoking the
+    /// memory capability unmaps it from the Vm as from any domain.
+    VmMap = 21,
+    /// `vcpu, op, a, b`: [`crate::vm::VcpuOp`] on a vCPU (needs CONTROL).
+    VcpuControl = 22,
 }
 
 /// Number of defined syscalls; every number at or above it returns `BadSyscall`.
-pub const COUNT: u64 = 19;
+pub const COUNT: u64 = 23;
 
 impl Syscall {
     pub const fn from_u64(v: u64) -> Option<Self> {
@@ -95,6 +110,10 @@ impl Syscall {
             16 => Self::PowerOff,
             17 => Self::ConsoleWrite,
             18 => Self::Carve,
+            19 => Self::CreateVm,
+            20 => Self::CreateVcpu,
+            21 => Self::VmMap,
+            22 => Self::VcpuControl,
             _ => return None,
         })
     }

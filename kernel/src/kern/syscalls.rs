@@ -87,6 +87,9 @@ fn handle(
         }
         Syscall::ConsoleWrite => console_write(k, my_pd, a[0], a[1]),
         Syscall::Carve => memory::carve(k, space, me, [a[0], a[1], a[2], a[3]]).map(|()| 0),
+        Syscall::CreateVm | Syscall::CreateVcpu | Syscall::VmMap | Syscall::VcpuControl => {
+            Err(Status::BadSyscall)
+        }
     }
 }
 

@@ -30,6 +30,7 @@ mod panic;
 mod start;
 pub mod syscall;
 pub mod thread;
+pub mod vm;
 
 pub use abi::Sel;
 pub use error::Error;

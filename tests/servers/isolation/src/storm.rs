@@ -103,7 +103,7 @@ const BOUNDARY_SELECTORS: [u64; 7] = [
 ];
 
 /// The defined syscalls the storm makes.
-pub const ALLOWED: [Syscall; 17] = [
+pub const ALLOWED: [Syscall; 21] = [
     Syscall::Call,
     Syscall::Reply,
     Syscall::ReplyWait,
@@ -121,6 +121,10 @@ pub const ALLOWED: [Syscall; 17] = [
     Syscall::IrqBind,
     Syscall::ConsoleWrite,
     Syscall::Carve,
+    Syscall::CreateVm,
+    Syscall::CreateVcpu,
+    Syscall::VmMap,
+    Syscall::VcpuControl,
 ];
 
 /// The generator.
@@ -202,6 +206,24 @@ impl Storm {
                 args[0] = self.sel();
                 args[1] = self.dest();
             }
+            Syscall::CreateVm => {
+                args[0] = self.dest();
+                args[1] = self.sel();
+                args[2] = self.rng.below(3);
+            }
+            Syscall::CreateVcpu => {
+                args[0] = self.dest();
+                args[1] = self.sel();
+                args[2] = self.sel();
+            }
+            Syscall::VmMap | Syscall::VcpuControl => {
+                args[0] = self.sel();
+                if call == Syscall::VmMap {
+                    args[1] = self.sel();
+                } else {
+                    args[1] = self.rng.below(3);
+                }
+            }
             Syscall::Delegate => {
                 args[0] = self.sel();
                 args[1] = self.sel();
@@ -246,6 +268,9 @@ mod tests {
             Some(Syscall::SemDown) => &[0],
             Some(Syscall::CreateThread | Syscall::CreatePortal) => &[0, 1],
             Some(Syscall::Delegate | Syscall::Map | Syscall::IrqBind | Syscall::Carve) => &[0, 1],
+            Some(Syscall::CreateVm | Syscall::VmMap) => &[0, 1],
+            Some(Syscall::CreateVcpu) => &[0, 1, 2],
+            Some(Syscall::VcpuControl) => &[0],
             _ => &[],
         }
     }
@@ -292,7 +317,9 @@ mod tests {
                 Syscall::CreatePd
                 | Syscall::CreateThread
                 | Syscall::CreatePortal
-                | Syscall::CreateSemaphore,
+                | Syscall::CreateSemaphore
+                | Syscall::CreateVm
+                | Syscall::CreateVcpu,
             ) => &[0],
             Some(Syscall::Carve) => &[1],
             _ => &[],

@@ -1,0 +1,369 @@
+//! Hardware virtualization: the `Vm` and `vCPU` objects, VM exits as IPC, and the reply that
+//! resumes a vCPU. The same contract serves both backends (AMD SVM and Intel VMX); the kernel
+//! translates between this neutral form and the VMCB or VMCS.
+//!
+//! **Objects.** A `Vm` is a guest-physical address space (nested tables: NPT or EPT). A VMM maps
+//! pages of its memory capabilities into it with [`crate::Syscall::VmMap`]. A `vCPU` belongs to one
+//! Vm and is scheduled like a thread. Both are created with a protection-domain capability
+//! (CONTROL) whose quota pays for them.
+//!
+//! **Exits as IPC.** When a vCPU exits for a reason the kernel does not handle itself, the kernel
+//! calls the exit portal for that reason: the capability at selector `exit_base + reason` in the
+//! space of the domain that created the vCPU (`exit_base` is given at creation). The handler
+//! receives a message with label [`EXIT_LABEL`] whose words follow [`word`]: the transfer mask,
+//! the reason, two qualification words, then the register groups that the mask names (the mask is
+//! set per reason with [`crate::Syscall::VcpuControl`]; [`Exit::Startup`] always carries every
+//! group). A group the mask leaves out is not written: its words hold stale data.
+//!
+//! **Reply.** The handler's reply (any label) names in word [`word::MASK`] the groups it writes
+//! back, which the kernel validates before it applies any of them; a reply the kernel refuses
+//! returns `BadArgument` from `Reply`/`ReplyWait` and leaves the vCPU waiting for a better reply
+//! (the handler still serves it). Word [`word::INJECT`] (with [`mtd::INJECT`]) carries an event
+//! to inject. Bit [`mtd::STOP`] in the reply's mask stops the vCPU for good instead of resuming it.
+//!
+//! Instruction lengths: word [`word::INSTRUCTION_LEN`] is the length of the exiting instruction
+//! where the hardware or the kernel knows it (CPUID, RDMSR, WRMSR, HLT, VMCALL/VMMCALL, port I/O),
+//! otherwise 0; a handler that emulates the instruction advances RIP itself.
+
+/// Message label of exit messages (the kernel's; user calls with it are refused).
+pub const EXIT_LABEL: u64 = 0xe817;
+
+/// Architecture-neutral exit reasons; the value is the offset of the exit portal from the
+/// vCPU's `exit_base`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u64)]
+pub enum Exit {
+    /// The vCPU's first run: the reply sets its initial state.
+    Startup = 0,
+    /// The VMM recalled the vCPU ([`VcpuOp::Recall`]).
+    Recall = 1,
+    /// CPUID: leaf in RAX, subleaf in RCX.
+    Cpuid = 2,
+    /// Port I/O: qualification 0 is [`IoQual`]; for `out`, the value is in RAX.
+    Io = 3,
+    /// RDMSR: index in RCX.
+    Rdmsr = 4,
+    /// WRMSR: index in RCX, value in EDX:EAX.
+    Wrmsr = 5,
+    /// HLT.
+    Hlt = 6,
+    /// VMCALL / VMMCALL.
+    Hypercall = 7,
+    /// An access to guest-physical memory the Vm does not map (or maps without that access):
+    /// qualification 0 = guest-physical address, 1 = [`access`] bits.
+    MemoryFault = 8,
+    /// Triple fault: the guest is beyond saving (real hardware would reset).
+    Shutdown = 9,
+    /// An intercepted exception: qualification 0 = vector | error code << 32, 1 = CR2 for #PF.
+    Exception = 10,
+    /// The guest can now take an interrupt (requested with [`mtd::INJECT`] + [`inject::WINDOW`]).
+    InterruptWindow = 11,
+    /// The hardware refused to enter the guest: qualification 0 = [`EntryError`] code,
+    /// 1 = the backend's raw detail.
+    EntryFailure = 12,
+    /// XSETBV, MOV to/from debug registers, INVD, and other instructions the kernel intercepts
+    /// for isolation: qualification 0 = [`OtherExit`], 1 = the backend's raw exit code.
+    Other = 13,
+}
+
+/// Number of exit reasons (portals per vCPU).
+pub const EXIT_COUNT: u64 = 14;
+
+impl Exit {
+    pub const fn from_u64(v: u64) -> Option<Exit> {
+        Some(match v {
+            0 => Exit::Startup,
+            1 => Exit::Recall,
+            2 => Exit::Cpuid,
+            3 => Exit::Io,
+            4 => Exit::Rdmsr,
+            5 => Exit::Wrmsr,
+            6 => Exit::Hlt,
+            7 => Exit::Hypercall,
+            8 => Exit::MemoryFault,
+            9 => Exit::Shutdown,
+            10 => Exit::Exception,
+            11 => Exit::InterruptWindow,
+            12 => Exit::EntryFailure,
+            13 => Exit::Other,
+            _ => return None,
+        })
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Exit::Startup => "startup",
+            Exit::Recall => "recall",
+            Exit::Cpuid => "cpuid",
+            Exit::Io => "io",
+            Exit::Rdmsr => "rdmsr",
+            Exit::Wrmsr => "wrmsr",
+            Exit::Hlt => "hlt",
+            Exit::Hypercall => "hypercall",
+            Exit::MemoryFault => "memory-fault",
+            Exit::Shutdown => "shutdown",
+            Exit::Exception => "exception",
+            Exit::InterruptWindow => "interrupt-window",
+            Exit::EntryFailure => "entry-failure",
+            Exit::Other => "other",
+        }
+    }
+}
+
+/// Qualification of [`Exit::Other`].
+pub mod other {
+    pub const XSETBV: u64 = 1;
+    pub const DEBUG_REGISTER: u64 = 2;
+    pub const INVD: u64 = 3;
+    pub const UNKNOWN: u64 = 0xff;
+}
+
+/// Why an entry failed ([`Exit::EntryFailure`] qualification 0).
+pub mod entry_error {
+    /// The guest state broke a rule the hardware checks (the kernel's own check, or the
+    /// hardware's VM-entry failure).
+    pub const INVALID_GUEST_STATE: u64 = 1;
+    /// The hardware reported a failure the kernel did not expect (VMfail, VMEXIT_INVALID).
+    pub const HARDWARE: u64 = 2;
+}
+
+/// Access bits of [`Exit::MemoryFault`] qualification 1.
+pub mod access {
+    pub const READ: u64 = 1 << 0;
+    pub const WRITE: u64 = 1 << 1;
+    pub const EXEC: u64 = 1 << 2;
+    /// The address was mapped, but without this access.
+    pub const PRESENT: u64 = 1 << 3;
+}
+
+/// Port I/O qualification: `port | size << 16 | in << 24 | string << 25 | rep << 26`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoQual(pub u64);
+
+impl IoQual {
+    pub const fn new(port: u16, size: u8, is_in: bool, string: bool, rep: bool) -> IoQual {
+        IoQual(
+            port as u64
+                | (size as u64) << 16
+                | (is_in as u64) << 24
+                | (string as u64) << 25
+                | (rep as u64) << 26,
+        )
+    }
+    pub const fn port(self) -> u16 {
+        self.0 as u16
+    }
+    /// Access size in bytes: 1, 2 or 4.
+    pub const fn size(self) -> u8 {
+        (self.0 >> 16) as u8
+    }
+    pub const fn is_in(self) -> bool {
+        self.0 & (1 << 24) != 0
+    }
+    pub const fn string(self) -> bool {
+        self.0 & (1 << 25) != 0
+    }
+    pub const fn rep(self) -> bool {
+        self.0 & (1 << 26) != 0
+    }
+}
+
+/// Transfer-mask bits: register groups in an exit message or a reply.
+pub mod mtd {
+    /// RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8..R15.
+    pub const GPRS: u64 = 1 << 0;
+    /// RIP and RFLAGS.
+    pub const RIP: u64 = 1 << 1;
+    /// CR0, CR2, CR3, CR4, EFER (CR0/CR4 as the guest sees them).
+    pub const CONTROL: u64 = 1 << 2;
+    /// CS, SS, DS, ES, FS, GS, TR, LDTR.
+    pub const SEGMENTS: u64 = 1 << 3;
+    /// GDTR and IDTR.
+    pub const TABLES: u64 = 1 << 4;
+    /// Exit message: the interruptibility state and a pending event; reply: the event to
+    /// inject ([`super::word::INJECT`]).
+    pub const INJECT: u64 = 1 << 5;
+    /// SYSENTER_CS/ESP/EIP, PAT, DR7.
+    pub const MSRS: u64 = 1 << 6;
+    /// Every group.
+    pub const ALL: u64 = (1 << 7) - 1;
+    /// Reply only: stop the vCPU for good (it never runs again).
+    pub const STOP: u64 = 1 << 63;
+}
+
+/// A segment register in the neutral form: `selector | attributes << 16 | limit << 32` in one
+/// word, the base in the next. Attributes use the 12-bit SVM layout: type (bits 0-3), S (4),
+/// DPL (5-6), P (7), AVL (8), L (9), D/B (10), G (11). A segment with P clear is unusable.
+pub mod segment {
+    pub const fn pack(selector: u16, attributes: u16, limit: u32) -> u64 {
+        selector as u64 | ((attributes & 0xfff) as u64) << 16 | (limit as u64) << 32
+    }
+    pub const fn selector(word: u64) -> u16 {
+        word as u16
+    }
+    pub const fn attributes(word: u64) -> u16 {
+        ((word >> 16) & 0xfff) as u16
+    }
+    pub const fn limit(word: u64) -> u32 {
+        (word >> 32) as u32
+    }
+    pub const PRESENT: u16 = 1 << 7;
+    pub const LONG: u16 = 1 << 9;
+    pub const DB: u16 = 1 << 10;
+    pub const GRANULARITY: u16 = 1 << 11;
+}
+
+/// Events to inject: `vector | kind << 8 | has_error << 11 | VALID`; the error code is in
+/// [`super::word::INJECT_ERROR`].
+pub mod inject {
+    pub const VALID: u64 = 1 << 31;
+    pub const HAS_ERROR: u64 = 1 << 11;
+    pub const KIND_EXTERNAL: u64 = 0 << 8;
+    pub const KIND_NMI: u64 = 2 << 8;
+    pub const KIND_EXCEPTION: u64 = 3 << 8;
+    pub const KIND_SOFTWARE: u64 = 4 << 8;
+    /// Reply only: exit with [`super::Exit::InterruptWindow`] as soon as the guest can take an
+    /// external interrupt (instead of, or besides, injecting now).
+    pub const WINDOW: u64 = 1 << 32;
+    pub const fn vector(word: u64) -> u8 {
+        word as u8
+    }
+    pub const fn kind(word: u64) -> u64 {
+        word & (7 << 8)
+    }
+}
+
+/// Word offsets in exit messages and replies.
+pub mod word {
+    pub const MASK: usize = 0;
+    pub const REASON: usize = 1;
+    pub const QUAL0: usize = 2;
+    pub const QUAL1: usize = 3;
+    pub const INSTRUCTION_LEN: usize = 4;
+    /// Guest instructions retired so far, where the kernel can count them (the guest TSC under
+    /// QEMU `-icount`), else 0.
+    pub const GUEST_CLOCK: usize = 5;
+    /// 16 words: RAX RCX RDX RBX RSP RBP RSI RDI R8..R15 (hardware encoding order).
+    pub const GPRS: usize = 6;
+    pub const RIP: usize = 22;
+    pub const RFLAGS: usize = 23;
+    pub const CR0: usize = 24;
+    pub const CR2: usize = 25;
+    pub const CR3: usize = 26;
+    pub const CR4: usize = 27;
+    pub const EFER: usize = 28;
+    /// 16 words: (packed, base) for CS SS DS ES FS GS TR LDTR, in [`super::SEGMENT_ORDER`].
+    pub const SEGMENTS: usize = 29;
+    pub const GDTR_BASE: usize = 45;
+    pub const GDTR_LIMIT: usize = 46;
+    pub const IDTR_BASE: usize = 47;
+    pub const IDTR_LIMIT: usize = 48;
+    /// Exit: the event being delivered when the exit happened (to re-inject), in
+    /// [`super::inject`] form, 0 if none. Reply: the event to inject.
+    pub const INJECT: usize = 49;
+    pub const INJECT_ERROR: usize = 50;
+    /// Bit 0: interrupts blocked by STI / MOV SS; bit 1: NMI blocked.
+    pub const INTERRUPTIBILITY: usize = 51;
+    pub const SYSENTER_CS: usize = 52;
+    pub const SYSENTER_ESP: usize = 53;
+    pub const SYSENTER_EIP: usize = 54;
+    pub const PAT: usize = 55;
+    pub const DR7: usize = 56;
+    /// Words a full message uses.
+    pub const COUNT: usize = 57;
+}
+
+/// Order of the segment registers in [`word::SEGMENTS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Segment {
+    Cs = 0,
+    Ss = 1,
+    Ds = 2,
+    Es = 3,
+    Fs = 4,
+    Gs = 5,
+    Tr = 6,
+    Ldtr = 7,
+}
+
+pub const SEGMENT_ORDER: [Segment; 8] = [
+    Segment::Cs,
+    Segment::Ss,
+    Segment::Ds,
+    Segment::Es,
+    Segment::Fs,
+    Segment::Gs,
+    Segment::Tr,
+    Segment::Ldtr,
+];
+
+/// Memory modes of a Vm ([`crate::Syscall::CreateVm`] argument).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u64)]
+pub enum MemoryMode {
+    /// Nested paging: NPT (SVM) or EPT (VMX).
+    Nested = 0,
+    /// Shadow paging (a vTLB in the kernel).
+    Shadow = 1,
+}
+
+/// Operations of [`crate::Syscall::VcpuControl`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u64)]
+pub enum VcpuOp {
+    /// `reason, mask`: the groups exit messages for `reason` carry.
+    SetMask = 0,
+    /// Make the vCPU exit with [`Exit::Recall`] before it runs guest code again.
+    Recall = 1,
+}
+
+/// Guest-physical addresses a Vm can map: below 512 GiB (one top-level nested table entry's
+/// reach is enough for the guests this system runs, and it bounds the tables a VMM can make the
+/// kernel build).
+pub const GUEST_PHYS_LIMIT: u64 = 1 << 39;
+
+/// Which backend the kernel uses (the `Lookup` value of a Vm capability's object, bits 16..23).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Backend {
+    Svm = 1,
+    Vmx = 2,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_numbers_are_dense() {
+        for v in 0..EXIT_COUNT {
+            assert_eq!(Exit::from_u64(v).map(|e| e as u64), Some(v));
+        }
+        assert_eq!(Exit::from_u64(EXIT_COUNT), None);
+    }
+
+    #[test]
+    fn message_fits_the_utcb() {
+        const { assert!(word::COUNT <= crate::utcb::MSG_WORDS) };
+        assert_eq!(word::SEGMENTS + 16, word::GDTR_BASE);
+        assert_eq!(word::GPRS + 16, word::RIP);
+    }
+
+    #[test]
+    fn io_qualification_round_trips() {
+        let q = IoQual::new(0x3f8, 1, false, false, false);
+        assert_eq!((q.port(), q.size(), q.is_in()), (0x3f8, 1, false));
+        let q = IoQual::new(0xf4, 4, true, true, true);
+        assert!(q.is_in() && q.string() && q.rep());
+        assert_eq!(q.size(), 4);
+    }
+
+    #[test]
+    fn segments_pack() {
+        let w = segment::pack(0x8, 0xa9b, 0xffff_ffff);
+        assert_eq!(segment::selector(w), 0x8);
+        assert_eq!(segment::attributes(w), 0xa9b);
+        assert_eq!(segment::limit(w), 0xffff_ffff);
+    }
+}

@@ -1,0 +1,69 @@
+//! Wrappers for the hardware-virtualization syscalls (`abi::vm`): Vm and vCPU creation, guest
+//! memory mapping and vCPU control. Exit messages arrive as ordinary calls on the exit portals;
+//! [`crate::Utcb::words`] gives the words that `abi::vm::word` names.
+
+use abi::syscall::Syscall;
+use abi::vm::{MemoryMode, VcpuOp};
+use abi::{Rights, Sel};
+
+use crate::syscall::raw;
+use crate::Error;
+
+fn checked(call: Syscall, args: [u64; 6]) -> Result<u64, Error> {
+    // SAFETY: these syscalls create objects, change a Vm's guest-physical mappings or a vCPU's
+    // settings; none of them touches the caller's memory, threads or UTCB.
+    let (status, value) = unsafe { raw(call as u64, args) };
+    Error::from_kernel(status).map(|()| value)
+}
+
+/// Creates a Vm at `dest` in memory mode `mode`, paid from domain `pd`.
+pub fn create_vm(dest: Sel, pd: Sel, mode: MemoryMode) -> Result<(), Error> {
+    checked(Syscall::CreateVm, [dest, pd, mode as u64, 0, 0, 0]).map(drop)
+}
+
+/// Creates a vCPU of `vm` at `dest`, paid from `pd`, running at `priority`; its exits call the
+/// portals at `exit_base + reason` in the caller's space.
+pub fn create_vcpu(
+    dest: Sel,
+    vm: Sel,
+    pd: Sel,
+    priority: u64,
+    exit_base: Sel,
+) -> Result<(), Error> {
+    checked(Syscall::CreateVcpu, [dest, vm, pd, priority, exit_base, 0]).map(drop)
+}
+
+/// Maps `pages` pages of memory capability `mem` from page `first_page` into `vm` at
+/// guest-physical `gpa` with `rights` (READ, WRITE, EXEC).
+pub fn vm_map(
+    vm: Sel,
+    mem: Sel,
+    first_page: u64,
+    pages: u64,
+    gpa: u64,
+    rights: Rights,
+) -> Result<(), Error> {
+    checked(
+        Syscall::VmMap,
+        [vm, mem, first_page, pages, gpa, u64::from(rights.0)],
+    )
+    .map(drop)
+}
+
+/// Sets the register groups (`abi::vm::mtd`) that exit messages for `reason` carry.
+pub fn vcpu_set_mask(vcpu: Sel, reason: abi::vm::Exit, mask: u64) -> Result<(), Error> {
+    checked(
+        Syscall::VcpuControl,
+        [vcpu, VcpuOp::SetMask as u64, reason as u64, mask, 0, 0],
+    )
+    .map(drop)
+}
+
+/// Makes `vcpu` exit with `Exit::Recall` before it runs guest code again.
+pub fn vcpu_recall(vcpu: Sel) -> Result<(), Error> {
+    checked(
+        Syscall::VcpuControl,
+        [vcpu, VcpuOp::Recall as u64, 0, 0, 0, 0],
+    )
+    .map(drop)
+}
