@@ -33,7 +33,7 @@ pub use check::{Field, Place, Problem, Rule};
 /// First bytes of an encoded image.
 pub const MAGIC: [u8; 4] = *b"dmpm";
 /// Format version written after [`MAGIC`]; bumped whenever a type below changes.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Longest server or portal name in bytes. A server's name is its boot module's name, which the
 /// kernel hands to init in a 48-byte NUL-padded field.
 pub const NAME_MAX: usize = 47;
@@ -53,6 +53,51 @@ pub const USE_RIGHTS: [Rights; 2] = [Rights::CALL, Rights(Rights::CALL.0 | Right
 pub struct SystemImage {
     pub name: String,
     pub servers: Vec<Server>,
+    /// Guests, each run by its own vmm-server instance that init starts after the servers.
+    pub guests: Vec<Guest>,
+}
+
+/// A guest virtual machine. Init runs each under its own instance of the `vmm-server` boot
+/// module (a server named `vmm.<guest name>`), which asks for this record with
+/// `abi::bootstrap::GET_CONFIG` (postcard-encoded) and reports the end with `GUEST_DONE`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Guest {
+    /// Unique among guests; prefixes the guest's console output (`[name] ...`).
+    pub name: String,
+    /// Boot-module name of its image (`guest.<name>`); the vmm-server obtains it with
+    /// `GET_RESOURCE "image"` (READ).
+    pub image: String,
+    /// Guest RAM in bytes (a multiple of 2 MiB), mapped at guest-physical 0.
+    pub memory_bytes: u64,
+    /// Virtual CPUs (1: SMP guests are not supported yet).
+    pub vcpus: u8,
+    pub mode: MemoryMode,
+    /// Passed to the guest as its command line (Multiboot) and logged.
+    pub cmdline: String,
+    /// Priority of the vmm-server and of the guest's vCPUs.
+    pub priority: u8,
+    /// How the guest is expected to end; init judges the `guests` scenario by it.
+    pub expect: Expect,
+}
+
+/// Guest memory mode.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryMode {
+    Nested,
+    Shadow,
+}
+
+/// How a guest is expected to end (`expect = "exit 0"`, `"stopped"`, `"shutdown"`, `"reset"`).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// It writes this status to the exit port (0xf4).
+    Exit(u8),
+    /// Its VMM stops it for an access outside its memory.
+    Stopped,
+    /// It triple-faults.
+    Shutdown,
+    /// It asks for a reset.
+    Reset,
 }
 
 /// One server: a protection domain with one thread running the ELF in the boot module of the

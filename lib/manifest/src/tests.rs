@@ -50,6 +50,7 @@ fn isolation() -> SystemImage {
     SystemImage {
         name: "isolation".into(),
         servers: vec![serial, target, attacker],
+        guests: Vec::new(),
     }
 }
 
@@ -162,6 +163,7 @@ fn names() {
     let mut image = SystemImage {
         name: String::new(),
         servers: vec![server("a"), server("b"), server("c")],
+        guests: Vec::new(),
     };
     image.servers[0].name = "a.b".into();
     image.servers[1].name = "init".into();

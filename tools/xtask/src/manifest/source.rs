@@ -171,6 +171,7 @@ pub fn compile(file: &File, workspace: Option<&Workspace>) -> Compiled {
         image: SystemImage {
             name: file.system.name.get_ref().clone(),
             servers,
+            guests: Vec::new(),
         },
         binaries,
         spans,
