@@ -80,6 +80,18 @@ pub struct Guest {
     pub expect: Expect,
 }
 
+impl Guest {
+    /// The postcard encoding that `GET_CONFIG` replies carry.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("a Guest always serializes")
+    }
+
+    /// Decodes [`Guest::encode`]'s output; `None` for anything else.
+    pub fn decode(bytes: &[u8]) -> Option<Guest> {
+        postcard::from_bytes(bytes).ok()
+    }
+}
+
 /// Guest memory mode.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MemoryMode {
