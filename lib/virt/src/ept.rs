@@ -271,3 +271,10 @@ mod tests {
         assert_eq!(pointer(0x5008, false, ALL_CAPS), Err(EptError::BadAddress));
     }
 }
+
+impl EptEntry {
+    /// The entry as the hardware reads it.
+    pub const fn bits(self) -> u64 {
+        self.0
+    }
+}

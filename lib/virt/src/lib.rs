@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ept;
+pub mod nested;
 pub mod exit;
 pub mod svm_state;
 pub mod vmx_controls;
