@@ -5,6 +5,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use crate::guests::{GuestField, VMM_MODULE};
 use crate::{split_portal, PortRange, SystemImage, IRQ_LINES, MAX_PRIORITY, NAME_MAX};
 use crate::{RESERVED_NAMES, USE_RIGHTS};
 
@@ -33,6 +34,8 @@ pub enum Place {
         field: Field,
         item: Option<usize>,
     },
+    /// `field` of the guest at index `guest`.
+    Guest { guest: usize, field: GuestField },
 }
 
 /// The rule a problem breaks. Indices name servers (and list items) in the image.
@@ -43,7 +46,7 @@ pub enum Rule {
     /// A server name is empty, longer than [`NAME_MAX`] or has a character outside
     /// `A-Z a-z 0-9 - _`.
     ServerName,
-    /// A server takes a name from [`RESERVED_NAMES`].
+    /// A server takes a name from [`RESERVED_NAMES`], or [`VMM_MODULE`] in a system with guests.
     ReservedName,
     /// Another server, listed earlier, has the same name.
     DuplicateServer {
@@ -85,6 +88,22 @@ pub enum Rule {
     DuplicateUse {
         item: usize,
     },
+    /// A guest name is empty, longer than [`crate::GUEST_NAME_MAX`] or has a character outside
+    /// `A-Z a-z 0-9 - _`.
+    GuestName,
+    /// Another guest, listed earlier, has the same name.
+    DuplicateGuest {
+        first: usize,
+    },
+    /// A guest's image module is not named `guest.<valid name>`.
+    GuestImage,
+    /// Guest memory is not a multiple of 2 MiB from 2 MiB to 1 GiB.
+    GuestMemory,
+    /// A guest asks for other than [`crate::GUEST_VCPUS`] vCPUs.
+    Vcpus,
+    /// A guest command line is longer than [`crate::GUEST_CMDLINE_MAX`] bytes or has a control
+    /// character.
+    GuestCmdline,
 }
 
 /// One broken rule and where.
@@ -95,7 +114,8 @@ pub struct Problem {
 }
 
 impl SystemImage {
-    /// Every problem of the image, in the order of the servers and their fields.
+    /// Every problem of the image, in the order of the servers and their fields, then the
+    /// guests and theirs.
     pub fn check(&self) -> Vec<Problem> {
         let mut out = Vec::new();
         if self.name.is_empty() {
@@ -112,6 +132,7 @@ impl SystemImage {
             }
             .run();
         }
+        self.check_guests(&mut out);
         out
     }
 }
@@ -140,7 +161,9 @@ impl Checker<'_> {
         let earlier = &image.servers[..self.index];
         if !valid_server_name(&server.name) {
             self.report(Field::Name, None, Rule::ServerName);
-        } else if RESERVED_NAMES.contains(&server.name.as_str()) {
+        } else if RESERVED_NAMES.contains(&server.name.as_str())
+            || (!image.guests.is_empty() && server.name == VMM_MODULE)
+        {
             self.report(Field::Name, None, Rule::ReservedName);
         }
         if let Some(first) = earlier.iter().position(|s| s.name == server.name) {
@@ -283,8 +306,18 @@ impl Problem {
             field,
             item,
         };
-        let Place::Server { server, .. } = self.place else {
-            return None;
+        let server = match self.place {
+            Place::Server { server, .. } => server,
+            Place::Guest { .. } => {
+                return match self.rule {
+                    Rule::DuplicateGuest { first } => Some(Place::Guest {
+                        guest: first,
+                        field: GuestField::Name,
+                    }),
+                    _ => None,
+                };
+            }
+            Place::System => return None,
         };
         match self.rule {
             Rule::DuplicateServer { first } => Some(server_field(first, Field::Name, None)),
@@ -301,13 +334,10 @@ impl Problem {
 
     /// A one-line description of the problem in `image` (without its place).
     pub fn message(&self, image: &SystemImage) -> String {
-        let Place::Server {
-            server: index,
-            item,
-            ..
-        } = self.place
-        else {
-            return String::from("the system needs a non-empty name");
+        let (index, item) = match self.place {
+            Place::Server { server, item, .. } => (server, item),
+            Place::Guest { guest, .. } => return image.guest_message(guest, self.rule),
+            Place::System => return String::from("the system needs a non-empty name"),
         };
         let Some(server) = image.servers.get(index) else {
             return format!("server #{index} does not exist");
@@ -336,6 +366,9 @@ impl Problem {
             Rule::SystemName => String::from("the system needs a non-empty name"),
             Rule::ServerName => format!(
                 "server name `{name}` must be 1 to {NAME_MAX} characters from A-Z, a-z, 0-9, `-` and `_`"
+            ),
+            Rule::ReservedName if name == VMM_MODULE => format!(
+                "server name `{name}` is reserved: a system with guests has a boot module of that name"
             ),
             Rule::ReservedName => format!(
                 "server name `{name}` is reserved: every system has a boot module of that name"
@@ -412,6 +445,12 @@ impl Problem {
                 used.map_or(0, |u| u.rights)
             ),
             Rule::DuplicateUse { .. } => format!("`{name}` uses `{target}` twice"),
+            Rule::GuestName
+            | Rule::DuplicateGuest { .. }
+            | Rule::GuestImage
+            | Rule::GuestMemory
+            | Rule::Vcpus
+            | Rule::GuestCmdline => format!("server `{name}`: {:?}", self.rule),
         }
     }
 }

@@ -21,6 +21,7 @@
 extern crate alloc;
 
 mod check;
+mod guests;
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -28,7 +29,11 @@ use alloc::vec::Vec;
 use abi::Rights;
 use serde::{Deserialize, Serialize};
 
-pub use check::{Field, Place, Problem, Rule};
+pub use check::{valid_portal_name, valid_server_name, Field, Place, Problem, Rule};
+pub use guests::{config_bytes, config_words, outcome_text, valid_guest_name, GuestField};
+pub use guests::{CONFIG_BYTES_MAX, GUEST_CMDLINE_MAX, GUEST_MEMORY_ALIGN, GUEST_MEMORY_MAX};
+pub use guests::{GUEST_MEMORY_MIN, GUEST_NAME_MAX, GUEST_VCPUS, IMAGE_PREFIX, SERIAL_LOG};
+pub use guests::{VMM_MEMORY, VMM_MODULE, VMM_PREFIX, VMM_QUOTA_BASE, VMM_QUOTA_PER_MIB};
 
 /// First bytes of an encoded image.
 pub const MAGIC: [u8; 4] = *b"dmpm";

@@ -347,3 +347,237 @@ fn fault_handler() {
         "`nobody.faults` names no server `nobody`"
     );
 }
+
+fn guest(name: &str, memory_mib: u64) -> Guest {
+    Guest {
+        name: name.into(),
+        image: Guest::module_name(name),
+        memory_bytes: memory_mib << 20,
+        vcpus: 1,
+        mode: MemoryMode::Nested,
+        cmdline: String::new(),
+        priority: 10,
+        expect: Expect::Exit(0),
+    }
+}
+
+/// The isolation servers plus two guests.
+fn with_guests() -> SystemImage {
+    let mut image = isolation();
+    image.guests = vec![guest("hello", 16), guest("probe", 32)];
+    image
+}
+
+#[test]
+fn guests_round_trip_and_pass_the_rules() {
+    let image = with_guests();
+    assert!(image.check().is_empty(), "{:?}", image.check());
+    assert_eq!(SystemImage::decode(&image.encode()), Ok(image.clone()));
+    let one = &image.guests[1];
+    assert_eq!(Guest::decode(&one.encode()).as_ref(), Some(one));
+    assert_eq!(Guest::decode(b"\xff\xff"), None);
+}
+
+#[test]
+fn guest_names() {
+    let mut image = with_guests();
+    image.guests[0].name = "a.b".into();
+    image.guests[0].image = "guest.a.b".into();
+    image.guests[1].name = "x".repeat(GUEST_NAME_MAX + 1);
+    image.guests[1].image = Guest::module_name(&image.guests[1].name);
+    image.guests.push(guest("dup", 2));
+    image.guests.push(guest("dup", 2));
+    image.guests.push(guest(&"y".repeat(GUEST_NAME_MAX), 2));
+    let problems = image.check();
+    assert_eq!(
+        rules(&image),
+        [
+            Rule::GuestName,
+            Rule::GuestImage,
+            Rule::GuestName,
+            Rule::GuestImage,
+            Rule::DuplicateGuest { first: 2 },
+        ]
+    );
+    assert_eq!(
+        problems[0].message(&image),
+        "guest name `a.b` must be 1 to 41 characters from A-Z, a-z, 0-9, `-` and `_`"
+    );
+    assert_eq!(
+        problems[4].related(),
+        Some(Place::Guest {
+            guest: 2,
+            field: GuestField::Name
+        })
+    );
+    assert_eq!(problems[4].message(&image), "two guests are named `dup`");
+    // The longest name still makes module names that fit the kernel's field.
+    let longest = &image.guests[4];
+    assert_eq!(longest.image.len(), NAME_MAX);
+    assert!(longest.vmm_name().len() <= NAME_MAX);
+}
+
+#[test]
+fn guest_image_memory_vcpus_cmdline_priority() {
+    let mut image = with_guests();
+    image.guests[0].image = "hello".into();
+    image.guests[0].memory_bytes = 3 << 20;
+    image.guests[0].vcpus = 2;
+    image.guests[0].cmdline = "x".repeat(GUEST_CMDLINE_MAX + 1);
+    image.guests[0].priority = MAX_PRIORITY + 1;
+    image.guests[1].memory_bytes = 0;
+    let problems = image.check();
+    assert_eq!(
+        rules(&image),
+        [
+            Rule::GuestImage,
+            Rule::GuestMemory,
+            Rule::Vcpus,
+            Rule::GuestCmdline,
+            Rule::Priority,
+            Rule::GuestMemory,
+        ]
+    );
+    assert_eq!(
+        problems[2].message(&image),
+        "guest `hello` asks for 2 vCPUs; only 1 is supported"
+    );
+    assert_eq!(
+        problems[4].message(&image),
+        "priority 32 of guest `hello` is above the highest, 31"
+    );
+    for (bytes, ok) in [
+        (2 << 20, true),
+        (1 << 30, true),
+        (1 << 20, false),
+        ((1 << 30) + (2 << 20), false),
+        ((2 << 20) + 4096, false),
+    ] {
+        image.guests = vec![guest("g", 2)];
+        image.guests[0].memory_bytes = bytes;
+        assert_eq!(image.check().is_empty(), ok, "{bytes}");
+    }
+    image.guests = vec![guest("g", 2)];
+    image.guests[0].cmdline = "a\nb".into();
+    assert_eq!(rules(&image), [Rule::GuestCmdline]);
+    image.guests[0].cmdline = "x".repeat(GUEST_CMDLINE_MAX);
+    assert!(image.check().is_empty());
+}
+
+#[test]
+fn vmm_server_is_reserved_only_with_guests() {
+    let mut image = isolation();
+    image.servers[2].name = VMM_MODULE.into();
+    image.servers[2].fault_handler = None;
+    assert!(image.check().is_empty(), "{:?}", image.check());
+    image.guests = vec![guest("g", 2)];
+    assert_eq!(rules(&image), [Rule::ReservedName]);
+    assert_eq!(
+        image.check()[0].message(&image),
+        "server name `vmm-server` is reserved: a system with guests has a boot module of that name"
+    );
+}
+
+#[test]
+fn each_guest_implies_a_vmm_server() {
+    let image = with_guests();
+    let all = image.with_vmm_servers();
+    let names: Vec<&str> = all.servers.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "serial",
+            "isolation-target",
+            "isolation-attacker",
+            "vmm.hello",
+            "vmm.probe"
+        ]
+    );
+    let probe = all.server("vmm.probe").unwrap();
+    assert_eq!(probe.priority, 10);
+    assert_eq!(probe.quota, VMM_QUOTA_BASE + 32 * VMM_QUOTA_PER_MIB);
+    assert_eq!(probe.quota, 768 * 1024);
+    assert_eq!(probe.memory_pages, VMM_MEMORY / PAGE_SIZE);
+    assert_eq!(probe.scratch_pages, (32 << 20) / PAGE_SIZE);
+    assert!(probe.portals.is_empty() && probe.fault_handler.is_none() && !probe.power_off);
+    assert_eq!(all.grant("vmm.probe", "serial", "log"), Some(Rights::CALL));
+    assert_eq!(all.grant("vmm.probe", "isolation-target", "echo"), None);
+    // Without a serial driver, no uses.
+    let mut alone = SystemImage {
+        name: "g".into(),
+        servers: vec![],
+        guests: vec![guest("g", 2)],
+    };
+    assert!(alone.check().is_empty());
+    assert!(alone.vmm_server(&alone.guests[0]).uses.is_empty());
+    alone.servers.push(server("serial"));
+    assert!(
+        alone.vmm_server(&alone.guests[0]).uses.is_empty(),
+        "no `log`"
+    );
+}
+
+#[test]
+fn the_largest_config_fits_a_message() {
+    let mut big = guest(&"g".repeat(GUEST_NAME_MAX), 1024);
+    big.cmdline = "c".repeat(GUEST_CMDLINE_MAX);
+    big.memory_bytes = u64::MAX;
+    big.expect = Expect::Exit(255);
+    big.priority = u8::MAX;
+    big.vcpus = u8::MAX;
+    let bytes = big.encode();
+    assert!(bytes.len() <= CONFIG_BYTES_MAX, "{}", bytes.len());
+    let words = config_words(&bytes).unwrap();
+    assert!(words.len() < abi::utcb::MSG_WORDS);
+    assert_eq!(words[0], bytes.len() as u64);
+    assert_eq!(config_bytes(&words).unwrap(), bytes);
+    assert_eq!(Guest::decode(&config_bytes(&words).unwrap()), Some(big));
+}
+
+#[test]
+fn config_words_pack_little_endian() {
+    assert_eq!(config_words(&[]).unwrap(), [0]);
+    assert_eq!(
+        config_words(&[1, 2, 3, 4, 5, 6, 7, 8, 9]).unwrap(),
+        [9, 0x0807_0605_0403_0201, 9]
+    );
+    assert_eq!(
+        config_bytes(&[9, 0x0807_0605_0403_0201, 9]).unwrap().len(),
+        9
+    );
+    assert_eq!(config_bytes(&[17, 0, 0]), None, "claims more than it holds");
+    assert_eq!(config_bytes(&[]), None);
+    assert_eq!(config_bytes(&[u64::MAX]), None);
+    assert!(config_words(&[0; CONFIG_BYTES_MAX + 1]).is_none());
+}
+
+#[test]
+fn expectations() {
+    use abi::bootstrap::outcome::{EXITED, FAILED, RESET, SHUTDOWN, STOPPED};
+    for (text, expect) in [
+        ("exit 0", Expect::Exit(0)),
+        ("exit 255", Expect::Exit(255)),
+        ("stopped", Expect::Stopped),
+        ("shutdown", Expect::Shutdown),
+        ("reset", Expect::Reset),
+    ] {
+        assert_eq!(Expect::parse(text), Some(expect));
+        assert_eq!(expect.to_string(), text);
+    }
+    for bad in [
+        "exit", "exit ", "exit 256", "exit -1", "exit 0x1", "Stopped", "exit  1", "",
+    ] {
+        assert_eq!(Expect::parse(bad), None, "{bad}");
+    }
+    assert!(Expect::Exit(0).met_by(EXITED, 0));
+    assert!(!Expect::Exit(0).met_by(EXITED, 1));
+    assert!(!Expect::Exit(0).met_by(STOPPED, 0));
+    assert!(Expect::Stopped.met_by(STOPPED, 0x1234));
+    assert!(Expect::Shutdown.met_by(SHUTDOWN, 0));
+    assert!(Expect::Reset.met_by(RESET, 0));
+    assert!(!Expect::Reset.met_by(FAILED, 0));
+    assert_eq!(outcome_text(EXITED, 3), "exited 3");
+    assert_eq!(outcome_text(STOPPED, 0x1000), "stopped at 0x1000");
+    assert_eq!(outcome_text(FAILED, 2), "failed (code 2)");
+    assert_eq!(outcome_text(42, 0), "ended with outcome 42");
+}

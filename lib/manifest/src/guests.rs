@@ -1,0 +1,291 @@
+//! Guests: the rules a [`Guest`] follows, the vmm-server instance each one implies, the
+//! `GET_CONFIG` reply layout and how init judges a guest's end against its [`Expect`].
+//!
+//! **Implied servers.** Every guest runs under its own protection domain, a server named
+//! `vmm.<guest>` ([`Guest::vmm_name`]) that init starts from the boot module [`VMM_MODULE`] after
+//! the manifest's own servers. Its resources follow from the guest ([`SystemImage::vmm_server`]):
+//! the guest's priority; a kernel-memory quota of [`VMM_QUOTA_BASE`] plus [`VMM_QUOTA_PER_MIB`]
+//! per MiB of guest memory (the Vm's nested page tables, the vCPU, 14 exit portals, the server's
+//! own page tables for its view of guest memory, with room to spare); [`VMM_MEMORY`] of stack;
+//! scratch memory (`GET_RESOURCE "memory"`) exactly the size of the guest's RAM; and
+//! `serial.log` when the system has a `serial` server providing `log`. Server names cannot hold
+//! a `.`, so no server of the manifest can take a `vmm.` name; the module name [`VMM_MODULE`]
+//! is reserved in systems with guests.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use crate::check::{valid_server_name, Place, Problem, Rule};
+use crate::{Expect, Guest, Server, SystemImage, Use, MAX_PRIORITY, NAME_MAX, PAGE_SIZE};
+
+/// Boot-module name of the vmm-server ELF, packed once for all guests.
+pub const VMM_MODULE: &str = "vmm-server";
+/// Prefix of the implied server's name: `vmm.<guest>`.
+pub const VMM_PREFIX: &str = "vmm.";
+/// Prefix of a guest image's boot-module name: `guest.<guest>`.
+pub const IMAGE_PREFIX: &str = "guest.";
+/// Longest guest name: `guest.<name>` must fit the kernel's 48-byte module-name field (with its
+/// NUL), like every module name ([`NAME_MAX`]).
+pub const GUEST_NAME_MAX: usize = NAME_MAX - IMAGE_PREFIX.len();
+/// Guest memory is whole 2 MiB pages (the unit of large nested-paging leaves).
+pub const GUEST_MEMORY_ALIGN: u64 = 2 << 20;
+/// Smallest guest memory.
+pub const GUEST_MEMORY_MIN: u64 = GUEST_MEMORY_ALIGN;
+/// Largest guest memory.
+pub const GUEST_MEMORY_MAX: u64 = 1 << 30;
+/// Longest guest command line in bytes.
+pub const GUEST_CMDLINE_MAX: usize = 200;
+/// Virtual CPUs a guest may have (SMP guests are not supported yet).
+pub const GUEST_VCPUS: u8 = 1;
+/// Kernel-memory quota of every vmm-server instance, before the per-MiB part.
+pub const VMM_QUOTA_BASE: u64 = 256 * 1024;
+/// Kernel-memory quota of a vmm-server instance per MiB of guest memory.
+pub const VMM_QUOTA_PER_MIB: u64 = 16 * 1024;
+/// Stack of every vmm-server instance (its heap is a static arena in its ELF).
+pub const VMM_MEMORY: u64 = 512 * 1024;
+/// The portal of the serial driver that a vmm-server uses when the system has one.
+pub const SERIAL_LOG: (&str, &str) = ("serial", "log");
+/// The most bytes of configuration a `GET_CONFIG` reply carries: the message's 64 words less
+/// the status and the length.
+pub const CONFIG_BYTES_MAX: usize = (abi::utcb::MSG_WORDS - 2) * 8;
+
+/// A field of a guest, as written in the manifest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestField {
+    Name,
+    Image,
+    Memory,
+    Vcpus,
+    Mode,
+    Cmdline,
+    Priority,
+    Expect,
+}
+
+impl Guest {
+    /// `vmm.<name>`: the server that runs this guest.
+    pub fn vmm_name(&self) -> String {
+        format!("{VMM_PREFIX}{}", self.name)
+    }
+
+    /// `guest.<name>`: the boot-module name the build tool gives this guest's image.
+    pub fn module_name(name: &str) -> String {
+        format!("{IMAGE_PREFIX}{name}")
+    }
+
+    /// Guest memory in 4 KiB pages.
+    pub fn memory_pages(&self) -> u64 {
+        self.memory_bytes / PAGE_SIZE
+    }
+}
+
+impl SystemImage {
+    /// The server implied by guest `guest` (see the module documentation).
+    pub fn vmm_server(&self, guest: &Guest) -> Server {
+        let (serial, log) = SERIAL_LOG;
+        let uses = match self.server(serial) {
+            Some(s) if s.provides(log) => vec![Use {
+                server: serial.into(),
+                portal: log.into(),
+                rights: abi::Rights::CALL.0,
+            }],
+            _ => Vec::new(),
+        };
+        Server {
+            name: guest.vmm_name(),
+            priority: guest.priority,
+            quota: VMM_QUOTA_BASE + VMM_QUOTA_PER_MIB * (guest.memory_bytes >> 20),
+            memory_pages: VMM_MEMORY / PAGE_SIZE,
+            scratch_pages: guest.memory_pages(),
+            io_ports: Vec::new(),
+            irqs: Vec::new(),
+            portals: Vec::new(),
+            uses,
+            power_off: false,
+            fault_handler: None,
+        }
+    }
+
+    /// Every protection domain init starts, in order: the manifest's servers, then one
+    /// vmm-server per guest. Server `servers.len() + i` runs guest `i`. The result is not a
+    /// manifest (its `vmm.` names break the naming rule); [`SystemImage::grant`] works on it.
+    pub fn with_vmm_servers(&self) -> SystemImage {
+        let mut all = self.clone();
+        all.servers
+            .extend(self.guests.iter().map(|g| self.vmm_server(g)));
+        all
+    }
+
+    pub(crate) fn check_guests(&self, out: &mut Vec<Problem>) {
+        for (index, guest) in self.guests.iter().enumerate() {
+            let mut report = |field, rule| {
+                out.push(Problem {
+                    place: Place::Guest {
+                        guest: index,
+                        field,
+                    },
+                    rule,
+                })
+            };
+            if !valid_guest_name(&guest.name) {
+                report(GuestField::Name, Rule::GuestName);
+            }
+            if let Some(first) = self.guests[..index]
+                .iter()
+                .position(|g| g.name == guest.name)
+            {
+                report(GuestField::Name, Rule::DuplicateGuest { first });
+            }
+            let image_ok = guest
+                .image
+                .strip_prefix(IMAGE_PREFIX)
+                .is_some_and(valid_guest_name);
+            if !image_ok {
+                report(GuestField::Image, Rule::GuestImage);
+            }
+            let memory = guest.memory_bytes;
+            if !(GUEST_MEMORY_MIN..=GUEST_MEMORY_MAX).contains(&memory)
+                || !memory.is_multiple_of(GUEST_MEMORY_ALIGN)
+            {
+                report(GuestField::Memory, Rule::GuestMemory);
+            }
+            if guest.vcpus != GUEST_VCPUS {
+                report(GuestField::Vcpus, Rule::Vcpus);
+            }
+            if guest.cmdline.len() > GUEST_CMDLINE_MAX
+                || guest.cmdline.chars().any(char::is_control)
+            {
+                report(GuestField::Cmdline, Rule::GuestCmdline);
+            }
+            if guest.priority > MAX_PRIORITY {
+                report(GuestField::Priority, Rule::Priority);
+            }
+        }
+    }
+
+    /// The message of a problem of guest `index`.
+    pub(crate) fn guest_message(&self, index: usize, rule: Rule) -> String {
+        let Some(guest) = self.guests.get(index) else {
+            return format!("guest #{index} does not exist");
+        };
+        let name = guest.name.as_str();
+        match rule {
+            Rule::GuestName => format!(
+                "guest name `{name}` must be 1 to {GUEST_NAME_MAX} characters from A-Z, a-z, 0-9, `-` and `_`"
+            ),
+            Rule::DuplicateGuest { .. } => format!("two guests are named `{name}`"),
+            Rule::GuestImage => format!(
+                "the image module `{}` of guest `{name}` must be `{IMAGE_PREFIX}` and a valid guest name",
+                guest.image
+            ),
+            Rule::GuestMemory => format!(
+                "the memory of guest `{name}` ({} bytes) must be a multiple of 2 MiB from 2 MiB to 1 GiB",
+                guest.memory_bytes
+            ),
+            Rule::Vcpus => format!(
+                "guest `{name}` asks for {} vCPUs; only {GUEST_VCPUS} is supported",
+                guest.vcpus
+            ),
+            Rule::GuestCmdline => format!(
+                "the command line of guest `{name}` must be one line of at most {GUEST_CMDLINE_MAX} bytes (it has {})",
+                guest.cmdline.len()
+            ),
+            Rule::Priority => format!(
+                "priority {} of guest `{name}` is above the highest, {MAX_PRIORITY}",
+                guest.priority
+            ),
+            _ => format!("guest `{name}`: {rule:?}"),
+        }
+    }
+}
+
+/// 1 to [`GUEST_NAME_MAX`] characters from `A-Z a-z 0-9 - _`.
+pub fn valid_guest_name(name: &str) -> bool {
+    name.len() <= GUEST_NAME_MAX && valid_server_name(name)
+}
+
+/// The words of a `GET_CONFIG` reply after the status: the byte length, then the bytes packed
+/// eight to a word, little-endian. `None` when they exceed [`CONFIG_BYTES_MAX`].
+pub fn config_words(bytes: &[u8]) -> Option<Vec<u64>> {
+    if bytes.len() > CONFIG_BYTES_MAX {
+        return None;
+    }
+    let mut words = vec![bytes.len() as u64];
+    words.extend(bytes.chunks(8).map(|chunk| {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        u64::from_le_bytes(word)
+    }));
+    Some(words)
+}
+
+/// The inverse of [`config_words`]: `words[0]` is the length, the bytes follow. `None` when the
+/// length claims more bytes than the words hold.
+pub fn config_bytes(words: &[u64]) -> Option<Vec<u8>> {
+    let (&len, rest) = words.split_first()?;
+    let len = usize::try_from(len).ok()?;
+    if len > rest.len().checked_mul(8)? {
+        return None;
+    }
+    let mut bytes: Vec<u8> = rest.iter().flat_map(|w| w.to_le_bytes()).collect();
+    bytes.truncate(len);
+    Some(bytes)
+}
+
+impl Expect {
+    /// Reads the manifest's `expect` text: `exit N` (N in 0..=255), `stopped`, `shutdown`,
+    /// `reset`.
+    pub fn parse(text: &str) -> Option<Expect> {
+        match text {
+            "stopped" => Some(Expect::Stopped),
+            "shutdown" => Some(Expect::Shutdown),
+            "reset" => Some(Expect::Reset),
+            _ => {
+                let status = text.strip_prefix("exit ")?;
+                if status.is_empty() || !status.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                status.parse().ok().map(Expect::Exit)
+            }
+        }
+    }
+
+    /// Whether a guest that ended with `outcome` (`abi::bootstrap::outcome`) and `detail` met
+    /// this expectation.
+    pub fn met_by(self, outcome: u64, detail: u64) -> bool {
+        use abi::bootstrap::outcome::{EXITED, RESET, SHUTDOWN, STOPPED};
+        match self {
+            Expect::Exit(status) => outcome == EXITED && detail == u64::from(status),
+            Expect::Stopped => outcome == STOPPED,
+            Expect::Shutdown => outcome == SHUTDOWN,
+            Expect::Reset => outcome == RESET,
+        }
+    }
+}
+
+impl core::fmt::Display for Expect {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Expect::Exit(status) => write!(f, "exit {status}"),
+            Expect::Stopped => f.write_str("stopped"),
+            Expect::Shutdown => f.write_str("shutdown"),
+            Expect::Reset => f.write_str("reset"),
+        }
+    }
+}
+
+/// How init words a guest's end: `exited 0`, `stopped at 0x1000`, `shut down`, `reset`,
+/// `failed (code 3)`, `ended with outcome 9`.
+pub fn outcome_text(outcome: u64, detail: u64) -> String {
+    use abi::bootstrap::outcome::{EXITED, FAILED, RESET, SHUTDOWN, STOPPED};
+    match outcome {
+        EXITED => format!("exited {detail}"),
+        STOPPED => format!("stopped at {detail:#x}"),
+        SHUTDOWN => format!("shut down (rip {detail:#x})"),
+        RESET => String::from("reset"),
+        FAILED => format!("failed (code {detail})"),
+        other => format!("ended with outcome {other}"),
+    }
+}
