@@ -85,6 +85,7 @@ pub fn start(handover: Handover) -> ! {
         arch::apic::id(),
         arch::TIMER_VECTOR
     );
+    arch::vm::init(cpu.virt);
     // With an `init` module the system is init's to run; without one the kernel checks itself.
     crate::kern::start_init(info);
     selftest::run(info)

@@ -93,7 +93,8 @@ pub fn call(k: &mut Kernel, portal_sel: u64) -> Result<(), Status> {
     let caller = k.current();
     // Fault messages come from the kernel only, so a handler can trust them.
     let frame = utcb(k, caller).ok_or(Status::NoPartner)?;
-    if MsgTag(frame.read(TAG)).label() == FAULT_LABEL {
+    let label = MsgTag(frame.read(TAG)).label();
+    if label == FAULT_LABEL || label == abi::vm::EXIT_LABEL {
         return Err(Status::BadArgument);
     }
     let space = pd_space(k, caller).ok_or(Status::NoPartner)?;
@@ -119,7 +120,10 @@ fn send(k: &mut Kernel, caller: ThreadId, portal: PortalId) -> Result<(), Status
     if handler == caller {
         return Err(Status::BadArgument); // a thread cannot serve its own call
     }
-    if handler_state == State::Receiving(portal) {
+    // A VMM serves all exit portals of a vCPU with one thread, waiting on any of them.
+    let receiving = handler_state == State::Receiving(portal)
+        || (matches!(handler_state, State::Receiving(_)) && is_vcpu(k, caller));
+    if receiving {
         deliver(k, caller, portal)?;
         k.block_current_if(caller, State::AwaitingReply);
         k.switch_to(handler);
@@ -143,6 +147,24 @@ fn reply_to_caller(k: &mut Kernel) -> Result<Option<ThreadId>, Status> {
     };
     if c.faulted {
         finish_fault(k, me, caller);
+        return Ok(Some(caller));
+    }
+    if c.vcpu.is_some() {
+        match super::vm::finish_exit(k, me, caller) {
+            Ok(true) => {
+                if let Some(c) = k.threads.get_mut(caller) {
+                    c.state = State::Ready;
+                }
+            }
+            Ok(false) => k.kill(caller),
+            Err(status) => {
+                // Refused: the handler still serves the vCPU and may answer again.
+                if let Some(h) = k.threads.get_mut(me) {
+                    h.serving = Some(caller);
+                }
+                return Err(status);
+            }
+        }
         return Ok(Some(caller));
     }
     match transfer(k, me, caller, None) {
@@ -212,6 +234,15 @@ pub fn reply_wait(k: &mut Kernel, portal_sel: u64) -> Result<(), Status> {
         }
     }
     Ok(())
+}
+
+fn is_vcpu(k: &Kernel, t: ThreadId) -> bool {
+    k.threads.get(t).is_some_and(|x| x.vcpu.is_some())
+}
+
+/// Sends an exit message, already in vCPU `t`'s message frame, to `portal`.
+pub fn send_exit(k: &mut Kernel, t: ThreadId, portal: PortalId) -> Result<(), Status> {
+    send(k, t, portal)
 }
 
 /// An exception in user mode: a call on the domain's fault portal with a fault message, or the

@@ -12,6 +12,7 @@ mod memory;
 pub mod objects;
 mod slab;
 mod syscalls;
+pub mod vm;
 
 use abi::Status;
 use cap::CapSystem;
@@ -34,6 +35,9 @@ pub struct Kernel {
     pub threads: Slab<Thread>,
     pub portals: Slab<Portal>,
     pub sems: Slab<Semaphore>,
+    pub vms: Slab<vm::Vm>,
+    /// Guest-physical mappings and the memory capability each came through.
+    pub vm_mappings: alloc::vec::Vec<vm::VmMapRecord>,
     run: RunQueue<ThreadId>,
     timeouts: Timeouts<ThreadId>,
     /// The thread that runs (not in `run`).
@@ -64,6 +68,8 @@ impl Kernel {
             threads: Slab::new(),
             portals: Slab::new(),
             sems: Slab::new(),
+            vms: Slab::new(),
+            vm_mappings: alloc::vec::Vec::new(),
             run: RunQueue::new(),
             timeouts: Timeouts::new(),
             current: None,
@@ -160,8 +166,17 @@ impl Kernel {
             pd.threads.retain(|&x| x != t);
         }
         if let Some(thread) = self.threads.remove(t) {
+            let cost = match &thread.vcpu {
+                Some(vcpu) => {
+                    if let Some(v) = self.vms.get_mut(vcpu.vm) {
+                        v.vcpus.retain(|&x| x != t);
+                    }
+                    objects::cost::VCPU
+                }
+                None => objects::cost::THREAD,
+            };
             if let Some(payer) = thread.charged_to.and_then(|p| self.pds.get_mut(p)) {
-                payer.quota.release(objects::cost::THREAD);
+                payer.quota.release(cost);
             }
         }
     }
@@ -331,26 +346,60 @@ impl Kernel {
     }
 }
 
-/// Runs `f` on the kernel state, then resumes whatever thread should run next (or idles).
+/// What runs next.
+enum Next {
+    User(*const TrapFrame),
+    Guest(*mut vm::Vcpu),
+    Idle,
+}
+
+/// Runs `f` on the kernel state, then resumes whatever thread should run next (a user thread,
+/// a vCPU's guest, or the idle loop).
 fn run_and_resume(f: impl FnOnce(&mut Kernel)) -> ! {
-    let regs = {
+    let next = {
         let mut guard = KERNEL.lock();
         let kernel = guard
             .as_mut()
             .expect("the kernel state exists once user mode runs");
         f(kernel);
         kernel.account_ticks();
-        match kernel.schedule() {
-            Some(t) => kernel.prepare(t),
-            None => core::ptr::null(),
-        }
+        kernel.next()
     };
-    if regs.is_null() {
-        idle()
+    match next {
+        Next::Idle => idle(),
+        // SAFETY: `prepare` returned the register area of a live thread, which stays allocated
+        // while the thread exists; nothing runs between here and the return to user mode.
+        Next::User(regs) => user::resume(unsafe { &*regs }),
+        // SAFETY: the current thread is this live vCPU; only the kernel frees it, and the
+        // kernel does not run again before the guest exits.
+        Next::Guest(vcpu) => unsafe { vm::enter(vcpu) },
     }
-    // SAFETY: `prepare` returned the register area of a live thread, which stays allocated while
-    // the thread exists; nothing runs between here and the return to user mode.
-    user::resume(unsafe { &*regs })
+}
+
+impl Kernel {
+    /// Chooses what to run. A vCPU that must call its VMM first (start, recall) does so, and
+    /// the choice is made again.
+    fn next(&mut self) -> Next {
+        loop {
+            let Some(t) = self.schedule() else {
+                return Next::Idle;
+            };
+            let is_vcpu = self.threads.get(t).is_some_and(|x| x.vcpu.is_some());
+            if !is_vcpu {
+                let regs = self.prepare(t);
+                return if regs.is_null() {
+                    Next::Idle
+                } else {
+                    Next::User(regs)
+                };
+            }
+            if vm::ready_to_enter(self, t) {
+                if let Some(vcpu) = self.threads.get_mut(t).and_then(|x| x.vcpu.as_mut()) {
+                    return Next::Guest(&mut **vcpu as *mut vm::Vcpu);
+                }
+            }
+        }
+    }
 }
 
 /// Waits with interrupts enabled until a thread is ready.
@@ -377,6 +426,11 @@ fn idle() -> ! {
 /// A syscall from the current thread.
 pub fn on_syscall(_frame: &mut TrapFrame) -> ! {
     run_and_resume(syscalls::dispatch)
+}
+
+/// A vCPU left its guest.
+pub fn on_vm_exit() -> ! {
+    run_and_resume(vm::handle_exit)
 }
 
 /// An interrupt or exception from user mode.

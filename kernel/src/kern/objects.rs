@@ -37,6 +37,10 @@ pub enum Obj {
     },
     /// A legacy IRQ line.
     Irq(u8),
+    /// A guest-physical address space.
+    Vm(super::vm::VmId),
+    /// A virtual CPU (a thread whose `vcpu` part is set).
+    Vcpu(ThreadId),
 }
 
 impl Obj {
@@ -49,6 +53,8 @@ impl Obj {
             Obj::Memory { .. } => abi::ObjectKind::Memory,
             Obj::IoPorts { .. } => abi::ObjectKind::IoPorts,
             Obj::Irq(_) => abi::ObjectKind::Irq,
+            Obj::Vm(_) => abi::ObjectKind::Vm,
+            Obj::Vcpu(_) => abi::ObjectKind::Vcpu,
         }
     }
 }
@@ -75,6 +81,10 @@ pub mod cost {
     pub const SEMAPHORE: u64 = 256;
     pub const PAGE_TABLE: u64 = 4096;
     pub const IO_BITMAP: u64 = 8192;
+    /// The Vm object and its tag; its nested tables are charged as PAGE_TABLE each.
+    pub const VM: u64 = 1024;
+    /// The thread, its VMCB or VMCS, its message frame and FPU area.
+    pub const VCPU: u64 = 3 * 4096;
 }
 
 /// A protection domain: a capability space, an address space and an I/O-port space.
@@ -122,6 +132,8 @@ pub struct Thread {
     pub badge: u64,
     /// The domain whose quota paid for the thread (none for init's first thread).
     pub charged_to: Option<PdId>,
+    /// Set for vCPUs: the guest side (see `kern::vm`).
+    pub vcpu: Option<Box<super::vm::Vcpu>>,
 }
 
 pub struct Portal {

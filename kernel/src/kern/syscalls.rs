@@ -11,7 +11,7 @@ use cap::{Removed, SpaceId};
 
 use super::memory::{self, USER_END};
 use super::objects::{cost, Obj, Pd, PdId, Portal, Semaphore, State, Thread, ThreadId};
-use super::{ipc, Kernel};
+use super::{ipc, vm, Kernel};
 use crate::arch::user;
 
 /// Handles the current thread's syscall; leaves the result in its saved RAX/RDX unless the
@@ -87,9 +87,10 @@ fn handle(
         }
         Syscall::ConsoleWrite => console_write(k, my_pd, a[0], a[1]),
         Syscall::Carve => memory::carve(k, space, me, [a[0], a[1], a[2], a[3]]).map(|()| 0),
-        Syscall::CreateVm | Syscall::CreateVcpu | Syscall::VmMap | Syscall::VcpuControl => {
-            Err(Status::BadSyscall)
-        }
+        Syscall::CreateVm => vm::create_vm(k, space, a),
+        Syscall::CreateVcpu => vm::create_vcpu(k, my_pd, space, a),
+        Syscall::VmMap => vm::vm_map(k, space, a),
+        Syscall::VcpuControl => vm::vcpu_control(k, space, a),
     }
 }
 
@@ -247,6 +248,7 @@ pub fn spawn(
         faulted: false,
         badge: 0,
         charged_to: None,
+        vcpu: None,
     });
     if let Some(thread) = k.threads.get_mut(t) {
         thread.badge = t.raw();
@@ -353,7 +355,12 @@ fn revoke(k: &mut Kernel, space: SpaceId, sel: u64, include_self: u64) -> Result
 pub fn settle_removed(k: &mut Kernel, removed: Vec<Removed<Obj>>) {
     for r in removed {
         match r.object {
-            Obj::Memory { .. } => memory::unmap_through(k, r.space, r.sel),
+            Obj::Memory { .. } => {
+                memory::unmap_through(k, r.space, r.sel);
+                vm::unmap_through(k, r.space, r.sel);
+            }
+            Obj::Vm(v) if r.original => vm::destroy_vm(k, v),
+            Obj::Vcpu(t) if r.original => k.kill(t),
             Obj::IoPorts { .. } => {
                 let mut owner = None;
                 k.pds.for_each(|id, d| {

@@ -10,7 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ept;
-pub mod nested;
 pub mod exit;
+pub mod nested;
 pub mod svm_state;
 pub mod vmx_controls;

@@ -54,7 +54,11 @@ fn index(gpa: u64, level: usize) -> usize {
 
 impl NestedTables {
     /// Empty tables for guest-physical addresses below `limit` (at most 2^48).
-    pub fn new(mem: &mut impl TableMemory, format: Format, limit: u64) -> Result<Self, NestedError> {
+    pub fn new(
+        mem: &mut impl TableMemory,
+        format: Format,
+        limit: u64,
+    ) -> Result<Self, NestedError> {
         let root = mem.alloc_table().ok_or(NestedError::OutOfTableMemory)?;
         Ok(Self {
             root,

@@ -11,6 +11,7 @@ pub mod serial;
 pub mod stacks;
 pub mod trap;
 pub mod user;
+pub mod vm;
 
 pub use trap::TIMER_VECTOR;
 

@@ -1,0 +1,322 @@
+//! Hardware virtualization, both backends behind one interface: turning it on at boot, a
+//! vCPU's hardware state (an SVM VMCB or a VMX VMCS), moving guest state between that and the
+//! neutral message words of `abi::vm::word`, entering the guest, and reading why it exited.
+//!
+//! The kernel proper (`kern::vm`) decides what an exit means; this module only speaks to the
+//! hardware. Entry and exit go through `entry.s`: an entry never returns, an exit restarts the
+//! kernel on its stack in [`vm_exited`].
+
+pub mod svm;
+pub mod vmx;
+
+use core::arch::global_asm;
+use core::sync::atomic::{AtomicU8, Ordering};
+
+use abi::vm::word;
+
+use super::cpu::Virtualization;
+
+global_asm!(include_str!("entry.s"));
+
+/// Which hardware the kernel drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Svm,
+    Vmx,
+}
+
+impl Backend {
+    pub fn abi(self) -> abi::vm::Backend {
+        match self {
+            Backend::Svm => abi::vm::Backend::Svm,
+            Backend::Vmx => abi::vm::Backend::Vmx,
+        }
+    }
+}
+
+/// 0 = none, 1 = SVM, 2 = VMX (set once at boot).
+static BACKEND: AtomicU8 = AtomicU8::new(0);
+
+/// Turns on the CPU's virtualization if it is usable; says what happened.
+pub fn init(virt: Virtualization) {
+    let result = match virt {
+        Virtualization::Svm {
+            npt: true,
+            firmware_disabled: false,
+        } => svm::init().map(|()| Backend::Svm),
+        Virtualization::Vmx {
+            ept: true,
+            firmware_disabled: false,
+        } => vmx::init().map(|()| Backend::Vmx),
+        _ => Err("no usable hardware virtualization"),
+    };
+    match result {
+        Ok(b) => {
+            BACKEND.store(b.abi() as u8, Ordering::Release);
+            log::info!("vm: {b:?} backend ready");
+        }
+        Err(why) => log::warn!("vm: guests disabled: {why}"),
+    }
+}
+
+/// The backend in use, if guests can run.
+pub fn backend() -> Option<Backend> {
+    match BACKEND.load(Ordering::Acquire) {
+        1 => Some(Backend::Svm),
+        2 => Some(Backend::Vmx),
+        _ => None,
+    }
+}
+
+/// The guest's general registers in hardware encoding order (RAX RCX RDX RBX RSP RBP RSI RDI
+/// R8..R15), as `entry.s` reads and writes them.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct Gprs(pub [u64; 16]);
+
+pub const RAX: usize = 0;
+pub const RSP: usize = 4;
+
+/// An FXSAVE image (x87, MMX, SSE state).
+#[derive(Clone, Copy)]
+#[repr(C, align(16))]
+pub struct FpuArea(pub [u8; 512]);
+
+impl FpuArea {
+    /// The state after FNINIT with SSE exceptions masked: FCW 0x37f, MXCSR 0x1f80.
+    pub const fn initial() -> FpuArea {
+        let mut a = [0u8; 512];
+        a[0] = 0x7f;
+        a[1] = 0x03;
+        a[24] = 0x80;
+        a[25] = 0x1f;
+        FpuArea(a)
+    }
+}
+
+/// Clean FPU contents loaded after every exit, so nothing of a guest's FPU state is visible to
+/// whatever runs next.
+static INITIAL_FPU: FpuArea = FpuArea::initial();
+
+const CR4_OSFXSR: u64 = 1 << 9;
+
+/// Loads a guest's FPU state before entry.
+pub fn load_fpu(area: &FpuArea) {
+    // SAFETY: OSFXSR is set only for the FXRSTOR (SSE state included) and stays set while the
+    // guest runs (the guest has its own CR4); `area` is a 16-byte-aligned FXSAVE image made by
+    // FXSAVE or `FpuArea::initial`, which FXRSTOR accepts (MXCSR reserved bits clear).
+    unsafe {
+        let cr4 = x86::controlregs::cr4().bits() as u64;
+        core::arch::asm!("mov cr4, {}", in(reg) cr4 | CR4_OSFXSR);
+        core::arch::asm!("fxrstor64 [{}]", in(reg) area.0.as_ptr(), options(nostack));
+    }
+}
+
+/// Saves a guest's FPU state after an exit and loads clean contents.
+pub fn save_fpu(area: &mut FpuArea) {
+    // SAFETY: FXSAVE writes 512 bytes to a 16-byte-aligned area the caller owns; FXRSTOR of the
+    // initial image is always valid; OSFXSR is cleared again so user threads keep getting #UD
+    // for SSE (the kernel switches no FPU state between threads).
+    unsafe {
+        let cr4 = x86::controlregs::cr4().bits() as u64;
+        core::arch::asm!("mov cr4, {}", in(reg) cr4 | CR4_OSFXSR);
+        core::arch::asm!("fxsave64 [{}]", in(reg) area.0.as_mut_ptr(), options(nostack));
+        core::arch::asm!("fxrstor64 [{}]", in(reg) INITIAL_FPU.0.as_ptr(), options(nostack));
+        core::arch::asm!("mov cr4, {}", in(reg) cr4 & !CR4_OSFXSR);
+    }
+}
+
+/// Why a vCPU left the guest, as the hardware said it.
+#[derive(Clone, Copy, Debug)]
+pub struct HwExit {
+    pub exit: virt::exit::Exit,
+    /// Backend-specific raw reason (SVM EXITCODE, VMX basic exit reason).
+    pub raw: u64,
+    /// Raw qualification words (SVM EXITINFO1/2; VMX qualification and guest-physical address).
+    pub info1: u64,
+    pub info2: u64,
+    /// Length of the exiting instruction where known, else 0.
+    pub instruction_len: u64,
+    /// For an exception exit: vector | error code << 32.
+    pub exception: u64,
+}
+
+/// A refused guest state: which rule it broke, for the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BadState(pub &'static str);
+
+/// One vCPU's hardware state.
+pub enum HwVcpu {
+    Svm(svm::Vmcb),
+    Vmx(vmx::Vmcs),
+    /// Already freed (a vCPU being dropped).
+    Empty,
+}
+
+impl HwVcpu {
+    /// A vCPU in `backend` over nested tables at `nested_root`, tagged `tag` (ASID or VPID).
+    pub fn new(backend: Backend, nested_root: u64, tag: u16) -> Option<HwVcpu> {
+        match backend {
+            Backend::Svm => svm::Vmcb::new(nested_root, tag).map(HwVcpu::Svm),
+            Backend::Vmx => vmx::Vmcs::new(nested_root, tag).map(HwVcpu::Vmx),
+        }
+    }
+
+    /// Copies the groups `mask` names into message words.
+    pub fn read(&self, gprs: &Gprs, mask: u64, out: &mut [u64; word::COUNT]) {
+        match self {
+            HwVcpu::Svm(v) => v.read(gprs, mask, out),
+            HwVcpu::Vmx(v) => v.read(gprs, mask, out),
+            HwVcpu::Empty => {}
+        }
+    }
+
+    /// Writes the groups `mask` names from message words, after `kern::vm` validated them.
+    pub fn write(&mut self, gprs: &mut Gprs, mask: u64, words: &[u64; word::COUNT]) {
+        match self {
+            HwVcpu::Svm(v) => v.write(gprs, mask, words),
+            HwVcpu::Vmx(v) => v.write(gprs, mask, words),
+            HwVcpu::Empty => {}
+        }
+    }
+
+    /// Queues `event` (abi::vm::inject form, error code `error`) for the next entry.
+    pub fn inject(&mut self, event: u64, error: u64) {
+        match self {
+            HwVcpu::Svm(v) => v.inject(event, error),
+            HwVcpu::Vmx(v) => v.inject(event, error),
+            HwVcpu::Empty => {}
+        }
+    }
+
+    /// Asks for (or stops asking for) an exit when the guest can take an interrupt.
+    pub fn request_window(&mut self, on: bool) {
+        match self {
+            HwVcpu::Svm(v) => v.request_window(on),
+            HwVcpu::Vmx(v) => v.request_window(on),
+            HwVcpu::Empty => {}
+        }
+    }
+
+    /// Makes the next entry flush the guest's TLB entries (its nested mappings changed).
+    pub fn flush_on_entry(&mut self) {
+        match self {
+            HwVcpu::Svm(v) => v.flush_on_entry(),
+            HwVcpu::Vmx(v) => v.flush_on_entry(),
+            HwVcpu::Empty => {}
+        }
+    }
+
+    /// The last exit.
+    pub fn exit(&self, gprs: &Gprs) -> HwExit {
+        match self {
+            HwVcpu::Svm(v) => v.exit(gprs),
+            HwVcpu::Vmx(v) => v.exit(gprs),
+            HwVcpu::Empty => HwExit {
+                exit: virt::exit::Exit::Unknown { reason: 0 },
+                raw: 0,
+                info1: 0,
+                info2: 0,
+                instruction_len: 0,
+                exception: 0,
+            },
+        }
+    }
+
+    /// Bookkeeping right after an exit (one-shot flush requests are done).
+    pub fn after_exit(&mut self) {
+        match self {
+            HwVcpu::Svm(v) => v.entered(),
+            HwVcpu::Vmx(v) => v.entered(),
+            HwVcpu::Empty => {}
+        }
+    }
+
+    /// The event the last exit interrupted, to deliver again: (abi::vm::inject form, error).
+    pub fn interrupted_event(&self) -> Option<(u64, u64)> {
+        match self {
+            HwVcpu::Svm(v) => v.interrupted_event(),
+            HwVcpu::Vmx(v) => v.interrupted_event(),
+            HwVcpu::Empty => None,
+        }
+    }
+
+    /// Checks the state the next entry would see if the groups of `mask` were written from `w`.
+    pub fn check(&self, mask: u64, w: &[u64; word::COUNT]) -> Result<(), BadState> {
+        match self {
+            HwVcpu::Svm(v) => v
+                .check(mask, w)
+                .map_err(|_| BadState("SVM guest-state check")),
+            HwVcpu::Vmx(v) => v.check(mask, w),
+            HwVcpu::Empty => Err(BadState("vCPU gone")),
+        }
+    }
+
+    /// The `abi::vm::other` kind of an exit the kernel forwards as `Exit::Other`.
+    pub fn other_kind(&self, raw: u64) -> u64 {
+        match self {
+            HwVcpu::Svm(_) => svm::other_kind(raw),
+            HwVcpu::Vmx(_) => vmx::other_kind(raw),
+            HwVcpu::Empty => abi::vm::other::UNKNOWN,
+        }
+    }
+
+    /// Returns the hardware structures to the frame allocator.
+    pub fn free(self) {
+        match self {
+            HwVcpu::Svm(v) => v.free(),
+            HwVcpu::Vmx(v) => v.free(),
+            HwVcpu::Empty => {}
+        }
+    }
+}
+
+/// What `entry.s` needs to run a vCPU; lives in the vCPU object, so its address is stable.
+pub struct RunContext {
+    pub gprs: Gprs,
+    pub fpu: FpuArea,
+}
+
+/// Enters the guest of `hw`; the exit continues in [`vm_exited`].
+///
+/// # Safety
+///
+/// `hw` and `ctx` belong to the vCPU the kernel chose to run and stay allocated until its next
+/// exit has been handled (the kernel frees vCPUs only while they are not running).
+pub unsafe fn enter(hw: &mut HwVcpu, ctx: &mut RunContext) -> ! {
+    load_fpu(&ctx.fpu);
+    match hw {
+        // SAFETY: as the caller guarantees.
+        HwVcpu::Svm(v) => unsafe { v.run(&mut ctx.gprs) },
+        // SAFETY: as the caller guarantees.
+        HwVcpu::Vmx(v) => unsafe { v.run(&mut ctx.gprs) },
+        HwVcpu::Empty => panic!("entering a freed vCPU"),
+    }
+}
+
+/// Called by `entry.s` after every exit, on a fresh kernel stack.
+#[no_mangle]
+extern "C" fn vm_exited() -> ! {
+    if backend() == Some(Backend::Vmx) {
+        vmx::after_exit();
+    }
+    crate::kern::on_vm_exit()
+}
+
+/// Called by `entry.s` when VMLAUNCH/VMRESUME failed without entering the guest.
+#[no_mangle]
+extern "C" fn vmx_entry_failed() -> ! {
+    vmx::after_exit();
+    vmx::note_entry_failure();
+    crate::kern::on_vm_exit()
+}
+
+/// Takes a physical interrupt that made the guest exit: it is pending in the APIC; opening the
+/// interrupt flag for one instruction lets the kernel's ordinary handler count it.
+pub fn take_pending_interrupt() {
+    // SAFETY: the kernel runs with interrupts disabled; enabling them for one instruction in
+    // ring 0 delivers a pending interrupt to the kernel's own handlers, which return here.
+    unsafe {
+        core::arch::asm!("sti", "nop", "cli", options(nomem, nostack));
+    }
+}

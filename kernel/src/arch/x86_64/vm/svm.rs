@@ -1,0 +1,488 @@
+//! AMD SVM: the VMCB of each vCPU, the host save area, the shared I/O and MSR permission maps,
+//! ASIDs and their flushes, event injection and the virtual-interrupt window.
+//!
+//! Offsets follow the AMD APM vol. 2, appendix B ("Layout of VMCB"). The VMCB is reached
+//! through the kernel's direct map; nothing else touches it while the kernel runs.
+
+use abi::vm::{mtd, word, SEGMENT_ORDER};
+use spin::Once;
+use virt::exit::{decode_svm, Exit};
+use x86::msr::{rdmsr, wrmsr};
+
+use super::{Gprs, HwExit, RAX, RSP};
+use crate::mem::{direct, frames};
+
+const EFER: u32 = 0xc000_0080;
+const EFER_SVME: u64 = 1 << 12;
+const VM_HSAVE_PA: u32 = 0xc001_0117;
+
+// Control area.
+const INTERCEPT_CR: usize = 0x000;
+const INTERCEPT_DR: usize = 0x004;
+const INTERCEPT_EXCEPTIONS: usize = 0x008;
+const INTERCEPT_MISC1: usize = 0x00c;
+const INTERCEPT_MISC2: usize = 0x010;
+const IOPM_BASE: usize = 0x040;
+const MSRPM_BASE: usize = 0x048;
+const GUEST_ASID: usize = 0x058;
+const TLB_CONTROL: usize = 0x05c;
+const VINTR: usize = 0x060;
+const INTERRUPT_SHADOW: usize = 0x068;
+const EXIT_CODE: usize = 0x070;
+const EXIT_INFO1: usize = 0x078;
+const EXIT_INFO2: usize = 0x080;
+const EXIT_INT_INFO: usize = 0x088;
+const NP_ENABLE: usize = 0x090;
+const EVENT_INJ: usize = 0x0a8;
+const N_CR3: usize = 0x0b0;
+const CLEAN_BITS: usize = 0x0c0;
+const NEXT_RIP: usize = 0x0c8;
+// State save area.
+const SEGMENT_OFFSETS: [usize; 8] = [0x410, 0x420, 0x430, 0x400, 0x440, 0x450, 0x490, 0x470]; // CS SS DS ES FS GS TR LDTR
+const GDTR: usize = 0x460;
+const IDTR: usize = 0x480;
+const CPL: usize = 0x4cb;
+const S_EFER: usize = 0x4d0;
+const S_CR4: usize = 0x548;
+const S_CR3: usize = 0x550;
+const S_CR0: usize = 0x558;
+const S_DR7: usize = 0x560;
+const S_DR6: usize = 0x568;
+const S_RFLAGS: usize = 0x570;
+const S_RIP: usize = 0x578;
+const S_RSP: usize = 0x5d8;
+const S_RAX: usize = 0x5f8;
+const S_SYSENTER_CS: usize = 0x628;
+const S_SYSENTER_ESP: usize = 0x630;
+const S_SYSENTER_EIP: usize = 0x638;
+const S_CR2: usize = 0x640;
+const S_G_PAT: usize = 0x668;
+
+// Intercept bits.
+const MISC1_INTR: u32 = 1 << 0;
+const MISC1_NMI: u32 = 1 << 1;
+const MISC1_SMI: u32 = 1 << 2;
+const MISC1_INIT: u32 = 1 << 3;
+const MISC1_VINTR: u32 = 1 << 4;
+const MISC1_RDPMC: u32 = 1 << 15;
+const MISC1_CPUID: u32 = 1 << 18;
+const MISC1_INVD: u32 = 1 << 22;
+const MISC1_HLT: u32 = 1 << 24;
+const MISC1_IOIO: u32 = 1 << 27;
+const MISC1_MSR: u32 = 1 << 28;
+const MISC1_SHUTDOWN: u32 = 1 << 31;
+/// VMRUN, VMMCALL, VMLOAD, VMSAVE, STGI, CLGI, SKINIT, MONITOR, MWAIT, MWAIT_CONDITIONAL,
+/// XSETBV.
+const MISC2_ALWAYS: u32 = 0x7f | (1 << 10) | (1 << 11) | (1 << 12) | (1 << 13);
+/// DR0-DR7 reads and writes: the kernel never uses debug registers, so the guest may not see
+/// or set the host's.
+const DR_ALL: u32 = 0x00ff_00ff;
+/// #DB and #AC: a guest could otherwise hang the CPU in an endless chain of them.
+const EXCEPTIONS_REFLECTED: u32 = (1 << 1) | (1 << 17);
+
+const V_IRQ: u64 = 1 << 8;
+const V_IGN_TPR: u64 = 1 << 20;
+const V_INTR_MASKING: u64 = 1 << 24;
+const TLB_FLUSH_ALL: u64 = 1;
+const TLB_FLUSH_GUEST: u64 = 3;
+/// The power-on PAT.
+const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
+
+/// Frames shared by every vCPU: the host save area, the host VMCB for VMSAVE/VMLOAD of host
+/// state, and the permission maps.
+struct Shared {
+    host_vmcb: u64,
+    iopm: u64,
+    msrpm: u64,
+    nrip_save: bool,
+}
+
+static SHARED: Once<Shared> = Once::new();
+
+/// MSRs the guest reads and writes directly: each is part of the state VMLOAD/VMSAVE or the VMCB
+/// switch, so it never shows the host's value.
+const PASSTHROUGH_MSRS: [u32; 10] = [
+    0xc000_0100, // FS_BASE
+    0xc000_0101, // GS_BASE
+    0xc000_0102, // KERNEL_GS_BASE
+    0xc000_0081, // STAR
+    0xc000_0082, // LSTAR
+    0xc000_0083, // CSTAR
+    0xc000_0084, // SFMASK
+    0x174,       // SYSENTER_CS
+    0x175,       // SYSENTER_ESP
+    0x176,       // SYSENTER_EIP
+];
+
+fn alloc_zeroed(count: usize) -> Option<u64> {
+    let base = frames::alloc(count)?;
+    for i in 0..count as u64 {
+        direct::zero_frame(base + i * 4096);
+    }
+    Some(base)
+}
+
+fn fill(base: u64, count: usize, byte: u8) {
+    let word = u64::from_ne_bytes([byte; 8]);
+    for f in 0..count as u64 {
+        for i in 0..512 {
+            direct::write_word(base + f * 4096, i, word);
+        }
+    }
+}
+
+/// Clears the two intercept bits of `msr` in the MSR permission map.
+fn pass_msr(msrpm: u64, msr: u32) {
+    let (range_base, first) = match msr {
+        0..=0x1fff => (0u64, 0u32),
+        0xc000_0000..=0xc000_1fff => (0x800, 0xc000_0000),
+        0xc001_0000..=0xc001_1fff => (0x1000, 0xc001_0000),
+        _ => return,
+    };
+    let bit = u64::from(msr - first) * 2;
+    let byte = range_base + bit / 8;
+    let frame = msrpm + (byte / 4096) * 4096;
+    let index = ((byte % 4096) / 8) as usize;
+    let shift = (byte % 8) * 8 + bit % 8;
+    let w = direct::read_word(frame, index);
+    direct::write_word(frame, index, w & !(0b11 << shift));
+}
+
+/// Enables SVM on this CPU and builds the shared structures.
+pub fn init() -> Result<(), &'static str> {
+    let svm = x86::cpuid::CpuId::new()
+        .get_svm_info()
+        .ok_or("CPUID has no SVM leaf")?;
+    let host_save = alloc_zeroed(1).ok_or("no memory for the host save area")?;
+    let host_vmcb = alloc_zeroed(1).ok_or("no memory for the host VMCB")?;
+    let iopm = alloc_zeroed(3).ok_or("no memory for the I/O permission map")?;
+    let msrpm = alloc_zeroed(2).ok_or("no memory for the MSR permission map")?;
+    fill(iopm, 3, 0xff);
+    fill(msrpm, 2, 0xff);
+    for msr in PASSTHROUGH_MSRS {
+        pass_msr(msrpm, msr);
+    }
+    // SAFETY: CPUID reported SVM and firmware has not disabled it (checked by the caller);
+    // setting EFER.SVME enables the SVM instructions, and VM_HSAVE_PA gets a page the kernel
+    // owns for good.
+    unsafe {
+        wrmsr(EFER, rdmsr(EFER) | EFER_SVME);
+        wrmsr(VM_HSAVE_PA, host_save);
+    }
+    SHARED.call_once(|| Shared {
+        host_vmcb,
+        iopm,
+        msrpm,
+        nrip_save: svm.has_nrip(),
+    });
+    log::info!(
+        "svm: {} ASIDs, NRIP save {}",
+        svm.supported_asids(),
+        if svm.has_nrip() { "yes" } else { "no" }
+    );
+    Ok(())
+}
+
+/// Number of ASIDs (ASID 0 is the host's).
+pub fn asid_count() -> u32 {
+    x86::cpuid::CpuId::new()
+        .get_svm_info()
+        .map_or(0, |s| s.supported_asids())
+}
+
+/// One vCPU's VMCB.
+pub struct Vmcb {
+    frame: u64,
+}
+
+impl Vmcb {
+    fn words(&self) -> direct::FrameWords {
+        // The frame was allocated page-aligned from the allocator, inside the window.
+        direct::FrameWords::new(self.frame).expect("VMCB frame in the direct map")
+    }
+
+    fn get(&self, offset: usize) -> u64 {
+        self.words().read(offset / 8)
+    }
+
+    fn set(&mut self, offset: usize, value: u64) {
+        self.words().write(offset / 8, value)
+    }
+
+    fn get32(&self, offset: usize) -> u32 {
+        (self.get(offset & !7) >> ((offset & 7) * 8)) as u32
+    }
+
+    fn set32(&mut self, offset: usize, value: u32) {
+        let shift = (offset & 7) * 8;
+        let w = self.get(offset & !7) & !(0xffff_ffffu64 << shift);
+        self.set(offset & !7, w | (u64::from(value) << shift));
+    }
+
+    fn set8(&mut self, offset: usize, value: u8) {
+        let shift = (offset & 7) * 8;
+        let w = self.get(offset & !7) & !(0xffu64 << shift);
+        self.set(offset & !7, w | (u64::from(value) << shift));
+    }
+
+    /// A VMCB that intercepts what the kernel must see, with nested paging at `nested_root`.
+    pub fn new(nested_root: u64, asid: u16) -> Option<Vmcb> {
+        let shared = SHARED.get()?;
+        let frame = alloc_zeroed(1)?;
+        let mut v = Vmcb { frame };
+        v.set32(INTERCEPT_CR, 0);
+        v.set32(INTERCEPT_DR, DR_ALL);
+        v.set32(INTERCEPT_EXCEPTIONS, EXCEPTIONS_REFLECTED);
+        v.set32(
+            INTERCEPT_MISC1,
+            MISC1_INTR
+                | MISC1_NMI
+                | MISC1_SMI
+                | MISC1_INIT
+                | MISC1_RDPMC
+                | MISC1_CPUID
+                | MISC1_INVD
+                | MISC1_HLT
+                | MISC1_IOIO
+                | MISC1_MSR
+                | MISC1_SHUTDOWN,
+        );
+        v.set32(INTERCEPT_MISC2, MISC2_ALWAYS);
+        v.set(IOPM_BASE, shared.iopm);
+        v.set(MSRPM_BASE, shared.msrpm);
+        v.set32(GUEST_ASID, u32::from(asid));
+        v.set(TLB_CONTROL, TLB_FLUSH_ALL);
+        v.set(VINTR, V_INTR_MASKING);
+        v.set(NP_ENABLE, 1);
+        v.set(N_CR3, nested_root);
+        v.set(S_G_PAT, DEFAULT_PAT);
+        v.set(S_EFER, EFER_SVME);
+        v.set(S_DR6, 0xffff_0ff0);
+        v.set(S_DR7, 0x400);
+        v.set(S_RFLAGS, 2);
+        Some(v)
+    }
+
+    pub fn free(self) {
+        frames::free(self.frame, 1);
+    }
+
+    pub fn read(&self, gprs: &Gprs, mask: u64, out: &mut [u64; word::COUNT]) {
+        if mask & mtd::GPRS != 0 {
+            out[word::GPRS..word::GPRS + 16].copy_from_slice(&gprs.0);
+            out[word::GPRS + RAX] = self.get(S_RAX);
+            out[word::GPRS + RSP] = self.get(S_RSP);
+        }
+        if mask & mtd::RIP != 0 {
+            out[word::RIP] = self.get(S_RIP);
+            out[word::RFLAGS] = self.get(S_RFLAGS);
+        }
+        if mask & mtd::CONTROL != 0 {
+            out[word::CR0] = self.get(S_CR0);
+            out[word::CR2] = self.get(S_CR2);
+            out[word::CR3] = self.get(S_CR3);
+            out[word::CR4] = self.get(S_CR4);
+            out[word::EFER] = self.get(S_EFER) & !EFER_SVME;
+        }
+        if mask & mtd::SEGMENTS != 0 {
+            for (i, offset) in SEGMENT_OFFSETS.iter().enumerate() {
+                out[word::SEGMENTS + 2 * i] = self.get(*offset);
+                out[word::SEGMENTS + 2 * i + 1] = self.get(offset + 8);
+            }
+        }
+        if mask & mtd::TABLES != 0 {
+            out[word::GDTR_BASE] = self.get(GDTR + 8);
+            out[word::GDTR_LIMIT] = u64::from(self.get32(GDTR + 4));
+            out[word::IDTR_BASE] = self.get(IDTR + 8);
+            out[word::IDTR_LIMIT] = u64::from(self.get32(IDTR + 4));
+        }
+        if mask & mtd::INJECT != 0 {
+            let pending = self.get(EVENT_INJ);
+            out[word::INJECT] = pending & 0xffff_ffff;
+            out[word::INJECT_ERROR] = pending >> 32;
+            out[word::INTERRUPTIBILITY] = self.get(INTERRUPT_SHADOW) & 1;
+        }
+        if mask & mtd::MSRS != 0 {
+            out[word::SYSENTER_CS] = self.get(S_SYSENTER_CS);
+            out[word::SYSENTER_ESP] = self.get(S_SYSENTER_ESP);
+            out[word::SYSENTER_EIP] = self.get(S_SYSENTER_EIP);
+            out[word::PAT] = self.get(S_G_PAT);
+            out[word::DR7] = self.get(S_DR7);
+        }
+    }
+
+    pub fn write(&mut self, gprs: &mut Gprs, mask: u64, w: &[u64; word::COUNT]) {
+        if mask & mtd::GPRS != 0 {
+            gprs.0.copy_from_slice(&w[word::GPRS..word::GPRS + 16]);
+            self.set(S_RAX, w[word::GPRS + RAX]);
+            self.set(S_RSP, w[word::GPRS + RSP]);
+        }
+        if mask & mtd::RIP != 0 {
+            self.set(S_RIP, w[word::RIP]);
+            self.set(S_RFLAGS, w[word::RFLAGS]);
+        }
+        if mask & mtd::CONTROL != 0 {
+            self.set(S_CR0, w[word::CR0]);
+            self.set(S_CR2, w[word::CR2]);
+            self.set(S_CR3, w[word::CR3]);
+            self.set(S_CR4, w[word::CR4]);
+            self.set(S_EFER, w[word::EFER] | EFER_SVME);
+        }
+        if mask & mtd::SEGMENTS != 0 {
+            for (i, offset) in SEGMENT_OFFSETS.iter().enumerate() {
+                self.set(*offset, w[word::SEGMENTS + 2 * i]);
+                self.set(offset + 8, w[word::SEGMENTS + 2 * i + 1]);
+            }
+        }
+        if mask & mtd::TABLES != 0 {
+            self.set32(GDTR + 4, w[word::GDTR_LIMIT] as u32);
+            self.set(GDTR + 8, w[word::GDTR_BASE]);
+            self.set32(IDTR + 4, w[word::IDTR_LIMIT] as u32);
+            self.set(IDTR + 8, w[word::IDTR_BASE]);
+        }
+        if mask & mtd::MSRS != 0 {
+            self.set(S_SYSENTER_CS, w[word::SYSENTER_CS]);
+            self.set(S_SYSENTER_ESP, w[word::SYSENTER_ESP]);
+            self.set(S_SYSENTER_EIP, w[word::SYSENTER_EIP]);
+            self.set(S_G_PAT, w[word::PAT]);
+            self.set(S_DR7, w[word::DR7]);
+        }
+        // The CPL follows SS.DPL in protected mode and is 0 in real mode.
+        let ss_attr = (self.get(SEGMENT_OFFSETS[1]) >> 16) & 0xfff;
+        let protected = self.get(S_CR0) & 1 != 0;
+        let cpl = if protected { (ss_attr >> 5) & 3 } else { 0 };
+        self.set8(CPL, cpl as u8);
+        let _ = SEGMENT_ORDER; // the offsets above follow abi::vm::SEGMENT_ORDER
+    }
+
+    pub fn inject(&mut self, event: u64, error: u64) {
+        self.set(EVENT_INJ, (event & 0xffff_ffff) | (error << 32));
+    }
+
+    pub fn request_window(&mut self, on: bool) {
+        let misc1 = self.get32(INTERCEPT_MISC1);
+        let v = self.get(VINTR);
+        if on {
+            self.set32(INTERCEPT_MISC1, misc1 | MISC1_VINTR);
+            self.set(VINTR, v | V_IRQ | V_IGN_TPR);
+        } else {
+            self.set32(INTERCEPT_MISC1, misc1 & !MISC1_VINTR);
+            self.set(VINTR, v & !(V_IRQ | V_IGN_TPR));
+        }
+    }
+
+    pub fn flush_on_entry(&mut self) {
+        if self.get(TLB_CONTROL) & 0xff == 0 {
+            self.set(TLB_CONTROL, TLB_FLUSH_GUEST);
+        }
+    }
+
+    pub fn exit(&self, _gprs: &Gprs) -> HwExit {
+        let code = self.get(EXIT_CODE);
+        let (info1, info2) = (self.get(EXIT_INFO1), self.get(EXIT_INFO2));
+        let exit = decode_svm(code, info1, info2);
+        let rip = self.get(S_RIP);
+        let next = self.get(NEXT_RIP);
+        let nrip = SHARED.get().is_some_and(|s| s.nrip_save);
+        let instruction_len = match exit {
+            // EXITINFO2 holds the next RIP for port I/O on every SVM implementation.
+            Exit::Io(_) => info2.wrapping_sub(rip),
+            _ if nrip && next > rip && next - rip <= 15 => next - rip,
+            // Without NRIP save (QEMU): these instructions have fixed lengths without prefixes.
+            Exit::Cpuid | Exit::Rdmsr | Exit::Wrmsr => 2,
+            Exit::Hlt => 1,
+            Exit::Hypercall => 3,
+            _ => 0,
+        };
+        let exception = match exit {
+            Exit::Exception { vector } => u64::from(vector) | (info1 << 32),
+            _ => 0,
+        };
+        HwExit {
+            exit,
+            raw: code,
+            info1,
+            info2,
+            instruction_len: if instruction_len > 15 {
+                0
+            } else {
+                instruction_len
+            },
+            exception,
+        }
+    }
+
+    /// The event the exit interrupted (EXITINTINFO, abi::vm::inject form + error), if any.
+    pub fn interrupted_event(&self) -> Option<(u64, u64)> {
+        let info = self.get(EXIT_INT_INFO);
+        // Only bit 31 says whether the rest is meaningful (QEMU leaves stale bits behind).
+        (info & (1 << 31) != 0).then_some((info & 0xffff_ffff, info >> 32))
+    }
+
+    /// Runs the guest. Clears the one-shot TLB flush request first.
+    ///
+    /// # Safety
+    ///
+    /// The VMCB, its nested tables and `gprs` stay allocated until the exit is handled.
+    pub unsafe fn run(&mut self, gprs: &mut Gprs) -> ! {
+        extern "C" {
+            fn svm_run(gprs: *mut Gprs, vmcb: u64, host_vmcb: u64) -> !;
+        }
+        let host = SHARED.get().map_or(0, |s| s.host_vmcb);
+        self.set(CLEAN_BITS, 0);
+        // SAFETY: SVM is enabled (a VMCB exists only after `init`), the VMCB passed the
+        // kernel's guest-state checks, and the caller keeps everything alive until the exit.
+        unsafe { svm_run(gprs, self.frame, host) }
+    }
+
+    /// After an exit: the one-shot TLB flush has happened.
+    pub fn entered(&mut self) {
+        self.set(TLB_CONTROL, 0);
+    }
+
+    /// Checks the state VMRUN would see if the groups of `mask` were written from `w`
+    /// (`virt::svm_state::check`), changing nothing.
+    pub fn check(
+        &self,
+        mask: u64,
+        w: &[u64; word::COUNT],
+    ) -> Result<(), virt::svm_state::StateError> {
+        let control = mask & mtd::CONTROL != 0;
+        let pick = |group: bool, word_index: usize, offset: usize| {
+            if group {
+                w[word_index]
+            } else {
+                self.get(offset)
+            }
+        };
+        let cs = if mask & mtd::SEGMENTS != 0 {
+            w[word::SEGMENTS]
+        } else {
+            self.get(SEGMENT_OFFSETS[0])
+        };
+        let cs_attr = (cs >> 16) & 0xfff;
+        virt::svm_state::check(&virt::svm_state::GuestState {
+            efer: pick(control, word::EFER, S_EFER) | EFER_SVME,
+            cr0: pick(control, word::CR0, S_CR0),
+            cr3: pick(control, word::CR3, S_CR3),
+            cr4: pick(control, word::CR4, S_CR4),
+            dr6: self.get(S_DR6),
+            dr7: pick(mask & mtd::MSRS != 0, word::DR7, S_DR7),
+            cs_long: cs_attr & u64::from(abi::vm::segment::LONG) != 0,
+            cs_default32: cs_attr & u64::from(abi::vm::segment::DB) != 0,
+            asid: self.get32(GUEST_ASID),
+            intercepts_vmrun: self.get32(INTERCEPT_MISC2) & 1 != 0,
+        })
+    }
+}
+
+/// The `abi::vm::other` kind of an SVM exit code.
+pub fn other_kind(code: u64) -> u64 {
+    use abi::vm::other;
+    match code {
+        0x20..=0x3f => other::DEBUG_REGISTER,
+        0x76 => other::INVD,
+        0x8d => other::XSETBV,
+        _ => other::UNKNOWN,
+    }
+}

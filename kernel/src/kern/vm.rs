@@ -1,0 +1,739 @@
+//! Vm and vCPU objects: creation, guest-physical mappings, exits delivered as calls on exit
+//! portals, and replies validated and written back into the hardware state.
+//!
+//! A vCPU is a thread whose `vcpu` part is set: it is scheduled like any thread, and when the
+//! scheduler picks it the kernel enters the guest instead of returning to user mode. An exit
+//! the kernel does not handle itself (physical interrupts, reflected #DB/#AC) becomes a call
+//! from the vCPU on its exit portal; the vCPU waits in `AwaitingReply` until the VMM answers.
+//! Every value of a reply is checked before any of it is written (`validate`).
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+
+use abi::utcb::MsgTag;
+use abi::vm::{self as vmabi, inject, mtd, word, Exit, EXIT_COUNT};
+use abi::{Rights, Status};
+use cap::SpaceId;
+use virt::ept::Access;
+use virt::exit::Exit as HwReason;
+use virt::nested::{Format, NestedError, NestedTables};
+
+use super::memory::QuotaTables;
+use super::objects::{cost, Obj, PdId, State, Thread, ThreadId};
+use super::slab::Id;
+use super::{ipc, Kernel};
+use crate::arch::vm::{self as hw, Backend, HwVcpu, RunContext};
+use crate::mem::{direct, frames};
+
+pub type VmId = Id<Vm>;
+
+const PAGE: u64 = 4096;
+/// Most pages one `VmMap` call maps (bounds the time the kernel spends in one call).
+const MAX_MAP_PAGES: u64 = 1 << 18;
+
+/// A guest-physical address space.
+pub struct Vm {
+    pub owner: PdId,
+    pub backend: Backend,
+    pub nested: NestedTables,
+    pub table_frames: Vec<u64>,
+    /// ASID (SVM) or VPID (VMX).
+    pub tag: u16,
+    pub vcpus: Vec<ThreadId>,
+}
+
+/// A guest-physical mapping made with `VmMap`, undone when the memory capability goes.
+#[derive(Clone, Copy, Debug)]
+pub struct VmMapRecord {
+    pub vm: VmId,
+    pub gpa: u64,
+    pub pages: u64,
+    pub space: SpaceId,
+    pub sel: u64,
+}
+
+/// The virtualization part of a vCPU thread.
+pub struct Vcpu {
+    pub vm: VmId,
+    pub hw: HwVcpu,
+    pub ctx: RunContext,
+    /// Exit portals: selectors `exit_base + reason` in this space.
+    pub exit_space: SpaceId,
+    pub exit_base: u64,
+    pub masks: [u64; EXIT_COUNT as usize],
+    /// The frame the exit messages are built in (the vCPU's UTCB).
+    pub message_frame: u64,
+    pub started: bool,
+    pub recall: bool,
+    /// Exits so far, by neutral reason.
+    pub exits: [u64; EXIT_COUNT as usize],
+}
+
+impl Drop for Vcpu {
+    fn drop(&mut self) {
+        frames::free(self.message_frame, 1);
+        let hw = core::mem::replace(&mut self.hw, HwVcpu::Empty);
+        hw.free();
+    }
+}
+
+/// ASIDs/VPIDs in use (bit n = tag n; tag 0 is the host's).
+static TAGS: spin::Mutex<[u64; 64]> = spin::Mutex::new([1; 64]);
+
+fn alloc_tag() -> Option<u16> {
+    let limit = match hw::backend() {
+        Some(Backend::Svm) => hw::svm::asid_count().min(4096),
+        _ => 4096,
+    } as usize;
+    let mut tags = TAGS.lock();
+    for i in 1..limit {
+        if tags[i / 64] & (1 << (i % 64)) == 0 {
+            tags[i / 64] |= 1 << (i % 64);
+            return Some(i as u16);
+        }
+    }
+    None
+}
+
+fn free_tag(tag: u16) {
+    let i = usize::from(tag);
+    if i != 0 {
+        TAGS.lock()[i / 64] &= !(1 << (i % 64));
+    }
+}
+
+fn lookup_pd(k: &Kernel, space: SpaceId, sel: u64) -> Result<PdId, Status> {
+    match k
+        .caps
+        .lookup(space, sel, Rights::CONTROL)
+        .map_err(Status::from)?
+    {
+        Obj::Pd(pd) => Ok(*pd),
+        _ => Err(Status::WrongKind),
+    }
+}
+
+fn lookup_vm(k: &Kernel, space: SpaceId, sel: u64) -> Result<VmId, Status> {
+    match k
+        .caps
+        .lookup(space, sel, Rights::CONTROL)
+        .map_err(Status::from)?
+    {
+        Obj::Vm(vm) => Ok(*vm),
+        _ => Err(Status::WrongKind),
+    }
+}
+
+fn check_free(k: &Kernel, space: SpaceId, sel: u64) -> Result<(), Status> {
+    match k.caps.get(space, sel) {
+        Err(cap::CapError::Empty) => Ok(()),
+        Ok(_) => Err(Status::SelectorInUse),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn charge(k: &mut Kernel, pd: PdId, bytes: u64) -> Result<(), Status> {
+    k.pds
+        .get_mut(pd)
+        .ok_or(Status::BadSelector)?
+        .quota
+        .charge(bytes)
+        .map_err(Status::from)
+}
+
+fn release(k: &mut Kernel, pd: PdId, bytes: u64) {
+    if let Some(d) = k.pds.get_mut(pd) {
+        d.quota.release(bytes);
+    }
+}
+
+/// `create_vm(dest, pd, mode)`.
+pub fn create_vm(k: &mut Kernel, space: SpaceId, a: [u64; 6]) -> Result<u64, Status> {
+    let [dest, pd_sel, mode, ..] = a;
+    check_free(k, space, dest)?;
+    let payer = lookup_pd(k, space, pd_sel)?;
+    let backend = hw::backend().ok_or(Status::BadArgument)?;
+    if mode != vmabi::MemoryMode::Nested as u64 {
+        return Err(Status::BadArgument); // shadow paging is not built yet
+    }
+    charge(k, payer, cost::VM)?;
+    let Some(tag) = alloc_tag() else {
+        release(k, payer, cost::VM);
+        return Err(Status::OutOfMemory);
+    };
+    let format = match backend {
+        Backend::Svm => Format::Npt,
+        Backend::Vmx => Format::Ept,
+    };
+    let mut table_frames = Vec::new();
+    let nested = {
+        let domain = k.pds.get_mut(payer).ok_or(Status::BadSelector)?;
+        let mut tables = QuotaTables {
+            quota: &mut domain.quota,
+            frames: &mut table_frames,
+        };
+        NestedTables::new(&mut tables, format, vmabi::GUEST_PHYS_LIMIT)
+    };
+    let nested = match nested {
+        Ok(n) => n,
+        Err(_) => {
+            free_tag(tag);
+            release(k, payer, cost::VM);
+            return Err(Status::QuotaExceeded);
+        }
+    };
+    let vm = k.vms.insert(Vm {
+        owner: payer,
+        backend,
+        nested,
+        table_frames,
+        tag,
+        vcpus: Vec::new(),
+    });
+    if let Err(e) = k
+        .caps
+        .insert_original(space, dest, Obj::Vm(vm), Rights::ALL)
+    {
+        destroy_vm(k, vm);
+        return Err(e.into());
+    }
+    Ok(0)
+}
+
+/// Ends a Vm: its vCPUs, its nested tables, its tag; its quota goes back.
+pub fn destroy_vm(k: &mut Kernel, vm: VmId) {
+    let Some(v) = k.vms.get(vm) else { return };
+    for t in v.vcpus.clone() {
+        k.kill(t);
+    }
+    k.vm_mappings.retain(|m| m.vm != vm);
+    if let Some(v) = k.vms.remove(vm) {
+        for frame in &v.table_frames {
+            frames::free(*frame, 1);
+        }
+        release(
+            k,
+            v.owner,
+            cost::VM + cost::PAGE_TABLE * v.table_frames.len() as u64,
+        );
+        free_tag(v.tag);
+    }
+}
+
+/// `create_vcpu(dest, vm, pd, priority, exit_base)`.
+pub fn create_vcpu(
+    k: &mut Kernel,
+    my_pd: PdId,
+    space: SpaceId,
+    a: [u64; 6],
+) -> Result<u64, Status> {
+    let [dest, vm_sel, pd_sel, priority, exit_base, _] = a;
+    check_free(k, space, dest)?;
+    let vm = lookup_vm(k, space, vm_sel)?;
+    let payer = lookup_pd(k, space, pd_sel)?;
+    if priority > abi::syscall::MAX_PRIORITY || exit_base >= abi::CAP_SPACE_SLOTS {
+        return Err(Status::BadArgument);
+    }
+    let (backend, root, tag, count) = {
+        let v = k.vms.get(vm).ok_or(Status::BadSelector)?;
+        (v.backend, v.nested.root(), v.tag, v.vcpus.len())
+    };
+    if count >= 1 {
+        return Err(Status::BadArgument); // one vCPU per Vm: SMP guests are not supported yet
+    }
+    charge(k, payer, cost::VCPU)?;
+    let fail = |k: &mut Kernel, status| {
+        release(k, payer, cost::VCPU);
+        Err(status)
+    };
+    let Some(message_frame) = frames::alloc(1) else {
+        return fail(k, Status::OutOfMemory);
+    };
+    direct::zero_frame(message_frame);
+    let Some(hw) = HwVcpu::new(backend, root, tag) else {
+        frames::free(message_frame, 1);
+        return fail(k, Status::OutOfMemory);
+    };
+    let Some(utcb) = direct::FrameWords::new(message_frame) else {
+        frames::free(message_frame, 1);
+        hw.free();
+        return fail(k, Status::OutOfMemory);
+    };
+    let vcpu = Box::new(Vcpu {
+        vm,
+        hw,
+        ctx: RunContext {
+            gprs: hw::Gprs::default(),
+            fpu: hw::FpuArea::initial(),
+        },
+        exit_space: space,
+        exit_base,
+        masks: [mtd::ALL; EXIT_COUNT as usize],
+        message_frame,
+        started: false,
+        recall: false,
+        exits: [0; EXIT_COUNT as usize],
+    });
+    let t = k.threads.insert(Thread {
+        pd: my_pd,
+        regs: Box::default(),
+        utcb,
+        priority: priority as u8,
+        state: State::Ready,
+        serving: None,
+        faulted: false,
+        badge: 0,
+        charged_to: Some(payer),
+        vcpu: Some(vcpu),
+    });
+    if let Some(thread) = k.threads.get_mut(t) {
+        thread.badge = t.raw();
+    }
+    if let Some(domain) = k.pds.get_mut(my_pd) {
+        domain.threads.push(t);
+    }
+    if let Some(v) = k.vms.get_mut(vm) {
+        v.vcpus.push(t);
+    }
+    if let Err(e) = k
+        .caps
+        .insert_original(space, dest, Obj::Vcpu(t), Rights::ALL)
+    {
+        k.kill(t);
+        return Err(e.into());
+    }
+    k.wake(t);
+    Ok(0)
+}
+
+/// `vm_map(vm, mem, first_page, pages, gpa, rights)`.
+pub fn vm_map(k: &mut Kernel, space: SpaceId, a: [u64; 6]) -> Result<u64, Status> {
+    let [vm_sel, mem_sel, first, pages, gpa, rights] = a;
+    let rights = Rights::from_bits(rights).ok_or(Status::BadArgument)?;
+    let mappable = Rights::READ | Rights::WRITE | Rights::EXEC;
+    if !mappable.contains(rights) || !rights.contains(Rights::READ) {
+        return Err(Status::BadArgument);
+    }
+    let vm = lookup_vm(k, space, vm_sel)?;
+    let (base, total) = match k
+        .caps
+        .lookup(space, mem_sel, rights)
+        .map_err(Status::from)?
+    {
+        Obj::Memory { base, pages } => (*base, *pages),
+        _ => return Err(Status::WrongKind),
+    };
+    let last = first.checked_add(pages).ok_or(Status::BadArgument)?;
+    if pages == 0 || pages > MAX_MAP_PAGES || last > total {
+        return Err(Status::BadArgument);
+    }
+    let end = pages
+        .checked_mul(PAGE)
+        .and_then(|len| gpa.checked_add(len))
+        .ok_or(Status::BadAddress)?;
+    if !gpa.is_multiple_of(PAGE) || end > vmabi::GUEST_PHYS_LIMIT {
+        return Err(Status::BadAddress);
+    }
+    let access = Access {
+        read: true,
+        write: rights.contains(Rights::WRITE),
+        execute: rights.contains(Rights::EXEC),
+    };
+    let owner = k.vms.get(vm).ok_or(Status::BadSelector)?.owner;
+    let mut result = Ok(());
+    {
+        let Kernel { vms, pds, .. } = k;
+        let v = vms.get_mut(vm).ok_or(Status::BadSelector)?;
+        let domain = pds.get_mut(owner).ok_or(Status::BadSelector)?;
+        let mut tables = QuotaTables {
+            quota: &mut domain.quota,
+            frames: &mut v.table_frames,
+        };
+        for i in 0..pages {
+            let mapped = v.nested.map(
+                &mut tables,
+                gpa + i * PAGE,
+                base + (first + i) * PAGE,
+                access,
+            );
+            if let Err(e) = mapped {
+                // Undo this call's pages: all or nothing.
+                for j in 0..i {
+                    v.nested.unmap(&mut tables, gpa + j * PAGE);
+                }
+                result = Err(match e {
+                    NestedError::OutOfTableMemory => Status::QuotaExceeded,
+                    NestedError::BadAddress => Status::BadAddress,
+                    NestedError::BadAccess => Status::BadArgument,
+                });
+                break;
+            }
+        }
+    }
+    flush_vm(k, vm);
+    result?;
+    k.vm_mappings.push(VmMapRecord {
+        vm,
+        gpa,
+        pages,
+        space,
+        sel: mem_sel,
+    });
+    Ok(0)
+}
+
+/// Makes every vCPU of `vm` flush its guest TLB on its next entry.
+fn flush_vm(k: &mut Kernel, vm: VmId) {
+    let Some(vcpus) = k.vms.get(vm).map(|v| v.vcpus.clone()) else {
+        return;
+    };
+    for t in vcpus {
+        if let Some(vcpu) = k.threads.get_mut(t).and_then(|t| t.vcpu.as_mut()) {
+            vcpu.hw.flush_on_entry();
+        }
+    }
+}
+
+/// Removes the guest mappings made through the memory capability at (`space`, `sel`).
+pub fn unmap_through(k: &mut Kernel, space: SpaceId, sel: u64) {
+    let mut gone = Vec::new();
+    k.vm_mappings.retain(|m| {
+        let through = m.space == space && m.sel == sel;
+        if through {
+            gone.push(*m);
+        }
+        !through
+    });
+    for m in gone {
+        {
+            let Kernel { vms, pds, .. } = &mut *k;
+            let Some(v) = vms.get_mut(m.vm) else { continue };
+            let Some(domain) = pds.get_mut(v.owner) else {
+                continue;
+            };
+            let mut tables = QuotaTables {
+                quota: &mut domain.quota,
+                frames: &mut v.table_frames,
+            };
+            for page in 0..m.pages {
+                v.nested.unmap(&mut tables, m.gpa + page * PAGE);
+            }
+        }
+        flush_vm(k, m.vm);
+    }
+}
+
+/// `vcpu_control(vcpu, op, a, b)`.
+pub fn vcpu_control(k: &mut Kernel, space: SpaceId, a: [u64; 6]) -> Result<u64, Status> {
+    let [vcpu_sel, op, x, y, ..] = a;
+    let t = match k
+        .caps
+        .lookup(space, vcpu_sel, Rights::CONTROL)
+        .map_err(Status::from)?
+    {
+        Obj::Vcpu(t) => *t,
+        _ => return Err(Status::WrongKind),
+    };
+    let vcpu = k
+        .threads
+        .get_mut(t)
+        .and_then(|t| t.vcpu.as_mut())
+        .ok_or(Status::BadSelector)?;
+    match op {
+        o if o == vmabi::VcpuOp::SetMask as u64 => {
+            if x >= EXIT_COUNT || y & !mtd::ALL != 0 {
+                return Err(Status::BadArgument);
+            }
+            vcpu.masks[x as usize] = y;
+        }
+        o if o == vmabi::VcpuOp::Recall as u64 => vcpu.recall = true,
+        _ => return Err(Status::BadArgument),
+    }
+    Ok(0)
+}
+
+/// Before the scheduler enters vCPU `t`: a vCPU that has not started, or was recalled, calls
+/// its VMM first. Returns whether the guest may be entered now.
+pub fn ready_to_enter(k: &mut Kernel, t: ThreadId) -> bool {
+    let Some(vcpu) = k.threads.get_mut(t).and_then(|t| t.vcpu.as_mut()) else {
+        return false;
+    };
+    let synthetic = if !vcpu.started {
+        vcpu.started = true;
+        Some(Exit::Startup)
+    } else if vcpu.recall {
+        vcpu.recall = false;
+        Some(Exit::Recall)
+    } else {
+        None
+    };
+    match synthetic {
+        Some(reason) => {
+            deliver_exit(k, t, reason, 0, 0, 0);
+            false
+        }
+        None => true,
+    }
+}
+
+/// Enters the guest of vCPU `t`, which the scheduler chose; never returns.
+///
+/// # Safety
+///
+/// `t` is the current thread and a live vCPU; the kernel lock is released, and nothing frees
+/// the vCPU before its exit is handled (only the kernel, on a later entry, can).
+pub unsafe fn enter(vcpu: *mut Vcpu) -> ! {
+    // SAFETY: as the caller guarantees: the box lives until the vCPU's thread is removed, which
+    // happens only in the kernel, which does not run until the guest exits.
+    let vcpu = unsafe { &mut *vcpu };
+    // SAFETY: as above.
+    unsafe { hw::enter(&mut vcpu.hw, &mut vcpu.ctx) }
+}
+
+/// Handles the exit of the current thread, a vCPU.
+pub fn handle_exit(k: &mut Kernel) {
+    let t = k.current();
+    let Some(vcpu) = k.threads.get_mut(t).and_then(|t| t.vcpu.as_mut()) else {
+        return;
+    };
+    hw::save_fpu(&mut vcpu.ctx.fpu);
+    vcpu.hw.after_exit();
+    let e = vcpu.hw.exit(&vcpu.ctx.gprs);
+    // An event the exit interrupted is delivered again on the next entry unless the VMM
+    // injects something else.
+    let (event, error) = vcpu.hw.interrupted_event().unwrap_or((0, 0));
+    vcpu.hw.inject(event, error);
+    let (reason, qual0, qual1) = match e.exit {
+        HwReason::ExternalInterrupt => {
+            hw::take_pending_interrupt();
+            return;
+        }
+        HwReason::Nmi | HwReason::PreemptionTimer => return,
+        HwReason::Exception { vector } if vector == 1 || vector == 17 => {
+            // Reflected straight back (see the backends: these are intercepted only so that a
+            // guest cannot hang the CPU in a chain of them).
+            let error_flag = if vector == 17 { inject::HAS_ERROR } else { 0 };
+            vcpu.hw.inject(
+                u64::from(vector) | inject::KIND_EXCEPTION | error_flag | inject::VALID,
+                0,
+            );
+            return;
+        }
+        HwReason::InterruptWindow => {
+            vcpu.hw.request_window(false);
+            (Exit::InterruptWindow, 0, 0)
+        }
+        HwReason::Cpuid => (Exit::Cpuid, 0, 0),
+        HwReason::Io(io) => (
+            Exit::Io,
+            vmabi::IoQual::new(io.port, io.size, io.input, io.string, io.rep).0,
+            0,
+        ),
+        HwReason::Rdmsr => (Exit::Rdmsr, 0, 0),
+        HwReason::Wrmsr => (Exit::Wrmsr, 0, 0),
+        HwReason::Hlt => (Exit::Hlt, 0, 0),
+        HwReason::Hypercall => (Exit::Hypercall, 0, 0),
+        HwReason::NestedPageFault(f) => {
+            let mut access = if f.write {
+                vmabi::access::WRITE
+            } else if f.execute {
+                vmabi::access::EXEC
+            } else {
+                vmabi::access::READ
+            };
+            if f.present {
+                access |= vmabi::access::PRESENT;
+            }
+            (Exit::MemoryFault, f.gpa, access)
+        }
+        HwReason::TripleFault => (Exit::Shutdown, 0, 0),
+        HwReason::Exception { .. } => (Exit::Exception, e.exception, e.info2),
+        HwReason::EntryFailure { reason } => (
+            Exit::EntryFailure,
+            vmabi::entry_error::INVALID_GUEST_STATE,
+            u64::from(reason),
+        ),
+        HwReason::NestedMisconfiguration { gpa } => {
+            crate::println!(
+                "kernel: nested-table misconfiguration at {gpa:#x} (exit info {:#x}); vCPU stopped",
+                e.info1
+            );
+            (Exit::EntryFailure, vmabi::entry_error::HARDWARE, e.raw)
+        }
+        _ => (Exit::Other, vcpu.hw.other_kind(e.raw), e.raw),
+    };
+    deliver_exit(k, t, reason, qual0, qual1, e.instruction_len);
+}
+
+/// Sends exit `reason` of vCPU `t` to its exit portal; ends the vCPU if there is none.
+pub fn deliver_exit(k: &mut Kernel, t: ThreadId, reason: Exit, qual0: u64, qual1: u64, len: u64) {
+    let Some(vcpu) = k.threads.get_mut(t).and_then(|t| t.vcpu.as_mut()) else {
+        return;
+    };
+    vcpu.exits[reason as usize] += 1;
+    let mask = if reason == Exit::Startup {
+        mtd::ALL
+    } else {
+        vcpu.masks[reason as usize]
+    };
+    let mut words = [0u64; word::COUNT];
+    words[word::MASK] = mask;
+    words[word::REASON] = reason as u64;
+    words[word::QUAL0] = qual0;
+    words[word::QUAL1] = qual1;
+    words[word::INSTRUCTION_LEN] = len;
+    vcpu.hw.read(&vcpu.ctx.gprs, mask, &mut words);
+    let (space, sel) = (vcpu.exit_space, vcpu.exit_base + reason as u64);
+    let Some(msg) = k.threads.get(t).map(|x| x.utcb) else {
+        return;
+    };
+    msg.write(0, MsgTag::new(vmabi::EXIT_LABEL, word::COUNT, false).0);
+    for (i, w) in words.iter().enumerate() {
+        msg.write(8 + i, *w);
+    }
+    let portal = match k.caps.lookup(space, sel, Rights::CALL) {
+        Ok(Obj::Portal(p)) => Some(*p),
+        _ => None,
+    };
+    let Some(portal) = portal else {
+        crate::println!(
+            "kernel: vCPU {t:?} has no exit portal for {}; vCPU stopped",
+            reason.name()
+        );
+        k.kill(t);
+        return;
+    };
+    if let Err(status) = ipc::send_exit(k, t, portal) {
+        crate::println!("kernel: exit of vCPU {t:?} not delivered ({status}); vCPU stopped");
+        k.kill(t);
+    }
+}
+
+/// The VMM answered an exit of vCPU `vcpu_t`: checks its reply (in `handler`'s UTCB) and writes
+/// it into the vCPU. `Ok(false)`: the reply asked to stop the vCPU.
+pub fn finish_exit(k: &mut Kernel, handler: ThreadId, vcpu_t: ThreadId) -> Result<bool, Status> {
+    let Some(reply) = k.threads.get(handler).map(|h| h.utcb) else {
+        return Err(Status::NoPartner);
+    };
+    let mut w = [0u64; word::COUNT];
+    for (i, slot) in w.iter_mut().enumerate() {
+        *slot = reply.read(8 + i);
+    }
+    let mask = w[word::MASK];
+    if mask & mtd::STOP != 0 {
+        return Ok(false);
+    }
+    let vcpu = k
+        .threads
+        .get_mut(vcpu_t)
+        .and_then(|t| t.vcpu.as_mut())
+        .ok_or(Status::NoPartner)?;
+    validate(vcpu, mask, &w)?;
+    vcpu.hw.write(&mut vcpu.ctx.gprs, mask, &w);
+    if mask & mtd::INJECT != 0 {
+        let event = w[word::INJECT];
+        if event & inject::VALID != 0 {
+            vcpu.hw.inject(event & 0xffff_ffff, w[word::INJECT_ERROR]);
+        } else {
+            vcpu.hw.inject(0, 0);
+        }
+        if event & inject::WINDOW != 0 {
+            vcpu.hw.request_window(true);
+        }
+    }
+    Ok(true)
+}
+
+fn canonical(a: u64) -> bool {
+    let top = a >> 47;
+    top == 0 || top == 0x1_ffff
+}
+
+/// RFLAGS bits that must be zero (reserved) or that the kernel does not support (VM86).
+const RFLAGS_MBZ: u64 = !0x3f_7fd7 | (1 << 17);
+/// Exceptions that push an error code.
+const ERROR_CODE_VECTORS: [u8; 8] = [8, 10, 11, 12, 13, 14, 17, 21];
+
+/// Checks a reply's groups against what the hardware accepts; nothing is written here.
+fn validate(vcpu: &Vcpu, mask: u64, w: &[u64; word::COUNT]) -> Result<(), Status> {
+    if mask & !mtd::ALL != 0 {
+        return Err(Status::BadArgument);
+    }
+    let mut current = [0u64; word::COUNT];
+    vcpu.hw.read(&vcpu.ctx.gprs, mtd::ALL, &mut current);
+    let pick = |group: u64, i: usize| if mask & group != 0 { w[i] } else { current[i] };
+    let rflags = pick(mtd::RIP, word::RFLAGS);
+    if rflags & RFLAGS_MBZ != 0 || rflags & 2 == 0 {
+        return Err(Status::BadArgument);
+    }
+    let cs = pick(mtd::SEGMENTS, word::SEGMENTS);
+    let efer = pick(mtd::CONTROL, word::EFER);
+    let long_code =
+        efer & (1 << 10) != 0 && vmabi::segment::attributes(cs) & vmabi::segment::LONG != 0;
+    let rip = pick(mtd::RIP, word::RIP);
+    if (long_code && !canonical(rip)) || (!long_code && rip >> 32 != 0) {
+        return Err(Status::BadArgument);
+    }
+    if mask & mtd::SEGMENTS != 0 {
+        for i in 0..8 {
+            if !canonical(w[word::SEGMENTS + 2 * i + 1]) {
+                return Err(Status::BadArgument);
+            }
+        }
+    }
+    if mask & mtd::TABLES != 0
+        && (!canonical(w[word::GDTR_BASE])
+            || !canonical(w[word::IDTR_BASE])
+            || w[word::GDTR_LIMIT] > 0xffff
+            || w[word::IDTR_LIMIT] > 0xffff)
+    {
+        return Err(Status::BadArgument);
+    }
+    if mask & mtd::MSRS != 0 {
+        let pat_ok = w[word::PAT]
+            .to_le_bytes()
+            .iter()
+            .all(|t| matches!(t, 0 | 1 | 4 | 5 | 6 | 7));
+        if !pat_ok
+            || w[word::DR7] >> 32 != 0
+            || !canonical(w[word::SYSENTER_ESP])
+            || !canonical(w[word::SYSENTER_EIP])
+        {
+            return Err(Status::BadArgument);
+        }
+    }
+    vcpu.hw.check(mask, w).map_err(|_| Status::BadArgument)?;
+    if mask & mtd::INJECT != 0 {
+        let cr0 = pick(mtd::CONTROL, word::CR0);
+        let interruptible = rflags & (1 << 9) != 0 && current[word::INTERRUPTIBILITY] & 1 == 0;
+        check_event(w[word::INJECT], cr0 & 1 != 0, interruptible)?;
+    }
+    Ok(())
+}
+
+/// Whether `event` (abi::vm::inject form) can be injected into a guest in this state.
+fn check_event(event: u64, protected: bool, interruptible: bool) -> Result<(), Status> {
+    const DEFINED: u64 = 0xff | (7 << 8) | inject::HAS_ERROR | inject::VALID | inject::WINDOW;
+    if event & !DEFINED != 0 {
+        return Err(Status::BadArgument);
+    }
+    if event & inject::VALID == 0 {
+        return Ok(());
+    }
+    let vector = inject::vector(event);
+    let has_error = event & inject::HAS_ERROR != 0;
+    let ok = match inject::kind(event) {
+        inject::KIND_EXTERNAL => vector >= 32 && !has_error && interruptible,
+        inject::KIND_NMI => vector == 2 && !has_error,
+        inject::KIND_EXCEPTION => {
+            let takes_error = ERROR_CODE_VECTORS.contains(&vector) && protected;
+            vector < 22 && !matches!(vector, 2 | 9 | 15) && has_error == takes_error
+        }
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Status::BadArgument)
+    }
+}
