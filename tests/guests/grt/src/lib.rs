@@ -14,7 +14,8 @@
 //!   and RIP and exits with [`EXIT_EXCEPTION`]; an expected one (see [`trap::guarded_asm!`] and
 //!   the `try_*` functions in [`trap`]) is recorded and skipped;
 //! - port I/O, CPUID, MSR, TSC and control-register helpers ([`cpu`]);
-//! - readers for the Multiboot 1 and 2 boot information ([`Boot`]).
+//! - readers for the Multiboot 1 and 2 boot information ([`Boot`]);
+//! - the format of the secret the hypervisor plants in every guest ([`secret`]).
 //!
 //! `unsafe` lives in `cpu`, `trap`, the boot-information readers and the entry glue; each use
 //! says why it is sound.
@@ -25,6 +26,7 @@ pub mod boot;
 pub mod cpu;
 pub mod mb1;
 pub mod mb2;
+pub mod secret;
 pub mod serial;
 pub mod trap;
 
