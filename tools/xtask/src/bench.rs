@@ -133,6 +133,7 @@ fn boot_bench(args: &BenchArgs, kernel: &std::path::Path, release: bool) -> Resu
                 iso: iso.clone(),
                 cpu: Emulator::Qemu.default_cpu().into(),
                 timeout: Duration::from_secs(Emulator::Qemu.default_timeout()),
+                ram_mib: crate::manifest::DEFAULT_RAM,
                 icount,
                 echo: false,
                 work: work.join(if icount { "icount" } else { "realtime" }),

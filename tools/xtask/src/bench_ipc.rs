@@ -100,6 +100,7 @@ pub fn run(kernel: &std::path::Path, release: bool) -> Result<()> {
         iso,
         cpu: Emulator::Qemu.default_cpu().into(),
         timeout: Duration::from_secs(180),
+        ram_mib: system.ram_mib,
         icount: true,
         echo: false,
         work: work.join("icount"),

@@ -1,4 +1,4 @@
-//! `cargo xtask build`: the host crates, the kernel, then the user-space crates.
+//! `cargo xtask build`: the host crates, the kernel, the user-space crates, then the guest crates.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -64,6 +64,33 @@ pub fn user(root: &Path, packages: &[String], release: bool) -> Result<()> {
     Ok(())
 }
 
+/// Builds the guest crates `packages` (cargo's output goes to our stderr).
+pub fn guests(root: &Path, packages: &[String], release: bool) -> Result<()> {
+    if packages.is_empty() {
+        return Ok(());
+    }
+    let tc = toolchain::detect();
+    let started = Instant::now();
+    let status = tc
+        .build_guest(root, packages, release)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .with_context(|| format!("cannot run {}", tc.describe()))?;
+    if !status.success() {
+        bail!(
+            "build of the guest crates {} failed ({status}) with {}",
+            packages.join(", "),
+            tc.describe()
+        );
+    }
+    eprintln!(
+        "xtask: built guests {} in {:.1} s",
+        packages.join(", "),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// `cargo build` of the host crates (the workspace's default members).
 fn host(root: &Path, release: bool) -> Result<()> {
     let mut cmd = Command::new(toolchain::host_cargo());
@@ -83,7 +110,9 @@ pub fn command(args: &BuildArgs) -> Result<bool> {
     let root = layout::root();
     host(&root, args.release)?;
     let elf = kernel(&root, args.release)?;
-    user(&root, &Workspace::load(&root)?.user_crates(), args.release)?;
+    let ws = Workspace::load(&root)?;
+    user(&root, &ws.user_crates(), args.release)?;
+    guests(&root, &ws.guest_crates(), args.release)?;
     println!("{}", elf.display());
     Ok(true)
 }

@@ -1,6 +1,7 @@
-//! Just enough ELF64 reading to size the kernel: the sum of its loadable segments.
+//! Just enough ELF64 reading to size the kernel (the sum of its loadable segments) and to
+//! flatten a guest image into the bytes a real-mode loader copies to memory.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 const PT_LOAD: u32 = 1;
 
@@ -54,9 +55,133 @@ pub fn load_sizes(bytes: &[u8]) -> Result<LoadSizes> {
     Ok(sizes)
 }
 
+/// The largest flat image: a flat guest is started in real mode, far below this.
+pub const FLAT_MAX: u64 = 16 << 20;
+
+/// A flat image of an ELF64 file: its `PT_LOAD` segments' file bytes placed at their physical
+/// addresses (`p_paddr`) relative to the lowest one, gaps zero-filled. Memory beyond the last
+/// file byte (a trailing .bss) is left out; the loader's memory is zero already.
+pub fn flatten(bytes: &[u8]) -> Result<Vec<u8>> {
+    let segments = load_segments(bytes)?;
+    let Some(base) = segments.iter().map(|s| s.paddr).min() else {
+        bail!("the ELF has no loadable segment");
+    };
+    let mut end = base;
+    for s in &segments {
+        if s.memory < s.file {
+            bail!(
+                "a segment at {:#x} has more file than memory bytes",
+                s.paddr
+            );
+        }
+        let top = s
+            .paddr
+            .checked_add(s.file)
+            .context("a segment wraps around")?;
+        end = end.max(top);
+    }
+    if end - base > FLAT_MAX {
+        bail!(
+            "the segments span {:#x}..{end:#x}, more than {} MiB flat",
+            base,
+            FLAT_MAX >> 20
+        );
+    }
+    let mut flat = vec![0u8; usize::try_from(end - base)?];
+    for s in &segments {
+        let from = usize::try_from(s.offset)?;
+        let len = usize::try_from(s.file)?;
+        let data = from
+            .checked_add(len)
+            .and_then(|to| bytes.get(from..to))
+            .with_context(|| format!("the segment at {:#x} lies past the file's end", s.paddr))?;
+        let at = usize::try_from(s.paddr - base)?;
+        flat[at..at + len].copy_from_slice(data);
+    }
+    Ok(flat)
+}
+
+/// A `PT_LOAD` program header.
+struct Segment {
+    offset: u64,
+    paddr: u64,
+    file: u64,
+    memory: u64,
+}
+
+fn load_segments(bytes: &[u8]) -> Result<Vec<Segment>> {
+    if bytes.get(..4) != Some(b"\x7fELF") || bytes.get(4) != Some(&2) || bytes.get(5) != Some(&1) {
+        bail!("not a little-endian ELF64 file");
+    }
+    let phoff = usize::try_from(u64_at(bytes, 0x20)?)?;
+    let entry_size = usize::from(u16_at(bytes, 0x36)?);
+    let count = usize::from(u16_at(bytes, 0x38)?);
+    if entry_size < 0x38 {
+        bail!("program header entries of {entry_size} bytes are too small");
+    }
+    let mut segments = Vec::new();
+    for i in 0..count {
+        let header = phoff + i * entry_size;
+        if u32_at(bytes, header)? == PT_LOAD && u64_at(bytes, header + 0x28)? > 0 {
+            segments.push(Segment {
+                offset: u64_at(bytes, header + 0x08)?,
+                paddr: u64_at(bytes, header + 0x18)?,
+                file: u64_at(bytes, header + 0x20)?,
+                memory: u64_at(bytes, header + 0x28)?,
+            });
+        }
+    }
+    Ok(segments)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An ELF whose segments are `(paddr, data, memory size)`, data placed after the headers.
+    fn loadable(segments: &[(u64, &[u8], u64)]) -> Vec<u8> {
+        let mut bytes = elf(&segments
+            .iter()
+            .map(|&(_, data, memory)| (1, data.len() as u64, memory))
+            .collect::<Vec<_>>());
+        for (i, &(paddr, data, _)) in segments.iter().enumerate() {
+            let header = 64 + i * 56;
+            let offset = bytes.len() as u64;
+            bytes[header + 0x08..header + 0x10].copy_from_slice(&offset.to_le_bytes());
+            bytes[header + 0x18..header + 0x20].copy_from_slice(&paddr.to_le_bytes());
+            bytes.extend_from_slice(data);
+        }
+        bytes
+    }
+
+    #[test]
+    fn flattens_from_the_lowest_physical_address() {
+        let bytes = loadable(&[(0x7e00, b"BB", 0x10), (0x7c00, b"AAAA", 4)]);
+        let flat = flatten(&bytes).unwrap();
+        assert_eq!(flat.len(), 0x202);
+        assert_eq!(&flat[..4], b"AAAA");
+        assert!(flat[4..0x200].iter().all(|&b| b == 0));
+        assert_eq!(&flat[0x200..], b"BB");
+        // A trailing .bss adds nothing; one segment alone is its bytes.
+        assert_eq!(
+            flatten(&loadable(&[(0x1000, b"xy", 0x1000)])).unwrap(),
+            b"xy"
+        );
+    }
+
+    #[test]
+    fn refuses_what_cannot_be_flat() {
+        assert!(flatten(&elf(&[])).is_err(), "no segment");
+        assert!(flatten(&loadable(&[(0, b"a", 1), (FLAT_MAX, b"b", 1)])).is_err());
+        let mut cut = loadable(&[(0, b"abcd", 4)]);
+        cut.truncate(cut.len() - 1);
+        assert!(flatten(&cut).is_err(), "data past the end");
+        assert!(
+            flatten(&loadable(&[(0, b"abcd", 2)])).is_err(),
+            "file > memory"
+        );
+        assert!(flatten(b"MZ").is_err());
+    }
 
     fn elf(segments: &[(u32, u64, u64)]) -> Vec<u8> {
         let mut bytes = vec![0u8; 64];

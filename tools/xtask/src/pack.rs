@@ -6,11 +6,16 @@
 //! | `init`                     | `/boot/init.elf`    | the root server (package `init`)     |
 //! | `manifest`                 | `/boot/manifest.bin`| `SystemImage::encode`                |
 //! | `<server name>`            | `/boot/<name>.elf`  | the ELF of the server's `binary`     |
+//! | `vmm-server`               | `/boot/vmm-server.elf` | package `vmm-server`, once, with guests |
+//! | `guest.<guest name>`       | `/boot/guest.<name>.elf` or `.bin` | the guest's `image`: its ELF, or flat (below) |
 //!
 //! The kernel finds init and the manifest by these names (`abi::boot`); init finds each server's
-//! ELF by the server's name. A system without servers packs only its extra modules. Packed ELFs
+//! ELF by the server's name, the vmm-server by [`manifest::VMM_MODULE`] and each guest's image by
+//! `Guest::image`. A system without servers or guests packs only its extra modules. Packed ELFs
 //! are stripped of debug information (with `objcopy --strip-debug`, when it is installed); the
-//! ELFs under `target/user/` keep it.
+//! ELFs under `target/user/` and `target/guest/` keep it. The image of a flat guest crate
+//! (`crate::workspace::Package::flat`) is packed as [`crate::elf::flatten`] makes it: its
+//! loadable segments from the lowest physical address on.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,20 +25,45 @@ use anyhow::{bail, Context, Result};
 use crate::image::BootModule;
 use crate::manifest::System;
 use crate::workspace::Workspace;
-use crate::{build, layout, setup, toolchain};
+use crate::{build, elf, layout, setup, toolchain};
 
 /// The package of the root server.
 pub const INIT_PACKAGE: &str = "init";
 
-/// The packages to build for `system`: init, then each server's binary once.
+/// The package of the per-guest VMM.
+pub const VMM_PACKAGE: &str = "vmm-server";
+
+/// The user-space packages to build for `system`: init, then each server's binary once, then
+/// the vmm-server when it has guests.
 pub fn packages(system: &System) -> Vec<String> {
     let mut packages = vec![INIT_PACKAGE.to_string()];
-    for binary in &system.binaries {
+    let vmm = system.has_guests().then(|| VMM_PACKAGE.to_string());
+    for binary in system.binaries.iter().chain(&vmm) {
         if !packages.contains(binary) {
             packages.push(binary.clone());
         }
     }
     packages
+}
+
+/// The guest crates to build for `system`: the package of each guest's image, once.
+pub fn guest_packages(system: &System, ws: &Workspace) -> Result<Vec<String>> {
+    let mut packages: Vec<String> = Vec::new();
+    for image in &system.guest_images {
+        let package = ws
+            .guest_package(image)
+            .with_context(|| format!("no guest crate under tests/guests/ builds `{image}`"))?;
+        if !packages.contains(&package.name) {
+            packages.push(package.name.clone());
+        }
+    }
+    Ok(packages)
+}
+
+/// A built guest image: its ELF and whether it is packed flat.
+pub struct GuestElf {
+    pub elf: PathBuf,
+    pub flat: bool,
 }
 
 /// Where the files of `system`'s modules are gathered.
@@ -61,8 +91,10 @@ pub fn modules(
         );
     }
     let packages = packages(system);
+    let guests = guest_packages(system, ws)?;
     if build {
         build::user(root, &packages, release)?;
+        build::guests(root, &guests, release)?;
     }
     let elf = |package: &str| -> Result<PathBuf> {
         let path = toolchain::user_elf(root, &ws.binary(package)?, release);
@@ -74,15 +106,28 @@ pub fn modules(
         }
         Ok(path)
     };
-    gather_all(&dir(root, &system.name), system, elf)
+    let guest = |image: &str| -> Result<GuestElf> {
+        let path = toolchain::guest_elf(root, image, release);
+        if !path.is_file() {
+            bail!(
+                "{} (guest image `{image}`) has not been built",
+                layout::show(&path)
+            );
+        }
+        let flat = ws.guest_package(image).is_some_and(|p| p.flat);
+        Ok(GuestElf { elf: path, flat })
+    };
+    gather_all(&dir(root, &system.name), system, elf, guest)
 }
 
-/// Fills a fresh `dir` with init's ELF (from `elf("init")`), the compiled manifest and each
-/// server's ELF (from `elf(binary)`), and returns all of the system's modules in boot order.
+/// Fills a fresh `dir` with init's ELF (from `elf("init")`), the compiled manifest, each
+/// server's ELF (from `elf(binary)`) and, with guests, the vmm-server's ELF and each guest's
+/// image (from `guest(image)`); returns all of the system's modules in boot order.
 fn gather_all(
     dir: &Path,
     system: &System,
     elf: impl Fn(&str) -> Result<PathBuf>,
+    guest: impl Fn(&str) -> Result<GuestElf>,
 ) -> Result<Vec<BootModule>> {
     if dir.exists() {
         std::fs::remove_dir_all(dir)
@@ -105,7 +150,40 @@ fn gather_all(
     for (server, binary) in system.image.servers.iter().zip(&system.binaries) {
         modules.push(gather(dir, &elf(binary)?, &server.name, "elf")?);
     }
+    if system.has_guests() {
+        modules.push(gather(
+            dir,
+            &elf(VMM_PACKAGE)?,
+            manifest::VMM_MODULE,
+            "elf",
+        )?);
+    }
+    for (g, image) in system.image.guests.iter().zip(&system.guest_images) {
+        let built = guest(image)?;
+        modules.push(if built.flat {
+            let bytes = std::fs::read(&built.elf)
+                .with_context(|| format!("cannot read {}", layout::show(&built.elf)))?;
+            let flat = elf::flatten(&bytes)
+                .with_context(|| format!("cannot flatten {}", layout::show(&built.elf)))?;
+            let to = dir.join(format!("{}.bin", g.image));
+            std::fs::write(&to, flat)
+                .with_context(|| format!("cannot write {}", layout::show(&to)))?;
+            BootModule {
+                source: to,
+                name: g.image.clone(),
+            }
+        } else {
+            gather(dir, &built.elf, &g.image, "elf")?
+        });
+    }
     modules.extend(system.modules.iter().cloned());
+    if let Some(long) = modules.iter().find(|m| m.name.len() > manifest::NAME_MAX) {
+        bail!(
+            "module name `{}` is longer than the kernel's {} bytes",
+            long.name,
+            manifest::NAME_MAX
+        );
+    }
     Ok(modules)
 }
 
@@ -161,7 +239,8 @@ mod tests {
         let fake = dir.join("fake.elf");
         std::fs::write(&fake, b"\x7fELF").unwrap();
         let out = dir.join("isolation");
-        let modules = gather_all(&out, &system, |_| Ok(fake.clone())).unwrap();
+        let no_guest = |_: &str| -> Result<GuestElf> { anyhow::bail!("no guests here") };
+        let modules = gather_all(&out, &system, |_| Ok(fake.clone()), no_guest).unwrap();
         let names: Vec<&str> = modules.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(
             names,
@@ -192,7 +271,99 @@ mod tests {
             ),
             "{limine}"
         );
-        assert!(gather_all(&out, &system, |p| anyhow::bail!("no {p}")).is_err());
+        assert!(gather_all(&out, &system, |p| anyhow::bail!("no {p}"), no_guest).is_err());
+    }
+
+    /// A one-segment ELF at physical `paddr` holding `data`.
+    fn tiny_elf(paddr: u64, data: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![0u8; 64 + 56];
+        bytes[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        bytes[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+        bytes[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        bytes[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
+        let h = 64;
+        bytes[h..h + 4].copy_from_slice(&1u32.to_le_bytes());
+        bytes[h + 0x08..h + 0x10].copy_from_slice(&120u64.to_le_bytes());
+        bytes[h + 0x18..h + 0x20].copy_from_slice(&paddr.to_le_bytes());
+        bytes[h + 0x20..h + 0x28].copy_from_slice(&(data.len() as u64).to_le_bytes());
+        bytes[h + 0x28..h + 0x30].copy_from_slice(&(data.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(data);
+        bytes
+    }
+
+    #[test]
+    fn guests_add_the_vmm_once_and_one_image_each() {
+        let root = layout::root();
+        let mut system = crate::manifest::load_with(&root, "guests", None).unwrap();
+        assert_eq!(packages(&system), ["init", "serial", "vmm-server"]);
+        // Make one of them a flat guest for the test.
+        system.image.guests[1].image = "guest.probe".into();
+        let dir = layout::work_dir(&["unit", "pack-guests"]).unwrap();
+        let fake = dir.join("fake.elf");
+        std::fs::write(&fake, b"\x7fELF").unwrap();
+        let real = dir.join("real.elf");
+        std::fs::write(&real, tiny_elf(0x7c00, b"\xeb\xfe")).unwrap();
+        let out = dir.join("guests");
+        let guest = |image: &str| {
+            Ok(GuestElf {
+                elf: real.clone(),
+                flat: image == "probe",
+            })
+        };
+        let modules = gather_all(&out, &system, |_| Ok(fake.clone()), guest).unwrap();
+        let names: Vec<&str> = modules.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "init",
+                "manifest",
+                "serial",
+                "vmm-server",
+                "guest.hello",
+                "guest.probe",
+                "guest.attacker"
+            ]
+        );
+        assert_eq!(modules[3].source, out.join("vmm-server.elf"));
+        assert_eq!(modules[5].source, out.join("guest.probe.bin"));
+        assert_eq!(std::fs::read(&modules[5].source).unwrap(), b"\xeb\xfe");
+        assert_eq!(modules[4].source, out.join("guest.hello.elf"));
+        let planned = crate::image::plan_modules(&modules).unwrap();
+        let grub = crate::image::grub::config("", &planned);
+        assert!(
+            grub.contains("module2 /boot/vmm-server.elf vmm-server\n"),
+            "{grub}"
+        );
+        assert!(grub.contains("module2 /boot/guest.probe.bin guest.probe\n"));
+    }
+
+    #[test]
+    fn guest_packages_come_from_the_workspace() {
+        let root = layout::root();
+        let system = crate::manifest::load_with(&root, "guests", None).unwrap();
+        let package = |name: &str, bins: &[&str], guest: bool| crate::workspace::Package {
+            name: name.into(),
+            bins: bins.iter().map(|b| b.to_string()).collect(),
+            host: false,
+            guest,
+            flat: false,
+        };
+        let ws = Workspace {
+            packages: vec![
+                package("grt", &[], true),
+                package("hello", &["hello"], true),
+                package("probe", &["probe"], true),
+                package("attacker", &["attacker"], true),
+            ],
+        };
+        assert_eq!(
+            guest_packages(&system, &ws).unwrap(),
+            ["hello", "probe", "attacker"]
+        );
+        let ws = Workspace {
+            packages: vec![package("hello", &["hello"], false)],
+        };
+        assert!(guest_packages(&system, &ws).is_err());
     }
 
     #[test]

@@ -72,6 +72,7 @@ pub fn command(args: &RunArgs) -> Result<bool> {
             .clone()
             .unwrap_or_else(|| args.emulator.default_cpu().into()),
         timeout: Duration::from_secs(timeout),
+        ram_mib: system.ram_mib,
         icount: args.icount,
         echo: true,
         work: work.clone(),

@@ -2,8 +2,10 @@
 //! the summary table whose last line is `N passed, M failed, K skipped`.
 //!
 //! Item names (what `--filter` matches): `unit:<crate>`, `fmt`, `clippy:host`, `build:kernel`,
-//! `clippy:kernel`, `build:user`, `clippy:user`, `scenario:<name>`. The kernel is built whenever
-//! a scenario runs, the user-space crates whenever a scenario boots a system with servers.
+//! `clippy:kernel`, `build:user`, `clippy:user`, `build:guests`, `clippy:guests`,
+//! `scenario:<name>`. The kernel is built whenever a scenario runs, the user-space crates whenever
+//! a scenario boots a system with servers, the guest crates whenever one boots a system with
+//! guests.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,6 +25,7 @@ use crate::workspace::Workspace;
 use crate::{layout, manifest, pack, toolchain};
 
 const NO_USER_CRATES: &str = "no user-space crates in the workspace yet";
+const NO_GUEST_CRATES: &str = "no guest crates under tests/guests/ yet";
 
 /// Lines of a failed scenario's transcript shown in the output.
 const TAIL_LINES: usize = 40;
@@ -101,10 +104,16 @@ pub fn command(args: &TestArgs) -> Result<bool> {
         .collect();
     let needs_servers =
         |s: &Scenario| manifest::load_with(&root, &s.system, None).is_ok_and(|m| m.has_servers());
+    let needs_guests =
+        |s: &Scenario| manifest::load_with(&root, &s.system, None).is_ok_and(|m| m.has_guests());
     let needs_user = scenarios
         .iter()
         .zip(&skips)
         .any(|(s, skip)| skip.is_none() && needs_servers(s));
+    let needs_guest_build = scenarios
+        .iter()
+        .zip(&skips)
+        .any(|(s, skip)| skip.is_none() && needs_guests(s));
     let user_crates = workspace.user_crates();
     let mut user_ok = true;
     if selected("build:user") || needs_user {
@@ -141,6 +150,42 @@ pub fn command(args: &TestArgs) -> Result<bool> {
         });
     }
 
+    let guest_crates = workspace.guest_crates();
+    let mut guests_ok = true;
+    if selected("build:guests") || needs_guest_build {
+        let row = if guest_crates.is_empty() {
+            announce(Row::single(
+                "build:guests",
+                Status::Skipped,
+                Duration::ZERO,
+                NO_GUEST_CRATES,
+            ))
+        } else {
+            check(
+                "build:guests",
+                tc.build_guest(&root, &guest_crates, args.release),
+            )
+        };
+        guests_ok = row.status != Status::Failed;
+        rows.push(row);
+    }
+    if selected("clippy:guests") {
+        let clippy = if guest_crates.is_empty() {
+            Err(NO_GUEST_CRATES.to_string())
+        } else {
+            tc.clippy_guest(&root, &guest_crates)
+        };
+        rows.push(match clippy {
+            Ok(cmd) => check("clippy:guests", cmd),
+            Err(reason) => announce(Row::single(
+                "clippy:guests",
+                Status::Skipped,
+                Duration::ZERO,
+                reason,
+            )),
+        });
+    }
+
     let kernel = toolchain::kernel_elf(&root, args.release);
     for (s, skip) in scenarios.into_iter().zip(skips) {
         let failed =
@@ -151,6 +196,8 @@ pub fn command(args: &TestArgs) -> Result<bool> {
             failed("the kernel did not build")
         } else if !user_ok && needs_servers(s) {
             failed("the user-space crates did not build")
+        } else if !guests_ok && needs_guests(s) {
+            failed("the guest crates did not build")
         } else {
             run_scenario(&root, s, &kernel, args)
         };
@@ -384,6 +431,7 @@ fn boot_scenario(
         iso,
         cpu: s.cpu.clone(),
         timeout: s.timeout,
+        ram_mib: system.ram_mib,
         icount: false,
         echo: verbose,
         work,

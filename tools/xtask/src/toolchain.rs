@@ -138,6 +138,27 @@ impl KernelToolchain {
         cmd
     }
 
+    /// `cargo build` of the guest crates `packages` (see [`guest_rustflags`]), in their own
+    /// target directory.
+    pub fn build_guest(&self, root: &Path, packages: &[String], release: bool) -> Command {
+        let mut cmd = self.cargo_command(root);
+        cmd.arg("build");
+        self.add_guest_args(&mut cmd, root, packages);
+        if release {
+            cmd.arg("--release");
+        }
+        cmd
+    }
+
+    /// Clippy on the guest crates `packages` with warnings denied, built as by
+    /// [`Self::build_guest`].
+    pub fn clippy_guest(&self, root: &Path, packages: &[String]) -> Result<Command, String> {
+        let mut cmd = self.clippy_command(root)?;
+        self.add_guest_args(&mut cmd, root, packages);
+        cmd.args(["--", "-D", "warnings"]);
+        Ok(cmd)
+    }
+
     /// Clippy on the kernel with warnings denied, or the reason it cannot run here.
     pub fn clippy(&self, root: &Path) -> Result<Command, String> {
         let mut cmd = self.clippy_command(root)?;
@@ -192,13 +213,30 @@ impl KernelToolchain {
     }
 
     fn add_user_args(&self, cmd: &mut Command, root: &Path, packages: &[String]) {
+        self.add_target_args(
+            cmd,
+            packages,
+            &root.join(USER_TARGET_DIR),
+            user_rustflags(root),
+        );
+    }
+
+    fn add_guest_args(&self, cmd: &mut Command, root: &Path, packages: &[String]) {
+        self.add_target_args(
+            cmd,
+            packages,
+            &root.join(GUEST_TARGET_DIR),
+            guest_rustflags(root),
+        );
+    }
+
+    fn add_target_args(&self, cmd: &mut Command, packages: &[String], dir: &Path, flags: String) {
         for package in packages {
             cmd.args(["-p", package]);
         }
-        cmd.args(["--target", TARGET, "--target-dir"])
-            .arg(root.join(USER_TARGET_DIR));
+        cmd.args(["--target", TARGET, "--target-dir"]).arg(dir);
         self.add_build_std(cmd);
-        cmd.env("CARGO_ENCODED_RUSTFLAGS", user_rustflags(root));
+        cmd.env("CARGO_ENCODED_RUSTFLAGS", flags);
     }
 
     fn cargo_command(&self, root: &Path) -> Command {
@@ -245,7 +283,21 @@ pub const USER_TARGET_DIR: &str = "target/user";
 /// the kernel's `target.x86_64-unknown-none.rustflags` in `.cargo/config.toml`): static
 /// executables in the low 2 GiB linked with `user/link.ld`, with frame pointers for traces.
 pub fn user_rustflags(root: &Path) -> String {
-    let link = format!("link-arg=-T{}", root.join("user/link.ld").display());
+    static_rustflags(&root.join("user/link.ld"))
+}
+
+/// Where guest crates (`tests/guests/`) are built: they run inside a virtual machine, linked
+/// for guest-physical addresses by their own script.
+pub const GUEST_TARGET_DIR: &str = "target/guest";
+
+/// The flags of guest crates: as for user crates, but linked with `tests/guests/link.ld`.
+pub fn guest_rustflags(root: &Path) -> String {
+    static_rustflags(&root.join(crate::workspace::GUEST_DIR).join("link.ld"))
+}
+
+/// Static, small-code-model executables linked with `script`, with frame pointers.
+fn static_rustflags(script: &Path) -> String {
+    let link = format!("link-arg=-T{}", script.display());
     [
         "-C",
         "relocation-model=static",
@@ -262,6 +314,14 @@ pub fn user_rustflags(root: &Path) -> String {
 /// Where the ELF of user-space binary `name` lands.
 pub fn user_elf(root: &Path, name: &str, release: bool) -> PathBuf {
     root.join(USER_TARGET_DIR)
+        .join(TARGET)
+        .join(if release { "release" } else { "debug" })
+        .join(name)
+}
+
+/// Where the ELF of guest binary `name` lands.
+pub fn guest_elf(root: &Path, name: &str, release: bool) -> PathBuf {
+    root.join(GUEST_TARGET_DIR)
         .join(TARGET)
         .join(if release { "release" } else { "debug" })
         .join(name)
@@ -359,6 +419,35 @@ mod tests {
         assert_eq!(
             user_elf(Path::new("/r"), "serial", false),
             Path::new("/r/target/user/x86_64-unknown-none/debug/serial")
+        );
+    }
+
+    #[test]
+    fn guest_crates_get_their_own_flags_and_directory() {
+        let tc = KernelToolchain::Prebuilt {
+            cargo: "cargo".into(),
+            rustc: None,
+        };
+        let cmd = tc.build_guest(Path::new("/repo"), &["hello".into()], false);
+        assert_eq!(
+            args(&cmd),
+            [
+                "build",
+                "-p",
+                "hello",
+                "--target",
+                TARGET,
+                "--target-dir",
+                "/repo/target/guest"
+            ]
+        );
+        let flags = "-C\x1frelocation-model=static\x1f-C\x1fcode-model=small\x1f-C\x1f\
+                     link-arg=-T/repo/tests/guests/link.ld\x1f-C\x1fforce-frame-pointers=yes";
+        let envs: Vec<_> = cmd.get_envs().collect();
+        assert!(envs.contains(&("CARGO_ENCODED_RUSTFLAGS".as_ref(), Some(flags.as_ref()))));
+        assert_eq!(
+            guest_elf(Path::new("/r"), "hello", true),
+            Path::new("/r/target/guest/x86_64-unknown-none/release/hello")
         );
     }
 

@@ -52,6 +52,8 @@ pub struct Spec {
     pub iso: PathBuf,
     pub cpu: String,
     pub timeout: Duration,
+    /// RAM of the machine in MiB (`[system] ram` of the manifest).
+    pub ram_mib: u64,
     /// QEMU's deterministic instruction counting (`-icount shift=0,sleep=off`).
     pub icount: bool,
     /// Copy the serial console to our stdout as it arrives.

@@ -17,6 +17,7 @@ const GRACE: Duration = Duration::from_secs(3);
 
 /// The QEMU command line for `spec`.
 pub fn args(spec: &Spec) -> Vec<String> {
+    let ram = format!("{}M", spec.ram_mib);
     let mut args: Vec<String> = [
         "-accel",
         "tcg",
@@ -25,7 +26,7 @@ pub fn args(spec: &Spec) -> Vec<String> {
         "-cpu",
         &spec.cpu,
         "-m",
-        "256M",
+        &ram,
         "-smp",
         "1",
         "-display",
@@ -96,6 +97,7 @@ mod tests {
             iso: "/t/a.iso".into(),
             cpu: DEFAULT_CPU.into(),
             timeout: Duration::from_secs(1),
+            ram_mib: 256,
             icount: true,
             echo: false,
             work: "/t".into(),

@@ -20,11 +20,26 @@
 //! uses = ["other.portal", { portal = "x.y", grant = true }]
 //! power_off = false           # may end the system
 //! fault_handler = "x.faults"  # optional: the portal that receives its faults
+//!
+//! [[guest]]
+//! name = "hello"              # unique; its vmm-server is the server `vmm.hello`
+//! image = "hello"             # binary of a guest crate under tests/guests/
+//! memory = "16M"              # guest RAM: a multiple of 2 MiB, 2 MiB to 1 GiB
+//! vcpus = 1                   # default 1 (the only value supported)
+//! mode = "nested"             # or "shadow"; default "nested"
+//! cmdline = "greeting=hi"     # at most 200 bytes; default ""
+//! priority = 10               # of its vmm-server and vCPU; default 10
+//! expect = "exit 0"           # or "exit N", "stopped", "shutdown", "reset"; default "exit 0"
 //! ```
 //!
-//! A system without servers boots the kernel alone (with `modules`, if any). With servers, the
-//! image carries the boot modules `init`, `manifest` (the compiled [`manifest::SystemImage`]) and
-//! one module per server, named like it (see [`crate::pack`]).
+//! `[system] ram = "1G"` sets the emulated machine's RAM (default [`DEFAULT_RAM`] MiB); the
+//! kernel gives init a quarter of the free memory (rounded down to a power of two) as the pool
+//! it hands servers and guests, and the tool refuses a system that would not fit it.
+//!
+//! A system without servers or guests boots the kernel alone (with `modules`, if any). With
+//! servers or guests, the image carries the boot modules `init`, `manifest` (the compiled
+//! [`manifest::SystemImage`]), one module per server, named like it, and with guests the module
+//! `vmm-server` and one `guest.<name>` per guest (see [`crate::pack`]).
 //!
 //! Every problem is reported as `file:line:column: message`, all of them at once where the file
 //! parses; unknown sections and keys are errors, so a manifest written for a later version of
@@ -54,12 +69,51 @@ pub struct System {
     pub image: SystemImage,
     /// The workspace package of each server's ELF, in the order of `image.servers`.
     pub binaries: Vec<String>,
+    /// The guest-crate binary of each guest, in the order of `image.guests`.
+    pub guest_images: Vec<String>,
+    /// RAM of the emulated machine in MiB.
+    pub ram_mib: u64,
 }
 
+/// RAM of the emulated machine, in MiB, when the manifest does not say.
+pub const DEFAULT_RAM: u64 = 256;
+/// The RAM a manifest may ask for, in MiB (Bochs's limit is 2 GiB).
+const RAM_RANGE: std::ops::RangeInclusive<u64> = 64..=2048;
+
 impl System {
+    /// Whether the system runs user space (init, servers, guests) rather than the kernel alone.
     pub fn has_servers(&self) -> bool {
-        !self.image.servers.is_empty()
+        !self.image.servers.is_empty() || self.has_guests()
     }
+
+    pub fn has_guests(&self) -> bool {
+        !self.image.guests.is_empty()
+    }
+}
+
+/// A cautious estimate, in pages, of the pool that the kernel hands init on a machine with
+/// `ram_mib` MiB (the policy of `kernel/src/kern/init.rs` and `kernel/src/mem`): usable memory
+/// less 8 MiB (first MiB, kernel, modules, firmware), less the kernel heap (an eighth, 1 to
+/// 64 MiB); a quarter of the rest, rounded down to a power of two.
+pub fn pool_estimate(ram_mib: u64) -> u64 {
+    let usable = ram_mib.saturating_sub(8) << 20;
+    let heap = (usable / 8).clamp(1 << 20, 64 << 20);
+    let quarter = usable.saturating_sub(heap) / 4 / manifest::PAGE_SIZE;
+    if quarter == 0 {
+        0
+    } else {
+        1 << (63 - quarter.leading_zeros())
+    }
+}
+
+/// Pages the servers and guests take from init's pool, not counting the servers' ELF images
+/// (a page table's worth of slack per domain stands in for those).
+pub fn pool_need(image: &SystemImage) -> u64 {
+    let all = image.with_vmm_servers();
+    all.servers
+        .iter()
+        .map(|s| s.memory_pages + s.scratch_pages + 256 + 1)
+        .sum()
 }
 
 /// Loads `manifests/<name>.toml` below `root`; `binary` packages must exist in the workspace.
@@ -130,7 +184,9 @@ pub fn parse(
     let image = compiled.image;
     for problem in image.check() {
         let span = compiled.spans.of(problem.place);
-        if reported.contains(&span.start) {
+        // The tool names every image module after its guest: a bad module name is a bad guest
+        // name, reported already.
+        if reported.contains(&span.start) || problem.rule == manifest::Rule::GuestImage {
             continue;
         }
         let mut message = problem.message(&image);
@@ -141,6 +197,7 @@ pub fn parse(
         errors.push((span, message));
     }
     let modules = extra_modules(section, &image, root, &mut errors);
+    let ram_mib = ram(section, &image, &mut errors);
     if errors.is_empty() {
         return Ok(System {
             name: section.name.get_ref().clone(),
@@ -149,6 +206,8 @@ pub fn parse(
             modules,
             image,
             binaries: compiled.binaries,
+            guest_images: compiled.guest_images,
+            ram_mib,
         });
     }
     errors.sort_by_key(|(span, _)| span.start);
@@ -162,6 +221,47 @@ pub fn parse(
     })
 }
 
+/// The machine's RAM in MiB (`[system] ram`), checked against its range and against what the
+/// servers and guests take from init's pool.
+fn ram(
+    section: &source::SystemSection,
+    image: &SystemImage,
+    errors: &mut Vec<(Range<usize>, String)>,
+) -> u64 {
+    let (bytes, span) = match &section.ram {
+        Some(ram) => (ram.get_ref().0, ram.span()),
+        None => (DEFAULT_RAM << 20, section.name.span()),
+    };
+    let mib = bytes >> 20;
+    if bytes % (1 << 20) != 0 || !RAM_RANGE.contains(&mib) {
+        errors.push((
+            span,
+            format!(
+                "`ram` must be whole MiB from {} MiB to {} MiB",
+                RAM_RANGE.start(),
+                RAM_RANGE.end()
+            ),
+        ));
+        return DEFAULT_RAM;
+    }
+    let need = pool_need(image);
+    let pool = pool_estimate(mib);
+    // A system that breaks a rule (say, 2 GiB for a guest) has been refused already.
+    let checked = image.check().is_empty();
+    if (!image.servers.is_empty() || !image.guests.is_empty()) && checked && need > pool {
+        let to_mib = |pages: u64| (pages * manifest::PAGE_SIZE).div_ceil(1 << 20);
+        errors.push((
+            span,
+            format!(
+                "the servers and guests need about {} MiB of init's memory pool; with {mib} MiB of RAM the kernel gives init about {} MiB: raise `[system] ram`",
+                to_mib(need),
+                to_mib(pool)
+            ),
+        ));
+    }
+    mib
+}
+
 /// The `[system] modules` as boot modules, checked against each other, against the servers'
 /// modules and against the number of modules the kernel describes to init.
 fn extra_modules(
@@ -170,7 +270,8 @@ fn extra_modules(
     root: &Path,
     errors: &mut Vec<(Range<usize>, String)>,
 ) -> Vec<BootModule> {
-    let servers = !image.servers.is_empty();
+    let servers = !image.servers.is_empty() || !image.guests.is_empty();
+    let guests = !image.guests.is_empty();
     let mut modules: Vec<BootModule> = Vec::new();
     for entry in &section.modules {
         let span = entry.span();
@@ -189,7 +290,11 @@ fn extra_modules(
         } else if modules.iter().any(|m| m.name == name) {
             errors.push((span, format!("two modules are named `{name}`")));
         } else if servers
-            && (manifest::RESERVED_NAMES.contains(&name.as_str()) || image.server(&name).is_some())
+            && (manifest::RESERVED_NAMES.contains(&name.as_str())
+                || image.server(&name).is_some()
+                || (guests
+                    && (name == manifest::VMM_MODULE
+                        || image.guests.iter().any(|g| g.image == name))))
         {
             errors.push((
                 span,
@@ -206,7 +311,8 @@ fn extra_modules(
             manifest::RESERVED_NAMES.len() + image.servers.len()
         } else {
             0
-        };
+        }
+        + if guests { 1 + image.guests.len() } else { 0 };
     if count > abi::boot::MAX_BOOT_MODULES {
         errors.push((
             section.name.span(),

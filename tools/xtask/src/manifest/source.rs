@@ -8,7 +8,8 @@
 use std::fmt;
 use std::ops::Range;
 
-use manifest::{Field, Place, PortRange, Server, SystemImage, Use};
+use manifest::{Expect, Field, Guest, GuestField, MemoryMode, Place, PortRange, Server};
+use manifest::{SystemImage, Use};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
@@ -21,6 +22,8 @@ pub struct File {
     pub system: SystemSection,
     #[serde(default)]
     pub server: Vec<ServerEntry>,
+    #[serde(default)]
+    pub guest: Vec<GuestEntry>,
 }
 
 #[derive(Deserialize)]
@@ -32,6 +35,8 @@ pub struct SystemSection {
     pub cmdline: Option<Spanned<String>>,
     #[serde(default)]
     pub modules: Vec<Spanned<ModuleEntry>>,
+    /// RAM of the emulated machine (default [`super::DEFAULT_RAM`]).
+    pub ram: Option<Spanned<Size>>,
 }
 
 #[derive(Deserialize)]
@@ -67,6 +72,26 @@ pub struct ServerEntry {
     fault_handler: Option<Spanned<String>>,
 }
 
+/// A `[[guest]]` table.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestEntry {
+    name: Spanned<String>,
+    /// Binary of a guest crate under `tests/guests/`.
+    image: Spanned<String>,
+    memory: Spanned<Size>,
+    vcpus: Option<Spanned<i64>>,
+    /// `"nested"` (default) or `"shadow"`.
+    mode: Option<Spanned<String>>,
+    cmdline: Option<Spanned<String>>,
+    priority: Option<Spanned<i64>>,
+    /// `"exit N"` (default `"exit 0"`), `"stopped"`, `"shutdown"`, `"reset"`.
+    expect: Option<Spanned<String>>,
+}
+
+/// A guest's priority when the manifest gives none.
+pub const GUEST_PRIORITY: u8 = 10;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PortEntry {
@@ -91,6 +116,20 @@ struct UseEntry {
 pub struct Spans {
     pub system_name: Range<usize>,
     pub servers: Vec<ServerSpans>,
+    pub guests: Vec<GuestSpans>,
+}
+
+/// Where each value of a guest was written (its name when the field was left out).
+#[derive(Debug, Default)]
+pub struct GuestSpans {
+    name: Range<usize>,
+    image: Range<usize>,
+    memory: Range<usize>,
+    vcpus: Option<Range<usize>>,
+    mode: Option<Range<usize>>,
+    cmdline: Option<Range<usize>>,
+    priority: Option<Range<usize>>,
+    expect: Option<Range<usize>>,
 }
 
 #[derive(Debug, Default)]
@@ -109,13 +148,14 @@ pub struct ServerSpans {
 impl Spans {
     /// Where `place` was written (the server's name when the field has no position of its own).
     pub fn of(&self, place: Place) -> Range<usize> {
-        let Place::Server {
-            server,
-            field,
-            item,
-        } = place
-        else {
-            return self.system_name.clone();
+        let (server, field, item) = match place {
+            Place::Server {
+                server,
+                field,
+                item,
+            } => (server, field, item),
+            Place::Guest { guest, field } => return self.of_guest(guest, field),
+            Place::System => return self.system_name.clone(),
         };
         let Some(s) = self.servers.get(server) else {
             return self.system_name.clone();
@@ -134,6 +174,23 @@ impl Spans {
         }
         .unwrap_or_else(|| s.name.clone())
     }
+
+    fn of_guest(&self, guest: usize, field: GuestField) -> Range<usize> {
+        let Some(g) = self.guests.get(guest) else {
+            return self.system_name.clone();
+        };
+        match field {
+            GuestField::Name => None,
+            GuestField::Image => Some(g.image.clone()),
+            GuestField::Memory => Some(g.memory.clone()),
+            GuestField::Vcpus => g.vcpus.clone(),
+            GuestField::Mode => g.mode.clone(),
+            GuestField::Cmdline => g.cmdline.clone(),
+            GuestField::Priority => g.priority.clone(),
+            GuestField::Expect => g.expect.clone(),
+        }
+        .unwrap_or_else(|| g.name.clone())
+    }
 }
 
 /// The compiled form of the servers, the package each is built from, where everything was
@@ -141,6 +198,8 @@ impl Spans {
 pub struct Compiled {
     pub image: SystemImage,
     pub binaries: Vec<String>,
+    /// The guest-crate binary of each guest, in the order of `image.guests`.
+    pub guest_images: Vec<String>,
     pub spans: Spans,
     /// Values that cannot be represented in the image (a placeholder stands in for each).
     pub errors: Vec<(Range<usize>, String)>,
@@ -157,6 +216,7 @@ pub fn compile(file: &File, workspace: Option<&Workspace>) -> Compiled {
     let mut spans = Spans {
         system_name: file.system.name.span(),
         servers: Vec::new(),
+        guests: Vec::new(),
     };
     for entry in &file.server {
         if let Some(ws) = workspace {
@@ -167,13 +227,33 @@ pub fn compile(file: &File, workspace: Option<&Workspace>) -> Compiled {
         binaries.push(binary);
         spans.servers.push(server_spans);
     }
+    let mut guests = Vec::new();
+    let mut guest_images = Vec::new();
+    for entry in &file.guest {
+        if let Some(ws) = workspace {
+            check_guest_image(entry, ws, &mut package_errors);
+        }
+        guests.push(compile_guest(entry, &mut errors));
+        guest_images.push(entry.image.get_ref().clone());
+        spans.guests.push(GuestSpans {
+            name: entry.name.span(),
+            image: entry.image.span(),
+            memory: entry.memory.span(),
+            vcpus: entry.vcpus.as_ref().map(Spanned::span),
+            mode: entry.mode.as_ref().map(Spanned::span),
+            cmdline: entry.cmdline.as_ref().map(Spanned::span),
+            priority: entry.priority.as_ref().map(Spanned::span),
+            expect: entry.expect.as_ref().map(Spanned::span),
+        });
+    }
     Compiled {
         image: SystemImage {
             name: file.system.name.get_ref().clone(),
             servers,
-            guests: Vec::new(),
+            guests,
         },
         binaries,
+        guest_images,
         spans,
         errors,
         package_errors,
@@ -193,6 +273,86 @@ fn check_package(entry: &ServerEntry, ws: &Workspace, errors: &mut Vec<(Range<us
         ));
     } else if let Err(err) = ws.binary(binary) {
         errors.push((span, format!("{err} (server `{name}`)")));
+    }
+}
+
+fn check_guest_image(entry: &GuestEntry, ws: &Workspace, errors: &mut Vec<(Range<usize>, String)>) {
+    let image = entry.image.get_ref();
+    if ws.guest_package(image).is_none() {
+        let known = ws.guest_images();
+        errors.push((
+            entry.image.span(),
+            format!(
+                "no guest image `{image}` (guest `{}`): guest images are the binaries of the crates under tests/guests/ ({})",
+                entry.name.get_ref(),
+                if known.is_empty() {
+                    "there are none yet".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        ));
+    }
+}
+
+/// Translates one `[[guest]]`; a value that cannot be represented is reported and a valid
+/// placeholder stands in for it.
+fn compile_guest(entry: &GuestEntry, errors: &mut Vec<(Range<usize>, String)>) -> Guest {
+    let name = entry.name.get_ref().clone();
+    let mut small = |value: Option<&Spanned<i64>>, what: &str, default: u8| -> u8 {
+        let Some(value) = value else {
+            return default;
+        };
+        u8::try_from(*value.get_ref()).unwrap_or_else(|_| {
+            errors.push((
+                value.span(),
+                format!(
+                    "{what} {} of guest `{name}` is not between 0 and 255",
+                    value.get_ref()
+                ),
+            ));
+            default
+        })
+    };
+    let vcpus = small(entry.vcpus.as_ref(), "vcpus", manifest::GUEST_VCPUS);
+    let priority = small(entry.priority.as_ref(), "priority", GUEST_PRIORITY);
+    let mode = match entry.mode.as_ref().map(|m| (m, m.get_ref().as_str())) {
+        None | Some((_, "nested")) => MemoryMode::Nested,
+        Some((_, "shadow")) => MemoryMode::Shadow,
+        Some((spanned, other)) => {
+            errors.push((
+                spanned.span(),
+                format!("mode `{other}` of guest `{name}` is neither \"nested\" nor \"shadow\""),
+            ));
+            MemoryMode::Nested
+        }
+    };
+    let expect = match &entry.expect {
+        None => Expect::Exit(0),
+        Some(text) => Expect::parse(text.get_ref()).unwrap_or_else(|| {
+            errors.push((
+                text.span(),
+                format!(
+                    "expect `{}` of guest `{name}` is none of \"exit N\" (N from 0 to 255), \"stopped\", \"shutdown\", \"reset\"",
+                    text.get_ref()
+                ),
+            ));
+            Expect::Exit(0)
+        }),
+    };
+    Guest {
+        image: Guest::module_name(&name),
+        memory_bytes: entry.memory.get_ref().0,
+        vcpus,
+        mode,
+        cmdline: entry
+            .cmdline
+            .as_ref()
+            .map(|c| c.get_ref().clone())
+            .unwrap_or_default(),
+        priority,
+        expect,
+        name,
     }
 }
 

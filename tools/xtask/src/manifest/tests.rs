@@ -7,6 +7,12 @@ fn workspace() -> Workspace {
         name: name.into(),
         bins: vec![name.into()],
         host: false,
+        guest: false,
+        flat: false,
+    };
+    let guest = |name: &str| Package {
+        guest: true,
+        ..package(name)
     };
     Workspace {
         packages: ["init", "serial", "target", "isolation-attacker"]
@@ -16,7 +22,10 @@ fn workspace() -> Workspace {
                 name: "rt".into(),
                 bins: vec![],
                 host: false,
+                guest: false,
+                flat: false,
             }])
+            .chain(["hello", "probe"].into_iter().map(guest))
             .collect(),
     }
 }
@@ -104,13 +113,14 @@ fn the_repository_manifests_parse() {
     let root = crate::layout::root();
     let ws = Workspace::load(&root).unwrap();
     for name in available(&root.join("manifests")) {
-        // The servers' packages may not exist yet: only that may be wrong.
+        // The servers' packages and guest crates may not exist yet: only that may be wrong.
         if let Err(err) = load(&root, &name) {
             let err = err.to_string();
             assert!(
                 err.lines()
                     .skip_while(|l| l.ends_with("problems:"))
-                    .all(|l| l.contains(": no workspace package `")),
+                    .all(|l| l.contains(": no workspace package `")
+                        || l.contains(": no guest image `")),
                 "{err}"
             );
         }
@@ -430,4 +440,134 @@ fn missing_fields_are_located() {
     let err = error(&edit("priority = 20\n", ""));
     assert!(err.contains("missing field `priority`"), "{err}");
     assert!(err.starts_with("manifests/t.toml:4:"), "{err}");
+}
+
+/// `GOOD` with two guests and enough RAM for them.
+fn guests_text() -> String {
+    GOOD.replacen("name = \"t\"\n", "name = \"t\"\nram = \"1G\"\n", 1)
+        + r#"
+[[guest]]
+name = "hello"
+image = "hello"
+memory = "16M"
+cmdline = "greeting=hi"
+
+[[guest]]
+name = "probe2"
+image = "probe"
+memory = "32M"
+mode = "shadow"
+priority = 12
+expect = "stopped"
+"#
+}
+
+/// `guests_text()` with `from` replaced by `to`, and the line (1-based) of the last line of
+/// `to` in the result.
+fn guests_edit(from: &str, to: &str) -> (String, usize) {
+    let text = guests_text();
+    let at = text.find(from).unwrap_or_else(|| panic!("{from}"));
+    let line = text[..at].matches('\n').count() + 1 + to.trim_end().matches('\n').count();
+    (text.replacen(from, to, 1), line)
+}
+
+#[test]
+fn guests_compile_with_defaults() {
+    let system = parse_text(&guests_text(), "t").unwrap();
+    assert!(system.has_guests() && system.has_servers());
+    assert_eq!(system.ram_mib, 1024);
+    assert_eq!(system.guest_images, ["hello", "probe"]);
+    let [hello, probe] = &system.image.guests[..] else {
+        panic!("{:?}", system.image.guests)
+    };
+    assert_eq!(hello.image, "guest.hello");
+    assert_eq!(hello.memory_bytes, 16 << 20);
+    assert_eq!(hello.vcpus, 1);
+    assert_eq!(hello.mode, manifest::MemoryMode::Nested);
+    assert_eq!(hello.cmdline, "greeting=hi");
+    assert_eq!(hello.priority, 10);
+    assert_eq!(hello.expect, manifest::Expect::Exit(0));
+    assert_eq!(probe.image, "guest.probe2");
+    assert_eq!(probe.mode, manifest::MemoryMode::Shadow);
+    assert_eq!(probe.priority, 12);
+    assert_eq!(probe.expect, manifest::Expect::Stopped);
+    let decoded = SystemImage::decode(&system.image.encode()).unwrap();
+    assert_eq!(decoded, system.image);
+    // Without servers, guests still need init.
+    let alone = "[system]\nname = \"t\"\nram = \"256M\"\n\n[[guest]]\nname = \"g\"\nimage = \"hello\"\nmemory = \"2M\"\n";
+    let system = parse_text(alone, "t").unwrap();
+    assert!(system.has_servers() && system.has_guests());
+    assert_eq!(parse_text(GOOD, "t").unwrap().ram_mib, DEFAULT_RAM);
+}
+
+#[test]
+fn guest_field_errors_are_located() {
+    for (from, to, words) in [
+        ("memory = \"16M\"", "memory = \"15M\"", "the memory of guest `hello` (15728640 bytes) must be a multiple of 2 MiB"),
+        ("memory = \"16M\"", "memory = \"2G\"", "from 2 MiB to 1 GiB"),
+        ("memory = \"16M\"", "memory = \"lots\"", "invalid size `lots`"),
+        ("memory = \"32M\"", "memory = \"32M\"\nvcpus = 2", "guest `probe2` asks for 2 vCPUs; only 1 is supported"),
+        ("memory = \"32M\"", "memory = \"32M\"\nvcpus = 300", "vcpus 300 of guest `probe2` is not between 0 and 255"),
+        ("mode = \"shadow\"", "mode = \"nestd\"", "mode `nestd` of guest `probe2` is neither"),
+        ("priority = 12", "priority = 32", "priority 32 of guest `probe2` is above the highest, 31"),
+        ("priority = 12", "priority = -1", "priority -1 of guest `probe2` is not between 0 and 255"),
+        ("expect = \"stopped\"", "expect = \"exit 256\"", "expect `exit 256` of guest `probe2` is none of"),
+        ("cmdline = \"greeting=hi\"", "cmdline = \"a\\nb\"", "the command line of guest `hello` must be one line of at most 200 bytes"),
+        ("image = \"probe\"", "image = \"probo\"", "no guest image `probo` (guest `probe2`): guest images are the binaries of the crates under tests/guests/ (hello, probe)"),
+        ("image = \"probe\"", "image = \"serial\"", "no guest image `serial`"),
+        ("name = \"probe2\"", "name = \"hello\"", "two guests are named `hello` (see line"),
+        ("name = \"probe2\"", "name = \"a.b\"", "guest name `a.b` must be 1 to 41 characters"),
+        ("expect = \"stopped\"", "expect = \"stopped\"\nsecret = 1", "unknown field `secret`"),
+    ] {
+        let (text, line) = guests_edit(from, to);
+        let err = error(&text);
+        assert_at(&err, line, words);
+        assert_eq!(err.lines().count(), 1, "one problem, once: {err}");
+    }
+    let long = format!("cmdline = \"{}\"", "x".repeat(201));
+    let (text, line) = guests_edit("cmdline = \"greeting=hi\"", &long);
+    assert_at(&error(&text), line, "at most 200 bytes (it has 201)");
+    let (text, _) = guests_edit("image = \"hello\"\n", "");
+    assert!(error(&text).contains("missing field `image`"));
+}
+
+#[test]
+fn guests_reserve_the_vmm_module_and_need_memory() {
+    let (text, line) = guests_edit(
+        "name = \"serial\"",
+        "binary = \"serial\"\nname = \"vmm-server\"",
+    );
+    let err = error(&text.replace("serial.log", "vmm-server.log"));
+    assert_at(
+        &err,
+        line,
+        "server name `vmm-server` is reserved: a system with guests",
+    );
+    let (text, line) = guests_edit("ram = \"1G\"", "ram = \"256M\"");
+    assert_at(
+        &error(&text),
+        line,
+        "the servers and guests need about 56 MiB of init's memory pool; with 256 MiB of RAM the kernel gives init about 32 MiB",
+    );
+    let (text, line) = guests_edit("ram = \"1G\"", "ram = \"1000K\"");
+    assert_at(
+        &error(&text),
+        line,
+        "`ram` must be whole MiB from 64 MiB to 2048 MiB",
+    );
+    let (text, line) = guests_edit("ram = \"1G\"", "ram = \"4G\"");
+    assert_at(&error(&text), line, "`ram` must be whole MiB");
+    let (text, line) = guests_edit(
+        "name = \"t\"\n",
+        "name = \"t\"\nmodules = [{ file = \"x/guest.hello\" }]\n",
+    );
+    assert_at(&error(&text), line, "module name `guest.hello` is taken");
+}
+
+#[test]
+fn the_pool_estimate_follows_the_kernel() {
+    // 256 MiB: the kernel hands init 32 MiB (boot line `pool 32 MiB`).
+    assert_eq!(pool_estimate(256), (32 << 20) / 4096);
+    assert_eq!(pool_estimate(1024), (128 << 20) / 4096);
+    assert_eq!(pool_estimate(8), 0);
 }
