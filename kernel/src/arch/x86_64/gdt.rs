@@ -36,8 +36,16 @@ pub const IST_MACHINE_CHECK: u8 = 3;
 #[repr(C, align(16))]
 struct Gdt {
     segments: [Descriptor; 5],
-    tss: Descriptor64,
+    tss: TssDescriptor,
 }
+
+/// The TSS descriptor, whose busy bit the kernel clears to reload TR after a VMX exit (which
+/// leaves TR's limit at 0x67, cutting off the I/O bitmap).
+#[repr(transparent)]
+struct TssDescriptor(UnsafeCell<Descriptor64>);
+
+// SAFETY: written only by `reload_task_register`, with interrupts disabled on the one CPU.
+unsafe impl Sync for TssDescriptor {}
 
 /// Bytes of the I/O permission bitmap: one bit per port, set = denied.
 pub const IO_BITMAP_BYTES: usize = 65536 / 8;
@@ -134,12 +142,14 @@ pub fn init() {
                 segment(false, Ring::Ring3),
                 segment(true, Ring::Ring3),
             ],
-            tss: <DescriptorBuilder as GateDescriptorBuilder<u64>>::tss_descriptor(
-                base, limit, true,
-            )
-            .present()
-            .dpl(Ring::Ring0)
-            .finish(),
+            tss: TssDescriptor(UnsafeCell::new(
+                <DescriptorBuilder as GateDescriptorBuilder<u64>>::tss_descriptor(
+                    base, limit, true,
+                )
+                .present()
+                .dpl(Ring::Ring0)
+                .finish(),
+            )),
         }
     });
     let pointer = DescriptorTablePointer::new(gdt);
@@ -154,6 +164,32 @@ pub fn init() {
         load_es(KERNEL_DATA);
         load_fs(SegmentSelector::from_raw(0));
         load_gs(SegmentSelector::from_raw(0));
+        load_tr(TSS);
+    }
+}
+
+/// Selector of the TSS (for the VMCS host state).
+pub const TSS_SELECTOR: u16 = TSS.bits();
+
+/// Base addresses of the GDT and the TSS (for the VMCS host state).
+pub fn host_bases() -> (u64, u64) {
+    let gdt = GDT.get().map_or(0, |g| g as *const Gdt as u64);
+    (gdt, TSS_AREA.0.get() as u64)
+}
+
+/// Restores the GDT limit and TR (with its full limit) after a VMX exit, which set the GDT
+/// limit to 0xffff and TR's limit to 0x67.
+pub fn reload_after_vm_exit() {
+    let Some(gdt) = GDT.get() else { return };
+    let pointer = DescriptorTablePointer::new(gdt);
+    // Type 0xb (busy 64-bit TSS) becomes 0x9 (available): LTR refuses a busy descriptor.
+    const BUSY: u64 = 1 << 41;
+    // SAFETY: the descriptor lives in the static GDT; only this function writes it, on the one
+    // CPU with interrupts disabled, and LTR of the now-available TSS reloads the same TSS.
+    unsafe {
+        lgdt(&pointer);
+        let low = gdt.tss.0.get() as *mut u64;
+        low.write_volatile(low.read_volatile() & !BUSY);
         load_tr(TSS);
     }
 }
