@@ -644,96 +644,10 @@ pub fn finish_exit(k: &mut Kernel, handler: ThreadId, vcpu_t: ThreadId) -> Resul
     Ok(true)
 }
 
-fn canonical(a: u64) -> bool {
-    let top = a >> 47;
-    top == 0 || top == 0x1_ffff
-}
-
-/// RFLAGS bits that must be zero (reserved) or that the kernel does not support (VM86).
-const RFLAGS_MBZ: u64 = !0x3f_7fd7 | (1 << 17);
-/// Exceptions that push an error code.
-const ERROR_CODE_VECTORS: [u8; 8] = [8, 10, 11, 12, 13, 14, 17, 21];
-
 /// Checks a reply's groups against what the hardware accepts; nothing is written here.
 fn validate(vcpu: &Vcpu, mask: u64, w: &[u64; word::COUNT]) -> Result<(), Status> {
-    if mask & !mtd::ALL != 0 {
-        return Err(Status::BadArgument);
-    }
     let mut current = [0u64; word::COUNT];
     vcpu.hw.read(&vcpu.ctx.gprs, mtd::ALL, &mut current);
-    let pick = |group: u64, i: usize| if mask & group != 0 { w[i] } else { current[i] };
-    let rflags = pick(mtd::RIP, word::RFLAGS);
-    if rflags & RFLAGS_MBZ != 0 || rflags & 2 == 0 {
-        return Err(Status::BadArgument);
-    }
-    let cs = pick(mtd::SEGMENTS, word::SEGMENTS);
-    let efer = pick(mtd::CONTROL, word::EFER);
-    let long_code =
-        efer & (1 << 10) != 0 && vmabi::segment::attributes(cs) & vmabi::segment::LONG != 0;
-    let rip = pick(mtd::RIP, word::RIP);
-    if (long_code && !canonical(rip)) || (!long_code && rip >> 32 != 0) {
-        return Err(Status::BadArgument);
-    }
-    if mask & mtd::SEGMENTS != 0 {
-        for i in 0..8 {
-            if !canonical(w[word::SEGMENTS + 2 * i + 1]) {
-                return Err(Status::BadArgument);
-            }
-        }
-    }
-    if mask & mtd::TABLES != 0
-        && (!canonical(w[word::GDTR_BASE])
-            || !canonical(w[word::IDTR_BASE])
-            || w[word::GDTR_LIMIT] > 0xffff
-            || w[word::IDTR_LIMIT] > 0xffff)
-    {
-        return Err(Status::BadArgument);
-    }
-    if mask & mtd::MSRS != 0 {
-        let pat_ok = w[word::PAT]
-            .to_le_bytes()
-            .iter()
-            .all(|t| matches!(t, 0 | 1 | 4 | 5 | 6 | 7));
-        if !pat_ok
-            || w[word::DR7] >> 32 != 0
-            || !canonical(w[word::SYSENTER_ESP])
-            || !canonical(w[word::SYSENTER_EIP])
-        {
-            return Err(Status::BadArgument);
-        }
-    }
-    vcpu.hw.check(mask, w).map_err(|_| Status::BadArgument)?;
-    if mask & mtd::INJECT != 0 {
-        let cr0 = pick(mtd::CONTROL, word::CR0);
-        let interruptible = rflags & (1 << 9) != 0 && current[word::INTERRUPTIBILITY] & 1 == 0;
-        check_event(w[word::INJECT], cr0 & 1 != 0, interruptible)?;
-    }
-    Ok(())
-}
-
-/// Whether `event` (abi::vm::inject form) can be injected into a guest in this state.
-fn check_event(event: u64, protected: bool, interruptible: bool) -> Result<(), Status> {
-    const DEFINED: u64 = 0xff | (7 << 8) | inject::HAS_ERROR | inject::VALID | inject::WINDOW;
-    if event & !DEFINED != 0 {
-        return Err(Status::BadArgument);
-    }
-    if event & inject::VALID == 0 {
-        return Ok(());
-    }
-    let vector = inject::vector(event);
-    let has_error = event & inject::HAS_ERROR != 0;
-    let ok = match inject::kind(event) {
-        inject::KIND_EXTERNAL => vector >= 32 && !has_error && interruptible,
-        inject::KIND_NMI => vector == 2 && !has_error,
-        inject::KIND_EXCEPTION => {
-            let takes_error = ERROR_CODE_VECTORS.contains(&vector) && protected;
-            vector < 22 && !matches!(vector, 2 | 9 | 15) && has_error == takes_error
-        }
-        _ => false,
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(Status::BadArgument)
-    }
+    virt::reply::check(w, &current).map_err(|_| Status::BadArgument)?;
+    vcpu.hw.check(mask, w).map_err(|_| Status::BadArgument)
 }

@@ -12,5 +12,6 @@
 pub mod ept;
 pub mod exit;
 pub mod nested;
+pub mod reply;
 pub mod svm_state;
 pub mod vmx_controls;
