@@ -1,3 +1,31 @@
-//! The vmm-server's host-tested logic (filled in by issue #4).
-#![no_std]
+//! The vmm-server's logic, kept apart from its syscalls so that it is tested on the host
+//! (`cargo test -p vmm`). Everything here treats the guest image and the guest's exits as
+//! hostile: bad input gets a typed error or a #GP/#UD for the guest, never a panic.
+//!
+//! - [`image`]: load a guest image into guest RAM the way QEMU's `-kernel` does (Multiboot 2,
+//!   Multiboot 1, ELF64, flat binary), with [`elf`] and [`multiboot`] for the headers, [`boot`]
+//!   for the initial vCPU state and boot structures, [`info`] for the Multiboot information and
+//!   [`layout`] for where everything lives in guest-physical memory;
+//! - [`monitor`]: one exit message in, the reply and what to log out, using
+//!   [`cpuid`] (the filter), [`msr`] (the allow-list), [`ports`] (port I/O) and [`uart`]
+//!   (the 16550 model);
+//! - [`state`]: the vCPU state as `abi::vm::word` message words.
+//!
+//! `docs/guests.md` describes what a guest sees.
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
 extern crate alloc;
+
+pub mod boot;
+pub mod cpuid;
+pub mod elf;
+pub mod image;
+pub mod info;
+pub mod layout;
+pub mod monitor;
+pub mod msr;
+pub mod multiboot;
+pub mod ports;
+pub mod state;
+pub mod uart;

@@ -1,0 +1,496 @@
+//! The exit handler: turns one exit message into the reply that resumes (or stops) the vCPU,
+//! plus what the vmm-server has to say about it (guest output lines, log lines, the guest's end).
+//! The server only moves words between the UTCB and this type and prints the notes.
+//!
+//! | exit | handling |
+//! |---|---|
+//! | startup | the initial state from the loader, all groups |
+//! | recall, interrupt window | resume |
+//! | cpuid | [`crate::cpuid::filter`] of the host's values |
+//! | io | [`crate::ports`]; `in` merges the value into RAX by size; string I/O gets #UD |
+//! | rdmsr, wrmsr | [`crate::msr`]; refused accesses get #GP(0) |
+//! | hlt | nothing can wake the guest (no interrupt sources yet): ends, FAILED, "halted" |
+//! | hypercall, other (XSETBV, MOV DR, INVD) | #UD |
+//! | memory fault | ends, STOPPED with the guest-physical address |
+//! | shutdown (triple fault) | ends, SHUTDOWN with the RIP |
+//! | exception | re-injected |
+//! | entry failure | ends, FAILED |
+//!
+//! An event that was being delivered when the exit happened is re-injected on resume. An exit
+//! message without the register groups its handling needs, or with an unknown reason, ends the
+//! guest (FAILED): the VMM never writes back registers it was not given.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use abi::bootstrap::outcome;
+use abi::vm::{inject, mtd, word, Exit, IoQual, EXIT_COUNT};
+
+use crate::cpuid;
+use crate::msr::{MsrAction, MsrContext, MsrPolicy, StateWrite};
+use crate::ports::{self, IoEvent, Ports};
+use crate::state::{reply_len, Gpr, VcpuState};
+use crate::uart;
+
+/// Detail codes of a FAILED end (for the log and init's report).
+pub mod failure {
+    /// The guest halted with nothing to wake it.
+    pub const HALTED: u64 = 1;
+    /// The hardware refused to enter the guest.
+    pub const ENTRY: u64 = 2;
+    /// The kernel refused the VMM's reply.
+    pub const REFUSED: u64 = 3;
+    /// An exit message the VMM cannot handle (unknown reason, missing registers, no instruction
+    /// length, an exception vector that is not one).
+    pub const PROTOCOL: u64 = 4;
+}
+
+/// Exception vectors the VMM injects.
+pub const UD: u8 = 6;
+pub const GP: u8 = 13;
+pub const PF: u8 = 14;
+
+/// The register groups each exit's message carries (set with `VcpuControl::SetMask`): what its
+/// handling reads or writes back.
+pub fn transfer_mask(exit: Exit) -> u64 {
+    match exit {
+        Exit::Startup => mtd::ALL,
+        Exit::Recall | Exit::InterruptWindow => mtd::INJECT,
+        Exit::Cpuid | Exit::Io => mtd::GPRS | mtd::RIP,
+        Exit::Rdmsr | Exit::Wrmsr => mtd::GPRS | mtd::RIP | mtd::CONTROL | mtd::MSRS,
+        Exit::Exception => mtd::RIP | mtd::CONTROL | mtd::INJECT,
+        Exit::Hlt
+        | Exit::Hypercall
+        | Exit::MemoryFault
+        | Exit::Shutdown
+        | Exit::EntryFailure
+        | Exit::Other => mtd::RIP,
+    }
+}
+
+/// How the guest ended (`abi::bootstrap::GUEST_DONE` words).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct End {
+    /// One of `abi::bootstrap::outcome`.
+    pub outcome: u64,
+    pub detail: u64,
+}
+
+/// Something the server reports about an exit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Note {
+    /// A line of guest UART output (printable text), to print as `[<guest>] <line>`.
+    Line(String),
+    /// A line for the VMM's own log (without the server's name).
+    Log(String),
+    /// The guest ended; the reply stops the vCPU.
+    End(End),
+}
+
+/// The reply to one exit and the notes about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    /// The reply's words; word `MASK` holds the groups written back (and `mtd::STOP`).
+    pub reply: VcpuState,
+    pub notes: Vec<Note>,
+}
+
+impl Response {
+    /// The reply's transfer mask.
+    pub fn mask(&self) -> u64 {
+        self.reply.get(word::MASK)
+    }
+
+    /// The words to send: up to the highest group the mask names.
+    pub fn words(&self) -> &[u64] {
+        &self.reply.words[..reply_len(self.mask())]
+    }
+
+    /// Whether the reply stops the vCPU.
+    pub fn stops(&self) -> bool {
+        self.mask() & mtd::STOP != 0
+    }
+}
+
+/// The state of one guest's exit handling.
+#[derive(Clone, Debug)]
+pub struct Monitor {
+    initial: VcpuState,
+    ports: Ports,
+    msrs: MsrPolicy,
+    counts: [u64; EXIT_COUNT as usize],
+    unknown: u64,
+    host_max: Option<(u32, u32)>,
+    ended: Option<End>,
+    string_io_logged: bool,
+    other_logged: u32,
+}
+
+/// The event word for exception `vector` (with an error code where the vector has one).
+pub fn exception(vector: u8) -> u64 {
+    let has_error = matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30);
+    let kind = if vector == 2 {
+        inject::KIND_NMI
+    } else {
+        inject::KIND_EXCEPTION
+    };
+    u64::from(vector) | kind | if has_error { inject::HAS_ERROR } else { 0 } | inject::VALID
+}
+
+/// What a handler decided, before it becomes a [`Response`].
+struct Step {
+    reply: VcpuState,
+    mask: u64,
+    notes: Vec<Note>,
+    end: Option<End>,
+}
+
+impl Step {
+    fn new(msg: &VcpuState) -> Step {
+        Step {
+            reply: *msg,
+            mask: 0,
+            notes: Vec::new(),
+            end: None,
+        }
+    }
+
+    fn inject(&mut self, event: u64, error: u64) {
+        self.reply.set(word::INJECT, event);
+        self.reply.set(word::INJECT_ERROR, error);
+        self.mask |= mtd::INJECT;
+    }
+
+    fn advance(&mut self, msg: &VcpuState, default_len: u64) -> bool {
+        let len = match msg.get(word::INSTRUCTION_LEN) {
+            0 => default_len,
+            n => n,
+        };
+        if len == 0 || len > 15 {
+            self.fail(
+                failure::PROTOCOL,
+                format!("exit without a usable instruction length ({len})"),
+            );
+            return false;
+        }
+        self.reply.set_rip(msg.rip().wrapping_add(len));
+        self.mask |= mtd::RIP;
+        true
+    }
+
+    fn log(&mut self, text: String) {
+        self.notes.push(Note::Log(text));
+    }
+
+    fn end(&mut self, outcome: u64, detail: u64) {
+        if self.end.is_none() {
+            self.end = Some(End { outcome, detail });
+        }
+    }
+
+    fn fail(&mut self, detail: u64, text: String) {
+        self.log(text);
+        self.end(outcome::FAILED, detail);
+    }
+}
+
+impl Monitor {
+    /// A monitor whose guest starts in `initial` (from the loader).
+    pub fn new(initial: VcpuState) -> Monitor {
+        Monitor {
+            initial,
+            ports: Ports::new(),
+            msrs: MsrPolicy::new(),
+            counts: [0; EXIT_COUNT as usize],
+            unknown: 0,
+            host_max: None,
+            ended: None,
+            string_io_logged: false,
+            other_logged: 0,
+        }
+    }
+
+    /// How the guest ended, once it has.
+    pub fn ended(&self) -> Option<End> {
+        self.ended
+    }
+
+    /// Handles the exit message `msg`; `host_cpuid(leaf, subleaf)` executes CPUID on the host.
+    pub fn handle(
+        &mut self,
+        msg: &[u64],
+        host_cpuid: &mut dyn FnMut(u32, u32) -> [u32; 4],
+    ) -> Response {
+        let msg = VcpuState::from_words(msg);
+        let mut step = Step::new(&msg);
+        let reason = msg.get(word::REASON);
+        match Exit::from_u64(reason) {
+            None => {
+                self.unknown += 1;
+                step.fail(failure::PROTOCOL, format!("unknown exit reason {reason}"));
+            }
+            Some(exit) => {
+                self.counts[exit as usize] += 1;
+                if self.ended.is_some() {
+                    // A stopped vCPU does not exit again; should it, keep it stopped.
+                    step.end = self.ended;
+                } else if msg.get(word::MASK) & transfer_mask(exit) != transfer_mask(exit) {
+                    step.fail(
+                        failure::PROTOCOL,
+                        format!(
+                            "{} exit carries groups {:#x}, needs {:#x}",
+                            exit.name(),
+                            msg.get(word::MASK),
+                            transfer_mask(exit)
+                        ),
+                    );
+                } else {
+                    self.dispatch(exit, &msg, &mut step, host_cpuid);
+                }
+            }
+        }
+        self.finish(&msg, step)
+    }
+
+    /// The kernel refused the last reply: stop the vCPU.
+    pub fn refused(&mut self) -> Response {
+        let msg = VcpuState::default();
+        let mut step = Step::new(&msg);
+        step.fail(
+            failure::REFUSED,
+            String::from("the kernel refused the reply; stopping the guest"),
+        );
+        self.finish(&msg, step)
+    }
+
+    fn finish(&mut self, msg: &VcpuState, mut step: Step) -> Response {
+        if let Some(end) = step.end {
+            if self.ended.is_none() && self.ports.uart().flush() {
+                let line = uart::printable(self.ports.uart().line());
+                step.notes.push(Note::Line(line));
+            }
+            if self.ended.is_none() {
+                step.notes.push(Note::End(end));
+            }
+            self.ended = Some(end);
+            step.mask = mtd::STOP;
+        } else if step.mask & mtd::INJECT == 0 {
+            // Re-inject an event whose delivery the exit interrupted.
+            let pending = msg.get(word::INJECT);
+            if msg.get(word::MASK) & mtd::INJECT != 0 && pending & inject::VALID != 0 {
+                step.inject(pending, msg.get(word::INJECT_ERROR));
+            }
+        }
+        step.reply.set(word::MASK, step.mask);
+        Response {
+            reply: step.reply,
+            notes: step.notes,
+        }
+    }
+
+    fn dispatch(
+        &mut self,
+        exit: Exit,
+        msg: &VcpuState,
+        step: &mut Step,
+        host_cpuid: &mut dyn FnMut(u32, u32) -> [u32; 4],
+    ) {
+        let q0 = msg.get(word::QUAL0);
+        match exit {
+            Exit::Startup => {
+                step.reply = self.initial;
+                step.mask = mtd::ALL;
+            }
+            Exit::Recall | Exit::InterruptWindow => {}
+            Exit::Cpuid => self.cpuid(msg, step, host_cpuid),
+            Exit::Io => self.io(msg, step),
+            Exit::Rdmsr | Exit::Wrmsr => self.msr(exit, msg, step),
+            Exit::Hlt => step.fail(
+                failure::HALTED,
+                format!("halted at {:#x} with nothing to wake it", msg.rip()),
+            ),
+            Exit::Hypercall => step.inject(exception(UD), 0),
+            Exit::MemoryFault => {
+                step.log(format!(
+                    "guest accessed {q0:#x} outside its memory; stopped"
+                ));
+                step.end(outcome::STOPPED, q0);
+            }
+            Exit::Shutdown => {
+                step.log(format!("triple fault (last RIP {:#x})", msg.rip()));
+                step.end(outcome::SHUTDOWN, msg.rip());
+            }
+            Exit::Exception => {
+                let vector = q0 as u8;
+                if q0 & 0xffff_ff00 != 0 || vector >= 32 {
+                    step.fail(failure::PROTOCOL, format!("exception exit with {q0:#x}"));
+                } else {
+                    if vector == PF {
+                        step.reply.set(word::CR2, msg.get(word::QUAL1));
+                        step.mask |= mtd::CONTROL;
+                    }
+                    step.inject(exception(vector), q0 >> 32);
+                }
+            }
+            Exit::EntryFailure => step.fail(
+                failure::ENTRY,
+                format!(
+                    "the hardware refused to enter the guest (code {q0}, detail {:#x}, RIP {:#x})",
+                    msg.get(word::QUAL1),
+                    msg.rip()
+                ),
+            ),
+            Exit::Other => {
+                if self.other_logged < 8 {
+                    self.other_logged += 1;
+                    step.log(format!(
+                        "#UD for an intercepted instruction (kind {q0}) at {:#x}",
+                        msg.rip()
+                    ));
+                }
+                step.inject(exception(UD), 0);
+            }
+        }
+    }
+
+    fn cpuid(
+        &mut self,
+        msg: &VcpuState,
+        step: &mut Step,
+        host: &mut dyn FnMut(u32, u32) -> [u32; 4],
+    ) {
+        let (leaf, subleaf) = (msg.gpr(Gpr::Rax) as u32, msg.gpr(Gpr::Rcx) as u32);
+        let (basic, extended) = *self
+            .host_max
+            .get_or_insert_with(|| (host(0, 0)[0], host(0x8000_0000, 0)[0]));
+        let values = if cpuid::uses_host(leaf) {
+            host(leaf, subleaf)
+        } else {
+            [0; 4]
+        };
+        let r = cpuid::filter_with_limits(leaf, subleaf, values, basic, extended);
+        for (reg, v) in [Gpr::Rax, Gpr::Rbx, Gpr::Rcx, Gpr::Rdx].into_iter().zip(r) {
+            step.reply.set_gpr(reg, u64::from(v));
+        }
+        if step.advance(msg, 2) {
+            step.mask |= mtd::GPRS;
+        }
+    }
+
+    fn io(&mut self, msg: &VcpuState, step: &mut Step) {
+        let q = IoQual(msg.get(word::QUAL0));
+        let rax = msg.gpr(Gpr::Rax);
+        let result = self.ports.access(q, rax);
+        let direction = if q.is_in() { "in" } else { "out" };
+        match result.event {
+            IoEvent::StringIo => {
+                if !self.string_io_logged {
+                    self.string_io_logged = true;
+                    step.log(format!(
+                        "string I/O ({direction}, port {:#x}) is not supported: #UD",
+                        q.port()
+                    ));
+                }
+                step.inject(exception(UD), 0);
+                return;
+            }
+            IoEvent::Exit(status) => {
+                step.end(outcome::EXITED, u64::from(status));
+                return;
+            }
+            IoEvent::Reset(port) => {
+                step.log(format!("reset requested through port {port:#x}"));
+                step.end(outcome::RESET, u64::from(port));
+                return;
+            }
+            IoEvent::Line => {
+                let line = uart::printable(self.ports.uart().line());
+                step.notes.push(Note::Line(line));
+            }
+            IoEvent::Ignored {
+                port,
+                count,
+                log: true,
+            } => step.log(format!(
+                "ignored {direction} port {port:#x} (size {}, access {count})",
+                q.size()
+            )),
+            IoEvent::Ignored { .. } | IoEvent::None => {}
+        }
+        if let Some(value) = result.value {
+            step.reply
+                .set_gpr(Gpr::Rax, ports::merge_in(rax, q.size(), value));
+            step.mask |= mtd::GPRS;
+        }
+        step.advance(msg, 0);
+    }
+
+    fn msr(&mut self, exit: Exit, msg: &VcpuState, step: &mut Step) {
+        let index = msg.gpr(Gpr::Rcx) as u32;
+        let ctx = MsrContext {
+            tsc: msg.get(word::GUEST_CLOCK),
+            pat: msg.get(word::PAT),
+            efer: msg.get(word::EFER),
+            cr0: msg.get(word::CR0),
+        };
+        let action = if exit == Exit::Rdmsr {
+            self.msrs.read(index, &ctx)
+        } else {
+            let value = (msg.gpr(Gpr::Rdx) << 32) | (msg.gpr(Gpr::Rax) & 0xffff_ffff);
+            self.msrs.write(index, value, &ctx)
+        };
+        match action {
+            MsrAction::GeneralProtection => {
+                step.inject(exception(GP), 0);
+                return;
+            }
+            MsrAction::Value(v) => {
+                step.reply.set_gpr(Gpr::Rax, v & 0xffff_ffff);
+                step.reply.set_gpr(Gpr::Rdx, v >> 32);
+                step.mask |= mtd::GPRS;
+            }
+            MsrAction::WriteState(StateWrite::Pat(v)) => {
+                step.reply.set(word::PAT, v);
+                step.mask |= mtd::MSRS;
+            }
+            MsrAction::WriteState(StateWrite::Efer(v)) => {
+                step.reply.set(word::EFER, v);
+                step.mask |= mtd::CONTROL;
+            }
+            MsrAction::Ok => {}
+        }
+        step.advance(msg, 2);
+    }
+
+    /// Exits handled so far, by reason (`name count` pairs, the reasons seen only), plus the
+    /// ignored port accesses: the one-line summary logged when the guest ends.
+    pub fn summary(&self) -> String {
+        let mut out = String::from("exits:");
+        for v in 0..EXIT_COUNT {
+            let n = self.counts[v as usize];
+            if let (Some(exit), true) = (Exit::from_u64(v), n > 0) {
+                out.push_str(&format!(" {} {n},", exit.name()));
+            }
+        }
+        if self.unknown > 0 {
+            out.push_str(&format!(" unknown {},", self.unknown));
+        }
+        if out.ends_with(',') {
+            out.pop();
+        } else {
+            out.push_str(" none");
+        }
+        out.push_str(&format!("; ignored port accesses {}", self.ports.ignored()));
+        out
+    }
+
+    /// Exits of `exit`'s kind handled so far.
+    pub fn count(&self, exit: Exit) -> u64 {
+        self.counts[exit as usize]
+    }
+}
+
+#[cfg(test)]
+#[path = "monitor_tests.rs"]
+mod tests;

@@ -1,0 +1,367 @@
+use super::*;
+use crate::boot;
+use crate::msr::{efer, index};
+use alloc::vec;
+
+fn host(leaf: u32, _sub: u32) -> [u32; 4] {
+    match leaf {
+        0 => [0x16, 0x756e_6547, 0x6c65_746e, 0x4965_6e69],
+        1 => [0x806e9, 0x0108_0800, u32::MAX, u32::MAX],
+        0x8000_0000 => [0x8000_0008, 0, 0, 0],
+        _ => [leaf, 1, 2, 3],
+    }
+}
+
+fn exit_msg(exit: Exit, f: impl FnOnce(&mut VcpuState)) -> Vec<u64> {
+    let mut s = VcpuState::default();
+    s.set(word::MASK, transfer_mask(exit));
+    s.set(word::REASON, exit as u64);
+    s.set_rip(0x10_0000);
+    s.set(word::RFLAGS, 0x202);
+    s.set(word::INSTRUCTION_LEN, 2);
+    f(&mut s);
+    s.words.to_vec()
+}
+
+fn run(m: &mut Monitor, msg: &[u64]) -> Response {
+    m.handle(msg, &mut host)
+}
+
+fn monitor() -> Monitor {
+    Monitor::new(boot::long_mode(0x10_0000, 0x36d7_6289, 0x7000))
+}
+
+#[test]
+fn startup_sends_the_initial_state() {
+    let mut m = monitor();
+    let r = run(&mut m, &exit_msg(Exit::Startup, |_| {}));
+    assert_eq!(r.mask(), mtd::ALL);
+    assert_eq!(r.words().len(), word::COUNT);
+    assert_eq!(r.reply.get(word::EFER), 0x500);
+    assert_eq!(r.reply.rip(), 0x10_0000);
+    assert!(r.notes.is_empty());
+}
+
+#[test]
+fn cpuid_is_filtered_and_rip_advances() {
+    let mut m = monitor();
+    let r = run(
+        &mut m,
+        &exit_msg(Exit::Cpuid, |s| {
+            s.set_gpr(Gpr::Rax, 0xffff_ffff_0000_0001);
+            s.set_gpr(Gpr::Rbx, 0xdead_dead_dead_dead);
+        }),
+    );
+    assert_eq!(r.mask(), mtd::GPRS | mtd::RIP);
+    assert_eq!(r.words().len(), word::RFLAGS + 1);
+    assert_eq!(r.reply.rip(), 0x10_0002);
+    assert_eq!(r.reply.get(word::RFLAGS), 0x202);
+    assert_eq!(r.reply.gpr(Gpr::Rbx) >> 24, 0);
+    assert_ne!(r.reply.gpr(Gpr::Rcx) & 1 << 31, 0);
+    assert_eq!(r.reply.gpr(Gpr::Rcx) & 1 << 5, 0);
+    // Max basic leaf clamped; signature leaf.
+    let r = run(&mut m, &exit_msg(Exit::Cpuid, |s| s.set_gpr(Gpr::Rax, 0)));
+    assert_eq!(r.reply.gpr(Gpr::Rax), 7);
+    let r = run(
+        &mut m,
+        &exit_msg(Exit::Cpuid, |s| s.set_gpr(Gpr::Rax, 0x4000_0000)),
+    );
+    assert_eq!(r.reply.gpr(Gpr::Rax), 0x4000_0001);
+    assert_eq!(m.count(Exit::Cpuid), 3);
+}
+
+fn io(port: u16, size: u8, is_in: bool, rax: u64) -> Vec<u64> {
+    exit_msg(Exit::Io, |s| {
+        s.set(word::QUAL0, IoQual::new(port, size, is_in, false, false).0);
+        s.set_gpr(Gpr::Rax, rax);
+        s.set(word::INSTRUCTION_LEN, 1);
+    })
+}
+
+#[test]
+fn uart_lines_become_notes() {
+    let mut m = monitor();
+    for &b in b"hello\r" {
+        let r = run(&mut m, &io(0x3f8, 1, false, u64::from(b)));
+        assert!(r.notes.is_empty());
+        assert_eq!(r.mask(), mtd::RIP);
+        assert_eq!(r.reply.rip(), 0x10_0001);
+    }
+    let r = run(&mut m, &io(0x3f8, 1, false, 10));
+    assert_eq!(r.notes, [Note::Line("hello".into())]);
+    let r = run(&mut m, &io(0x3fd, 1, true, 0xffff_ffff_ffff_ff00));
+    assert_eq!(r.mask(), mtd::GPRS | mtd::RIP);
+    assert_eq!(r.reply.gpr(Gpr::Rax), 0xffff_ffff_ffff_ff60);
+}
+
+#[test]
+fn exit_port_flushes_and_stops() {
+    let mut m = monitor();
+    run(&mut m, &io(0x3f8, 1, false, u64::from(b'x')));
+    let r = run(&mut m, &io(0xf4, 1, false, 3));
+    assert!(r.stops());
+    assert_eq!(r.words().len(), 1);
+    assert_eq!(
+        r.notes,
+        [
+            Note::Line("x".into()),
+            Note::End(End {
+                outcome: outcome::EXITED,
+                detail: 3
+            })
+        ]
+    );
+    assert_eq!(m.ended().map(|e| e.outcome), Some(outcome::EXITED));
+    // Anything after the end keeps the vCPU stopped, without a second end.
+    let r = run(&mut m, &io(0x3f8, 1, false, 1));
+    assert!(r.stops());
+    assert!(r.notes.is_empty());
+}
+
+#[test]
+fn reset_requests() {
+    let mut m = monitor();
+    let r = run(&mut m, &io(0x64, 1, false, 0xfe));
+    assert!(r.stops());
+    assert!(r.notes.contains(&Note::End(End {
+        outcome: outcome::RESET,
+        detail: 0x64
+    })));
+}
+
+#[test]
+fn ignored_ports_and_string_io() {
+    let mut m = monitor();
+    let r = run(&mut m, &io(0x80, 2, true, 0x1234_5678));
+    assert_eq!(r.reply.gpr(Gpr::Rax), 0x1234_ffff);
+    assert!(matches!(&r.notes[..], [Note::Log(t)] if t.contains("port 0x80")));
+    let r = run(&mut m, &io(0x80, 2, true, 0));
+    assert!(r.notes.is_empty());
+    let msg = exit_msg(Exit::Io, |s| {
+        s.set(word::QUAL0, IoQual::new(0x3f8, 1, false, true, true).0)
+    });
+    let r = run(&mut m, &msg);
+    assert_eq!(r.mask(), mtd::INJECT);
+    assert_eq!(r.reply.get(word::INJECT), exception(UD));
+    assert_eq!(r.reply.rip(), 0x10_0000);
+    assert_eq!(r.notes.len(), 1);
+    assert!(run(&mut m, &msg).notes.is_empty());
+    assert!(m.summary().contains("ignored port accesses 2"));
+}
+
+#[test]
+fn io_without_instruction_length_fails() {
+    let mut m = monitor();
+    let mut msg = io(0x3f8, 1, false, 0x41);
+    msg[word::INSTRUCTION_LEN] = 0;
+    let r = run(&mut m, &msg);
+    assert!(r.stops());
+    assert_eq!(
+        m.ended(),
+        Some(End {
+            outcome: outcome::FAILED,
+            detail: failure::PROTOCOL
+        })
+    );
+}
+
+fn rdmsr(msr: u32) -> Vec<u64> {
+    exit_msg(Exit::Rdmsr, |s| {
+        s.set_gpr(Gpr::Rcx, u64::from(msr));
+        s.set_gpr(Gpr::Rax, 0xffff_ffff_ffff_ffff);
+        s.set(word::EFER, 0x500);
+        s.set(word::CR0, 0x8000_0011);
+        s.set(word::GUEST_CLOCK, 0x1_2345_6789);
+    })
+}
+
+fn wrmsr(msr: u32, value: u64) -> Vec<u64> {
+    exit_msg(Exit::Wrmsr, |s| {
+        s.set_gpr(Gpr::Rcx, u64::from(msr));
+        s.set_gpr(Gpr::Rax, value & 0xffff_ffff);
+        s.set_gpr(Gpr::Rdx, value >> 32);
+        s.set(word::EFER, 0x500);
+        s.set(word::CR0, 0x8000_0011);
+    })
+}
+
+#[test]
+fn msrs() {
+    let mut m = monitor();
+    let r = run(&mut m, &rdmsr(index::TSC));
+    assert_eq!(r.mask(), mtd::GPRS | mtd::RIP);
+    assert_eq!(r.reply.gpr(Gpr::Rax), 0x2345_6789);
+    assert_eq!(r.reply.gpr(Gpr::Rdx), 1);
+    assert_eq!(r.reply.rip(), 0x10_0002);
+    let r = run(&mut m, &rdmsr(0x123));
+    assert_eq!(r.mask(), mtd::INJECT);
+    assert_eq!(
+        r.reply.get(word::INJECT),
+        13 | inject::KIND_EXCEPTION | inject::HAS_ERROR | inject::VALID
+    );
+    assert_eq!(r.reply.get(word::INJECT_ERROR), 0);
+    assert_eq!(r.reply.rip(), 0x10_0000);
+    let r = run(&mut m, &wrmsr(index::EFER, 0x500 | efer::NXE));
+    assert_eq!(r.mask(), mtd::CONTROL | mtd::RIP);
+    assert_eq!(r.reply.get(word::EFER), 0xd00);
+    assert_eq!(r.reply.get(word::CR0), 0x8000_0011);
+    let r = run(&mut m, &wrmsr(index::PAT, 0x0606_0606_0606_0606));
+    assert_eq!(r.mask(), mtd::MSRS | mtd::RIP);
+    assert_eq!(r.reply.get(word::PAT), 0x0606_0606_0606_0606);
+    let r = run(&mut m, &wrmsr(index::MTRR_DEF_TYPE, 0x806));
+    assert_eq!(r.mask(), mtd::RIP);
+    let r = run(&mut m, &rdmsr(index::MTRR_DEF_TYPE));
+    assert_eq!(r.reply.gpr(Gpr::Rax), 0x806);
+}
+
+#[test]
+fn missing_groups_end_the_guest() {
+    let mut m = monitor();
+    let mut msg = rdmsr(index::EFER);
+    msg[word::MASK] = mtd::GPRS | mtd::RIP;
+    let r = run(&mut m, &msg);
+    assert!(r.stops());
+    assert!(matches!(&r.notes[0], Note::Log(t) if t.contains("needs")));
+}
+
+#[test]
+fn ends() {
+    let cases = [
+        (Exit::Hlt, outcome::FAILED, failure::HALTED),
+        (Exit::MemoryFault, outcome::STOPPED, 0x1_0000_0000),
+        (Exit::Shutdown, outcome::SHUTDOWN, 0x10_0000),
+        (Exit::EntryFailure, outcome::FAILED, failure::ENTRY),
+    ];
+    for (exit, outcome, detail) in cases {
+        let mut m = monitor();
+        let r = run(
+            &mut m,
+            &exit_msg(exit, |s| s.set(word::QUAL0, 0x1_0000_0000)),
+        );
+        assert!(r.stops(), "{exit:?}");
+        assert!(
+            r.notes.contains(&Note::End(End { outcome, detail })),
+            "{exit:?}"
+        );
+    }
+    let mut m = monitor();
+    let r = run(
+        &mut m,
+        &exit_msg(Exit::MemoryFault, |s| s.set(word::QUAL0, 0x4000_0000)),
+    );
+    assert_eq!(
+        r.notes[0],
+        Note::Log("guest accessed 0x40000000 outside its memory; stopped".into())
+    );
+}
+
+#[test]
+fn undefined_instructions() {
+    for exit in [Exit::Hypercall, Exit::Other] {
+        let mut m = monitor();
+        let r = run(&mut m, &exit_msg(exit, |_| {}));
+        assert_eq!(r.mask(), mtd::INJECT);
+        assert_eq!(
+            r.reply.get(word::INJECT),
+            6 | inject::KIND_EXCEPTION | inject::VALID
+        );
+    }
+}
+
+#[test]
+fn exceptions_are_reinjected() {
+    let mut m = monitor();
+    let r = run(
+        &mut m,
+        &exit_msg(Exit::Exception, |s| {
+            s.set(word::QUAL0, 14 | 0x2 << 32);
+            s.set(word::QUAL1, 0xdead_b000);
+        }),
+    );
+    assert_eq!(r.mask(), mtd::INJECT | mtd::CONTROL);
+    assert_eq!(r.reply.get(word::CR2), 0xdead_b000);
+    assert_eq!(r.reply.get(word::INJECT_ERROR), 2);
+    assert_ne!(r.reply.get(word::INJECT) & inject::HAS_ERROR, 0);
+    let r = run(
+        &mut m,
+        &exit_msg(Exit::Exception, |s| s.set(word::QUAL0, 3)),
+    );
+    assert_eq!(
+        r.reply.get(word::INJECT),
+        3 | inject::KIND_EXCEPTION | inject::VALID
+    );
+    let r = run(
+        &mut m,
+        &exit_msg(Exit::Exception, |s| s.set(word::QUAL0, 40)),
+    );
+    assert!(r.stops());
+}
+
+#[test]
+fn interrupted_delivery_is_reinjected() {
+    let mut m = monitor();
+    let pending = exception(GP);
+    let r = run(
+        &mut m,
+        &exit_msg(Exit::Recall, |s| {
+            s.set(word::INJECT, pending);
+            s.set(word::INJECT_ERROR, 0x18);
+        }),
+    );
+    assert_eq!(r.mask(), mtd::INJECT);
+    assert_eq!(r.reply.get(word::INJECT_ERROR), 0x18);
+    let r = run(&mut m, &exit_msg(Exit::InterruptWindow, |_| {}));
+    assert_eq!(r.mask(), 0);
+    assert_eq!(r.words().len(), 1);
+}
+
+#[test]
+fn hostile_messages() {
+    let mut m = monitor();
+    let r = run(&mut m, &[]);
+    assert!(r.stops(), "reason 0 without groups");
+    let mut m = monitor();
+    let r = run(&mut m, &[mtd::ALL, 99]);
+    assert!(r.stops());
+    assert!(m.summary().contains("unknown 1"));
+    let mut m = monitor();
+    for reason in 0..EXIT_COUNT + 2 {
+        for mask in [0, mtd::ALL, u64::MAX] {
+            for q in [0, u64::MAX, 0xffff_ffff] {
+                let mut msg = vec![u64::MAX; 80];
+                msg[word::MASK] = mask;
+                msg[word::REASON] = reason;
+                msg[word::QUAL0] = q;
+                let _ = m.handle(&msg, &mut host);
+                let _ = Monitor::new(VcpuState::default()).handle(&msg, &mut host);
+            }
+        }
+    }
+}
+
+#[test]
+fn refused_replies_stop() {
+    let mut m = monitor();
+    let r = m.refused();
+    assert!(r.stops());
+    assert_eq!(
+        m.ended(),
+        Some(End {
+            outcome: outcome::FAILED,
+            detail: failure::REFUSED
+        })
+    );
+}
+
+#[test]
+fn summary_counts() {
+    let mut m = monitor();
+    assert_eq!(m.summary(), "exits: none; ignored port accesses 0");
+    run(&mut m, &exit_msg(Exit::Startup, |_| {}));
+    run(&mut m, &exit_msg(Exit::Cpuid, |_| {}));
+    run(&mut m, &exit_msg(Exit::Cpuid, |_| {}));
+    assert_eq!(
+        m.summary(),
+        "exits: startup 1, cpuid 2; ignored port accesses 0"
+    );
+}
