@@ -8,9 +8,15 @@
 //!    of the same name, sets up its bootstrap portal and starts it (see [`servers`] for the order
 //!    rule of fault handlers). Any failure here is fatal: the system is not what the manifest
 //!    says.
-//! 4. Leaves the bootstrap protocol to its handler threads ([`serve`]) and ends its first thread.
+//! 4. For each guest, in manifest order, the same for a domain named `vmm.<guest>` that runs
+//!    the boot module `vmm-server`, with the resources `SystemImage::vmm_server` gives it
+//!    ([`state`] calls these domains servers too). The pool must still hold every guest's
+//!    memory, else the system powers off with failure before any guest starts.
+//! 5. Leaves the bootstrap protocol to its handler threads ([`serve`], [`guests`]) and ends its
+//!    first thread. With guests, the system ends when the last guest has ended ([`guests`]).
 //!
-//! Init prints its progress and the servers' faults on the kernel console.
+//! Init prints its progress, the servers' faults and the guests' verdicts on the kernel
+//! console.
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
@@ -19,17 +25,19 @@ extern crate alloc;
 
 mod boot;
 mod console;
+mod guests;
 mod load;
 mod memory;
 mod serve;
 mod servers;
 mod state;
 
-use abi::boot::MANIFEST_MODULE;
+use abi::boot::{BootPage, MANIFEST_MODULE};
+use alloc::vec::Vec;
 use manifest::SystemImage;
 use rt::{syscall, Start};
 
-use state::{lock, State, MAX_SERVERS};
+use state::{lock, GuestRun, State, MAX_SERVERS};
 
 rt::entry!(main);
 
@@ -57,29 +65,46 @@ fn main(start: Start) -> ! {
         Ok(image) => image,
         Err(e) => fatal(format_args!("bad manifest: {e:?}")),
     };
-    if image.servers.len() > MAX_SERVERS {
+    let domains = image.servers.len() + image.guests.len();
+    if domains > MAX_SERVERS {
         fatal(format_args!(
-            "{} servers, at most {MAX_SERVERS} supported",
-            image.servers.len()
+            "{} servers and {} guests, at most {MAX_SERVERS} domains supported",
+            image.servers.len(),
+            image.guests.len()
         ))
     }
+    let guests = match guest_images(page, &image) {
+        Ok(guests) => guests,
+        Err(name) => fatal(format_args!("no boot module `{name}` (a guest's image)")),
+    };
     say!(
-        "init: system {}: {} servers, {} free pages, quota {} KiB",
+        "init: system {}: {} servers, {} guests, {} free pages, quota {} KiB",
         image.name,
         image.servers.len(),
+        image.guests.len(),
         page.free_pages,
         page.quota / 1024
     );
 
     // Hold the lock through set-up: the handler threads serve nothing before it is complete.
     let mut guard = lock();
-    let state = guard.insert(State::new(image, page.free_pages));
+    let state = guard.insert(State::new(&image, guests, page.free_pages));
     for index in 0..state.image.servers.len() {
         if let Err(why) = servers::prepare(state, page, index) {
             let name = state.image.servers[index].name.clone();
             drop(guard);
             fatal(format_args!("cannot load {name}: {why}"))
         }
+    }
+    let guest_pages: u64 = state.image.guests.iter().map(|g| g.memory_pages()).sum();
+    if guest_pages > state.memory.left() {
+        let left = state.memory.left();
+        drop(guard);
+        fatal(format_args!(
+            "the guests need {} MiB of memory, the pool has {} MiB left (give the machine more RAM: `[system] ram`)",
+            (guest_pages * PAGE) >> 20,
+            (left * PAGE) >> 20
+        ))
     }
     if let Err(why) = servers::start_ready(state) {
         drop(guard);
@@ -96,6 +121,26 @@ fn main(start: Start) -> ! {
     }
     drop(guard);
     syscall::thread_exit()
+}
+
+/// Each guest's image module, or the name of the one that is missing.
+fn guest_images(
+    page: &BootPage,
+    image: &SystemImage,
+) -> Result<Vec<GuestRun>, alloc::string::String> {
+    image
+        .guests
+        .iter()
+        .map(|guest| {
+            let module = boot::find(page, &guest.image).ok_or_else(|| guest.image.clone())?;
+            Ok(GuestRun {
+                image_sel: module.sel,
+                image_len: module.len,
+                image_offset: module.addr % PAGE,
+                passed: None,
+            })
+        })
+        .collect()
 }
 
 /// Reports why the system cannot run and powers off with failure.

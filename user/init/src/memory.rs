@@ -51,6 +51,11 @@ impl Memory {
         }
     }
 
+    /// Pages of the pool not handed out yet.
+    pub fn left(&self) -> u64 {
+        self.pages - self.next_page
+    }
+
     /// Carves the next `pages` pages of the pool into a memory capability at `dest`.
     pub fn take(&mut self, dest: Sel, pages: u64) -> Result<(), MemoryError> {
         let left = self.pages - self.next_page;

@@ -12,28 +12,34 @@
 //! - `GET_RESOURCE`: `"io_ports"` / `"io_ports:N"` carve the caller's N-th port range out of all
 //!   ports (kept and handed out again on a repeated ask), `"irq:N"` passes IRQ line N if the
 //!   manifest gives it to the caller; attached with CALL. `"memory"` carves the caller's
-//!   `scratch` pages (manifest) from the pool once and attaches them with READ|WRITE|GRANT, for
-//!   the server to map, delegate and revoke. `NoRights` for resources the manifest does not give,
-//!   `BadSelector` for unknown names.
+//!   `scratch` pages (manifest) from the pool once and attaches them with READ|WRITE|GRANT (and
+//!   EXEC for a vmm-server, whose scratch memory is its guest's RAM), for the server to map,
+//!   delegate and revoke. `"image"`: see [`crate::guests`]. `NoRights` for resources the
+//!   manifest does not give, `BadSelector` for unknown names.
+//! - `GET_CONFIG`, `GUEST_DONE`: see [`crate::guests`].
 //! - `POWER_OFF [success]`: ends the system if the manifest allows the caller, else `NoRights`.
 //! - A fault message (`abi::utcb::FAULT_LABEL`) of a server without a fault handler: printed,
-//!   and the thread is not resumed.
+//!   and the thread is not resumed; a vmm-server's fault ends its guest as failed.
 //! - Anything else: `BadArgument`.
 
 use alloc::string::ToString;
+use alloc::vec::Vec;
 
 /// Rights of a server's scratch-memory capability: map it read/write, pass it on.
 const MEMORY_RIGHTS: Rights = Rights(Rights::READ.0 | Rights::WRITE.0 | Rights::GRANT.0);
+/// Rights of a vmm-server's scratch memory, its guest's RAM: also EXEC, which mapping guest code
+/// into the Vm needs.
+const GUEST_MEMORY_RIGHTS: Rights = Rights(MEMORY_RIGHTS.0 | Rights::EXEC.0);
 
 use abi::boot::sel::{ALL_IO_PORTS, FIRST_IRQ};
-use abi::bootstrap::{GET, GET_RESOURCE, POWER_OFF, REGISTER};
+use abi::bootstrap::{GET, GET_CONFIG, GET_RESOURCE, GUEST_DONE, POWER_OFF, REGISTER};
 use abi::utcb::FAULT_LABEL;
 use abi::{ObjectKind, Rights, Sel, Status};
 use rt::{syscall, Error, Start, Utcb};
 
 use crate::console::vector_name;
 use crate::state::{lock, Registered, Resource, ServerSels, State};
-use crate::{say, servers};
+use crate::{guests, say, servers};
 
 /// Body of the handler thread of server `start.arg`'s bootstrap portal.
 pub fn handler_main(start: Start) -> ! {
@@ -90,6 +96,9 @@ fn handle(utcb: &mut Utcb, index: usize, recv: Sel) -> bool {
     let label = utcb.label();
     if label == FAULT_LABEL {
         report_fault(utcb, index);
+        if let Some(state) = lock().as_mut() {
+            guests::vmm_faulted(state, index);
+        }
         // Any label but RESUME_LABEL: the kernel ends the faulting thread.
         utcb.set_msg(0, &[]);
         return false;
@@ -107,11 +116,14 @@ fn handle(utcb: &mut Utcb, index: usize, recv: Sel) -> bool {
     };
     let received = utcb.cap_received();
     let success = utcb.word(0) == 1;
+    let (word0, word1) = (utcb.word(0), utcb.word(1));
     let mut guard = lock();
     let Some(state) = guard.as_mut() else {
         utcb.set_status(Status::Aborted);
         return false;
     };
+    // Words after the status, for replies that carry more.
+    let mut more: Vec<u64> = Vec::new();
     let (status, attach, kept) = match label {
         REGISTER => {
             let status = register(state, index, arg, received.then_some(recv));
@@ -121,16 +133,37 @@ fn handle(utcb: &mut Utcb, index: usize, recv: Sel) -> bool {
             Ok(cap) => (Status::Ok, Some(cap), false),
             Err(status) => (status, None, false),
         },
+        GET_RESOURCE if arg == "image" => match guests::image(state, index) {
+            Ok((sel, words)) => {
+                more.extend(words);
+                (Status::Ok, Some((sel, guests::IMAGE_RIGHTS)), false)
+            }
+            Err(status) => (status, None, false),
+        },
         GET_RESOURCE => match resource(state, index, arg) {
+            Ok(sel) if arg == "memory" && state.guest_of(index).is_some() => {
+                (Status::Ok, Some((sel, GUEST_MEMORY_RIGHTS)), false)
+            }
             Ok(sel) if arg == "memory" => (Status::Ok, Some((sel, MEMORY_RIGHTS)), false),
             Ok(sel) => (Status::Ok, Some((sel, Rights::CALL)), false),
             Err(status) => (status, None, false),
         },
+        GET_CONFIG => match guests::config(state, index) {
+            Ok(words) => {
+                more = words;
+                (Status::Ok, None, false)
+            }
+            Err(status) => (status, None, false),
+        },
+        GUEST_DONE => (guests::done(state, index, word0, word1), None, false),
         POWER_OFF => (power_off(state, index, success), None, false),
         _ => (Status::BadArgument, None, false),
     };
     drop(guard);
     utcb.set_status(status);
+    for (i, &word) in more.iter().enumerate() {
+        utcb.set_word(i + 1, word);
+    }
     if let Some((sel, rights)) = attach {
         utcb.attach_cap(sel, rights);
     }

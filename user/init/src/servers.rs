@@ -1,8 +1,8 @@
 //! Turning the manifest's servers into running protection domains.
 //!
-//! For each server, in manifest order, [`prepare`] creates its domain (with the manifest's
-//! quota), loads its ELF, gives it its own domain at `SELF_PD`, starts init's handler thread for
-//! its bootstrap portal, creates that portal (badge = the server's index) and delegates it at
+//! For each server, in manifest order, then for each guest's vmm-server, [`prepare`] creates its
+//! domain (with the manifest's quota), loads its ELF, gives it its own domain at `SELF_PD`,
+//! starts init's handler thread for its bootstrap portal, creates that portal (badge = the server's index) and delegates it at
 //! `BOOTSTRAP_PORTAL`, and at `FAULT_PORTAL` too when the manifest names no fault handler
 //! (init then reports the server's faults).
 //!
@@ -45,7 +45,8 @@ fn give(src: Sel, pd: Sel, dest: Sel, rights: Rights) -> Result<(), Error> {
 pub fn prepare(state: &mut State, page: &BootPage, index: usize) -> Result<(), String> {
     let server = &state.image.servers[index];
     let sels = ServerSels::of(index);
-    let module = boot::find(page, &server.name).ok_or("no boot module of that name")?;
+    let module = boot::find(page, state.module_of(index))
+        .ok_or_else(|| format!("no boot module `{}`", state.module_of(index)))?;
     let bytes = boot::bytes(module).ok_or("boot module outside the user half")?;
     syscall::create_pd(sels.pd, server.quota).map_err(|e| format!("create domain: {e}"))?;
     give(sels.pd, sels.pd, well_known::SELF_PD, SELF_RIGHTS)

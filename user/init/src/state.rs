@@ -1,6 +1,11 @@
 //! What init knows at run time, shared by its threads behind one lock: the system image, the
-//! memory pool, its selector allocation, the servers' progress, the registered portals and the
-//! resource capabilities it has carved.
+//! memory pool, its selector allocation, the servers' progress, the registered portals, the
+//! resource capabilities it has carved and how each guest ended.
+//!
+//! **Domains.** `image.servers` holds every protection domain init starts: the manifest's
+//! servers first, then one vmm-server per guest (`SystemImage::with_vmm_servers`), so server
+//! `servers + i` runs guest `i`. Everything that works per server (bootstrap portal, grants,
+//! scratch memory, fault reports) works for them alike.
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -11,7 +16,8 @@ use spin::{Mutex, MutexGuard};
 
 use crate::memory::Memory;
 
-/// Servers a system can have: boot modules less init and the manifest.
+/// Domains (servers and vmm-servers) a system can have: boot modules less init and the
+/// manifest.
 pub const MAX_SERVERS: usize = abi::boot::MAX_BOOT_MODULES - 2;
 
 /// First of the eight selectors each server's objects take in init's space.
@@ -98,6 +104,18 @@ pub struct Registered {
     pub sel: Sel,
 }
 
+/// A guest's image module and how the guest ended.
+pub struct GuestRun {
+    /// Init's memory capability over the image module's pages (READ|GRANT).
+    pub image_sel: Sel,
+    /// Length of the image in bytes.
+    pub image_len: u64,
+    /// Where the image starts in its first page.
+    pub image_offset: u64,
+    /// `None` while it runs; then whether it ended as the manifest expects.
+    pub passed: Option<bool>,
+}
+
 /// A resource capability init carved (or picked) for a server, kept to answer a repeated ask.
 pub struct Resource {
     pub server: usize,
@@ -106,7 +124,12 @@ pub struct Resource {
 }
 
 pub struct State {
+    /// The manifest with the implied vmm-servers appended to its servers (see above).
     pub image: SystemImage,
+    /// How many of `image.servers` the manifest lists itself.
+    pub servers: usize,
+    /// One per guest, in manifest order.
+    pub guests: Vec<GuestRun>,
     pub memory: Memory,
     pub sels: Sels,
     pub progress: Vec<Progress>,
@@ -115,13 +138,17 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(image: SystemImage, free_pages: u64) -> State {
-        let servers = image.servers.len();
+    /// The state for `manifest`, whose guests' images are `guests`.
+    pub fn new(manifest: &SystemImage, guests: Vec<GuestRun>, free_pages: u64) -> State {
+        let image = manifest.with_vmm_servers();
+        let domains = image.servers.len();
         State {
             image,
+            servers: manifest.servers.len(),
+            guests,
             memory: Memory::new(free_pages),
             sels: Sels::new(),
-            progress: alloc::vec![Progress::Waiting; servers],
+            progress: alloc::vec![Progress::Waiting; domains],
             registry: Vec::new(),
             resources: Vec::new(),
         }
@@ -134,6 +161,21 @@ impl State {
             .iter()
             .find(|r| r.server == index && r.portal == portal)
             .map(|r| r.sel)
+    }
+
+    /// The guest that domain `index` runs, if it is a vmm-server.
+    pub fn guest_of(&self, index: usize) -> Option<usize> {
+        index
+            .checked_sub(self.servers)
+            .filter(|&g| g < self.image.guests.len())
+    }
+
+    /// The boot module that domain `index` runs.
+    pub fn module_of(&self, index: usize) -> &str {
+        match self.guest_of(index) {
+            Some(_) => manifest::VMM_MODULE,
+            None => &self.image.servers[index].name,
+        }
     }
 
     /// The index of the server called `name`.

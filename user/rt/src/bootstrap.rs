@@ -3,8 +3,13 @@
 //!
 //! Requests carry their string argument as a postcard `&str` payload (`uwire` layout); init
 //! answers with a status in word 0 and, for `GET`/`GET_RESOURCE`, the capability.
+//!
+//! A vmm-server (one per guest) also asks for its guest's configuration ([`get_config`]), its
+//! image ([`get_image`]) and reports the guest's end ([`guest_done`]).
 
-use abi::bootstrap::{GET, GET_RESOURCE, POWER_OFF, REGISTER};
+use alloc::vec::Vec;
+
+use abi::bootstrap::{GET, GET_CONFIG, GET_RESOURCE, GUEST_DONE, POWER_OFF, REGISTER};
 use abi::{well_known, Rights, Sel, Status};
 
 use crate::{syscall, Error, Utcb};
@@ -37,9 +42,54 @@ pub fn get(utcb: &mut Utcb, name: &str, recv: Sel) -> Result<(), Error> {
 }
 
 /// Obtains a resource capability at `recv`: `"io_ports"` (the first port range the manifest
-/// gives this server), `"io_ports:N"` (range N), `"irq:N"` (IRQ line N).
+/// gives this server), `"io_ports:N"` (range N), `"irq:N"` (IRQ line N), `"memory"` (its
+/// scratch memory; a vmm-server's is its guest's RAM), `"image"` (see [`get_image`]).
 pub fn get_resource(utcb: &mut Utcb, name: &str, recv: Sel) -> Result<(), Error> {
     request(utcb, GET_RESOURCE, name, recv)
+}
+
+/// A guest's image as [`get_image`] obtains it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Image {
+    /// Length in bytes.
+    pub len: u64,
+    /// Where the image starts in the first page of the capability.
+    pub offset: u64,
+}
+
+/// The caller's guest configuration (vmm-servers only): the bytes of `manifest::Guest::encode`,
+/// for `manifest::Guest::decode`. Init answers other servers with `NoRights`.
+pub fn get_config(utcb: &mut Utcb) -> Result<Vec<u8>, Error> {
+    utcb.call(well_known::BOOTSTRAP_PORTAL, GET_CONFIG, &[])?;
+    utcb.reply_status()?;
+    // Word 1: the byte length; the bytes follow from word 2, eight per word, little-endian.
+    let words = utcb.words();
+    let len = usize::try_from(utcb.word(1)).map_err(|_| Error::Protocol)?;
+    let packed = words.get(2..).unwrap_or(&[]);
+    if len > packed.len() * 8 {
+        return Err(Error::Protocol);
+    }
+    let mut bytes: Vec<u8> = packed.iter().flat_map(|w| w.to_le_bytes()).collect();
+    bytes.truncate(len);
+    Ok(bytes)
+}
+
+/// Obtains the caller's guest image (vmm-servers only) at `recv`: a READ-only memory capability
+/// over the image module's pages, and where in them the image lies.
+pub fn get_image(utcb: &mut Utcb, recv: Sel) -> Result<Image, Error> {
+    request(utcb, GET_RESOURCE, "image", recv)?;
+    Ok(Image {
+        len: utcb.word(1),
+        offset: utcb.word(2),
+    })
+}
+
+/// Reports how the caller's guest ended (vmm-servers only): `outcome` is one of
+/// `abi::bootstrap::outcome`, `detail` its detail. When this was the last guest, init ends the
+/// system and this call does not return.
+pub fn guest_done(utcb: &mut Utcb, outcome: u64, detail: u64) -> Result<(), Error> {
+    utcb.call(well_known::BOOTSTRAP_PORTAL, GUEST_DONE, &[outcome, detail])?;
+    utcb.reply_status()
 }
 
 /// Asks init to end the system (`success` travels in word 0 as 1 or 0). Returns only if init
