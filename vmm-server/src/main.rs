@@ -1,10 +1,244 @@
-//! The per-guest VMM (filled in by issue #4).
+//! The per-guest VMM. Init starts one instance per `[[guest]]` of the manifest (a server named
+//! `vmm.<guest>`); it
+//!
+//! 1. obtains its guest's record (`GET_CONFIG`), the guest's RAM (`GET_RESOURCE "memory"`,
+//!    exactly the guest's pages) and image (`GET_RESOURCE "image"`, read-only), and maps both
+//!    into its own address space ([`memory`]);
+//! 2. loads the image and writes the boot structures and the guest's secret (`vmm::image`,
+//!    `vmm::layout`);
+//! 3. creates the Vm, maps the RAM into it at guest-physical 0, creates the 14 exit portals
+//!    (bound to its main thread) and the vCPU, and sets each exit's transfer mask
+//!    (`vmm::monitor::transfer_mask`);
+//! 4. serves exits on its main thread until the guest ends (`vmm::monitor::Monitor` decides
+//!    every reply), printing the guest's UART lines as `[<guest>] <line>`;
+//! 5. reports the end to init (`GUEST_DONE`), logs a summary of the exits, and stays idle.
+//!
+//! Any failure before the guest runs ends it as `FAILED` with a log line saying why.
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
 
+extern crate alloc;
+
+mod config;
+mod cpu;
+mod memory;
+
+use alloc::boxed::Box;
+
+use abi::bootstrap::outcome;
+use abi::vm::{self as vmabi, Exit, EXIT_COUNT, EXIT_LABEL};
+use abi::{well_known, Rights, Sel, Status};
+use manifest::Guest;
+use rt::{bootstrap, log, syscall, Error, Start, Utcb};
+use vmm::image::{self, LoadError};
+use vmm::monitor::{failure, transfer_mask, End, Monitor, Note, Response};
+
 rt::entry!(main);
 
-fn main(_start: rt::Start) -> ! {
-    rt::syscall::thread_exit()
+/// The serial driver's `log` portal.
+const LOG: Sel = well_known::FIRST_FREE;
+/// The guest's RAM and image.
+const MEMORY: Sel = well_known::FIRST_FREE + 1;
+const IMAGE: Sel = well_known::FIRST_FREE + 2;
+const VM: Sel = well_known::FIRST_FREE + 3;
+const VCPU: Sel = well_known::FIRST_FREE + 4;
+/// The semaphore the server idles on once its guest has ended.
+const IDLE: Sel = well_known::FIRST_FREE + 5;
+/// Where a capability sent to an exit portal would land (the kernel sends none).
+const RECV: Sel = well_known::FIRST_FREE + 6;
+/// The exit portals: `EXIT_BASE + reason`.
+const EXIT_BASE: Sel = 32;
+
+fn main(start: Start) -> ! {
+    let mut utcb = start.utcb;
+    log::set_name("vmm-server");
+    if bootstrap::get(&mut utcb, "serial.log", LOG).is_ok() {
+        log::set_portal(LOG);
+    }
+    let guest = match config::get(&mut utcb) {
+        Ok(guest) => guest,
+        Err(e) => {
+            rt::println!(&mut utcb, "vmm-server: no guest configuration: {e}");
+            report(&mut utcb, "vmm-server", outcome::FAILED, failure::SETUP);
+            idle()
+        }
+    };
+    let name: &'static str = Box::leak(guest.vmm_name().into_boxed_str());
+    log::set_name(name);
+    let mut monitor = match setup(&mut utcb, &guest, name) {
+        Ok(monitor) => monitor,
+        Err(fail) => {
+            rt::println!(&mut utcb, "{name}: {fail}");
+            report(&mut utcb, name, outcome::FAILED, fail.code());
+            idle()
+        }
+    };
+    let end = serve(&mut utcb, &mut monitor, &guest.name, name);
+    rt::println!(&mut utcb, "{name}: {}", monitor.summary());
+    report(&mut utcb, name, end.outcome, end.detail);
+    idle()
+}
+
+/// Why the guest could not be started.
+enum SetupError {
+    /// A syscall or bootstrap request failed.
+    Step(&'static str, Error),
+    Load(LoadError),
+}
+
+impl SetupError {
+    fn code(&self) -> u64 {
+        match self {
+            SetupError::Step(..) => failure::SETUP,
+            SetupError::Load(_) => failure::LOAD,
+        }
+    }
+}
+
+impl core::fmt::Display for SetupError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            SetupError::Step(what, e) => write!(f, "{what}: {e}"),
+            SetupError::Load(e) => write!(f, "cannot load the image: {e}"),
+        }
+    }
+}
+
+fn step<T>(what: &'static str, result: Result<T, Error>) -> Result<T, SetupError> {
+    result.map_err(|e| SetupError::Step(what, e))
+}
+
+/// Maps and loads the guest, creates its Vm, exit portals and vCPU.
+fn setup(utcb: &mut Utcb, guest: &Guest, name: &str) -> Result<Monitor, SetupError> {
+    step(
+        "get memory",
+        bootstrap::get_resource(utcb, "memory", MEMORY),
+    )?;
+    let (image_len, image_offset) = step("get image", config::image(utcb, IMAGE))?;
+    let ram = step("map memory", memory::map_ram(MEMORY, guest.memory_bytes))?;
+    let image = step(
+        "map image",
+        memory::map_image(IMAGE, image_len, image_offset),
+    )?;
+    let boot = image::load(image, ram, &guest.cmdline).map_err(SetupError::Load)?;
+    let secret = vmm::layout::secret(&guest.name, cpu::rdtsc());
+    if !image::write_secret(ram, &secret) {
+        return Err(SetupError::Step("write secret", Error::Protocol));
+    }
+    let (mode, mode_name) = match guest.mode {
+        manifest::MemoryMode::Nested => (vmabi::MemoryMode::Nested, "nested"),
+        manifest::MemoryMode::Shadow => (vmabi::MemoryMode::Shadow, "shadow"),
+    };
+    rt::println!(
+        utcb,
+        "{name}: {} image, {} MiB, {mode_name}, entry {:#x}",
+        boot.format.name(),
+        guest.memory_bytes >> 20,
+        boot.entry
+    );
+    let pages = guest.memory_bytes / 4096;
+    let rights = Rights::READ.union(Rights::WRITE).union(Rights::EXEC);
+    step(
+        "create vm",
+        rt::vm::create_vm(VM, well_known::SELF_PD, mode),
+    )?;
+    step("map vm", rt::vm::vm_map(VM, MEMORY, 0, pages, 0, rights))?;
+    for reason in 0..EXIT_COUNT {
+        step(
+            "create exit portal",
+            syscall::create_portal(EXIT_BASE + reason, well_known::SELF_THREAD, reason),
+        )?;
+    }
+    let priority = u64::from(guest.priority);
+    step(
+        "create vcpu",
+        rt::vm::create_vcpu(VCPU, VM, well_known::SELF_PD, priority, EXIT_BASE),
+    )?;
+    for reason in 0..EXIT_COUNT {
+        if let Some(exit) = Exit::from_u64(reason) {
+            step(
+                "set transfer mask",
+                rt::vm::vcpu_set_mask(VCPU, exit, transfer_mask(exit)),
+            )?;
+        }
+    }
+    Ok(Monitor::new(boot.state))
+}
+
+/// Serves the vCPU's exits until the guest ends; returns how.
+fn serve(utcb: &mut Utcb, monitor: &mut Monitor, guest: &str, name: &str) -> End {
+    // The first wait has nothing to reply to.
+    utcb.set_msg(0, &[]);
+    loop {
+        utcb.set_cap_recv(RECV);
+        match utcb.reply_wait(EXIT_BASE) {
+            Ok(_) => {}
+            Err(Error::Kernel(Status::BadArgument)) => {
+                // The kernel refused the reply; the vCPU still waits for one: stop it.
+                let response = monitor.refused();
+                if let Some(end) = answer(utcb, response, guest, name) {
+                    return end;
+                }
+                continue;
+            }
+            Err(e) => {
+                rt::println!(utcb, "{name}: exit portal unusable: {e}");
+                return End {
+                    outcome: outcome::FAILED,
+                    detail: failure::SETUP,
+                };
+            }
+        }
+        if utcb.label() != EXIT_LABEL {
+            // Only the kernel calls exit portals; anything else gets an empty reply.
+            utcb.set_msg(0, &[]);
+            continue;
+        }
+        let response = monitor.handle(utcb.words(), &mut cpu::cpuid);
+        if let Some(end) = answer(utcb, response, guest, name) {
+            return end;
+        }
+    }
+}
+
+/// Prints the response's notes and prepares its reply; if the reply stops the vCPU, sends it
+/// and returns the guest's end.
+fn answer(utcb: &mut Utcb, response: Response, guest: &str, name: &str) -> Option<End> {
+    let mut end = None;
+    for note in &response.notes {
+        match note {
+            Note::Line(line) => rt::println!(utcb, "[{guest}] {line}"),
+            Note::Log(text) => rt::println!(utcb, "{name}: {text}"),
+            Note::End(e) => end = Some(*e),
+        }
+    }
+    utcb.set_msg(0, response.words());
+    if !response.stops() {
+        return None;
+    }
+    if let Err(e) = utcb.reply() {
+        rt::println!(utcb, "{name}: the stop reply failed: {e}");
+    }
+    Some(end.unwrap_or(End {
+        outcome: outcome::FAILED,
+        detail: failure::PROTOCOL,
+    }))
+}
+
+/// Reports the guest's end to init.
+fn report(utcb: &mut Utcb, name: &str, outcome: u64, detail: u64) {
+    if let Err(e) = config::done(utcb, outcome, detail) {
+        rt::println!(utcb, "{name}: cannot report the guest's end: {e}");
+    }
+}
+
+/// Blocks forever: init decides when the system ends.
+fn idle() -> ! {
+    if syscall::create_semaphore(IDLE, 0).is_ok() {
+        loop {
+            let _ = syscall::sem_down(IDLE, 0);
+        }
+    }
+    syscall::thread_exit()
 }

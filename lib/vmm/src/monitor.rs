@@ -44,6 +44,10 @@ pub mod failure {
     /// An exit message the VMM cannot handle (unknown reason, missing registers, no instruction
     /// length, an exception vector that is not one).
     pub const PROTOCOL: u64 = 4;
+    /// The image could not be loaded.
+    pub const LOAD: u64 = 5;
+    /// The VMM could not set the guest up (configuration, memory, Vm, vCPU or portals).
+    pub const SETUP: u64 = 6;
 }
 
 /// Exception vectors the VMM injects.
@@ -127,9 +131,10 @@ pub struct Monitor {
     other_logged: u32,
 }
 
-/// The event word for exception `vector` (with an error code where the vector has one).
-pub fn exception(vector: u8) -> u64 {
-    let has_error = matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30);
+/// The event word for exception `vector`, with an error code where the vector has one: in
+/// protected and long mode (`protected`: CR0.PE) only, as the hardware delivers them.
+pub fn exception(vector: u8, protected: bool) -> u64 {
+    let has_error = protected && matches!(vector, 8 | 10..=14 | 17 | 21);
     let kind = if vector == 2 {
         inject::KIND_NMI
     } else {
@@ -310,7 +315,7 @@ impl Monitor {
                 failure::HALTED,
                 format!("halted at {:#x} with nothing to wake it", msg.rip()),
             ),
-            Exit::Hypercall => step.inject(exception(UD), 0),
+            Exit::Hypercall => step.inject(exception(UD, false), 0),
             Exit::MemoryFault => {
                 step.log(format!(
                     "guest accessed {q0:#x} outside its memory; stopped"
@@ -330,7 +335,14 @@ impl Monitor {
                         step.reply.set(word::CR2, msg.get(word::QUAL1));
                         step.mask |= mtd::CONTROL;
                     }
-                    step.inject(exception(vector), q0 >> 32);
+                    let protected = msg.get(word::CR0) & 1 != 0;
+                    let event = exception(vector, protected);
+                    let error = if event & inject::HAS_ERROR != 0 {
+                        q0 >> 32
+                    } else {
+                        0
+                    };
+                    step.inject(event, error);
                 }
             }
             Exit::EntryFailure => step.fail(
@@ -349,7 +361,7 @@ impl Monitor {
                         msg.rip()
                     ));
                 }
-                step.inject(exception(UD), 0);
+                step.inject(exception(UD, false), 0);
             }
         }
     }
@@ -392,7 +404,7 @@ impl Monitor {
                         q.port()
                     ));
                 }
-                step.inject(exception(UD), 0);
+                step.inject(exception(UD, false), 0);
                 return;
             }
             IoEvent::Exit(status) => {
@@ -442,7 +454,8 @@ impl Monitor {
         };
         match action {
             MsrAction::GeneralProtection => {
-                step.inject(exception(GP), 0);
+                let protected = msg.get(word::CR0) & 1 != 0;
+                step.inject(exception(GP, protected), 0);
                 return;
             }
             MsrAction::Value(v) => {

@@ -142,7 +142,7 @@ fn ignored_ports_and_string_io() {
     });
     let r = run(&mut m, &msg);
     assert_eq!(r.mask(), mtd::INJECT);
-    assert_eq!(r.reply.get(word::INJECT), exception(UD));
+    assert_eq!(r.reply.get(word::INJECT), exception(UD, false));
     assert_eq!(r.reply.rip(), 0x10_0000);
     assert_eq!(r.notes.len(), 1);
     assert!(run(&mut m, &msg).notes.is_empty());
@@ -275,6 +275,7 @@ fn exceptions_are_reinjected() {
         &mut m,
         &exit_msg(Exit::Exception, |s| {
             s.set(word::QUAL0, 14 | 0x2 << 32);
+            s.set(word::CR0, 0x8000_0011);
             s.set(word::QUAL1, 0xdead_b000);
         }),
     );
@@ -298,9 +299,30 @@ fn exceptions_are_reinjected() {
 }
 
 #[test]
+fn real_mode_exceptions_have_no_error_code() {
+    let mut m = monitor();
+    let mut msg = rdmsr(0x123);
+    msg[word::CR0] = 0x10;
+    let r = run(&mut m, &msg);
+    assert_eq!(
+        r.reply.get(word::INJECT),
+        13 | inject::KIND_EXCEPTION | inject::VALID
+    );
+    let r = run(
+        &mut m,
+        &exit_msg(Exit::Exception, |s| s.set(word::QUAL0, 13 | 5 << 32)),
+    );
+    assert_eq!(
+        r.reply.get(word::INJECT),
+        13 | inject::KIND_EXCEPTION | inject::VALID
+    );
+    assert_eq!(r.reply.get(word::INJECT_ERROR), 0);
+}
+
+#[test]
 fn interrupted_delivery_is_reinjected() {
     let mut m = monitor();
-    let pending = exception(GP);
+    let pending = exception(GP, true);
     let r = run(
         &mut m,
         &exit_msg(Exit::Recall, |s| {
