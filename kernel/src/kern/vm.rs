@@ -548,11 +548,20 @@ pub fn handle_exit(k: &mut Kernel) {
         }
         HwReason::TripleFault => (Exit::Shutdown, 0, 0),
         HwReason::Exception { .. } => (Exit::Exception, e.exception, e.info2),
-        HwReason::EntryFailure { reason } => (
-            Exit::EntryFailure,
-            vmabi::entry_error::INVALID_GUEST_STATE,
-            u64::from(reason),
-        ),
+        HwReason::EntryFailure { reason } => {
+            let mut w = [0u64; word::COUNT];
+            vcpu.hw.read(&vcpu.ctx.gprs, mtd::ALL, &mut w);
+            log::warn!(
+                "vm: entry failed (reason {reason:#x}, raw {:#x}): rip {:#x} rflags {:#x} cr0 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x} cs {:#x} ss {:#x} tr {:#x}",
+                e.raw, w[word::RIP], w[word::RFLAGS], w[word::CR0], w[word::CR3], w[word::CR4],
+                w[word::EFER], w[word::SEGMENTS], w[word::SEGMENTS + 2], w[word::SEGMENTS + 12]
+            );
+            (
+                Exit::EntryFailure,
+                vmabi::entry_error::INVALID_GUEST_STATE,
+                u64::from(reason),
+            )
+        }
         HwReason::NestedMisconfiguration { gpa } => {
             crate::println!(
                 "kernel: nested-table misconfiguration at {gpa:#x} (exit info {:#x}); vCPU stopped",
@@ -648,6 +657,12 @@ pub fn finish_exit(k: &mut Kernel, handler: ThreadId, vcpu_t: ThreadId) -> Resul
 fn validate(vcpu: &Vcpu, mask: u64, w: &[u64; word::COUNT]) -> Result<(), Status> {
     let mut current = [0u64; word::COUNT];
     vcpu.hw.read(&vcpu.ctx.gprs, mtd::ALL, &mut current);
-    virt::reply::check(w, &current).map_err(|_| Status::BadArgument)?;
-    vcpu.hw.check(mask, w).map_err(|_| Status::BadArgument)
+    if let Err(e) = virt::reply::check(w, &current) {
+        log::warn!("vm: reply refused: {e:?} (mask {mask:#x})");
+        return Err(Status::BadArgument);
+    }
+    vcpu.hw.check(mask, w).map_err(|e| {
+        log::warn!("vm: reply refused: {} (mask {mask:#x})", e.0);
+        Status::BadArgument
+    })
 }

@@ -83,8 +83,8 @@ const EXCEPTIONS_REFLECTED: u32 = (1 << 1) | (1 << 17);
 const V_IRQ: u64 = 1 << 8;
 const V_IGN_TPR: u64 = 1 << 20;
 const V_INTR_MASKING: u64 = 1 << 24;
-const TLB_FLUSH_ALL: u64 = 1;
-const TLB_FLUSH_GUEST: u64 = 3;
+const TLB_FLUSH_ALL: u8 = 1;
+const TLB_FLUSH_GUEST: u8 = 3;
 /// The power-on PAT.
 const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
 
@@ -251,7 +251,7 @@ impl Vmcb {
         v.set(IOPM_BASE, shared.iopm);
         v.set(MSRPM_BASE, shared.msrpm);
         v.set32(GUEST_ASID, u32::from(asid));
-        v.set(TLB_CONTROL, TLB_FLUSH_ALL);
+        v.set8(TLB_CONTROL, TLB_FLUSH_ALL);
         v.set(VINTR, V_INTR_MASKING);
         v.set(NP_ENABLE, 1);
         v.set(N_CR3, nested_root);
@@ -372,8 +372,8 @@ impl Vmcb {
     }
 
     pub fn flush_on_entry(&mut self) {
-        if self.get(TLB_CONTROL) & 0xff == 0 {
-            self.set(TLB_CONTROL, TLB_FLUSH_GUEST);
+        if self.get32(TLB_CONTROL) & 0xff == 0 {
+            self.set8(TLB_CONTROL, TLB_FLUSH_GUEST);
         }
     }
 
@@ -437,7 +437,7 @@ impl Vmcb {
 
     /// After an exit: the one-shot TLB flush has happened.
     pub fn entered(&mut self) {
-        self.set(TLB_CONTROL, 0);
+        self.set8(TLB_CONTROL, 0);
     }
 
     /// Checks the state VMRUN would see if the groups of `mask` were written from `w`
