@@ -2,7 +2,7 @@
 //! in long mode with a Multiboot 2 information structure) that tries to break out of its VM and
 //! prints one `attacker: <attempt>: blocked|BREACH (<detail>)` line per attempt:
 //!
-//! 1. [`scan`]: every available region of its RAM for `SECRET:<name>:<hex>`; only its own, at
+//! 1. [`scan`]: all of its RAM (reserved pages too) for `SECRET:<name>:<hex>`; only its own, at
 //!    0x90000, is allowed;
 //! 2. [`devices`]: programs the PIC, PIT, PCI configuration ports and CMOS it was not given and
 //!    reads them back; anything but all-ones is a device that answered;
