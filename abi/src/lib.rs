@@ -7,6 +7,7 @@
 pub mod boot;
 pub mod bootstrap;
 pub mod exit;
+pub mod profile;
 pub mod rights;
 pub mod status;
 pub mod syscall;
