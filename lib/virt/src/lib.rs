@@ -12,6 +12,7 @@
 pub mod ept;
 pub mod exit;
 pub mod nested;
+pub mod profile;
 pub mod reply;
 pub mod svm_state;
 pub mod vmx_controls;
