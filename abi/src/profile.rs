@@ -17,7 +17,8 @@
 //! of the user-side payload crate (`uwire`): word 0 holds the length in bytes, the following words
 //! the bytes, eight per word, little-endian, the last one zero-padded. A full batch needs up to
 //! [`MAX_WORDS`] words, more than one message carries ([`crate::utcb::MSG_WORDS`]), so a
-//! transport must either use a larger buffer (a shared page) or send fewer sites.
+//! transport must either use a larger buffer (a shared page) or send at most
+//! [`MAX_SITES_IN_MESSAGE`] sites per message.
 //!
 //! **Text.** [`ProfileBatch::write_text`] formats a batch as log lines that the build tool parses;
 //! the format is documented there and is stable.
@@ -40,7 +41,18 @@ pub const MAX_SITES: usize = 32;
 /// `by_reason` array has no length prefix; the site list has a varint length (one byte for up to
 /// 127). So: 3 × 10 (tag, sequence, total) + 14 × 10 (by reason) + 1 + 32 × (1 + 3 × 10).
 /// A test encodes a batch with every field at its maximum and checks this bound is exact.
-pub const MAX_ENCODED_LEN: usize = 3 * 10 + REASONS * 10 + 1 + MAX_SITES * (1 + 3 * 10);
+pub const MAX_ENCODED_LEN: usize = max_encoded_len(MAX_SITES);
+
+/// The longest encoding of a batch with at most `sites` sites (up to 127), in bytes.
+pub const fn max_encoded_len(sites: usize) -> usize {
+    3 * 10 + REASONS * 10 + 1 + sites * (1 + 3 * 10)
+}
+
+/// Sites a batch may carry and still fit one message whatever its values: packed with
+/// [`pack_words`] into at most [`crate::utcb::MSG_WORDS`] words (10; a transport that has only
+/// one message truncates `sites` to this many, the hottest, before encoding).
+pub const MAX_SITES_IN_MESSAGE: usize =
+    ((crate::utcb::MSG_WORDS - 1) * 8 - max_encoded_len(0)) / (1 + 3 * 10);
 
 /// Message words that [`pack_words`] needs for an encoding of `len` bytes (length word
 /// included).
@@ -461,6 +473,25 @@ mod tests {
             }
         }
         assert_eq!(MAX_WORDS, 147);
+    }
+
+    #[test]
+    fn a_message_holds_max_sites_in_message() {
+        assert_eq!(MAX_SITES_IN_MESSAGE, 10);
+        let mut bytes = [0u8; MAX_ENCODED_LEN];
+        let mut words = [0u64; crate::utcb::MSG_WORDS];
+        let mut batch = full_batch(u64::MAX);
+        batch.sites.truncate(MAX_SITES_IN_MESSAGE);
+        let encoded = batch.encode(&mut bytes).unwrap();
+        assert_eq!(encoded.len(), max_encoded_len(MAX_SITES_IN_MESSAGE));
+        assert!(pack_words(encoded, &mut words).is_ok());
+        batch = full_batch(u64::MAX);
+        batch.sites.truncate(MAX_SITES_IN_MESSAGE + 1);
+        let encoded = batch.encode(&mut bytes).unwrap();
+        assert_eq!(
+            pack_words(encoded, &mut words),
+            Err(ProfileError::BufferTooSmall)
+        );
     }
 
     #[test]
