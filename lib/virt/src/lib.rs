@@ -14,5 +14,6 @@ pub mod exit;
 pub mod nested;
 pub mod profile;
 pub mod reply;
+pub mod shadow;
 pub mod svm_state;
 pub mod vmx_controls;
