@@ -4,12 +4,15 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use super::bits::*;
+use super::leaf::{Backing, HostMemory};
 use super::walk::{CasError, Features, GuestPhys, Paging};
 use super::PageSize;
 
 /// Guest RAM is [0, RAM); tables are allocated from TABLES upwards.
 pub const RAM: u64 = 0x4000_0000;
 const TABLES: u64 = 0x10_0000;
+/// Host frame of guest page `g` is `g + HOST_OFFSET`.
+pub const HOST_OFFSET: u64 = 0x10_0000_0000;
 
 /// Table entry flags that allow everything.
 pub const OPEN: u64 = PRESENT | WRITABLE | USER;
@@ -138,5 +141,30 @@ impl GuestPhys for Guest {
         }
         self.set(gpa, new);
         Ok(())
+    }
+}
+
+/// Host backing: guest pages below `limit` are backed, at `HOST_OFFSET`; `read_only` pages are
+/// backed without write access.
+pub struct Host {
+    pub limit: u64,
+    pub read_only: Vec<u64>,
+}
+
+impl Host {
+    pub fn all() -> Self {
+        Self {
+            limit: RAM,
+            read_only: Vec::new(),
+        }
+    }
+}
+
+impl HostMemory for Host {
+    fn backing(&self, gpa: u64) -> Option<Backing> {
+        (gpa < self.limit).then(|| Backing {
+            hpa: gpa + HOST_OFFSET,
+            writable: !self.read_only.contains(&gpa),
+        })
     }
 }

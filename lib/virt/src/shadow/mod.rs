@@ -25,6 +25,8 @@
 //! tables with hardware CR0.WP = 1 (so read-only shadow entries hold for the guest kernel too),
 //! and with hardware CR4.SMEP, CR4.SMAP and EFER.NXE equal to the guest's values.
 
+pub mod classify;
+pub mod leaf;
 pub mod walk;
 
 #[cfg(test)]

@@ -1,0 +1,323 @@
+//! The shadow leaf for one 4 KiB page of a successful guest walk.
+//!
+//! Shadow tables map 4 KiB pages only, so a 2 MiB or 1 GiB guest page is shadowed one 4 KiB
+//! piece at a time (the piece holding the faulting address). The leaf gives the hardware the
+//! rights the guest's tables give, with two deliberate differences that make the next fault
+//! tell the vTLB something:
+//!
+//! - **Dirty tracking.** While the guest leaf's D bit is clear, the shadow leaf is read-only,
+//!   so the guest's first write faults and the vTLB sets D (the walk for a write does) before
+//!   mapping the page writable.
+//! - **CR0.WP = 0.** The guest kernel may then write to pages its tables make read-only, but
+//!   the hardware runs with WP = 1 (dirty tracking and read-only backing need it). For a
+//!   supervisor write to such a page the leaf is made writable and supervisor-only, so guest
+//!   user code still cannot write it; a later user access faults and refills the leaf with the
+//!   guest's own rights, and the leaf flips between the two forms as needed. The supervisor
+//!   form also sets NX when SMEP would have forbidden a supervisor fetch from the (user) page.
+//!   Known imprecision: while in the supervisor form, SMAP does not stop supervisor data
+//!   accesses to the page (they would have faulted with AC = 0), and with EFER.NXE = 0 a
+//!   supervisor fetch SMEP forbids is not stopped either.
+//!
+//! PWT, PCD and PAT are copied (PAT moves from bit 12 of a large-page entry to bit 7), so the
+//! memory type is the one the guest's PAT index selects in the PAT the hardware uses while the
+//! guest runs. G is copied: the kernel flushes the guest's whole TLB tag on a vTLB flush.
+
+use super::bits::*;
+use super::walk::{Access, Paging, Privilege, Translation};
+use super::{AccessKind, PageSize};
+
+/// The host side of one guest page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backing {
+    /// Host-physical address of the 4 KiB frame.
+    pub hpa: u64,
+    /// The guest may write the frame (false for pages the VMM lent read-only).
+    pub writable: bool,
+}
+
+/// Where guest-physical pages live on the host; the kernel implements it over the Vm's memory
+/// capabilities.
+pub trait HostMemory {
+    /// The backing of the 4 KiB guest page at `gpa` (4 KiB-aligned), None when no memory backs
+    /// it (MMIO, holes): a memory-fault exit for the VMM.
+    fn backing(&self, gpa: u64) -> Option<Backing>;
+}
+
+/// A shadow leaf ready to install.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fill {
+    /// The 4 KiB-aligned linear address the leaf maps.
+    pub la: u64,
+    /// The 4 KiB guest-physical page it maps.
+    pub gpa: u64,
+    /// The entry.
+    pub pte: u64,
+}
+
+/// Why no leaf could be made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FillError {
+    /// No host memory backs the guest page at `gpa`.
+    NotBacked { gpa: u64 },
+    /// The access is a write and the backing is read-only.
+    ReadOnly { gpa: u64 },
+}
+
+/// The shadow leaf for the 4 KiB piece of the page holding `t.gpa`, given the walk `t` that
+/// `access` made and the backing of that piece.
+pub fn shadow_leaf(t: &Translation, access: Access, paging: &Paging, backing: Backing) -> u64 {
+    let leaf = t.leaf();
+    let mut pte = (backing.hpa & ADDR) | PRESENT | ACCESSED | DIRTY;
+    pte |= leaf & (WRITE_THROUGH | CACHE_DISABLE | GLOBAL);
+    let pat = match t.size {
+        PageSize::Size4K => leaf & PAT_4K != 0,
+        _ => leaf & PAT_LARGE != 0,
+    };
+    if pat {
+        pte |= PAT_4K;
+    }
+    let mut writable = t.writable;
+    let mut user = t.user;
+    let mut executable = t.executable;
+    let supervisor_write = access.kind == AccessKind::Write && access.privilege != Privilege::User;
+    if !t.writable && !paging.wp && supervisor_write {
+        writable = true;
+        user = false;
+        if t.user && paging.smep {
+            executable = false;
+        }
+    }
+    if writable && leaf & DIRTY != 0 && backing.writable {
+        pte |= WRITABLE;
+    }
+    if user {
+        pte |= USER;
+    }
+    if !executable && paging.nxe {
+        pte |= NO_EXECUTE;
+    }
+    pte
+}
+
+/// The fill for `la` after the walk `t` that `access` made: looks up the backing of the 4 KiB
+/// guest page and builds the leaf.
+pub fn fill(
+    host: &impl HostMemory,
+    t: &Translation,
+    la: u64,
+    access: Access,
+    paging: &Paging,
+) -> Result<Fill, FillError> {
+    let gpa = t.gpa & !0xfff;
+    let backing = host.backing(gpa).ok_or(FillError::NotBacked { gpa })?;
+    if access.kind == AccessKind::Write && !backing.writable {
+        return Err(FillError::ReadOnly { gpa });
+    }
+    Ok(Fill {
+        la: la & !0xfff,
+        gpa,
+        pte: shadow_leaf(t, access, paging, backing),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shadow::fake::{Guest, Host, HOST_OFFSET, OPEN};
+    use crate::shadow::walk::walk;
+
+    const LA: u64 = 0x7f12_3456_7000;
+
+    fn leaf_for(g: &Guest, paging: &Paging, la: u64, access: Access) -> Result<Fill, FillError> {
+        let t = walk(g, paging, la, access).unwrap();
+        fill(&Host::all(), &t, la, access, paging)
+    }
+
+    #[test]
+    fn clean_page_is_read_only_until_written() {
+        let g = Guest::new();
+        g.map(LA, 0x5000, PageSize::Size4K, [OPEN; 3], WRITABLE | USER);
+        let p = g.paging();
+        let read = leaf_for(&g, &p, LA, Access::user(AccessKind::Read)).unwrap();
+        assert_eq!(read.la, LA);
+        assert_eq!(read.gpa, 0x5000);
+        assert_eq!(read.pte & ADDR, 0x5000 + HOST_OFFSET);
+        assert_eq!(read.pte & (PRESENT | WRITABLE | USER), PRESENT | USER);
+        let write = leaf_for(&g, &p, LA, Access::user(AccessKind::Write)).unwrap();
+        assert_eq!(
+            write.pte & (PRESENT | WRITABLE | USER),
+            PRESENT | WRITABLE | USER
+        );
+        // Dirty now: a read fills writable at once.
+        let read = leaf_for(&g, &p, LA, Access::user(AccessKind::Read)).unwrap();
+        assert_ne!(read.pte & WRITABLE, 0);
+    }
+
+    #[test]
+    fn rights_combine_every_level() {
+        let p = Guest::new().paging();
+        // (table flags at levels 4..2, leaf flags) -> (W, U, NX) of the shadow leaf, dirty page.
+        let cases = [
+            ([OPEN; 3], WRITABLE | USER, (true, true, false)),
+            (
+                [OPEN, PRESENT | USER, OPEN],
+                WRITABLE | USER,
+                (false, true, false),
+            ),
+            (
+                [OPEN, OPEN, PRESENT | WRITABLE],
+                WRITABLE | USER,
+                (true, false, false),
+            ),
+            (
+                [OPEN | NO_EXECUTE, OPEN, OPEN],
+                WRITABLE | USER,
+                (true, true, true),
+            ),
+            ([OPEN; 3], WRITABLE | NO_EXECUTE, (true, false, true)),
+            ([OPEN; 3], 0, (false, false, false)),
+        ];
+        for (tables, leaf, (w, u, nx)) in cases {
+            let g = Guest::new();
+            g.map(LA, 0x5000, PageSize::Size4K, tables, leaf | DIRTY);
+            let f = leaf_for(&g, &p, LA, Access::supervisor(AccessKind::Read)).unwrap();
+            assert_eq!(f.pte & WRITABLE != 0, w, "{tables:x?} {leaf:x}");
+            assert_eq!(f.pte & USER != 0, u, "{tables:x?} {leaf:x}");
+            assert_eq!(f.pte & NO_EXECUTE != 0, nx, "{tables:x?} {leaf:x}");
+        }
+    }
+
+    #[test]
+    fn no_nx_bit_without_nxe() {
+        let g = Guest::new();
+        g.map(LA, 0x5000, PageSize::Size4K, [OPEN; 3], USER);
+        let mut p = g.paging();
+        p.nxe = false;
+        let f = leaf_for(&g, &p, LA, Access::user(AccessKind::Read)).unwrap();
+        assert_eq!(f.pte & NO_EXECUTE, 0);
+    }
+
+    #[test]
+    fn large_pages_are_split_into_the_faulting_4k_piece() {
+        let g = Guest::new();
+        let la2m = 0x4000_0000_0000 + 0x20_0000;
+        g.map(
+            la2m,
+            0x60_0000,
+            PageSize::Size2M,
+            [OPEN; 3],
+            WRITABLE | DIRTY | PAT_LARGE,
+        );
+        let f = leaf_for(
+            &g,
+            &g.paging(),
+            la2m + 0x3_4567,
+            Access::supervisor(AccessKind::Read),
+        )
+        .unwrap();
+        assert_eq!(f.la, la2m + 0x3_4000);
+        assert_eq!(f.gpa, 0x63_4000);
+        assert_eq!(f.pte & ADDR, 0x63_4000 + HOST_OFFSET);
+        assert_ne!(f.pte & PAT_4K, 0, "PAT moves from bit 12 to bit 7");
+        assert_eq!(f.pte & PAT_LARGE, 0);
+
+        let la1g = 0x40_0000_0000;
+        g.map(la1g, 0x0, PageSize::Size1G, [OPEN; 3], WRITABLE | DIRTY);
+        let f = leaf_for(
+            &g,
+            &g.paging(),
+            la1g + 0x1234_5678,
+            Access::supervisor(AccessKind::Read),
+        )
+        .unwrap();
+        assert_eq!((f.la, f.gpa), (la1g + 0x1234_5000, 0x1234_5000));
+        assert_eq!(f.pte & PAT_4K, 0);
+    }
+
+    #[test]
+    fn memory_type_and_global_bits_are_copied() {
+        let g = Guest::new();
+        g.map(
+            LA,
+            0x5000,
+            PageSize::Size4K,
+            [OPEN; 3],
+            WRITE_THROUGH | CACHE_DISABLE | PAT_4K | GLOBAL,
+        );
+        let f = leaf_for(&g, &g.paging(), LA, Access::supervisor(AccessKind::Read)).unwrap();
+        let copied = WRITE_THROUGH | CACHE_DISABLE | PAT_4K | GLOBAL;
+        assert_eq!(f.pte & copied, copied);
+        // Nothing else of the guest's entry leaks in: only the bits chosen here are set.
+        assert_eq!(
+            f.pte & !(ADDR | copied | PRESENT | ACCESSED | DIRTY | NO_EXECUTE),
+            0
+        );
+    }
+
+    #[test]
+    fn wp0_supervisor_write_makes_a_writable_supervisor_leaf() {
+        let g = Guest::new();
+        g.map(LA, 0x5000, PageSize::Size4K, [OPEN; 3], USER);
+        let mut p = g.paging();
+        p.wp = false;
+        p.smep = true;
+        let f = leaf_for(&g, &p, LA, Access::supervisor(AccessKind::Write)).unwrap();
+        assert_eq!(f.pte & (WRITABLE | USER), WRITABLE);
+        assert_ne!(
+            f.pte & NO_EXECUTE,
+            0,
+            "SMEP forbade supervisor fetches from the page"
+        );
+        // A user read then gets the guest's own rights back.
+        let f = leaf_for(&g, &p, LA, Access::user(AccessKind::Read)).unwrap();
+        assert_eq!(f.pte & (WRITABLE | USER), USER);
+        assert_eq!(f.pte & NO_EXECUTE, 0);
+        // With WP = 1 the same write is a guest fault (checked in the walk); a supervisor read
+        // of a read-only page never gets the trick.
+        let f = leaf_for(&g, &p, LA, Access::supervisor(AccessKind::Read)).unwrap();
+        assert_eq!(f.pte & WRITABLE, 0);
+    }
+
+    #[test]
+    fn wp0_trick_on_a_supervisor_page_keeps_it_executable() {
+        let g = Guest::new();
+        g.map(LA, 0x5000, PageSize::Size4K, [OPEN; 3], 0);
+        let mut p = g.paging();
+        p.wp = false;
+        p.smep = true;
+        let f = leaf_for(&g, &p, LA, Access::supervisor(AccessKind::Write)).unwrap();
+        assert_eq!(f.pte & (WRITABLE | USER | NO_EXECUTE), WRITABLE);
+    }
+
+    #[test]
+    fn backing_decides_too() {
+        let g = Guest::new();
+        g.map(
+            LA,
+            0x5000,
+            PageSize::Size4K,
+            [OPEN; 3],
+            WRITABLE | USER | DIRTY,
+        );
+        let p = g.paging();
+        let t = walk(&g, &p, LA, Access::user(AccessKind::Read)).unwrap();
+        let ro = Host {
+            limit: 0x4000_0000,
+            read_only: vec![0x5000],
+        };
+        let f = fill(&ro, &t, LA, Access::user(AccessKind::Read), &p).unwrap();
+        assert_eq!(f.pte & WRITABLE, 0, "read-only backing");
+        assert_eq!(
+            fill(&ro, &t, LA, Access::user(AccessKind::Write), &p),
+            Err(FillError::ReadOnly { gpa: 0x5000 })
+        );
+        let none = Host {
+            limit: 0x5000,
+            read_only: Vec::new(),
+        };
+        assert_eq!(
+            fill(&none, &t, LA, Access::user(AccessKind::Read), &p),
+            Err(FillError::NotBacked { gpa: 0x5000 })
+        );
+    }
+}
