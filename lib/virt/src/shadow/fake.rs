@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use super::bits::*;
 use super::leaf::{Backing, HostMemory};
+use super::vtlb::ShadowMemory;
 use super::walk::{CasError, Features, GuestPhys, Paging};
 use super::PageSize;
 
@@ -166,5 +167,21 @@ impl HostMemory for Host {
             hpa: gpa + HOST_OFFSET,
             writable: !self.read_only.contains(&gpa),
         })
+    }
+}
+
+/// Shadow table frames as arrays.
+#[derive(Default)]
+pub struct Frames {
+    pub tables: HashMap<u64, [u64; 512]>,
+}
+
+impl ShadowMemory for Frames {
+    fn read(&self, table: u64, index: usize) -> u64 {
+        self.tables.get(&table).map_or(0, |t| t[index])
+    }
+
+    fn write(&mut self, table: u64, index: usize, value: u64) {
+        self.tables.entry(table).or_insert([0; 512])[index] = value;
     }
 }

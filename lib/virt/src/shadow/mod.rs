@@ -25,8 +25,11 @@
 //! tables with hardware CR0.WP = 1 (so read-only shadow entries hold for the guest kernel too),
 //! and with hardware CR4.SMEP, CR4.SMAP and EFER.NXE equal to the guest's values.
 
+pub mod cache;
 pub mod classify;
 pub mod leaf;
+pub mod pool;
+pub mod vtlb;
 pub mod walk;
 
 #[cfg(test)]
