@@ -1,9 +1,9 @@
 //! The guest page-table walk of 4-level long-mode paging, as the CPU does it (Intel SDM vol. 3
 //! §4.5–4.8, AMD APM vol. 2 §5.3–5.6).
 //!
-//! **Accessed and dirty bits.** The SDM (§4.8) sets A in an entry "whenever the processor uses
-//! [it] as part of linear-address translation" and D in the entry that maps the page "whenever
-//! there is a write"; an entry that is not present or sets a reserved bit is used for nothing.
+//! **Accessed and dirty bits.** The SDM (§4.8) sets A in each entry the processor uses "as part
+//! of linear-address translation" and D in the entry that maps the page "whenever there is a
+//! write"; an entry that is not present or sets a reserved bit is used for nothing.
 //! Whether a CPU sets A in the upper entries of a walk that later faults is left open (it may
 //! have cached them, §4.10.3), and no guest can rely on it. This walker therefore chooses
 //! all-or-nothing: a walk that faults (not present, reserved bit or access rights) changes
@@ -35,10 +35,10 @@ pub enum CasError {
 /// What the CPU offers beyond the registers: fixed for a VM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Features {
-    /// Physical-address width (CPUID 0x8000_0008 EAX[7:0]); entry bits from here to 51 are
+    /// Physical-address width (CPUID 0x8000_0008 EAX bits 7:0); entry bits from here to 51 are
     /// reserved.
     pub maxphyaddr: u8,
-    /// 1 GiB pages (CPUID 0x8000_0001 EDX[26]); without them PS in a PDPTE is reserved.
+    /// 1 GiB pages (CPUID 0x8000_0001 EDX bit 26); without them PS in a PDPTE is reserved.
     pub gb_pages: bool,
 }
 

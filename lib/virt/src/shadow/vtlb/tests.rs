@@ -244,3 +244,43 @@ fn flush_all_keeps_only_the_empty_current_root() {
     assert_eq!(v.lookup(&mem, 0x3000), 0);
     assert!(!v.switch(&mut mem, key(1), false).reused);
 }
+
+#[test]
+fn faults_fill_the_tree_end_to_end() {
+    use crate::shadow::classify::{classify, Resolution};
+    use crate::shadow::fake::{Guest, Host, HOST_OFFSET, OPEN};
+    use crate::shadow::walk::ErrorCode;
+    use crate::shadow::PageSize;
+
+    let guest = Guest::new();
+    let la = 0x7f00_dead_b000;
+    guest.map(la, 0x3_3000, PageSize::Size4K, [OPEN; 3], WRITABLE | USER);
+    let paging = guest.paging();
+    let mut mem = Frames::default();
+    let mut v = Vtlb::<16, 2>::new(&frames(16)).unwrap();
+    v.switch(&mut mem, Key::new(paging.cr3, false), true);
+    // User read on an empty shadow: fill read-only (clean page).
+    let user = ErrorCode::USER;
+    let Resolution::Fill(f) = classify(&guest, &Host::all(), &paging, la + 8, user, true) else {
+        panic!()
+    };
+    assert_eq!(v.install(&mut mem, f.la, f.pte), Install::Installed);
+    let leaf = v.lookup(&mem, la);
+    assert_eq!(leaf & ADDR, 0x3_3000 + HOST_OFFSET);
+    assert_eq!(leaf & (WRITABLE | USER), USER);
+    // The write faults on the present read-only leaf: refilled writable.
+    let code = ErrorCode::PRESENT | ErrorCode::WRITE | user;
+    let Resolution::Fill(f) = classify(&guest, &Host::all(), &paging, la, code, true) else {
+        panic!()
+    };
+    v.install(&mut mem, f.la, f.pte);
+    assert_eq!(v.lookup(&mem, la) & (WRITABLE | USER), WRITABLE | USER);
+    // The guest unmaps the page and invalidates it: the next access is the guest's fault.
+    guest.set(guest.entry(la, 1), 0);
+    v.invlpg(&mut mem, la);
+    assert_eq!(v.lookup(&mem, la), 0);
+    assert!(matches!(
+        classify(&guest, &Host::all(), &paging, la, user, true),
+        Resolution::Inject(_)
+    ));
+}
