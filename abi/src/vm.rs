@@ -240,9 +240,10 @@ pub mod word {
     pub const QUAL0: usize = 2;
     pub const QUAL1: usize = 3;
     pub const INSTRUCTION_LEN: usize = 4;
-    /// Guest instructions retired so far, where the kernel can count them (the guest TSC under
-    /// QEMU `-icount`), else 0.
-    pub const GUEST_CLOCK: usize = 5;
+    /// The TSC read right after the hardware exit. The guest's TSC runs unshifted (no TSC
+    /// offset), so this is also the guest's TSC at the exit; VMMs use it for RDMSR of the TSC
+    /// and to time their exit path (under QEMU `-icount` it counts instructions).
+    pub const EXIT_TSC: usize = 5;
     /// 16 words: RAX RCX RDX RBX RSP RBP RSI RDI R8..R15 (hardware encoding order).
     pub const GPRS: usize = 6;
     pub const RIP: usize = 22;

@@ -27,12 +27,13 @@ mod memory;
 use alloc::boxed::Box;
 
 use abi::bootstrap::outcome;
-use abi::vm::{self as vmabi, Exit, EXIT_COUNT, EXIT_LABEL};
+use abi::vm::{self as vmabi, word, Exit, EXIT_COUNT, EXIT_LABEL};
 use abi::{well_known, Rights, Sel, Status};
 use manifest::Guest;
 use rt::{bootstrap, log, syscall, Error, Start, Utcb};
 use vmm::image::{self, LoadError};
 use vmm::monitor::{failure, transfer_mask, End, Monitor, Note, Response};
+use vmm::timing::ExitTiming;
 
 rt::entry!(main);
 
@@ -74,8 +75,10 @@ fn main(start: Start) -> ! {
             idle()
         }
     };
-    let end = serve(&mut utcb, &mut monitor, &guest.name, name);
+    let mut timing = ExitTiming::default();
+    let end = serve(&mut utcb, &mut monitor, &mut timing, &guest.name, name);
     rt::println!(&mut utcb, "{name}: {}", monitor.summary());
+    rt::println!(&mut utcb, "{name}: {}", timing.summary());
     report(&mut utcb, name, end.outcome, end.detail);
     idle()
 }
@@ -167,12 +170,25 @@ fn setup(utcb: &mut Utcb, guest: &Guest, name: &str) -> Result<Monitor, SetupErr
 }
 
 /// Serves the vCPU's exits until the guest ends; returns how.
-fn serve(utcb: &mut Utcb, monitor: &mut Monitor, guest: &str, name: &str) -> End {
+fn serve(
+    utcb: &mut Utcb,
+    monitor: &mut Monitor,
+    timing: &mut ExitTiming,
+    guest: &str,
+    name: &str,
+) -> End {
     // The first wait has nothing to reply to.
     utcb.set_msg(0, &[]);
+    // The exit being answered: (reason, EXIT_TSC, TSC at receipt).
+    let mut answering: Option<(u64, u64, u64)> = None;
     loop {
         utcb.set_cap_recv(RECV);
-        match utcb.reply_wait(EXIT_BASE) {
+        if let Some((reason, exit_tsc, received)) = answering.take() {
+            timing.record(reason, exit_tsc, received, cpu::rdtsc());
+        }
+        let result = utcb.reply_wait(EXIT_BASE);
+        let received = cpu::rdtsc();
+        match result {
             Ok(_) => {}
             Err(Error::Kernel(Status::BadArgument)) => {
                 // The kernel refused the reply; the vCPU still waits for one: stop it.
@@ -195,7 +211,13 @@ fn serve(utcb: &mut Utcb, monitor: &mut Monitor, guest: &str, name: &str) -> End
             utcb.set_msg(0, &[]);
             continue;
         }
-        let response = monitor.handle(utcb.words(), &mut cpu::cpuid);
+        let words = utcb.words();
+        answering = Some((
+            words.get(word::REASON).copied().unwrap_or(u64::MAX),
+            words.get(word::EXIT_TSC).copied().unwrap_or(received),
+            received,
+        ));
+        let response = monitor.handle(words, &mut cpu::cpuid);
         if let Some(end) = answer(utcb, response, guest, name) {
             return end;
         }

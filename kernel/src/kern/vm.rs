@@ -67,6 +67,10 @@ pub struct Vcpu {
     pub recall: bool,
     /// Exits so far, by neutral reason.
     pub exits: [u64; EXIT_COUNT as usize],
+    /// The TSC right after the last hardware exit (the message's `EXIT_TSC`).
+    pub exit_tsc: u64,
+    /// TSC ticks spent in the guest, summed from entry to exit (instructions under `-icount`).
+    pub guest_tsc: u64,
 }
 
 impl Drop for Vcpu {
@@ -265,6 +269,7 @@ pub fn create_vcpu(
         ctx: RunContext {
             gprs: hw::Gprs::default(),
             fpu: hw::FpuArea::initial(),
+            entry_tsc: 0,
         },
         exit_space: space,
         exit_base,
@@ -273,6 +278,8 @@ pub fn create_vcpu(
         started: false,
         recall: false,
         exits: [0; EXIT_COUNT as usize],
+        exit_tsc: 0,
+        guest_tsc: 0,
     });
     let t = k.threads.insert(Thread {
         pd: my_pd,
@@ -469,6 +476,7 @@ pub fn ready_to_enter(k: &mut Kernel, t: ThreadId) -> bool {
     };
     match synthetic {
         Some(reason) => {
+            vcpu.exit_tsc = crate::arch::cpu::rdtsc();
             deliver_exit(k, t, reason, 0, 0, 0);
             false
         }
@@ -492,10 +500,13 @@ pub unsafe fn enter(vcpu: *mut Vcpu) -> ! {
 
 /// Handles the exit of the current thread, a vCPU.
 pub fn handle_exit(k: &mut Kernel) {
+    let exit_tsc = crate::arch::cpu::rdtsc();
     let t = k.current();
     let Some(vcpu) = k.threads.get_mut(t).and_then(|t| t.vcpu.as_mut()) else {
         return;
     };
+    vcpu.guest_tsc += exit_tsc.wrapping_sub(vcpu.ctx.entry_tsc);
+    vcpu.exit_tsc = exit_tsc;
     hw::save_fpu(&mut vcpu.ctx.fpu);
     vcpu.hw.after_exit();
     let e = vcpu.hw.exit(&vcpu.ctx.gprs);
@@ -591,6 +602,7 @@ pub fn deliver_exit(k: &mut Kernel, t: ThreadId, reason: Exit, qual0: u64, qual1
     words[word::QUAL0] = qual0;
     words[word::QUAL1] = qual1;
     words[word::INSTRUCTION_LEN] = len;
+    words[word::EXIT_TSC] = vcpu.exit_tsc;
     vcpu.hw.read(&vcpu.ctx.gprs, mask, &mut words);
     let (space, sel) = (vcpu.exit_space, vcpu.exit_base + reason as u64);
     let Some(msg) = k.threads.get(t).map(|x| x.utcb) else {

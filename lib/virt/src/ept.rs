@@ -156,6 +156,13 @@ pub fn pointer(pml4: u64, accessed_dirty: bool, caps: u64) -> Result<u64, EptErr
         | if accessed_dirty { 1 << 6 } else { 0 })
 }
 
+impl EptEntry {
+    /// The entry as the hardware reads it.
+    pub const fn bits(self) -> u64 {
+        self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,12 +276,5 @@ mod tests {
             Err(EptError::Unsupported)
         );
         assert_eq!(pointer(0x5008, false, ALL_CAPS), Err(EptError::BadAddress));
-    }
-}
-
-impl EptEntry {
-    /// The entry as the hardware reads it.
-    pub const fn bits(self) -> u64 {
-        self.0
     }
 }

@@ -92,7 +92,8 @@ impl NestedTables {
     }
 
     fn leaf_entry(&self, hpa: u64, access: Access) -> Result<u64, NestedError> {
-        if !access.read || (!access.write && !access.execute && !access.read) {
+        // Both formats need read permission on every present page (EPT forbids write-only).
+        if !access.read {
             return Err(NestedError::BadAccess);
         }
         match self.format {

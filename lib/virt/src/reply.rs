@@ -163,7 +163,8 @@ mod tests {
     #[test]
     fn refuses_nonsense_registers() {
         let c = current();
-        let cases: [(u64, fn(&mut [u64; word::COUNT]), ReplyError); 8] = [
+        type Edit = fn(&mut [u64; word::COUNT]);
+        let cases: [(u64, Edit, ReplyError); 8] = [
             (1 << 40, |_| {}, ReplyError::UnknownGroups),
             (mtd::RIP, |w| w[word::RFLAGS] = 0x200, ReplyError::Rflags),
             (

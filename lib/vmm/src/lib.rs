@@ -9,7 +9,8 @@
 //! - [`monitor`]: one exit message in, the reply and what to log out, using
 //!   [`cpuid`] (the filter), [`msr`] (the allow-list), [`ports`] (port I/O) and [`uart`]
 //!   (the 16550 model);
-//! - [`state`]: the vCPU state as `abi::vm::word` message words.
+//! - [`state`]: the vCPU state as `abi::vm::word` message words;
+//! - [`timing`]: where each exit's time goes (kernel path, VMM handler), for the exit benchmark.
 //!
 //! `docs/guests.md` describes what a guest sees.
 #![cfg_attr(not(test), no_std)]
@@ -28,4 +29,5 @@ pub mod msr;
 pub mod multiboot;
 pub mod ports;
 pub mod state;
+pub mod timing;
 pub mod uart;

@@ -441,7 +441,7 @@ impl Monitor {
     fn msr(&mut self, exit: Exit, msg: &VcpuState, step: &mut Step) {
         let index = msg.gpr(Gpr::Rcx) as u32;
         let ctx = MsrContext {
-            tsc: msg.get(word::GUEST_CLOCK),
+            tsc: msg.get(word::EXIT_TSC),
             pat: msg.get(word::PAT),
             efer: msg.get(word::EFER),
             cr0: msg.get(word::CR0),

@@ -171,7 +171,7 @@ fn rdmsr(msr: u32) -> Vec<u64> {
         s.set_gpr(Gpr::Rax, 0xffff_ffff_ffff_ffff);
         s.set(word::EFER, 0x500);
         s.set(word::CR0, 0x8000_0011);
-        s.set(word::GUEST_CLOCK, 0x1_2345_6789);
+        s.set(word::EXIT_TSC, 0x1_2345_6789);
     })
 }
 

@@ -100,11 +100,15 @@ pub fn command(args: &BenchArgs) -> Result<bool> {
         Some(kernel) => kernel.clone(),
         None => build::kernel(&root, release)?,
     };
-    if args.which != Some(BenchKind::Ipc) {
+    let wanted = |kind: BenchKind| args.which.is_none() || args.which == Some(kind);
+    if wanted(BenchKind::Boot) {
         boot_bench(args, &kernel, release)?;
     }
-    if args.which != Some(BenchKind::Boot) {
+    if wanted(BenchKind::Ipc) {
         crate::bench_ipc::run(&kernel, release)?;
+    }
+    if wanted(BenchKind::Exits) {
+        crate::bench_exits::run(&kernel, release)?;
     }
     Ok(true)
 }

@@ -124,4 +124,6 @@ pub enum BenchKind {
     Boot,
     /// Instructions per IPC call/reply round trip between two domains.
     Ipc,
+    /// Instructions per VM-exit round trip (guest, kernel, vmm-server), split by part.
+    Exits,
 }

@@ -10,6 +10,7 @@
 //! with unit tests.
 
 mod bench;
+mod bench_exits;
 mod bench_ipc;
 mod build;
 mod cargo_test;

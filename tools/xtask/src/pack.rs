@@ -321,7 +321,8 @@ mod tests {
                 "vmm-server",
                 "guest.hello",
                 "guest.probe",
-                "guest.attacker"
+                "guest.attacker",
+                "guest.survivor",
             ]
         );
         assert_eq!(modules[3].source, out.join("vmm-server.elf"));

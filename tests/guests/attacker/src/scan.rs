@@ -4,8 +4,8 @@
 //! The guest's own image (code, data, stack) is skipped: it holds what the scan itself
 //! produces. Secrets are parsed in place and printed from memory, never copied.
 
-use grt::secret::{self, Secret};
 use grt::println;
+use grt::secret::{self, Secret};
 
 use crate::Report;
 

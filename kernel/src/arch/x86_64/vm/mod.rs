@@ -275,6 +275,8 @@ impl HwVcpu {
 pub struct RunContext {
     pub gprs: Gprs,
     pub fpu: FpuArea,
+    /// The TSC just before the last entry: the kernel splits guest from hypervisor time with it.
+    pub entry_tsc: u64,
 }
 
 /// Enters the guest of `hw`; the exit continues in [`vm_exited`].
@@ -285,6 +287,7 @@ pub struct RunContext {
 /// exit has been handled (the kernel frees vCPUs only while they are not running).
 pub unsafe fn enter(hw: &mut HwVcpu, ctx: &mut RunContext) -> ! {
     load_fpu(&ctx.fpu);
+    ctx.entry_tsc = super::cpu::rdtsc();
     match hw {
         // SAFETY: as the caller guarantees.
         HwVcpu::Svm(v) => unsafe { v.run(&mut ctx.gprs) },
