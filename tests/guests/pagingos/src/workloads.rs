@@ -45,7 +45,7 @@ const WORKLOADS: [Workload; 5] = [
     },
     Workload {
         name: "compute",
-        default_rounds: 200,
+        default_rounds: 500,
         max_rounds: 1 << 24,
         run: compute,
     },
