@@ -270,8 +270,12 @@ pub mod word {
     pub const SYSENTER_EIP: usize = 54;
     pub const PAT: usize = 55;
     pub const DR7: usize = 56;
+    /// Exit only, in no group: TSC ticks the vCPU spent in guest mode so far, summed from each
+    /// entry to the next exit (guest instructions under QEMU `-icount`). With `EXIT_TSC` it
+    /// splits guest from hypervisor time.
+    pub const GUEST_TSC: usize = 57;
     /// Words a full message uses.
-    pub const COUNT: usize = 57;
+    pub const COUNT: usize = 58;
 }
 
 /// Order of the segment registers in [`word::SEGMENTS`].

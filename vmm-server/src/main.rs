@@ -212,6 +212,7 @@ fn serve(
             continue;
         }
         let words = utcb.words();
+        timing.guest_time(words.get(word::GUEST_TSC).copied().unwrap_or(0));
         answering = Some((
             words.get(word::REASON).copied().unwrap_or(u64::MAX),
             words.get(word::EXIT_TSC).copied().unwrap_or(received),

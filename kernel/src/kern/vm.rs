@@ -603,6 +603,7 @@ pub fn deliver_exit(k: &mut Kernel, t: ThreadId, reason: Exit, qual0: u64, qual1
     words[word::QUAL1] = qual1;
     words[word::INSTRUCTION_LEN] = len;
     words[word::EXIT_TSC] = vcpu.exit_tsc;
+    words[word::GUEST_TSC] = vcpu.guest_tsc;
     vcpu.hw.read(&vcpu.ctx.gprs, mask, &mut words);
     let (space, sel) = (vcpu.exit_space, vcpu.exit_base + reason as u64);
     let Some(msg) = k.threads.get(t).map(|x| x.utcb) else {

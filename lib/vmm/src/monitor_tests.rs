@@ -36,7 +36,7 @@ fn startup_sends_the_initial_state() {
     let mut m = monitor();
     let r = run(&mut m, &exit_msg(Exit::Startup, |_| {}));
     assert_eq!(r.mask(), mtd::ALL);
-    assert_eq!(r.words().len(), word::COUNT);
+    assert_eq!(r.words().len(), word::DR7 + 1);
     assert_eq!(r.reply.get(word::EFER), 0x500);
     assert_eq!(r.reply.rip(), 0x10_0000);
     assert!(r.notes.is_empty());

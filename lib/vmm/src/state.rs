@@ -156,6 +156,6 @@ mod tests {
         assert_eq!(reply_len(mtd::GPRS), word::RIP);
         assert_eq!(reply_len(mtd::GPRS | mtd::RIP), word::RFLAGS + 1);
         assert_eq!(reply_len(mtd::INJECT), word::INTERRUPTIBILITY + 1);
-        assert_eq!(reply_len(mtd::ALL), word::COUNT);
+        assert_eq!(reply_len(mtd::ALL), word::DR7 + 1);
     }
 }

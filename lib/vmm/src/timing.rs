@@ -11,12 +11,17 @@ use abi::vm::{Exit, EXIT_COUNT};
 
 const REASONS: usize = EXIT_COUNT as usize;
 
-/// Sums per exit reason.
+/// Sums per exit reason, and the guest/hypervisor split of the whole run.
 #[derive(Default)]
 pub struct ExitTiming {
     count: [u64; REASONS],
     delivery: [u64; REASONS],
     handler: [u64; REASONS],
+    /// `EXIT_TSC` of the first exit seen (the start-up) and of the last one.
+    first_exit: Option<u64>,
+    last_exit: u64,
+    /// `GUEST_TSC` of the last exit: ticks spent in guest mode so far.
+    guest: u64,
 }
 
 impl ExitTiming {
@@ -26,9 +31,26 @@ impl ExitTiming {
         let Some(i) = usize::try_from(reason).ok().filter(|&i| i < REASONS) else {
             return;
         };
+        self.first_exit.get_or_insert(exit_tsc);
+        self.last_exit = self.last_exit.max(exit_tsc);
         self.count[i] += 1;
         self.delivery[i] += received.saturating_sub(exit_tsc);
         self.handler[i] += replied.saturating_sub(received);
+    }
+
+    /// Notes the `GUEST_TSC` word of an exit (ticks in guest mode so far).
+    pub fn guest_time(&mut self, guest_tsc: u64) {
+        self.guest = self.guest.max(guest_tsc);
+    }
+
+    /// `(guest, hypervisor)` ticks between the first and the last exit seen: the guest's part
+    /// from `GUEST_TSC`, the rest is kernel and VMM (exits included).
+    pub fn split(&self) -> (u64, u64) {
+        let span = self
+            .last_exit
+            .saturating_sub(self.first_exit.unwrap_or(self.last_exit));
+        let guest = self.guest.min(span);
+        (guest, span - guest)
     }
 
     /// `(exits, kernel delivery ticks, VMM handler ticks)` summed for `exit`.
@@ -62,6 +84,8 @@ impl ExitTiming {
         if !any {
             out.push_str(" none");
         }
+        let (guest, hypervisor) = self.split();
+        out.push_str(&format!("; run: guest {guest}, hypervisor {hypervisor}"));
         out
     }
 }
@@ -76,11 +100,13 @@ mod tests {
         t.record(Exit::Cpuid as u64, 100, 900, 2_400);
         t.record(Exit::Cpuid as u64, 5_000, 5_700, 7_300);
         t.record(Exit::Io as u64, 10, 20, 50);
+        t.guest_time(4_000);
         assert_eq!(t.totals(Exit::Cpuid), (2, 1_500, 3_100));
+        assert_eq!(t.split(), (4_000, 900));
         assert_eq!(
             t.summary(),
             "exit timing (tsc per exit): cpuid 2 exits, kernel to vmm 750, vmm 1550; io 1 exits, \
-             kernel to vmm 10, vmm 30"
+             kernel to vmm 10, vmm 30; run: guest 4000, hypervisor 900"
         );
     }
 
@@ -93,7 +119,7 @@ mod tests {
         assert_eq!(t.totals(Exit::Hlt), (1, 0, 0));
         assert_eq!(
             ExitTiming::default().summary(),
-            "exit timing (tsc per exit): none"
+            "exit timing (tsc per exit): none; run: guest 0, hypervisor 0"
         );
     }
 }
