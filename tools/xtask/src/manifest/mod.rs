@@ -136,6 +136,18 @@ pub fn load_with(root: &Path, name: &str, workspace: Option<&Workspace>) -> Resu
     parse(&source, name, root, workspace)
 }
 
+/// Loads a manifest from any `path` (a generated one, say, outside `manifests/`); the system's
+/// name must be the file's stem, as for [`load`]. Module paths are resolved against `root` and
+/// `binary` packages must exist in the workspace.
+pub fn load_file(root: &Path, path: &Path) -> Result<System> {
+    let name = path
+        .file_stem()
+        .and_then(|stem| stem.to_str())
+        .ok_or_else(|| anyhow!("{}: no file name", crate::layout::show(path)))?;
+    let source = Source::read(path)?;
+    parse(&source, name, root, Some(Workspace::load(root)?))
+}
+
 /// The names of the systems in `dir`.
 pub fn available(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
