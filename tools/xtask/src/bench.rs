@@ -110,6 +110,9 @@ pub fn command(args: &BenchArgs) -> Result<bool> {
     if wanted(BenchKind::Exits) {
         crate::bench_exits::run(&kernel, release)?;
     }
+    if wanted(BenchKind::Workloads) {
+        crate::bench_workloads::run(&kernel, release, args.backend)?;
+    }
     Ok(true)
 }
 

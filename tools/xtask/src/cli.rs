@@ -103,7 +103,7 @@ pub struct ImageArgs {
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Which benchmark: `boot`, `ipc`, or all of them when left out.
+    /// Which benchmark: `boot`, `ipc`, `exits`, `workloads`, or all of them when left out.
     #[arg(value_enum)]
     pub which: Option<BenchKind>,
     /// Boots per configuration (the table shows the median wall-clock time).
@@ -115,6 +115,9 @@ pub struct BenchArgs {
     /// Benchmark this kernel ELF instead of building one.
     #[arg(long, value_name = "FILE")]
     pub kernel: Option<PathBuf>,
+    /// `workloads` only: run on this backend alone (default: every backend this machine has).
+    #[arg(long, value_enum)]
+    pub backend: Option<crate::bench_workloads::Backend>,
 }
 
 /// The benchmarks `cargo xtask bench` knows.
@@ -126,4 +129,6 @@ pub enum BenchKind {
     Ipc,
     /// Instructions per VM-exit round trip (guest, kernel, vmm-server), split by part.
     Exits,
+    /// The pagingos workloads in every memory mode on every backend: exits, modeled cycles.
+    Workloads,
 }

@@ -12,6 +12,8 @@
 mod bench;
 mod bench_exits;
 mod bench_ipc;
+mod bench_svg;
+mod bench_workloads;
 mod build;
 mod cargo_test;
 mod cli;
