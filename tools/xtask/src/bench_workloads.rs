@@ -11,8 +11,10 @@
 //! - the VMM's `vmm.<guest>: exits: startup 1, cpuid 2, io 367; …` line (exits by reason; the
 //!   total is their sum) and its `exit timing … ; run: guest <G>, hypervisor <H>` line (TSC ticks
 //!   in guest mode and outside it between the first and the last exit);
-//! - `profile:` lines (`abi::profile`), when the kernel prints them: the hot sites, summed over
-//!   the batches, the hottest [`HOT_SITES`] kept.
+//! - `profile:` lines (`abi::profile`), when the kernel prints them: the exits by reason, summed
+//!   over the batches, which then replace the VMM's counts (the kernel also counts the exits it
+//!   handles itself, as shadow paging's will be; `exits_source` says which), and the hot sites,
+//!   summed over the batches, the hottest [`HOT_SITES`] kept.
 //!
 //! A run that does not end with success and a checksum line is recorded as failed with the
 //! reason the transcript gives (the VMM's error, the guest's verdict from init), never dropped.
@@ -304,6 +306,37 @@ pub fn parse_split(lines: &[&str], guest: &str) -> Option<(u64, u64)> {
     Some((g.trim().parse().ok()?, h.trim().parse().ok()?))
 }
 
+/// Exits by reason from the kernel's `profile: vm=<tag> seq=<n> exits=<total> <reason>=<n> …`
+/// summary lines, summed over the batches (reasons with a count only); `None` without such lines.
+pub fn parse_profile_exits(lines: &[&str]) -> Option<BTreeMap<String, u64>> {
+    let mut exits: Option<BTreeMap<String, u64>> = None;
+    for line in lines {
+        let Some(at) = line.find("profile: vm=") else {
+            continue;
+        };
+        let words: Vec<(&str, u64)> = line[at + "profile: ".len()..]
+            .split_whitespace()
+            .filter_map(|w| {
+                let (key, value) = w.split_once('=')?;
+                Some((key, value.parse().ok()?))
+            })
+            .collect();
+        if !["vm", "seq", "exits"]
+            .iter()
+            .all(|k| words.iter().any(|(w, _)| w == k))
+        {
+            continue;
+        }
+        let sums = exits.get_or_insert_with(BTreeMap::new);
+        for (reason, count) in words {
+            if !["vm", "seq", "exits"].contains(&reason) && count > 0 {
+                *sums.entry(reason.to_string()).or_insert(0) += count;
+            }
+        }
+    }
+    exits
+}
+
 /// One hot site: exits of one reason at one guest RIP (`abi::profile`), summed over batches.
 #[derive(Serialize, Debug, Clone, PartialEq, Eq)]
 pub struct HotSite {
@@ -423,8 +456,15 @@ pub struct RunResult {
     /// `ok`, or `failed: <reason>`.
     pub status: String,
     pub checksum: Option<String>,
+    /// The sum of `exits_by_reason`.
     pub exits_total: Option<u64>,
+    /// From the kernel's `profile:` lines when it prints them (they count the exits the kernel
+    /// handles itself too), else from the VMM's `exits:` line: see `exits_source`.
     pub exits_by_reason: BTreeMap<String, u64>,
+    /// `profile` or `vmm`.
+    pub exits_source: &'static str,
+    /// The exits the vmm-server handled (its `exits:` line).
+    pub vmm_exits_total: Option<u64>,
     pub guest_page_faults: Option<u64>,
     /// `exits_total / guest_page_faults`; absent without faults.
     pub exits_per_guest_fault: Option<f64>,
@@ -465,7 +505,12 @@ pub fn from_transcript(
 ) -> RunResult {
     let guest = guest_name(workload);
     let checked = parse_checksum(lines, workload.name);
-    let exits = parse_exits(lines, guest);
+    let vmm_exits = parse_exits(lines, guest);
+    let vmm_exits_total = vmm_exits.as_ref().map(|e| e.values().sum::<u64>());
+    let (exits, exits_source) = match parse_profile_exits(lines) {
+        Some(kernel) => (Some(kernel), "profile"),
+        None => (vmm_exits, "vmm"),
+    };
     let exits_total = exits.as_ref().map(|e| e.values().sum::<u64>());
     let faults = parse_page_faults(lines);
     let split = parse_split(lines, guest);
@@ -486,6 +531,8 @@ pub fn from_transcript(
         checksum: checked.map(|(_, c)| c),
         exits_total,
         exits_by_reason: exits.unwrap_or_default(),
+        exits_source,
+        vmm_exits_total,
         guest_page_faults: faults,
         exits_per_guest_fault: exits_total
             .zip(faults.filter(|&f| f > 0))
@@ -907,8 +954,9 @@ pub fn table(results: &Results) -> String {
         text.push_str(&format!("({}) {note}\n", (b'a' + (i % 26) as u8) as char));
     }
     text.push_str(&format!(
-        "exits: VM exits the vmm-server handled; ex/fault: exits per page fault of the guest \
-         (- without faults); Mcycles: modeled, guest + hypervisor instructions at CPI {CPI_GUEST} \
+        "exits: VM exits, from the kernel's `profile:` lines where it prints them, else those \
+         the vmm-server handled (exits the kernel handles itself, as shadow paging's, are then \
+         missing); ex/fault: exits per page fault of the guest (- without faults); Mcycles: modeled, guest + hypervisor instructions at CPI {CPI_GUEST} \
          plus {EXIT_ROUND_TRIP_CYCLES} cycles per exit ({EXIT_SOURCE}).\n"
     ));
     for info in &results.backends {

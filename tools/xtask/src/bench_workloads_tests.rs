@@ -97,6 +97,15 @@ fn sums_hot_sites_over_batches() {
         "profile:   #1 reason=io rip=0x7c1a count=100 error=1",
         "profile:   #2 reason=exception rip=0x1000 count=7 error=0",
     ];
+    assert_eq!(
+        parse_profile_exits(&lines),
+        Some(BTreeMap::from([
+            ("startup".to_string(), 1),
+            ("cpuid".to_string(), 40),
+            ("io".to_string(), 250)
+        ]))
+    );
+    assert_eq!(parse_profile_exits(FORKWAIT_OK), None);
     let sites = parse_hot_sites(&lines, 2);
     assert_eq!(
         sites,
@@ -129,12 +138,29 @@ fn an_ok_run() {
     );
     assert!(run.ok(), "{}", run.status);
     assert_eq!(run.exits_total, Some(653));
+    assert_eq!((run.exits_source, run.vmm_exits_total), ("vmm", Some(653)));
     assert_eq!(run.guest_page_faults, Some(15015));
     let per_fault = run.exits_per_guest_fault.unwrap();
     assert!((per_fault - 653.0 / 15015.0).abs() < 1e-12);
     assert_eq!(
         run.modeled_cycles,
         Some(75833113.0 + 93851898.0 + 653.0 * 2000.0)
+    );
+    // With the kernel's profile lines, their counts are the exits.
+    let mut lines = FORKWAIT_OK.to_vec();
+    lines.push("profile: vm=1 seq=0 exits=20653 startup=1 cpuid=1 io=651 memory-fault=20000");
+    let run = from_transcript(
+        &workload("forkwait"),
+        &MODES[1],
+        Backend::Vmx,
+        &lines,
+        &Outcome::Success,
+    );
+    assert_eq!(run.exits_total, Some(20653));
+    assert_eq!(run.exits_by_reason["memory-fault"], 20000);
+    assert_eq!(
+        (run.exits_source, run.vmm_exits_total),
+        ("profile", Some(653))
     );
     // A guest that ran other rounds than asked is no valid data point.
     let mut other = workload("forkwait");
@@ -312,6 +338,8 @@ fn results_json_shape() {
         "checksum",
         "exits_total",
         "exits_by_reason",
+        "exits_source",
+        "vmm_exits_total",
         "guest_page_faults",
         "exits_per_guest_fault",
         "guest_instructions",
