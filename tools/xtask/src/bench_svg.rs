@@ -110,7 +110,7 @@ fn nice_ceiling(value: f64) -> f64 {
         .unwrap_or(10.0 * base)
 }
 
-/// `1234567` → `1.23M`, `15015` → `15.0k`, `837` → `837`.
+/// `1234567` → `1.23M`, `15015` → `15.0k`, `40000` → `40k`, `837` → `837`.
 pub fn compact(value: f64) -> String {
     let a = value.abs();
     let (scaled, suffix) = if a >= 1e9 {
@@ -122,7 +122,7 @@ pub fn compact(value: f64) -> String {
     } else {
         return format!("{}", value.round());
     };
-    if scaled.abs() >= 100.0 {
+    if scaled.abs() >= 100.0 || scaled.fract() == 0.0 {
         format!("{scaled:.0}{suffix}")
     } else if scaled.abs() >= 10.0 {
         format!("{scaled:.1}{suffix}")
@@ -399,7 +399,7 @@ pub mod tests {
         assert_eq!(svg.matches("<rect class=\"bar failed\"").count(), 2);
         assert_eq!(svg.matches(">failed</text>").count(), 2);
         assert!(svg.contains("log scale"), "values span 5 decades");
-        assert!(svg.contains(">40.0k</text>") && svg.contains(">837</text>"));
+        assert!(svg.contains(">40k</text>") && svg.contains(">837</text>"));
         assert!(svg.contains("exits &lt;per&gt; run &amp; mode"));
         for legend in [
             ">nested</text>",
@@ -444,6 +444,7 @@ pub mod tests {
     fn compact_numbers_and_nice_ceilings() {
         assert_eq!(compact(837.0), "837");
         assert_eq!(compact(15_015.0), "15.0k");
+        assert_eq!(compact(1_000.0), "1k");
         assert_eq!(compact(1_234_567.0), "1.23M");
         assert_eq!(compact(250_000_000.0), "250M");
         assert_eq!(nice_ceiling(837.0), 1000.0);
