@@ -13,6 +13,7 @@ mod bench;
 mod bench_exits;
 mod bench_ipc;
 mod bench_svg;
+mod bench_transcript;
 mod bench_workloads;
 mod build;
 mod cargo_test;
