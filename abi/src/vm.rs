@@ -115,6 +115,9 @@ pub mod other {
     pub const XSETBV: u64 = 1;
     pub const DEBUG_REGISTER: u64 = 2;
     pub const INVD: u64 = 3;
+    /// Shadow mode: the guest entered a paging mode the vTLB does not shadow (anything but
+    /// 4-level long-mode paging); it cannot go on. Qualification 1: the control register.
+    pub const UNSHADOWED_MODE: u64 = 4;
     pub const UNKNOWN: u64 = 0xff;
 }
 

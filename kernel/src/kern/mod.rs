@@ -10,6 +10,7 @@ mod init;
 mod ipc;
 mod memory;
 pub mod objects;
+mod shadow;
 mod slab;
 mod syscalls;
 pub mod vm;

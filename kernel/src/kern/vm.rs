@@ -14,12 +14,14 @@ use abi::utcb::MsgTag;
 use abi::vm::{self as vmabi, inject, mtd, word, Exit, EXIT_COUNT};
 use abi::{Rights, Status};
 use cap::SpaceId;
+use virt::decode;
 use virt::ept::Access;
-use virt::exit::Exit as HwReason;
+use virt::exit::{CrAccess, Exit as HwReason};
 use virt::nested::{Format, NestedError, NestedTables};
 
 use super::memory::QuotaTables;
 use super::objects::{cost, Obj, PdId, State, Thread, ThreadId};
+use super::shadow::{self, CrError, FaultOutcome, Shadow};
 use super::slab::Id;
 use super::{ipc, Kernel};
 use crate::arch::vm::{self as hw, Backend, HwVcpu, RunContext};
@@ -40,6 +42,8 @@ pub struct Vm {
     /// ASID (SVM) or VPID (VMX).
     pub tag: u16,
     pub vcpus: Vec<ThreadId>,
+    /// Shadow mode: the vTLB (the nested tables then only record where guest memory lives).
+    pub shadow: Option<Box<Shadow>>,
 }
 
 /// A guest-physical mapping made with `VmMap`, undone when the memory capability goes.
@@ -157,13 +161,28 @@ pub fn create_vm(k: &mut Kernel, space: SpaceId, a: [u64; 6]) -> Result<u64, Sta
     check_free(k, space, dest)?;
     let payer = lookup_pd(k, space, pd_sel)?;
     let backend = hw::backend().ok_or(Status::BadArgument)?;
-    if mode != vmabi::MemoryMode::Nested as u64 {
-        return Err(Status::BadArgument); // shadow paging is not built yet
-    }
-    charge(k, payer, cost::VM)?;
+    let shadowed = match mode {
+        m if m == vmabi::MemoryMode::Nested as u64 => false,
+        m if m == vmabi::MemoryMode::Shadow as u64 => true,
+        _ => return Err(Status::BadArgument),
+    };
+    let charged = cost::VM + if shadowed { shadow_cost() } else { 0 };
+    charge(k, payer, charged)?;
     let Some(tag) = alloc_tag() else {
-        release(k, payer, cost::VM);
+        release(k, payer, charged);
         return Err(Status::OutOfMemory);
+    };
+    let shadow = if shadowed {
+        match Shadow::new() {
+            Some(s) => Some(Box::new(s)),
+            None => {
+                free_tag(tag);
+                release(k, payer, charged);
+                return Err(Status::OutOfMemory);
+            }
+        }
+    } else {
+        None
     };
     let format = match backend {
         Backend::Svm => Format::Npt,
@@ -182,7 +201,7 @@ pub fn create_vm(k: &mut Kernel, space: SpaceId, a: [u64; 6]) -> Result<u64, Sta
         Ok(n) => n,
         Err(_) => {
             free_tag(tag);
-            release(k, payer, cost::VM);
+            release(k, payer, charged);
             return Err(Status::QuotaExceeded);
         }
     };
@@ -193,6 +212,7 @@ pub fn create_vm(k: &mut Kernel, space: SpaceId, a: [u64; 6]) -> Result<u64, Sta
         table_frames,
         tag,
         vcpus: Vec::new(),
+        shadow,
     });
     if let Err(e) = k
         .caps
@@ -202,6 +222,11 @@ pub fn create_vm(k: &mut Kernel, space: SpaceId, a: [u64; 6]) -> Result<u64, Sta
         return Err(e.into());
     }
     Ok(0)
+}
+
+/// The quota a shadow-mode Vm's table pool takes.
+fn shadow_cost() -> u64 {
+    cost::PAGE_TABLE * shadow::POOL_FRAMES as u64
 }
 
 /// Ends a Vm: its vCPUs, its nested tables, its tag; its quota goes back.
@@ -215,10 +240,11 @@ pub fn destroy_vm(k: &mut Kernel, vm: VmId) {
         for frame in &v.table_frames {
             frames::free(*frame, 1);
         }
+        let shadow = if v.shadow.is_some() { shadow_cost() } else { 0 };
         release(
             k,
             v.owner,
-            cost::VM + cost::PAGE_TABLE * v.table_frames.len() as u64,
+            cost::VM + shadow + cost::PAGE_TABLE * v.table_frames.len() as u64,
         );
         free_tag(v.tag);
     }
@@ -240,7 +266,8 @@ pub fn create_vcpu(
     }
     let (backend, root, tag, count) = {
         let v = k.vms.get(vm).ok_or(Status::BadSelector)?;
-        (v.backend, v.nested.root(), v.tag, v.vcpus.len())
+        let root = (v.shadow.is_none()).then(|| v.nested.root());
+        (v.backend, root, v.tag, v.vcpus.len())
     };
     if count >= 1 {
         return Err(Status::BadArgument); // one vCPU per Vm: SMP guests are not supported yet
@@ -389,11 +416,16 @@ pub fn vm_map(k: &mut Kernel, space: SpaceId, a: [u64; 6]) -> Result<u64, Status
     Ok(0)
 }
 
-/// Makes every vCPU of `vm` flush its guest TLB on its next entry.
+/// Makes every vCPU of `vm` flush its guest TLB on its next entry (and drops every shadow
+/// translation: one may point at memory that is gone).
 fn flush_vm(k: &mut Kernel, vm: VmId) {
-    let Some(vcpus) = k.vms.get(vm).map(|v| v.vcpus.clone()) else {
+    let Some(v) = k.vms.get_mut(vm) else {
         return;
     };
+    if let Some(s) = v.shadow.as_mut() {
+        s.flush();
+    }
+    let vcpus = v.vcpus.clone();
     for t in vcpus {
         if let Some(vcpu) = k.threads.get_mut(t).and_then(|t| t.vcpu.as_mut()) {
             vcpu.hw.flush_on_entry();
@@ -512,8 +544,18 @@ pub fn handle_exit(k: &mut Kernel) {
     let e = vcpu.hw.exit(&vcpu.ctx.gprs);
     // An event the exit interrupted is delivered again on the next entry unless the VMM
     // injects something else.
-    let (event, error) = vcpu.hw.interrupted_event().unwrap_or((0, 0));
-    vcpu.hw.inject(event, error);
+    vcpu.hw.redeliver();
+    match shadow_exit(k, t, &e) {
+        ShadowExit::Handled => return,
+        ShadowExit::Deliver(reason, qual0, qual1) => {
+            deliver_exit(k, t, reason, qual0, qual1, e.instruction_len);
+            return;
+        }
+        ShadowExit::NotShadow => {}
+    }
+    let Some(vcpu) = k.threads.get_mut(t).and_then(|t| t.vcpu.as_mut()) else {
+        return;
+    };
     let (reason, qual0, qual1) = match e.exit {
         HwReason::ExternalInterrupt => {
             hw::take_pending_interrupt();
@@ -585,6 +627,206 @@ pub fn handle_exit(k: &mut Kernel) {
     deliver_exit(k, t, reason, qual0, qual1, e.instruction_len);
 }
 
+/// What the vTLB made of an exit.
+enum ShadowExit {
+    /// Not a shadow Vm, or not an exit the vTLB takes.
+    NotShadow,
+    /// Done here: the guest runs on.
+    Handled,
+    /// An exit for the VMM after all.
+    Deliver(Exit, u64, u64),
+}
+
+/// #PF, control-register and INVLPG exits of a shadow-mode vCPU: the kernel's vTLB answers
+/// them without the VMM.
+fn shadow_exit(k: &mut Kernel, t: ThreadId, e: &hw::HwExit) -> ShadowExit {
+    let Kernel { threads, vms, .. } = k;
+    let Some(vcpu) = threads.get_mut(t).and_then(|t| t.vcpu.as_mut()) else {
+        return ShadowExit::NotShadow;
+    };
+    let Some(vm) = vms.get_mut(vcpu.vm) else {
+        return ShadowExit::NotShadow;
+    };
+    let Vm { nested, shadow, .. } = vm;
+    let Some(shadow) = shadow.as_mut() else {
+        return ShadowExit::NotShadow;
+    };
+    let mut w = [0u64; word::COUNT];
+    vcpu.hw
+        .read(&vcpu.ctx.gprs, mtd::GPRS | mtd::RIP | mtd::SEGMENTS, &mut w);
+    let rflags = w[word::RFLAGS];
+    let cpl3 = (vmabi::segment::attributes(w[word::SEGMENTS + 2]) >> 5) & 3 == 3;
+    match e.exit {
+        HwReason::Exception { vector: 14 } => {
+            let error = (e.exception >> 32) as u32;
+            let la = e.address.unwrap_or(0);
+            match shadow.page_fault(nested, la, error, cpl3, rflags) {
+                FaultOutcome::Resume { flush, page } => {
+                    if flush {
+                        vcpu.hw.flush_on_entry();
+                    } else if let Some(la) = page {
+                        vcpu.hw.invalidate_page(la);
+                    }
+                }
+                FaultOutcome::InjectPageFault { address, error } => {
+                    vcpu.hw.set_cr2(address);
+                    vcpu.hw.inject(
+                        14 | inject::KIND_EXCEPTION | inject::HAS_ERROR | inject::VALID,
+                        u64::from(error),
+                    );
+                }
+                FaultOutcome::InjectGeneralProtection => inject_gp(&mut vcpu.hw),
+                FaultOutcome::MemoryFault { gpa, write } => {
+                    let access = if write {
+                        vmabi::access::WRITE
+                    } else {
+                        vmabi::access::READ
+                    };
+                    return ShadowExit::Deliver(Exit::MemoryFault, gpa, access);
+                }
+            }
+            ShadowExit::Handled
+        }
+        HwReason::Cr(access) => {
+            let (cr, gpr, write, len) = match access {
+                CrAccess::Write { cr, gpr: Some(g) } => (cr, g, true, e.instruction_len),
+                CrAccess::Read { cr, gpr: Some(g) } => (cr, g, false, e.instruction_len),
+                CrAccess::Other { cr: 0 } if e.instruction_len == 2 => {
+                    // CLTS (VMX reports it apart; LMSW is longer): clears CR0.TS.
+                    let value = shadow.cr0 & !(1 << 3);
+                    return cr_write(vcpu, shadow, 0, value, e.instruction_len, &w);
+                }
+                _ => match decode_at_rip(shadow, nested, &w).map(|d| (d.kind, u64::from(d.len))) {
+                    Some((decode::Kind::MovToCr { cr, gpr }, len)) => (cr, gpr, true, len),
+                    Some((decode::Kind::MovFromCr { cr, gpr }, len)) => (cr, gpr, false, len),
+                    Some((decode::Kind::Clts, len)) => {
+                        let value = shadow.cr0 & !(1 << 3);
+                        return cr_write(vcpu, shadow, 0, value, len, &w);
+                    }
+                    _ => return ShadowExit::Deliver(Exit::Other, vmabi::other::UNKNOWN, e.raw),
+                },
+            };
+            let gpr = usize::from(gpr & 15);
+            if write {
+                let value = w[word::GPRS + gpr];
+                cr_write(vcpu, shadow, cr, value, len, &w)
+            } else {
+                let Some(value) = shadow.read_cr(cr) else {
+                    return ShadowExit::Deliver(Exit::Other, vmabi::other::UNKNOWN, e.raw);
+                };
+                w[word::GPRS + gpr] = value;
+                w[word::RIP] = w[word::RIP].wrapping_add(len);
+                vcpu.hw.write(&mut vcpu.ctx.gprs, mtd::GPRS | mtd::RIP, &w);
+                ShadowExit::Handled
+            }
+        }
+        HwReason::Invlpg => {
+            let (la, len) = if let (Some(la), 1..) = (e.address, e.instruction_len) {
+                (la, e.instruction_len)
+            } else {
+                match decode_invlpg(shadow, nested, &w) {
+                    Some(x) => x,
+                    None => return ShadowExit::Deliver(Exit::Other, vmabi::other::UNKNOWN, e.raw),
+                }
+            };
+            shadow.invlpg(la);
+            vcpu.hw.invalidate_page(la);
+            w[word::RIP] = w[word::RIP].wrapping_add(len);
+            vcpu.hw.write(&mut vcpu.ctx.gprs, mtd::RIP, &w);
+            ShadowExit::Handled
+        }
+        _ => ShadowExit::NotShadow,
+    }
+}
+
+/// MOV to CR`cr` of `value` by the guest (message words `w` hold its registers).
+fn cr_write(
+    vcpu: &mut Vcpu,
+    shadow: &mut Shadow,
+    cr: u8,
+    value: u64,
+    len: u64,
+    w: &[u64; word::COUNT],
+) -> ShadowExit {
+    match shadow.write_cr(cr, value) {
+        Ok((c, flush)) => {
+            vcpu.hw
+                .shadow_control(c.cr0, c.cr3, c.cr4, shadow.cr0, shadow.cr4);
+            if flush {
+                vcpu.hw.flush_on_entry();
+            }
+            let mut next = *w;
+            next[word::RIP] = w[word::RIP].wrapping_add(len);
+            vcpu.hw.write(&mut vcpu.ctx.gprs, mtd::RIP, &next);
+            ShadowExit::Handled
+        }
+        Err(CrError::GeneralProtection) => {
+            inject_gp(&mut vcpu.hw);
+            ShadowExit::Handled
+        }
+        Err(CrError::Unsupported) => {
+            log::warn!("vm: shadow paging: guest left long-mode paging (CR{cr} = {value:#x}); vCPU stopped");
+            ShadowExit::Deliver(Exit::Other, vmabi::other::UNSHADOWED_MODE, u64::from(cr))
+        }
+    }
+}
+
+fn inject_gp(hw: &mut HwVcpu) {
+    hw.inject(
+        13 | inject::KIND_EXCEPTION | inject::HAS_ERROR | inject::VALID,
+        0,
+    );
+}
+
+/// The instruction at the guest's RIP (SVM without decode assists reports neither operands nor
+/// length): fetched through the guest's tables, decoded by `virt::decode`.
+fn decode_at_rip(
+    shadow: &Shadow,
+    nested: &NestedTables,
+    w: &[u64; word::COUNT],
+) -> Option<decode::Decoded> {
+    let cs = vmabi::segment::attributes(w[word::SEGMENTS]);
+    let mode = decode::Mode::from_cs(
+        shadow.efer & (1 << 10) != 0,
+        cs & vmabi::segment::LONG != 0,
+        cs & vmabi::segment::DB != 0,
+    )?;
+    let rflags = w[word::RFLAGS];
+    let fetched = decode::fetch(mode, w[word::RIP], |la, buf| {
+        shadow.read_virtual(nested, la, rflags, buf) == buf.len()
+    });
+    decode::decode(fetched.bytes(), mode).ok()
+}
+
+/// SVM without decode assists: the INVLPG operand's linear address and the length.
+fn decode_invlpg(
+    shadow: &Shadow,
+    nested: &NestedTables,
+    w: &[u64; word::COUNT],
+) -> Option<(u64, u64)> {
+    let d = decode_at_rip(shadow, nested, w)?;
+    let decode::Kind::Invlpg(mem) = d.kind else {
+        return None;
+    };
+    let len = u64::from(d.len);
+    let mut gprs = [0u64; 16];
+    gprs.copy_from_slice(&w[word::GPRS..word::GPRS + 16]);
+    // Message order of segments: CS SS DS ES FS GS (abi::vm::SEGMENT_ORDER).
+    let base = |s: decode::Segment| {
+        let i = match s {
+            decode::Segment::Cs => 0,
+            decode::Segment::Ss => 1,
+            decode::Segment::Ds => 2,
+            decode::Segment::Es => 3,
+            decode::Segment::Fs => 4,
+            decode::Segment::Gs => 5,
+        };
+        w[word::SEGMENTS + 2 * i + 1]
+    };
+    let next_rip = w[word::RIP].wrapping_add(len);
+    Some((mem.linear(&gprs, next_rip, base), len))
+}
+
 /// Sends exit `reason` of vCPU `t` to its exit portal; ends the vCPU if there is none.
 pub fn deliver_exit(k: &mut Kernel, t: ThreadId, reason: Exit, qual0: u64, qual1: u64, len: u64) {
     let Some(vcpu) = k.threads.get_mut(t).and_then(|t| t.vcpu.as_mut()) else {
@@ -605,6 +847,15 @@ pub fn deliver_exit(k: &mut Kernel, t: ThreadId, reason: Exit, qual0: u64, qual1
     words[word::EXIT_TSC] = vcpu.exit_tsc;
     words[word::GUEST_TSC] = vcpu.guest_tsc;
     vcpu.hw.read(&vcpu.ctx.gprs, mask, &mut words);
+    let vm = vcpu.vm;
+    if mask & mtd::CONTROL != 0 {
+        if let Some(s) = k.vms.get(vm).and_then(|v| v.shadow.as_deref()) {
+            guest_view(s, &mut words);
+        }
+    }
+    let Some(vcpu) = k.threads.get(t).and_then(|t| t.vcpu.as_ref()) else {
+        return;
+    };
     let (space, sel) = (vcpu.exit_space, vcpu.exit_base + reason as u64);
     let Some(msg) = k.threads.get(t).map(|x| x.utcb) else {
         return;
@@ -645,13 +896,38 @@ pub fn finish_exit(k: &mut Kernel, handler: ThreadId, vcpu_t: ThreadId) -> Resul
     if mask & mtd::STOP != 0 {
         return Ok(false);
     }
-    let vcpu = k
-        .threads
+    let Kernel { threads, vms, .. } = k;
+    let vcpu = threads
         .get_mut(vcpu_t)
         .and_then(|t| t.vcpu.as_mut())
         .ok_or(Status::NoPartner)?;
-    validate(vcpu, mask, &w)?;
+    let shadow = vms.get_mut(vcpu.vm).and_then(|v| v.shadow.as_deref_mut());
+    validate(vcpu, shadow.as_deref(), mask, &w)?;
+    // Shadow mode: the VMM sets the guest's own control registers; the hardware gets the
+    // shadow root and the forced bits instead.
+    let mut hardware = None;
+    if let (Some(s), true) = (shadow, mask & mtd::CONTROL != 0) {
+        let c = match s.load(w[word::CR0], w[word::CR3], w[word::CR4], w[word::EFER]) {
+            Ok(c) => c,
+            Err(e) => {
+                log::warn!("vm: reply refused: shadow mode cannot run this state ({e:?})");
+                return Err(Status::BadArgument);
+            }
+        };
+        w[word::CR0] = c.cr0;
+        w[word::CR3] = c.cr3;
+        w[word::CR4] = c.cr4;
+        vcpu.hw.check(mask, &w).map_err(|e| {
+            log::warn!("vm: reply refused: {} (mask {mask:#x})", e.0);
+            Status::BadArgument
+        })?;
+        hardware = Some((c, s.cr0, s.cr4));
+    }
     vcpu.hw.write(&mut vcpu.ctx.gprs, mask, &w);
+    if let Some((c, cr0, cr4)) = hardware {
+        vcpu.hw.shadow_control(c.cr0, c.cr3, c.cr4, cr0, cr4);
+        vcpu.hw.flush_on_entry();
+    }
     if mask & mtd::INJECT != 0 {
         let event = w[word::INJECT];
         if event & inject::VALID != 0 {
@@ -666,10 +942,25 @@ pub fn finish_exit(k: &mut Kernel, handler: ThreadId, vcpu_t: ThreadId) -> Resul
     Ok(true)
 }
 
+/// The guest's own CR0, CR3 and CR4 in message words that hold the hardware's.
+fn guest_view(s: &Shadow, w: &mut [u64; word::COUNT]) {
+    w[word::CR0] = s.cr0;
+    w[word::CR3] = s.cr3;
+    w[word::CR4] = s.cr4;
+}
+
 /// Checks a reply's groups against what the hardware accepts; nothing is written here.
-fn validate(vcpu: &Vcpu, mask: u64, w: &[u64; word::COUNT]) -> Result<(), Status> {
+fn validate(
+    vcpu: &Vcpu,
+    shadow: Option<&Shadow>,
+    mask: u64,
+    w: &[u64; word::COUNT],
+) -> Result<(), Status> {
     let mut current = [0u64; word::COUNT];
     vcpu.hw.read(&vcpu.ctx.gprs, mtd::ALL, &mut current);
+    if let Some(s) = shadow {
+        guest_view(s, &mut current);
+    }
     if let Err(e) = virt::reply::check(w, &current) {
         log::warn!("vm: reply refused: {e:?} (mask {mask:#x})");
         return Err(Status::BadArgument);

@@ -125,3 +125,29 @@ pub fn zero(phys: u64, len: u64) -> Option<()> {
     unsafe { core::ptr::write_bytes(start as *mut u8, 0, len as usize) };
     Some(())
 }
+
+/// Atomically replaces the 8-byte-aligned word at physical `phys` by `new` if it holds
+/// `current`; `Err(found)` otherwise, `None` outside the window or unaligned. For memory shared
+/// with a guest (its page tables), which the guest may change at any time.
+pub fn compare_exchange(phys: u64, current: u64, new: u64) -> Option<Result<u64, u64>> {
+    if !phys.is_multiple_of(8) {
+        return None;
+    }
+    let at = virt(phys, 8)?;
+    // SAFETY: the window maps the aligned word for the kernel's lifetime; an atomic access is
+    // sound even while a guest writes the same word.
+    let word = unsafe { &*(at as *const AtomicU64) };
+    Some(word.compare_exchange(current, new, Ordering::SeqCst, Ordering::SeqCst))
+}
+
+/// Reads the 8-byte-aligned word at physical `phys` atomically (guest memory that may change
+/// under the read); `None` outside the window or unaligned.
+pub fn read_shared(phys: u64) -> Option<u64> {
+    if !phys.is_multiple_of(8) {
+        return None;
+    }
+    let at = virt(phys, 8)?;
+    // SAFETY: as in `compare_exchange`.
+    let word = unsafe { &*(at as *const AtomicU64) };
+    Some(word.load(Ordering::SeqCst))
+}

@@ -5,7 +5,7 @@
 //! `vmm.<guest>` ([`Guest::vmm_name`]) that init starts from the boot module [`VMM_MODULE`] after
 //! the manifest's own servers. Its resources follow from the guest ([`SystemImage::vmm_server`]):
 //! the guest's priority; a kernel-memory quota of [`VMM_QUOTA_BASE`] plus [`VMM_QUOTA_PER_MIB`]
-//! per MiB of guest memory (the Vm's nested page tables, the vCPU, 14 exit portals, the server's
+//! per MiB of guest memory, plus [`VMM_QUOTA_SHADOW`] in shadow mode (the Vm's nested page tables, the vCPU, 14 exit portals, the server's
 //! own page tables for its view of guest memory, with room to spare); [`VMM_MEMORY`] of stack;
 //! scratch memory (`GET_RESOURCE "memory"`) exactly the size of the guest's RAM; and
 //! `serial.log` when the system has a `serial` server providing `log`. Server names cannot hold
@@ -18,7 +18,9 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::check::{valid_server_name, Place, Problem, Rule};
-use crate::{Expect, Guest, Server, SystemImage, Use, MAX_PRIORITY, NAME_MAX, PAGE_SIZE};
+use crate::{
+    Expect, Guest, MemoryMode, Server, SystemImage, Use, MAX_PRIORITY, NAME_MAX, PAGE_SIZE,
+};
 
 /// Boot-module name of the vmm-server ELF, packed once for all guests.
 pub const VMM_MODULE: &str = "vmm-server";
@@ -43,6 +45,9 @@ pub const GUEST_VCPUS: u8 = 1;
 pub const VMM_QUOTA_BASE: u64 = 256 * 1024;
 /// Kernel-memory quota of a vmm-server instance per MiB of guest memory.
 pub const VMM_QUOTA_PER_MIB: u64 = 16 * 1024;
+/// Extra kernel-memory quota of a vmm-server whose guest runs in shadow mode: the kernel's
+/// shadow-table pool for the Vm (128 frames of 4 KiB, `kernel/src/kern/shadow.rs`).
+pub const VMM_QUOTA_SHADOW: u64 = 128 * 4096;
 /// Stack of every vmm-server instance (its heap is a static arena in its ELF).
 pub const VMM_MEMORY: u64 = 512 * 1024;
 /// The portal of the serial driver that a vmm-server uses when the system has one.
@@ -96,7 +101,13 @@ impl SystemImage {
         Server {
             name: guest.vmm_name(),
             priority: guest.priority,
-            quota: VMM_QUOTA_BASE + VMM_QUOTA_PER_MIB * (guest.memory_bytes >> 20),
+            quota: VMM_QUOTA_BASE
+                + VMM_QUOTA_PER_MIB * (guest.memory_bytes >> 20)
+                + if guest.mode == MemoryMode::Shadow {
+                    VMM_QUOTA_SHADOW
+                } else {
+                    0
+                },
             memory_pages: VMM_MEMORY / PAGE_SIZE,
             scratch_pages: guest.memory_pages(),
             io_ports: Vec::new(),

@@ -139,6 +139,9 @@ pub struct HwExit {
     pub instruction_len: u64,
     /// For an exception exit: vector | error code << 32.
     pub exception: u64,
+    /// The linear address a #PF (CR2) or INVLPG exit names, where the hardware says it (SVM
+    /// without decode assists does not for INVLPG).
+    pub address: Option<u64>,
 }
 
 /// A refused guest state: which rule it broke, for the log.
@@ -154,8 +157,10 @@ pub enum HwVcpu {
 }
 
 impl HwVcpu {
-    /// A vCPU in `backend` over nested tables at `nested_root`, tagged `tag` (ASID or VPID).
-    pub fn new(backend: Backend, nested_root: u64, tag: u16) -> Option<HwVcpu> {
+    /// A vCPU in `backend` over nested tables at `nested_root`, or in shadow mode (no nested
+    /// paging; #PF, MOV CR0/CR3/CR4 and INVLPG intercepted) when None; tagged `tag` (ASID or
+    /// VPID).
+    pub fn new(backend: Backend, nested_root: Option<u64>, tag: u16) -> Option<HwVcpu> {
         match backend {
             Backend::Svm => svm::Vmcb::new(nested_root, tag).map(HwVcpu::Svm),
             Backend::Vmx => vmx::Vmcs::new(nested_root, tag).map(HwVcpu::Vmx),
@@ -198,6 +203,41 @@ impl HwVcpu {
         }
     }
 
+    /// Shadow mode: the control registers the hardware runs with (`cr3` the shadow root) and,
+    /// where the hardware has read shadows (VMX), what guest reads of CR0 and CR4 return.
+    pub fn shadow_control(
+        &mut self,
+        cr0: u64,
+        cr3: u64,
+        cr4: u64,
+        visible_cr0: u64,
+        visible_cr4: u64,
+    ) {
+        match self {
+            HwVcpu::Svm(v) => v.shadow_control(cr0, cr3, cr4),
+            HwVcpu::Vmx(v) => v.shadow_control(cr0, cr3, cr4, visible_cr0, visible_cr4),
+            HwVcpu::Empty => {}
+        }
+    }
+
+    /// The guest's CR2 from the next entry on (a #PF the kernel injects).
+    pub fn set_cr2(&mut self, value: u64) {
+        match self {
+            HwVcpu::Svm(v) => v.set_cr2(value),
+            HwVcpu::Vmx(v) => v.set_cr2(value),
+            HwVcpu::Empty => {}
+        }
+    }
+
+    /// Drops the hardware TLB's translation of guest-linear `la` (a shadow leaf changed).
+    pub fn invalidate_page(&mut self, la: u64) {
+        match self {
+            HwVcpu::Svm(v) => v.invalidate_page(la),
+            // Shadow mode runs without VPID: every VM entry flushes the guest's translations.
+            HwVcpu::Vmx(_) | HwVcpu::Empty => {}
+        }
+    }
+
     /// Makes the next entry flush the guest's TLB entries (its nested mappings changed).
     pub fn flush_on_entry(&mut self) {
         match self {
@@ -219,6 +259,7 @@ impl HwVcpu {
                 info2: 0,
                 instruction_len: 0,
                 exception: 0,
+                address: None,
             },
         }
     }
@@ -232,12 +273,16 @@ impl HwVcpu {
         }
     }
 
-    /// The event the last exit interrupted, to deliver again: (abi::vm::inject form, error).
-    pub fn interrupted_event(&self) -> Option<(u64, u64)> {
+    /// Queues the event the last exit interrupted (if any) for the next entry; the VMM's reply
+    /// may replace it.
+    pub fn redeliver(&mut self) {
         match self {
-            HwVcpu::Svm(v) => v.interrupted_event(),
-            HwVcpu::Vmx(v) => v.interrupted_event(),
-            HwVcpu::Empty => None,
+            HwVcpu::Svm(v) => v.redeliver(),
+            HwVcpu::Vmx(v) => {
+                let (event, error) = v.interrupted_event().unwrap_or((0, 0));
+                v.inject(event, error);
+            }
+            HwVcpu::Empty => {}
         }
     }
 

@@ -68,6 +68,7 @@ const MISC1_RDPMC: u32 = 1 << 15;
 const MISC1_CPUID: u32 = 1 << 18;
 const MISC1_INVD: u32 = 1 << 22;
 const MISC1_HLT: u32 = 1 << 24;
+const MISC1_INVLPG: u32 = 1 << 25;
 const MISC1_IOIO: u32 = 1 << 27;
 const MISC1_MSR: u32 = 1 << 28;
 const MISC1_SHUTDOWN: u32 = 1 << 31;
@@ -79,6 +80,11 @@ const MISC2_ALWAYS: u32 = 0x7f | (1 << 10) | (1 << 11) | (1 << 12) | (1 << 13);
 const DR_ALL: u32 = 0x00ff_00ff;
 /// #DB and #AC: a guest could otherwise hang the CPU in an endless chain of them.
 const EXCEPTIONS_REFLECTED: u32 = (1 << 1) | (1 << 17);
+/// Shadow mode: reads and writes of CR0, CR3 and CR4 (the guest's own values live in the
+/// kernel's vTLB; SVM has no read shadows).
+const SHADOW_CR: u32 = 0b1_1001 | (0b1_1001 << 16);
+/// Shadow mode: #PF.
+const SHADOW_EXCEPTIONS: u32 = 1 << 14;
 
 const V_IRQ: u64 = 1 << 8;
 const V_IGN_TPR: u64 = 1 << 20;
@@ -95,6 +101,8 @@ struct Shared {
     iopm: u64,
     msrpm: u64,
     nrip_save: bool,
+    /// EXITINFO1 holds the INVLPG operand (decode assists).
+    decode_assists: bool,
 }
 
 static SHARED: Once<Shared> = Once::new();
@@ -174,11 +182,17 @@ pub fn init() -> Result<(), &'static str> {
         iopm,
         msrpm,
         nrip_save: svm.has_nrip(),
+        decode_assists: svm.has_decode_assists(),
     });
     log::info!(
-        "svm: {} ASIDs, NRIP save {}",
+        "svm: {} ASIDs, NRIP save {}, decode assists {}",
         svm.supported_asids(),
-        if svm.has_nrip() { "yes" } else { "no" }
+        if svm.has_nrip() { "yes" } else { "no" },
+        if svm.has_decode_assists() {
+            "yes"
+        } else {
+            "no"
+        }
     );
     Ok(())
 }
@@ -193,6 +207,9 @@ pub fn asid_count() -> u32 {
 /// One vCPU's VMCB.
 pub struct Vmcb {
     frame: u64,
+    /// A software interrupt is being delivered again with RIP already moved past its INT
+    /// (see [`Vmcb::redeliver`]): if its delivery is interrupted once more, RIP stays.
+    soft_advanced: bool,
 }
 
 impl Vmcb {
@@ -225,11 +242,15 @@ impl Vmcb {
         self.set(offset & !7, w | (u64::from(value) << shift));
     }
 
-    /// A VMCB that intercepts what the kernel must see, with nested paging at `nested_root`.
-    pub fn new(nested_root: u64, asid: u16) -> Option<Vmcb> {
+    /// A VMCB that intercepts what the kernel must see, with nested paging at `nested_root`, or
+    /// in shadow mode (no nested paging; #PF, CR0/CR3/CR4 accesses and INVLPG intercepted).
+    pub fn new(nested_root: Option<u64>, asid: u16) -> Option<Vmcb> {
         let shared = SHARED.get()?;
         let frame = alloc_zeroed(1)?;
-        let mut v = Vmcb { frame };
+        let mut v = Vmcb {
+            frame,
+            soft_advanced: false,
+        };
         v.set32(INTERCEPT_CR, 0);
         v.set32(INTERCEPT_DR, DR_ALL);
         v.set32(INTERCEPT_EXCEPTIONS, EXCEPTIONS_REFLECTED);
@@ -253,8 +274,21 @@ impl Vmcb {
         v.set32(GUEST_ASID, u32::from(asid));
         v.set8(TLB_CONTROL, TLB_FLUSH_ALL);
         v.set(VINTR, V_INTR_MASKING);
-        v.set(NP_ENABLE, 1);
-        v.set(N_CR3, nested_root);
+        match nested_root {
+            Some(root) => {
+                v.set(NP_ENABLE, 1);
+                v.set(N_CR3, root);
+            }
+            None => {
+                v.set32(INTERCEPT_CR, SHADOW_CR);
+                v.set32(
+                    INTERCEPT_EXCEPTIONS,
+                    EXCEPTIONS_REFLECTED | SHADOW_EXCEPTIONS,
+                );
+                let misc1 = v.get32(INTERCEPT_MISC1);
+                v.set32(INTERCEPT_MISC1, misc1 | MISC1_INVLPG);
+            }
+        }
         v.set(S_G_PAT, DEFAULT_PAT);
         v.set(S_EFER, EFER_SVME);
         v.set(S_DR6, 0xffff_0ff0);
@@ -371,9 +405,39 @@ impl Vmcb {
         }
     }
 
+    pub fn shadow_control(&mut self, cr0: u64, cr3: u64, cr4: u64) {
+        self.set(S_CR0, cr0);
+        self.set(S_CR3, cr3);
+        self.set(S_CR4, cr4);
+    }
+
+    pub fn set_cr2(&mut self, value: u64) {
+        self.set(S_CR2, value);
+    }
+
+    /// INVLPGA: drops the translation of `la` for this VMCB's ASID from the TLB.
+    pub fn invalidate_page(&mut self, la: u64) {
+        let asid = u64::from(self.get32(GUEST_ASID));
+        // SAFETY: INVLPGA only invalidates TLB entries (of a guest ASID, never the host's 0);
+        // SVM is enabled whenever a VMCB exists.
+        unsafe {
+            core::arch::asm!("invlpga rax, ecx", in("rax") la, in("rcx") asid, options(nostack));
+        }
+    }
+
     pub fn flush_on_entry(&mut self) {
         if self.get32(TLB_CONTROL) & 0xff == 0 {
-            self.set8(TLB_CONTROL, TLB_FLUSH_GUEST);
+            // Shadow leaves may be global (the guest's G bit), which flushing the ASID's
+            // non-global entries would miss: flush everything then.
+            let shadow = self.get(NP_ENABLE) & 1 == 0;
+            self.set8(
+                TLB_CONTROL,
+                if shadow {
+                    TLB_FLUSH_ALL
+                } else {
+                    TLB_FLUSH_GUEST
+                },
+            );
         }
     }
 
@@ -398,6 +462,12 @@ impl Vmcb {
             Exit::Exception { vector } => u64::from(vector) | (info1 << 32),
             _ => 0,
         };
+        let address = match exit {
+            Exit::Exception { vector: 14 } => Some(info2),
+            // With decode assists EXITINFO1 holds the address; without, the kernel decodes.
+            Exit::Invlpg if SHARED.get().is_some_and(|s| s.decode_assists) => Some(info1),
+            _ => None,
+        };
         HwExit {
             exit,
             raw: code,
@@ -409,6 +479,7 @@ impl Vmcb {
                 instruction_len
             },
             exception,
+            address,
         }
     }
 
@@ -417,6 +488,27 @@ impl Vmcb {
         let info = self.get(EXIT_INT_INFO);
         // Only bit 31 says whether the rest is meaningful (QEMU leaves stale bits behind).
         (info & (1 << 31) != 0).then_some((info & 0xffff_ffff, info >> 32))
+    }
+
+    /// Queues the event the last exit interrupted for the next entry (none if there was none).
+    /// Without NRIP save, a software interrupt (INT n) injected through EVENTINJ returns to the
+    /// VMCB's RIP, which still points at the INT instruction: RIP moves past it (INT imm8 is
+    /// two bytes), or the guest would run the INT twice. Once: a delivery interrupted again
+    /// (its IDT entry, then its stack missing in the shadow tables) finds RIP moved already.
+    pub fn redeliver(&mut self) {
+        let Some((event, error)) = self.interrupted_event() else {
+            self.soft_advanced = false;
+            self.inject(0, 0);
+            return;
+        };
+        let software_interrupt = (event >> 8) & 7 == 4;
+        let nrip = SHARED.get().is_some_and(|s| s.nrip_save);
+        if software_interrupt && !nrip && !self.soft_advanced {
+            let rip = self.get(S_RIP);
+            self.set(S_RIP, rip.wrapping_add(2));
+        }
+        self.soft_advanced = software_interrupt && !nrip;
+        self.inject(event, error);
     }
 
     /// Runs the guest. Clears the one-shot TLB flush request first.

@@ -83,6 +83,7 @@ const ENTRY_CONTROLS: u64 = 0x4012;
 const ENTRY_MSR_LOAD_COUNT: u64 = 0x4014;
 const ENTRY_INTERRUPTION: u64 = 0x4016;
 const ENTRY_ERROR_CODE: u64 = 0x4018;
+const ENTRY_INSTRUCTION_LEN: u64 = 0x401a;
 const SECONDARY_CONTROLS: u64 = 0x401e;
 const INSTRUCTION_ERROR: u64 = 0x4400;
 const EXIT_REASON: u64 = 0x4402;
@@ -134,6 +135,9 @@ const PIN_VIRTUAL_NMI: u32 = 1 << 5;
 const PIN_PREEMPTION_TIMER: u32 = 1 << 6;
 const PROC_INTERRUPT_WINDOW: u32 = 1 << 2;
 const PROC_HLT: u32 = 1 << 7;
+const PROC_INVLPG: u32 = 1 << 9;
+const PROC_CR3_LOAD: u32 = 1 << 15;
+const PROC_CR3_STORE: u32 = 1 << 16;
 const PROC_MWAIT: u32 = 1 << 10;
 const PROC_RDPMC: u32 = 1 << 11;
 const PROC_MOV_DR: u32 = 1 << 23;
@@ -374,6 +378,9 @@ pub struct Vmcs {
     /// The guest's CR2, which VMX does not switch: saved after each exit, restored before
     /// entry (the kernel's user threads take page faults in between).
     cr2: u64,
+    /// Shadow mode: no EPT, no VPID (every entry and exit flushes the guest's translations),
+    /// no unrestricted guest; #PF, CR3 accesses, INVLPG and every CR0/CR4 change exit.
+    shadow: bool,
 }
 
 impl Vmcs {
@@ -386,7 +393,7 @@ impl Vmcs {
         }
     }
 
-    pub fn new(nested_root: u64, vpid: u16) -> Option<Vmcs> {
+    pub fn new(nested_root: Option<u64>, vpid: u16) -> Option<Vmcs> {
         // VPID 0 is the host's; tags start at 1.
         let shared = SHARED.get()?;
         let frame = alloc_zeroed()?;
@@ -400,7 +407,8 @@ impl Vmcs {
         direct::write_word(frame, 0, u64::from(shared.revision));
         // SAFETY: a fresh page with the revision identifier; VMCLEAR initialises it.
         unsafe { core::arch::asm!("vmclear [{}]", in(reg) &frame, options(nostack)) };
-        let ept_pointer = nested_root | (3 << 3) | 6;
+        let shadow = nested_root.is_none();
+        let ept_pointer = nested_root.map_or(0, |root| root | (3 << 3) | 6);
         let v = Vmcs {
             frame,
             guest_msrs,
@@ -408,14 +416,32 @@ impl Vmcs {
             flush: true,
             ept_pointer,
             cr2: 0,
+            shadow,
         };
         v.load();
         vmwrite(PIN_CONTROLS, u64::from(shared.pin));
-        vmwrite(PROC_CONTROLS, u64::from(shared.proc));
-        vmwrite(SECONDARY_CONTROLS, u64::from(shared.secondary));
+        if shadow {
+            vmwrite(
+                PROC_CONTROLS,
+                u64::from(shared.proc | PROC_INVLPG | PROC_CR3_LOAD | PROC_CR3_STORE),
+            );
+            vmwrite(
+                SECONDARY_CONTROLS,
+                u64::from(
+                    shared.secondary & !(SECONDARY_EPT | SECONDARY_VPID | SECONDARY_UNRESTRICTED),
+                ),
+            );
+        } else {
+            vmwrite(PROC_CONTROLS, u64::from(shared.proc));
+            vmwrite(SECONDARY_CONTROLS, u64::from(shared.secondary));
+        }
         vmwrite(EXIT_CONTROLS, u64::from(shared.exit));
         vmwrite(ENTRY_CONTROLS, u64::from(shared.entry));
-        vmwrite(EXCEPTION_BITMAP, u64::from(EXCEPTIONS_REFLECTED));
+        let page_faults = if shadow { 1 << 14 } else { 0 };
+        vmwrite(
+            EXCEPTION_BITMAP,
+            u64::from(EXCEPTIONS_REFLECTED | page_faults),
+        );
         vmwrite(MSR_BITMAP, shared.msr_bitmap);
         vmwrite(EXIT_MSR_STORE, guest_msrs);
         vmwrite(EXIT_MSR_STORE_COUNT, SWITCHED_MSRS.len() as u64);
@@ -423,8 +449,10 @@ impl Vmcs {
         vmwrite(ENTRY_MSR_LOAD_COUNT, SWITCHED_MSRS.len() as u64);
         vmwrite(EXIT_MSR_LOAD, shared.host_msrs);
         vmwrite(EXIT_MSR_LOAD_COUNT, SWITCHED_MSRS.len() as u64);
-        vmwrite(EPT_POINTER, ept_pointer);
-        vmwrite(VPID, u64::from(vpid));
+        if !shadow {
+            vmwrite(EPT_POINTER, ept_pointer);
+            vmwrite(VPID, u64::from(vpid));
+        }
         vmwrite(LINK_POINTER, u64::MAX);
         // CR0/CR4 bits VMX fixes belong to the host; the guest sees its own values in the
         // read shadows. PE and PG are the guest's own (unrestricted guest).
@@ -433,6 +461,11 @@ impl Vmcs {
             (shared.cr0_fixed0 | !shared.cr0_fixed1) & !(CR0_PE | CR0_PG),
         );
         vmwrite(CR4_MASK, shared.cr4_fixed0 | !shared.cr4_fixed1);
+        if shadow {
+            // Every CR0/CR4 change exits and reads see the guest's own values.
+            vmwrite(CR0_MASK, u64::MAX);
+            vmwrite(CR4_MASK, u64::MAX);
+        }
         vmwrite(GUEST_PAT, 0x0007_0406_0007_0406);
         vmwrite(GUEST_DR7, 0x400);
         vmwrite(GUEST_RFLAGS, 2);
@@ -568,6 +601,15 @@ impl Vmcs {
         self.load();
         vmwrite(ENTRY_INTERRUPTION, event & 0xffff_ffff);
         vmwrite(ENTRY_ERROR_CODE, error & 0xffff_ffff);
+        // Software interrupts and exceptions (types 4-6) need the length of the instruction
+        // that raised them: the exit's, when an exit interrupted their delivery (an INT n whose
+        // IDT or stack access faulted) and the kernel delivers them again.
+        if event & (1 << 31) != 0 && (4..=6).contains(&((event >> 8) & 7)) {
+            vmwrite(
+                ENTRY_INSTRUCTION_LEN,
+                vmread(EXIT_INSTRUCTION_LEN).clamp(1, 15),
+            );
+        }
     }
 
     pub fn request_window(&mut self, on: bool) {
@@ -583,6 +625,27 @@ impl Vmcs {
 
     pub fn flush_on_entry(&mut self) {
         self.flush = true;
+    }
+
+    pub fn shadow_control(
+        &mut self,
+        cr0: u64,
+        cr3: u64,
+        cr4: u64,
+        visible_cr0: u64,
+        visible_cr4: u64,
+    ) {
+        let Some(shared) = SHARED.get() else { return };
+        self.load();
+        vmwrite(GUEST_CR0, (cr0 | shared.cr0_fixed0) & shared.cr0_fixed1);
+        vmwrite(CR0_SHADOW, visible_cr0);
+        vmwrite(GUEST_CR3, cr3);
+        vmwrite(GUEST_CR4, (cr4 | shared.cr4_fixed0) & shared.cr4_fixed1);
+        vmwrite(CR4_SHADOW, visible_cr4);
+    }
+
+    pub fn set_cr2(&mut self, value: u64) {
+        self.cr2 = value;
     }
 
     pub fn entered(&mut self) {
@@ -644,6 +707,7 @@ impl Vmcs {
                 info2: 0,
                 instruction_len: 0,
                 exception: 0,
+                address: None,
             };
         }
         let reason = vmread(EXIT_REASON);
@@ -671,6 +735,8 @@ impl Vmcs {
             info2: qualification,
             instruction_len: vmread(EXIT_INSTRUCTION_LEN).min(15),
             exception,
+            // #PF: the faulting address; INVLPG: its operand.
+            address: Some(qualification),
         }
     }
 
@@ -688,7 +754,10 @@ impl Vmcs {
         self.load();
         if self.flush {
             self.flush = false;
-            invept(self.ept_pointer);
+            // Shadow mode runs without VPID: the entry itself flushes the guest's entries.
+            if !self.shadow {
+                invept(self.ept_pointer);
+            }
         }
         set_cr2(self.cr2);
         write_host_state();

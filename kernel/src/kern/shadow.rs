@@ -1,0 +1,434 @@
+//! Shadow paging (a vTLB) for Vms created in shadow mode: the kernel's glue around
+//! `virt::shadow`, which holds the walk, the leaf rules, the #PF classification and the table
+//! pool (all host-tested).
+//!
+//! The guest runs on shadow tables the kernel fills: the guest's own CR0, CR3 and CR4 are kept
+//! here (what the guest reads and what its walks use), the hardware runs with the shadow root as
+//! CR3, CR0.WP forced on, and #PF, MOV CR0/CR3/CR4 and INVLPG intercepted. Every shadow entry is
+//! written by the kernel after walking the guest's own tables and looking up the Vm's memory, so
+//! a guest can never reach a frame that is not its own. Only 4-level long-mode guests are
+//! shadowed (a guest that leaves long-mode paging is stopped with an `Other` exit to its VMM).
+//!
+//! One vCPU per Vm today, so the guest's control registers live in the Vm.
+
+use alloc::vec::Vec;
+
+use mem::paging::TableMemory;
+use virt::nested::NestedTables;
+use virt::shadow::cache::Key;
+use virt::shadow::classify::{classify, Resolution};
+use virt::shadow::leaf::{Backing, HostMemory};
+use virt::shadow::vtlb::{Install, ShadowMemory, Vtlb};
+use virt::shadow::walk::{self, CasError, Features, GuestPhys, Paging};
+
+use crate::mem::{direct, frames};
+
+/// Shadow table frames per Vm (512 KiB), charged to the Vm's owner. A workload that needs more
+/// gets its tables recycled, never a failure.
+pub const POOL_FRAMES: usize = 128;
+/// Shadow roots kept per Vm (recently used guest address spaces).
+const ROOTS: usize = 4;
+
+const CR0_PE: u64 = 1;
+const CR0_WP: u64 = 1 << 16;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PSE: u64 = 1 << 4;
+const CR4_PAE: u64 = 1 << 5;
+const CR4_PGE: u64 = 1 << 7;
+const CR4_LA57: u64 = 1 << 12;
+const CR4_VMXE: u64 = 1 << 13;
+const CR4_PCIDE: u64 = 1 << 17;
+const CR4_OSXSAVE: u64 = 1 << 18;
+const CR4_SMEP: u64 = 1 << 20;
+const CR4_SMAP: u64 = 1 << 21;
+const CR4_PKE: u64 = 1 << 22;
+/// CR4 features the vTLB does not implement (and the VMM hides from CPUID): setting one is #GP.
+const CR4_REFUSED: u64 = CR4_LA57 | CR4_VMXE | CR4_PCIDE | CR4_OSXSAVE | CR4_PKE;
+/// CR4 bits whose change makes every shadow translation stale.
+const CR4_FLUSHING: u64 = CR4_PSE | CR4_PAE | CR4_PGE | CR4_SMEP | CR4_SMAP;
+/// Bits 63:32 of CR0 and CR4 are reserved (a set one is #GP).
+const HIGH: u64 = 0xffff_ffff_0000_0000;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+
+/// What the shadow paging of a Vm did, for the exit profile and the benchmark.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stats {
+    pub fills: u64,
+    pub guest_faults: u64,
+    pub cr3_loads: u64,
+    pub invlpgs: u64,
+    pub flushes: u64,
+}
+
+/// The vTLB of a Vm and its guest's own control registers.
+pub struct Shadow {
+    vtlb: Vtlb<POOL_FRAMES, ROOTS>,
+    frames: Vec<u64>,
+    features: Features,
+    /// The guest's CR0, CR3, CR4 and EFER as it set them.
+    pub cr0: u64,
+    pub cr3: u64,
+    pub cr4: u64,
+    pub efer: u64,
+    pub stats: Stats,
+}
+
+impl Drop for Shadow {
+    fn drop(&mut self) {
+        for f in &self.frames {
+            frames::free(*f, 1);
+        }
+    }
+}
+
+/// The hardware control registers for the guest's ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HwControl {
+    pub cr0: u64,
+    pub cr3: u64,
+    pub cr4: u64,
+}
+
+/// A guest control-register write the kernel refuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrError {
+    /// What the CPU would refuse: #GP(0) for the guest.
+    GeneralProtection,
+    /// Legal, but the vTLB cannot follow (paging off, PAE without long mode): the vCPU stops.
+    Unsupported,
+}
+
+/// What a #PF taken on the shadow tables comes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultOutcome {
+    /// Filled (or nothing to do): run the guest again. `flush`: the hardware TLB must forget
+    /// the guest's translations (frames were recycled); `page`: it must forget `page` (a leaf
+    /// got more rights).
+    Resume { flush: bool, page: Option<u64> },
+    /// The guest's own fault: #PF with this error code, CR2 = `address`.
+    InjectPageFault { address: u64, error: u32 },
+    /// #GP(0) for the guest.
+    InjectGeneralProtection,
+    /// Guest-physical `gpa` has no memory behind it (or a write hit read-only memory): an exit
+    /// for the VMM.
+    MemoryFault { gpa: u64, write: bool },
+}
+
+impl Shadow {
+    /// A vTLB with `POOL_FRAMES` fresh frames; None when memory is short.
+    pub fn new() -> Option<Shadow> {
+        let mut table_frames = Vec::with_capacity(POOL_FRAMES);
+        for _ in 0..POOL_FRAMES {
+            match frames::alloc(1) {
+                Some(f) => table_frames.push(f),
+                None => {
+                    for f in table_frames {
+                        frames::free(f, 1);
+                    }
+                    return None;
+                }
+            }
+        }
+        let vtlb = match Vtlb::new(&table_frames) {
+            Ok(v) => v,
+            Err(_) => {
+                for f in table_frames {
+                    frames::free(f, 1);
+                }
+                return None;
+            }
+        };
+        Some(Shadow {
+            vtlb,
+            frames: table_frames,
+            features: host_features(),
+            cr0: 0,
+            cr3: 0,
+            cr4: 0,
+            efer: 0,
+            stats: Stats::default(),
+        })
+    }
+
+    fn paging(&self, rflags: u64) -> Option<Paging> {
+        Paging::long_mode(
+            self.cr0,
+            self.cr3,
+            self.cr4,
+            self.efer,
+            rflags,
+            self.features,
+        )
+    }
+
+    fn hardware(&self) -> HwControl {
+        HwControl {
+            cr0: self.cr0 | CR0_WP,
+            cr3: self.vtlb.root().unwrap_or(0),
+            cr4: self.cr4,
+        }
+    }
+
+    /// The VMM set the guest's control registers (start-up, or a reply with the control
+    /// group): checks them, starts from empty shadow tables and returns the hardware values.
+    pub fn load(&mut self, cr0: u64, cr3: u64, cr4: u64, efer: u64) -> Result<HwControl, CrError> {
+        if cr0 & HIGH != 0 || cr4 & HIGH != 0 || cr4 & CR4_REFUSED != 0 {
+            return Err(CrError::GeneralProtection);
+        }
+        let long = cr0 & (CR0_PG | CR0_PE) == CR0_PG | CR0_PE
+            && cr4 & CR4_PAE != 0
+            && efer & (EFER_LME | EFER_LMA) == EFER_LME | EFER_LMA;
+        if !long {
+            return Err(CrError::Unsupported);
+        }
+        self.cr0 = cr0;
+        self.cr4 = cr4;
+        self.efer = efer;
+        self.cr3 = cr3;
+        self.vtlb.flush_all(&mut ShadowFrames);
+        self.vtlb.switch(&mut ShadowFrames, key(cr3), true);
+        self.stats.flushes += 1;
+        Ok(self.hardware())
+    }
+
+    /// The guest's view of control register `cr` (MOV from CRn).
+    pub fn read_cr(&self, cr: u8) -> Option<u64> {
+        match cr {
+            0 => Some(self.cr0),
+            3 => Some(self.cr3),
+            4 => Some(self.cr4),
+            _ => None,
+        }
+    }
+
+    /// MOV to CRn by the guest; returns the new hardware values and whether the hardware TLB
+    /// must be flushed.
+    pub fn write_cr(&mut self, cr: u8, value: u64) -> Result<(HwControl, bool), CrError> {
+        let flush = match cr {
+            0 => {
+                if value & HIGH != 0 {
+                    return Err(CrError::GeneralProtection);
+                }
+                if value & (CR0_PG | CR0_PE) != CR0_PG | CR0_PE {
+                    return Err(CrError::Unsupported);
+                }
+                let changed = (self.cr0 ^ value) & (CR0_WP | CR0_PG) != 0;
+                self.cr0 = value;
+                changed
+            }
+            3 => {
+                // Without PCIDs bit 63 is reserved, as are bits above the physical width.
+                let width = u32::from(self.features.maxphyaddr).clamp(32, 52);
+                if value >> width != 0 {
+                    return Err(CrError::GeneralProtection);
+                }
+                self.cr3 = value;
+                self.stats.cr3_loads += 1;
+                let s = self.vtlb.switch(&mut ShadowFrames, key(value), true);
+                // The new tree is empty, but the hardware TLB may hold the old space's entries.
+                let _ = s;
+                true
+            }
+            4 => {
+                if value & HIGH != 0 || value & CR4_REFUSED != 0 {
+                    return Err(CrError::GeneralProtection);
+                }
+                if value & CR4_PAE == 0 {
+                    // Clearing PAE in long mode is #GP.
+                    return Err(CrError::GeneralProtection);
+                }
+                let changed = (self.cr4 ^ value) & CR4_FLUSHING != 0;
+                self.cr4 = value;
+                changed
+            }
+            _ => return Err(CrError::Unsupported),
+        };
+        if flush && cr != 3 {
+            self.vtlb.flush_all(&mut ShadowFrames);
+            self.vtlb.switch(&mut ShadowFrames, key(self.cr3), true);
+            self.stats.flushes += 1;
+        }
+        Ok((self.hardware(), flush))
+    }
+
+    /// INVLPG of `la` by the guest.
+    pub fn invlpg(&mut self, la: u64) {
+        self.stats.invlpgs += 1;
+        self.vtlb.invlpg(&mut ShadowFrames, la);
+    }
+
+    /// Drops every shadow translation (guest memory was unmapped).
+    pub fn flush(&mut self) {
+        self.vtlb.flush_all(&mut ShadowFrames);
+        self.vtlb.switch(&mut ShadowFrames, key(self.cr3), true);
+        self.stats.flushes += 1;
+    }
+
+    /// A hardware #PF at `la` with error code `error`, taken at CPL 3 when `user`.
+    pub fn page_fault(
+        &mut self,
+        nested: &NestedTables,
+        la: u64,
+        error: u32,
+        user: bool,
+        rflags: u64,
+    ) -> FaultOutcome {
+        let Some(paging) = self.paging(rflags) else {
+            return FaultOutcome::InjectGeneralProtection;
+        };
+        let ram = GuestRam { nested };
+        match classify(&ram, &ram, &paging, la, error, user) {
+            Resolution::Fill(fill) => {
+                self.stats.fills += 1;
+                let before = self.vtlb.lookup(&ShadowFrames, fill.la);
+                let flush = match self.vtlb.install(&mut ShadowFrames, fill.la, fill.pte) {
+                    Install::Installed => false,
+                    Install::InstalledAfterRecycle => true,
+                    Install::NoRoot => {
+                        self.vtlb.switch(&mut ShadowFrames, key(self.cr3), true);
+                        true
+                    }
+                };
+                let page = (before & walk_present() != 0).then_some(fill.la);
+                FaultOutcome::Resume { flush, page }
+            }
+            Resolution::Inject(f) => {
+                self.stats.guest_faults += 1;
+                FaultOutcome::InjectPageFault {
+                    address: f.addr,
+                    error: f.code.0,
+                }
+            }
+            Resolution::MemoryFault { gpa, write } => FaultOutcome::MemoryFault { gpa, write },
+            Resolution::NonCanonical => FaultOutcome::InjectGeneralProtection,
+            Resolution::Retry => FaultOutcome::Resume {
+                flush: false,
+                page: None,
+            },
+        }
+    }
+
+    /// Reads guest-virtual memory for instruction decoding: up to `out.len()` bytes at `la`
+    /// through the guest's tables (no A/D updates); returns how many were read.
+    pub fn read_virtual(
+        &self,
+        nested: &NestedTables,
+        la: u64,
+        rflags: u64,
+        out: &mut [u8],
+    ) -> usize {
+        let Some(paging) = self.paging(rflags) else {
+            return 0;
+        };
+        let ram = GuestRam { nested };
+        let access = walk::Access::supervisor(virt::shadow::AccessKind::Execute);
+        for (i, byte) in out.iter_mut().enumerate() {
+            let at = la.wrapping_add(i as u64);
+            let Ok(t) = walk::translate(&ram, &paging, at, access) else {
+                return i;
+            };
+            let Some((hpa, _)) = nested.translate(&DirectTables, t.gpa) else {
+                return i;
+            };
+            let Some(word) = direct::read_shared(hpa & !7) else {
+                return i;
+            };
+            *byte = (word >> ((hpa & 7) * 8)) as u8;
+        }
+        out.len()
+    }
+}
+
+fn walk_present() -> u64 {
+    virt::shadow::bits::PRESENT
+}
+
+fn key(cr3: u64) -> Key {
+    Key::new(cr3, false)
+}
+
+/// The host's physical-address width and 1 GiB-page support (what the guest's CPUID shows).
+fn host_features() -> Features {
+    let id = x86::cpuid::CpuId::new();
+    let maxphyaddr = id
+        .get_processor_capacity_feature_info()
+        .map_or(36, |c| c.physical_address_bits());
+    let gb_pages = id
+        .get_extended_processor_and_feature_identifiers()
+        .is_some_and(|f| f.has_1gib_pages());
+    Features {
+        maxphyaddr,
+        gb_pages,
+    }
+}
+
+/// Reads page-table frames through the direct map (lookups only: it never allocates).
+struct DirectTables;
+
+impl TableMemory for DirectTables {
+    fn alloc_table(&mut self) -> Option<u64> {
+        None
+    }
+
+    fn read(&self, table: u64, index: usize) -> u64 {
+        direct::read_word(table, index)
+    }
+
+    fn write(&mut self, _table: u64, _index: usize, _value: u64) {}
+}
+
+/// The shadow tables: kernel frames from the pool, through the direct map.
+struct ShadowFrames;
+
+impl ShadowMemory for ShadowFrames {
+    fn read(&self, table: u64, index: usize) -> u64 {
+        direct::read_word(table, index)
+    }
+
+    fn write(&mut self, table: u64, index: usize, value: u64) {
+        direct::write_word(table, index, value)
+    }
+
+    fn zero(&mut self, table: u64) {
+        direct::zero_frame(table)
+    }
+}
+
+/// The guest's RAM as the Vm maps it: the walker's reads and A/D updates, and the backing of
+/// each guest page.
+struct GuestRam<'a> {
+    nested: &'a NestedTables,
+}
+
+impl GuestPhys for GuestRam<'_> {
+    fn read(&self, gpa: u64) -> Option<u64> {
+        let (hpa, _) = self.nested.translate(&DirectTables, gpa)?;
+        direct::read_shared(hpa)
+    }
+
+    fn compare_exchange(&self, gpa: u64, current: u64, new: u64) -> Result<(), CasError> {
+        let (hpa, access) = self
+            .nested
+            .translate(&DirectTables, gpa)
+            .ok_or(CasError::NotRam)?;
+        if !access.write {
+            return Err(CasError::NotRam);
+        }
+        match direct::compare_exchange(hpa, current, new) {
+            Some(Ok(_)) => Ok(()),
+            Some(Err(_)) => Err(CasError::Changed),
+            None => Err(CasError::NotRam),
+        }
+    }
+}
+
+impl HostMemory for GuestRam<'_> {
+    fn backing(&self, gpa: u64) -> Option<Backing> {
+        let (hpa, access) = self.nested.translate(&DirectTables, gpa)?;
+        Some(Backing {
+            hpa: hpa & !0xfff,
+            writable: access.write,
+        })
+    }
+}
