@@ -64,10 +64,17 @@ pub enum Exit {
     /// XSETBV, MOV to/from debug registers, INVD, and other instructions the kernel intercepts
     /// for isolation: qualification 0 = [`OtherExit`], 1 = the backend's raw exit code.
     Other = 13,
+    /// Shadow mode only, handled by the kernel's vTLB and never delivered: a guest page fault
+    /// (a shadow fill, or the guest's own fault reflected). Counted in exit profiles.
+    PageFault = 14,
+    /// Shadow mode only, handled by the kernel: MOV to or from CR0, CR3 or CR4, CLTS.
+    ControlRegister = 15,
+    /// Shadow mode only, handled by the kernel: INVLPG.
+    Invlpg = 16,
 }
 
 /// Number of exit reasons (portals per vCPU).
-pub const EXIT_COUNT: u64 = 14;
+pub const EXIT_COUNT: u64 = 17;
 
 impl Exit {
     pub const fn from_u64(v: u64) -> Option<Exit> {
@@ -86,6 +93,9 @@ impl Exit {
             11 => Exit::InterruptWindow,
             12 => Exit::EntryFailure,
             13 => Exit::Other,
+            14 => Exit::PageFault,
+            15 => Exit::ControlRegister,
+            16 => Exit::Invlpg,
             _ => return None,
         })
     }
@@ -106,6 +116,9 @@ impl Exit {
             Exit::InterruptWindow => "interrupt-window",
             Exit::EntryFailure => "entry-failure",
             Exit::Other => "other",
+            Exit::PageFault => "page-fault",
+            Exit::ControlRegister => "control-register",
+            Exit::Invlpg => "invlpg",
         }
     }
 }

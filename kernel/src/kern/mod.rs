@@ -137,6 +137,9 @@ impl Kernel {
             return;
         };
         let (state, serving, pd) = (thread.state, thread.serving, thread.pd);
+        if let Some(vm) = thread.vcpu.as_ref().map(|v| v.vm) {
+            vm::report_profile(self, vm);
+        }
         match state {
             State::Calling(portal) => {
                 if let Some(p) = self.portals.get_mut(portal) {

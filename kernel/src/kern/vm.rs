@@ -18,6 +18,7 @@ use virt::decode;
 use virt::ept::Access;
 use virt::exit::{CrAccess, Exit as HwReason};
 use virt::nested::{Format, NestedError, NestedTables};
+use virt::profile::ExitProfile;
 
 use super::memory::QuotaTables;
 use super::objects::{cost, Obj, PdId, State, Thread, ThreadId};
@@ -44,6 +45,9 @@ pub struct Vm {
     pub vcpus: Vec<ThreadId>,
     /// Shadow mode: the vTLB (the nested tables then only record where guest memory lives).
     pub shadow: Option<Box<Shadow>>,
+    /// Exits by reason and the hottest (reason, guest RIP) sites, the kernel's own exits
+    /// (shadow paging) included.
+    pub profile: Box<ExitProfile>,
 }
 
 /// A guest-physical mapping made with `VmMap`, undone when the memory capability goes.
@@ -213,7 +217,11 @@ pub fn create_vm(k: &mut Kernel, space: SpaceId, a: [u64; 6]) -> Result<u64, Sta
         tag,
         vcpus: Vec::new(),
         shadow,
+        profile: Box::new(ExitProfile::new(0)),
     });
+    if let Some(v) = k.vms.get_mut(vm) {
+        *v.profile = ExitProfile::new(vm.raw());
+    }
     if let Err(e) = k
         .caps
         .insert_original(space, dest, Obj::Vm(vm), Rights::ALL)
@@ -227,6 +235,31 @@ pub fn create_vm(k: &mut Kernel, space: SpaceId, a: [u64; 6]) -> Result<u64, Sta
 /// The quota a shadow-mode Vm's table pool takes.
 fn shadow_cost() -> u64 {
     cost::PAGE_TABLE * shadow::POOL_FRAMES as u64
+}
+
+/// A vCPU of `vm` ended: the kernel prints the Vm's exit profile (by reason, hottest sites,
+/// shadow-paging counts) as `profile:` lines, which the build tool reads.
+pub fn report_profile(k: &mut Kernel, vm: VmId) {
+    let Some(v) = k.vms.get_mut(vm) else { return };
+    let batch = v.profile.take_batch();
+    let mut text = alloc::string::String::new();
+    if batch.write_text(&mut text).is_ok() {
+        for line in text.lines() {
+            crate::println!("{line}");
+        }
+    }
+    if let Some(s) = v.shadow.as_deref() {
+        let st = s.stats;
+        crate::println!(
+            "profile: vm={} shadow fills={} guest-faults={} cr3-loads={} invlpgs={} flushes={}",
+            vm.raw(),
+            st.fills,
+            st.guest_faults,
+            st.cr3_loads,
+            st.invlpgs,
+            st.flushes
+        );
+    }
 }
 
 /// Ends a Vm: its vCPUs, its nested tables, its tag; its quota goes back.
@@ -647,15 +680,28 @@ fn shadow_exit(k: &mut Kernel, t: ThreadId, e: &hw::HwExit) -> ShadowExit {
     let Some(vm) = vms.get_mut(vcpu.vm) else {
         return ShadowExit::NotShadow;
     };
-    let Vm { nested, shadow, .. } = vm;
-    let Some(shadow) = shadow.as_mut() else {
+    if vm.shadow.is_none() {
         return ShadowExit::NotShadow;
-    };
+    }
     let mut w = [0u64; word::COUNT];
     vcpu.hw
         .read(&vcpu.ctx.gprs, mtd::GPRS | mtd::RIP | mtd::SEGMENTS, &mut w);
     let rflags = w[word::RFLAGS];
     let cpl3 = (vmabi::segment::attributes(w[word::SEGMENTS + 2]) >> 5) & 3 == 3;
+    let counted = match e.exit {
+        HwReason::Exception { vector: 14 } => Some(Exit::PageFault),
+        HwReason::Cr(_) => Some(Exit::ControlRegister),
+        HwReason::Invlpg => Some(Exit::Invlpg),
+        _ => None,
+    };
+    if let Some(reason) = counted {
+        vm.profile.record(reason, w[word::RIP]);
+        vcpu.exits[reason as usize] += 1;
+    }
+    let Vm { nested, shadow, .. } = vm;
+    let Some(shadow) = shadow.as_mut() else {
+        return ShadowExit::NotShadow;
+    };
     match e.exit {
         HwReason::Exception { vector: 14 } => {
             let error = (e.exception >> 32) as u32;
@@ -833,6 +879,14 @@ pub fn deliver_exit(k: &mut Kernel, t: ThreadId, reason: Exit, qual0: u64, qual1
         return;
     };
     vcpu.exits[reason as usize] += 1;
+    let mut at = [0u64; word::COUNT];
+    vcpu.hw.read(&vcpu.ctx.gprs, mtd::RIP, &mut at);
+    if let Some(v) = k.vms.get_mut(vcpu.vm) {
+        v.profile.record(reason, at[word::RIP]);
+    }
+    let Some(vcpu) = k.threads.get_mut(t).and_then(|t| t.vcpu.as_mut()) else {
+        return;
+    };
     let mask = if reason == Exit::Startup {
         mtd::ALL
     } else {

@@ -72,6 +72,8 @@ pub fn transfer_mask(exit: Exit) -> u64 {
         | Exit::Shutdown
         | Exit::EntryFailure
         | Exit::Other => mtd::RIP,
+        // Handled by the kernel's vTLB; never delivered.
+        Exit::PageFault | Exit::ControlRegister | Exit::Invlpg => 0,
     }
 }
 
@@ -310,6 +312,10 @@ impl Monitor {
                 step.mask = mtd::ALL;
             }
             Exit::Recall | Exit::InterruptWindow => {}
+            Exit::PageFault | Exit::ControlRegister | Exit::Invlpg => step.fail(
+                failure::PROTOCOL,
+                format!("{} exit delivered (the kernel handles these)", exit.name()),
+            ),
             Exit::Cpuid => self.cpuid(msg, step, host_cpuid),
             Exit::Io => self.io(msg, step),
             Exit::Rdmsr | Exit::Wrmsr => self.msr(exit, msg, step),
