@@ -3,7 +3,8 @@
 //!
 //! - Features the guest cannot use under this VMM are hidden: VMX and SVM (no nested
 //!   virtualization), MONITOR/MWAIT, XSAVE/OSXSAVE/AVX and everything built on XSAVE (AVX2,
-//!   AVX-512, AMX: XSETBV is refused), PCID, INVPCID, x2APIC, TSC-deadline, LA57, RDTSCP (its
+//!   AVX-512, AMX: XSETBV is refused), PCID, INVPCID, x2APIC, TSC-deadline, LA57, protection
+//!   keys (PCID, INVPCID, LA57 and PKU are what the kernel's shadow paging does not follow), RDTSCP (its
 //!   TSC_AUX MSR is not virtualized), machine-check (no MCE MSRs), the performance-monitoring,
 //!   debug-store and thermal features (no MSRs behind them) and SMX, and hyper-threading
 //!   (the guest has one vCPU).
@@ -94,6 +95,9 @@ pub mod leaf7 {
         1 << 16 | 1 << 17 | 1 << 21 | 1 << 26 | 1 << 27 | 1 << 28 | 1 << 30 | 1 << 31;
     pub const EBX_INTEL_PT: u32 = 1 << 25;
     pub const ECX_AVX512_VBMI: u32 = 1 << 1;
+    /// Protection keys for user pages and OSPKE: the kernel's vTLB does not implement them (and
+    /// refuses CR4.PKE), so no guest may see them in either memory mode.
+    pub const ECX_PKU: u32 = 1 << 3 | 1 << 4;
     pub const ECX_WAITPKG: u32 = 1 << 5;
     pub const ECX_AVX512_VBMI2: u32 = 1 << 6;
     /// VAES, VPCLMULQDQ, AVX512 VNNI, BITALG, VPOPCNTDQ (VEX/EVEX forms need XSAVE state).
@@ -105,7 +109,7 @@ pub mod leaf7 {
     pub const EBX_HIDDEN: u32 =
         EBX_AVX2 | EBX_INVPCID | EBX_RTM | EBX_PQM | EBX_MPX | EBX_PQE | EBX_AVX512 | EBX_INTEL_PT;
     pub const ECX_HIDDEN: u32 =
-        ECX_AVX512_VBMI | ECX_WAITPKG | ECX_AVX512_VBMI2 | ECX_VEX_MORE | ECX_LA57;
+        ECX_AVX512_VBMI | ECX_PKU | ECX_WAITPKG | ECX_AVX512_VBMI2 | ECX_VEX_MORE | ECX_LA57;
     pub const EDX_HIDDEN: u32 = EDX_AVX_AMX;
 }
 
@@ -228,6 +232,7 @@ mod tests {
         assert_eq!(r[EAX], 0);
         assert_eq!(r[EBX] & 1 << 10, 0, "INVPCID");
         assert_eq!(r[ECX] & 1 << 16, 0, "LA57");
+        assert_eq!(r[ECX] & 1 << 3, 0, "PKU");
         assert_ne!(r[EBX] & 1, 0, "FSGSBASE stays");
         assert_eq!(filter(7, 1, ALL), [0; 4]);
     }
