@@ -39,7 +39,7 @@ pub const MAX_SITES: usize = 32;
 ///
 /// postcard writes every `u64` as a varint of at most 10 bytes and a `u8` as one byte; the
 /// `by_reason` array has no length prefix; the site list has a varint length (one byte for up to
-/// 127). So: 3 × 10 (tag, sequence, total) + 17 × 10 (by reason) + 1 + 32 × (1 + 3 × 10).
+/// 127). So: 3 × 10 (tag, sequence, total) + 18 × 10 (by reason) + 1 + 32 × (1 + 3 × 10).
 /// A test encodes a batch with every field at its maximum and checks this bound is exact.
 pub const MAX_ENCODED_LEN: usize = max_encoded_len(MAX_SITES);
 
@@ -49,7 +49,7 @@ pub const fn max_encoded_len(sites: usize) -> usize {
 }
 
 /// Sites a batch may carry and still fit one message whatever its values: packed with
-/// [`pack_words`] into at most [`crate::utcb::MSG_WORDS`] words (9 with 17 exit reasons; a transport that has only
+/// [`pack_words`] into at most [`crate::utcb::MSG_WORDS`] words (9 with 18 exit reasons; a transport that has only
 /// one message truncates `sites` to this many, the hottest, before encoding).
 pub const MAX_SITES_IN_MESSAGE: usize =
     ((crate::utcb::MSG_WORDS - 1) * 8 - max_encoded_len(0)) / (1 + 3 * 10);
@@ -344,7 +344,7 @@ mod tests {
         let mut buf = [0u8; MAX_ENCODED_LEN + 64];
         let len = full_batch(u64::MAX).encode(&mut buf).unwrap().len();
         assert_eq!(len, MAX_ENCODED_LEN);
-        assert_eq!(MAX_ENCODED_LEN, 1193);
+        assert_eq!(MAX_ENCODED_LEN, 1203);
         // Exactly MAX_ENCODED_LEN bytes suffice; one fewer does not.
         let mut exact = [0u8; MAX_ENCODED_LEN];
         assert!(full_batch(u64::MAX).encode(&mut exact).is_ok());
@@ -472,7 +472,19 @@ mod tests {
                 assert_eq!(words[used - 1] >> (8 * (len % 8)), 0);
             }
         }
-        assert_eq!(MAX_WORDS, 151);
+        assert_eq!(MAX_WORDS, 152);
+    }
+
+    #[test]
+    fn a_profile_exit_message_holds_its_sites() {
+        use crate::vm::{PROFILE_SITES, PROFILE_WORDS};
+        assert_eq!(PROFILE_SITES, 8);
+        let mut bytes = [0u8; MAX_ENCODED_LEN];
+        let mut batch = full_batch(u64::MAX);
+        batch.sites.truncate(PROFILE_SITES);
+        let encoded = batch.encode(&mut bytes).unwrap();
+        let mut words = [0u64; crate::utcb::MSG_WORDS - PROFILE_WORDS];
+        assert!(pack_words(encoded, &mut words).is_ok());
     }
 
     #[test]
@@ -528,7 +540,8 @@ mod tests {
             s,
             "profile: vm=7 seq=3 exits=1090 startup=0 recall=0 cpuid=40 io=150 rdmsr=0 wrmsr=0 \
              hlt=0 hypercall=0 memory-fault=900 shutdown=0 exception=0 interrupt-window=0 \
-             entry-failure=0 other=0 page-fault=0 control-register=0 invlpg=0\n\
+             entry-failure=0 other=0 page-fault=0 control-register=0 invlpg=0 \
+             profile=0\n\
              profile:   #1 reason=memory-fault rip=0xffffffff81012345 count=900 error=0\n\
              profile:   #2 reason=io rip=0x7c1a count=150 error=2\n"
         );

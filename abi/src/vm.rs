@@ -71,10 +71,26 @@ pub enum Exit {
     ControlRegister = 15,
     /// Shadow mode only, handled by the kernel: INVLPG.
     Invlpg = 16,
+    /// Not a guest event: the kernel sends the Vm's exit profile every [`PROFILE_PERIOD`] exits,
+    /// before the vCPU runs again, if a portal sits at `exit_base + 17` (the VMM's own, or one
+    /// it obtained from a profile consumer such as the DMP service). Words: `MASK` = 0,
+    /// `REASON`, then from [`PROFILE_WORDS`] on an `abi::profile::ProfileBatch` packed with
+    /// `abi::profile::pack_words` (cumulative counts, the [`PROFILE_SITES`] hottest sites).
+    /// Reply: mask 0.
+    Profile = 17,
 }
 
 /// Number of exit reasons (portals per vCPU).
-pub const EXIT_COUNT: u64 = 17;
+pub const EXIT_COUNT: u64 = 18;
+
+/// Exits between two [`Exit::Profile`] messages.
+pub const PROFILE_PERIOD: u64 = 16_384;
+/// First message word of the packed batch in an [`Exit::Profile`] message.
+pub const PROFILE_WORDS: usize = 2;
+/// Hot sites an [`Exit::Profile`] message carries (what fits the message after its header).
+pub const PROFILE_SITES: usize = ((crate::utcb::MSG_WORDS - PROFILE_WORDS - 1) * 8
+    - crate::profile::max_encoded_len(0))
+    / (1 + 3 * 10);
 
 impl Exit {
     pub const fn from_u64(v: u64) -> Option<Exit> {
@@ -96,6 +112,7 @@ impl Exit {
             14 => Exit::PageFault,
             15 => Exit::ControlRegister,
             16 => Exit::Invlpg,
+            17 => Exit::Profile,
             _ => return None,
         })
     }
@@ -119,6 +136,7 @@ impl Exit {
             Exit::PageFault => "page-fault",
             Exit::ControlRegister => "control-register",
             Exit::Invlpg => "invlpg",
+            Exit::Profile => "profile",
         }
     }
 }

@@ -10,7 +10,8 @@
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 
-use abi::utcb::MsgTag;
+use abi::profile::{pack_words, ProfileBatch};
+use abi::utcb::{MsgTag, MSG_WORDS};
 use abi::vm::{self as vmabi, inject, mtd, word, Exit, EXIT_COUNT};
 use abi::{Rights, Status};
 use cap::SpaceId;
@@ -79,6 +80,9 @@ pub struct Vcpu {
     pub exit_tsc: u64,
     /// TSC ticks spent in the guest, summed from entry to exit (instructions under `-icount`).
     pub guest_tsc: u64,
+    /// The Vm's exit count at which the next `Profile` message is due, and its sequence number.
+    pub next_profile: u64,
+    pub profile_sequence: u64,
 }
 
 impl Drop for Vcpu {
@@ -340,6 +344,8 @@ pub fn create_vcpu(
         exits: [0; EXIT_COUNT as usize],
         exit_tsc: 0,
         guest_tsc: 0,
+        next_profile: vmabi::PROFILE_PERIOD,
+        profile_sequence: 0,
     });
     let t = k.threads.insert(Thread {
         pd: my_pd,
@@ -545,7 +551,71 @@ pub fn ready_to_enter(k: &mut Kernel, t: ThreadId) -> bool {
             deliver_exit(k, t, reason, 0, 0, 0);
             false
         }
-        None => true,
+        None => !profile_due(k, t) || !deliver_profile(k, t),
+    }
+}
+
+/// Whether vCPU `t`'s Vm has counted another `PROFILE_PERIOD` exits since the last message
+/// (the next one is then due a period later, whether or not anyone takes this one).
+fn profile_due(k: &mut Kernel, t: ThreadId) -> bool {
+    let Kernel { threads, vms, .. } = k;
+    let Some(vcpu) = threads.get_mut(t).and_then(|t| t.vcpu.as_mut()) else {
+        return false;
+    };
+    let total = vms.get(vcpu.vm).map_or(0, |v| v.profile.total());
+    if total < vcpu.next_profile {
+        return false;
+    }
+    vcpu.next_profile = total + vmabi::PROFILE_PERIOD;
+    true
+}
+
+/// Sends the Vm's exit profile to the portal at `exit_base + Profile`, if there is one; true if
+/// the vCPU now waits for its reply.
+fn deliver_profile(k: &mut Kernel, t: ThreadId) -> bool {
+    let Some(vcpu) = k.threads.get_mut(t).and_then(|t| t.vcpu.as_mut()) else {
+        return false;
+    };
+    let (space, sel) = (vcpu.exit_space, vcpu.exit_base + Exit::Profile as u64);
+    let portal = match k.caps.lookup(space, sel, Rights::CALL) {
+        Ok(Obj::Portal(p)) => *p,
+        _ => return false,
+    };
+    vcpu.profile_sequence += 1;
+    let sequence = vcpu.profile_sequence;
+    let Some(v) = k.vms.get(vcpu.vm) else {
+        return false;
+    };
+    let mut batch = ProfileBatch::new(v.profile.vm_tag(), sequence);
+    batch.exits_total = v.profile.total();
+    batch.by_reason = *v.profile.by_reason_all();
+    for site in v.profile.top(vmabi::PROFILE_SITES) {
+        let _ = batch.sites.push(site);
+    }
+    let mut bytes = [0u8; abi::profile::MAX_ENCODED_LEN];
+    let mut words = [0u64; MSG_WORDS];
+    words[word::MASK] = 0;
+    words[word::REASON] = Exit::Profile as u64;
+    let Ok(used) = batch
+        .encode(&mut bytes)
+        .and_then(|e| pack_words(e, &mut words[vmabi::PROFILE_WORDS..]))
+    else {
+        return false;
+    };
+    let Some(msg) = k.threads.get(t).map(|x| x.utcb) else {
+        return false;
+    };
+    let count = vmabi::PROFILE_WORDS + used;
+    msg.write(0, MsgTag::new(vmabi::EXIT_LABEL, count, false).0);
+    for (i, w) in words[..count].iter().enumerate() {
+        msg.write(8 + i, *w);
+    }
+    match ipc::send_exit(k, t, portal) {
+        Ok(()) => true,
+        Err(status) => {
+            log::warn!("vm: exit profile of vCPU {t:?} not delivered ({status})");
+            false
+        }
     }
 }
 

@@ -72,8 +72,8 @@ pub fn transfer_mask(exit: Exit) -> u64 {
         | Exit::Shutdown
         | Exit::EntryFailure
         | Exit::Other => mtd::RIP,
-        // Handled by the kernel's vTLB; never delivered.
-        Exit::PageFault | Exit::ControlRegister | Exit::Invlpg => 0,
+        // Handled by the kernel's vTLB; never delivered. Profile messages carry no state.
+        Exit::PageFault | Exit::ControlRegister | Exit::Invlpg | Exit::Profile => 0,
     }
 }
 
@@ -231,6 +231,10 @@ impl Monitor {
         msg: &[u64],
         host_cpuid: &mut dyn FnMut(u32, u32) -> [u32; 4],
     ) -> Response {
+        if msg.get(word::REASON) == Some(&(Exit::Profile as u64)) {
+            // Its words are a packed batch, not vCPU state.
+            return self.profile(msg);
+        }
         let msg = VcpuState::from_words(msg);
         let mut step = Step::new(&msg);
         let reason = msg.get(word::REASON);
@@ -260,6 +264,44 @@ impl Monitor {
             }
         }
         self.finish(&msg, step)
+    }
+
+    /// An exit profile from the kernel (every `abi::vm::PROFILE_PERIOD` exits): one log line
+    /// with the totals and the hottest site; the reply changes nothing. A garbled batch is
+    /// logged and otherwise ignored (the guest is not at fault).
+    fn profile(&mut self, msg: &[u64]) -> Response {
+        self.counts[Exit::Profile as usize] += 1;
+        let state = VcpuState::default();
+        let mut step = Step::new(&state);
+        let mut bytes = [0u8; abi::profile::MAX_ENCODED_LEN];
+        let decoded = msg
+            .get(abi::vm::PROFILE_WORDS..)
+            .ok_or(abi::profile::ProfileError::Truncated)
+            .and_then(|words| abi::profile::unpack_words(words, &mut bytes))
+            .and_then(abi::profile::ProfileBatch::decode);
+        match decoded {
+            Ok(batch) => {
+                let mut line = format!(
+                    "exit profile #{}: {} exits",
+                    batch.sequence, batch.exits_total
+                );
+                if let Some(top) = batch.sites.first() {
+                    let name = top.exit().map_or("unknown", Exit::name);
+                    line.push_str(&format!(
+                        "; hottest {name} at {:#x} ({} exits)",
+                        top.rip, top.count
+                    ));
+                }
+                step.log(line);
+            }
+            Err(e) => step.log(format!("exit profile unreadable: {e}")),
+        }
+        step.mask = 0;
+        step.reply.set(word::MASK, 0);
+        Response {
+            reply: step.reply,
+            notes: step.notes,
+        }
     }
 
     /// The kernel refused the last reply: stop the vCPU.
@@ -312,7 +354,7 @@ impl Monitor {
                 step.mask = mtd::ALL;
             }
             Exit::Recall | Exit::InterruptWindow => {}
-            Exit::PageFault | Exit::ControlRegister | Exit::Invlpg => step.fail(
+            Exit::PageFault | Exit::ControlRegister | Exit::Invlpg | Exit::Profile => step.fail(
                 failure::PROTOCOL,
                 format!("{} exit delivered (the kernel handles these)", exit.name()),
             ),

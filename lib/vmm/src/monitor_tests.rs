@@ -387,3 +387,55 @@ fn summary_counts() {
         "exits: startup 1, cpuid 2; ignored port accesses 0"
     );
 }
+
+fn profile_msg(batch: &abi::profile::ProfileBatch) -> Vec<u64> {
+    let mut bytes = [0u8; abi::profile::MAX_ENCODED_LEN];
+    let encoded = batch.encode(&mut bytes).unwrap();
+    let mut words = vec![0u64; abi::utcb::MSG_WORDS];
+    words[word::REASON] = Exit::Profile as u64;
+    let used = abi::profile::pack_words(encoded, &mut words[abi::vm::PROFILE_WORDS..]).unwrap();
+    words.truncate(abi::vm::PROFILE_WORDS + used);
+    words
+}
+
+#[test]
+fn profile_messages_are_logged_and_change_nothing() {
+    let mut m = monitor();
+    let mut batch = abi::profile::ProfileBatch::new(3, 2);
+    batch.exits_total = 40_000;
+    batch.by_reason[Exit::PageFault as usize] = 30_000;
+    batch
+        .sites
+        .push(abi::profile::HotSite {
+            reason: Exit::PageFault as u8,
+            rip: 0x8000_002f,
+            count: 20_000,
+            error: 0,
+        })
+        .unwrap();
+    let r = run(&mut m, &profile_msg(&batch));
+    assert_eq!(r.mask(), 0);
+    assert!(!r.stops());
+    assert!(matches!(
+        &r.notes[..],
+        [Note::Log(text)] if text == "exit profile #2: 40000 exits; hottest page-fault at 0x8000002f (20000 exits)"
+    ));
+    assert_eq!(m.count(Exit::Profile), 1);
+}
+
+#[test]
+fn garbled_profile_messages_do_no_harm() {
+    let mut m = monitor();
+    for words in [
+        vec![0, Exit::Profile as u64],
+        vec![0, Exit::Profile as u64, 1000, 1, 2],
+        vec![0, Exit::Profile as u64, 8, u64::MAX],
+    ] {
+        let r = run(&mut m, &words);
+        assert_eq!(r.mask(), 0);
+        assert!(matches!(&r.notes[..], [Note::Log(t)] if t.starts_with("exit profile unreadable")));
+    }
+    // The guest goes on: a normal exit afterwards is served.
+    let r = run(&mut m, &exit_msg(Exit::Cpuid, |_| {}));
+    assert!(!r.stops());
+}
