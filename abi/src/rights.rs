@@ -19,8 +19,10 @@ impl Rights {
     pub const CONTROL: Rights = Rights(1 << 4);
     /// Any kind: delegate this capability further (a copy with this bit or fewer).
     pub const GRANT: Rights = Rights(1 << 5);
+    /// Vm: change guest memory with `VmPatch` (what the DMP service holds; a VMM may keep it).
+    pub const PATCH: Rights = Rights(1 << 6);
     /// Everything.
-    pub const ALL: Rights = Rights(0b11_1111);
+    pub const ALL: Rights = Rights(0b111_1111);
 
     pub const fn contains(self, other: Rights) -> bool {
         self.0 & other.0 == other.0
@@ -61,7 +63,8 @@ mod tests {
         assert!(rw.contains(Rights::READ));
         assert!(!Rights::READ.contains(rw));
         assert!(Rights::ALL.contains(rw));
-        assert_eq!(Rights::from_bits(0b100_0000), None);
+        assert_eq!(Rights::from_bits(0b1000_0000), None);
+        assert_eq!(Rights::from_bits(0b100_0000), Some(Rights::PATCH));
         assert_eq!(Rights::from_bits(3), Some(rw));
     }
 }

@@ -30,6 +30,11 @@ pub enum Status {
     OutOfMemory = 11,
     /// A reply with nobody to reply to, or a call to a portal whose handler is gone.
     NoPartner = 12,
+    /// A compare-and-swap found other values than expected (`VmPatch`).
+    Mismatch = 13,
+    /// The object is in a state that forbids the operation now (`VmPatch`: a vCPU's next
+    /// instruction lies inside the range); retry later.
+    Busy = 14,
 }
 
 impl Status {
@@ -48,6 +53,8 @@ impl Status {
             10 => Self::BadAddress,
             11 => Self::OutOfMemory,
             12 => Self::NoPartner,
+            13 => Self::Mismatch,
+            14 => Self::Busy,
             _ => return None,
         })
     }
@@ -67,6 +74,8 @@ impl Status {
             Self::BadAddress => "bad address",
             Self::OutOfMemory => "out of memory",
             Self::NoPartner => "no partner",
+            Self::Mismatch => "bytes differ from the expected ones",
+            Self::Busy => "busy",
         }
     }
 }
@@ -83,11 +92,11 @@ mod tests {
 
     #[test]
     fn round_trips_every_code_and_rejects_others() {
-        for v in 0..=12 {
-            let status = Status::from_u64(v).expect("codes 0..=12 exist");
+        for v in 0..=14 {
+            let status = Status::from_u64(v).expect("codes 0..=14 exist");
             assert_eq!(status as u64, v);
         }
-        assert_eq!(Status::from_u64(13), None);
+        assert_eq!(Status::from_u64(15), None);
         assert_eq!(Status::from_u64(u64::MAX), None);
     }
 }

@@ -83,10 +83,17 @@ pub enum Syscall {
     VmMap = 21,
     /// `vcpu, op, a, b`: [`crate::vm::VcpuOp`] on a vCPU (needs CONTROL).
     VcpuControl = 22,
+    /// `vm, address, len | flags`: compare-and-swap of `len` (1-64) guest bytes inside one page
+    /// (needs PATCH). The UTCB's message words 0-7 hold the expected bytes, 8-15 the new ones
+    /// (little-endian). Flag [`crate::vm::PATCH_VIRTUAL`]: `address` is guest-linear, translated
+    /// through the guest's own page tables (shadow-mode Vms); else guest-physical. `Mismatch`
+    /// when the bytes differ, `Busy` while a vCPU's next instruction lies inside the range,
+    /// `BadAddress` when nothing backs the page.
+    VmPatch = 23,
 }
 
 /// Number of defined syscalls; every number at or above it returns `BadSyscall`.
-pub const COUNT: u64 = 23;
+pub const COUNT: u64 = 24;
 
 impl Syscall {
     pub const fn from_u64(v: u64) -> Option<Self> {
@@ -114,6 +121,7 @@ impl Syscall {
             20 => Self::CreateVcpu,
             21 => Self::VmMap,
             22 => Self::VcpuControl,
+            23 => Self::VmPatch,
             _ => return None,
         })
     }

@@ -83,6 +83,9 @@ pub enum Exit {
 /// Number of exit reasons (portals per vCPU).
 pub const EXIT_COUNT: u64 = 18;
 
+/// `VmPatch` flag (in the length argument): the address is guest-linear.
+pub const PATCH_VIRTUAL: u64 = 1 << 63;
+
 /// Exits between two [`Exit::Profile`] messages.
 pub const PROFILE_PERIOD: u64 = 16_384;
 /// First message word of the packed batch in an [`Exit::Profile`] message.

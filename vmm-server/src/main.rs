@@ -112,6 +112,43 @@ fn step<T>(what: &'static str, result: Result<T, Error>) -> Result<T, SetupError
     result.map_err(|e| SetupError::Step(what, e))
 }
 
+/// Checks the kernel's `VmPatch` on this Vm once, before the guest runs: a byte of the zeroed
+/// area below the guest's GDT is swapped and put back; a wrong expectation must be refused
+/// with `Mismatch` and change nothing, a range across a page with `BadArgument`. A kernel that
+/// gets any of it wrong fails the guest at set-up.
+fn check_patching(utcb: &mut Utcb, ram: &mut [u8]) -> Result<(), SetupError> {
+    const AT: usize = 0x400;
+    // The kernel writes the byte behind the compiler's back: read it through an opaque
+    // reference.
+    let read = |ram: &[u8]| core::hint::black_box(ram)[AT];
+    let bad = |what| Err(SetupError::Step(what, Error::Protocol));
+    let old = read(ram);
+    let new = old ^ 0x5a;
+    step(
+        "patch",
+        rt::vm::vm_patch(utcb, VM, AT as u64, false, &[old], &[new]),
+    )?;
+    if read(ram) != new {
+        return bad("patch (bytes not written)");
+    }
+    match rt::vm::vm_patch(utcb, VM, AT as u64, false, &[old], &[old]) {
+        Err(Error::Kernel(Status::Mismatch)) if read(ram) == new => {}
+        _ => return bad("patch (a wrong expectation was not refused)"),
+    }
+    match rt::vm::vm_patch(utcb, VM, 0xffe, false, &[0; 4], &[0; 4]) {
+        Err(Error::Kernel(Status::BadArgument)) => {}
+        _ => return bad("patch (a range across a page was not refused)"),
+    }
+    step(
+        "patch back",
+        rt::vm::vm_patch(utcb, VM, AT as u64, false, &[new], &[old]),
+    )?;
+    if read(ram) != old {
+        return bad("patch back (bytes not written)");
+    }
+    Ok(())
+}
+
 /// Maps and loads the guest, creates its Vm, exit portals and vCPU.
 fn setup(utcb: &mut Utcb, guest: &Guest, name: &str) -> Result<Monitor, SetupError> {
     step(
@@ -147,6 +184,7 @@ fn setup(utcb: &mut Utcb, guest: &Guest, name: &str) -> Result<Monitor, SetupErr
         rt::vm::create_vm(VM, well_known::SELF_PD, mode),
     )?;
     step("map vm", rt::vm::vm_map(VM, MEMORY, 0, pages, 0, rights))?;
+    check_patching(utcb, ram)?;
     for reason in 0..EXIT_COUNT {
         step(
             "create exit portal",

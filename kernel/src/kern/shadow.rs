@@ -340,6 +340,27 @@ impl Shadow {
     }
 }
 
+/// Guest-linear `la` to guest-physical through the guest's own long-mode tables (controls from
+/// its registers), without A/D updates or rights checks; None when nothing maps it.
+pub fn linear_to_physical(
+    nested: &NestedTables,
+    regs: (u64, u64, u64, u64),
+    la: u64,
+) -> Option<u64> {
+    let (cr0, cr3, cr4, efer) = regs;
+    let paging = Paging::long_mode(cr0, cr3, cr4, efer, 0, host_features())?;
+    let ram = GuestRam { nested };
+    let access = walk::Access::implicit(virt::shadow::AccessKind::Read);
+    walk::translate(&ram, &paging, la, access)
+        .ok()
+        .map(|t| t.gpa)
+}
+
+/// The host-physical address of guest-physical `gpa`, if guest memory backs it.
+pub fn physical_to_host(nested: &NestedTables, gpa: u64) -> Option<u64> {
+    nested.translate(&DirectTables, gpa).map(|(hpa, _)| hpa)
+}
+
 fn walk_present() -> u64 {
     virt::shadow::bits::PRESENT
 }

@@ -91,6 +91,7 @@ fn handle(
         Syscall::CreateVcpu => vm::create_vcpu(k, my_pd, space, a),
         Syscall::VmMap => vm::vm_map(k, space, a),
         Syscall::VcpuControl => vm::vcpu_control(k, space, a),
+        Syscall::VmPatch => vm::vm_patch(k, me, space, a),
     }
 }
 

@@ -501,6 +501,82 @@ pub fn unmap_through(k: &mut Kernel, space: SpaceId, sel: u64) {
     }
 }
 
+/// `vm_patch(vm, address, len | flags)`: compare-and-swap of guest bytes (see
+/// `abi::syscall::Syscall::VmPatch`); the expected and new bytes are in the caller's UTCB.
+pub fn vm_patch(k: &mut Kernel, me: ThreadId, space: SpaceId, a: [u64; 6]) -> Result<u64, Status> {
+    let [vm_sel, address, len_flags, ..] = a;
+    let vm = match k
+        .caps
+        .lookup(space, vm_sel, Rights::PATCH)
+        .map_err(Status::from)?
+    {
+        Obj::Vm(vm) => *vm,
+        _ => return Err(Status::WrongKind),
+    };
+    let linear = len_flags & vmabi::PATCH_VIRTUAL != 0;
+    let len = len_flags & !vmabi::PATCH_VIRTUAL;
+    if len == 0 || len > virt::patch::MAX_PATCH as u64 {
+        return Err(Status::BadArgument);
+    }
+    let len = len as usize;
+    let utcb = k.threads.get(me).ok_or(Status::BadSelector)?.utcb;
+    let mut expected = [0u8; virt::patch::MAX_PATCH];
+    let mut new = [0u8; virt::patch::MAX_PATCH];
+    for i in 0..8 {
+        expected[8 * i..8 * i + 8].copy_from_slice(&utcb.read(8 + i).to_le_bytes());
+        new[8 * i..8 * i + 8].copy_from_slice(&utcb.read(16 + i).to_le_bytes());
+    }
+    let v = k.vms.get(vm).ok_or(Status::BadSelector)?;
+    // Every vCPU of the Vm is stopped while the kernel runs (one CPU); where each resumes, in
+    // the patch's address space.
+    let mut rips = Vec::new();
+    let mut regs = None;
+    for t in &v.vcpus {
+        let Some(vcpu) = k.threads.get(*t).and_then(|t| t.vcpu.as_ref()) else {
+            continue;
+        };
+        let mut w = [0u64; word::COUNT];
+        vcpu.hw
+            .read(&vcpu.ctx.gprs, mtd::RIP | mtd::CONTROL, &mut w);
+        if let Some(s) = v.shadow.as_deref() {
+            guest_view(s, &mut w);
+        }
+        let r = (w[word::CR0], w[word::CR3], w[word::CR4], w[word::EFER]);
+        regs.get_or_insert(r);
+        let rip = if linear {
+            Some(w[word::RIP])
+        } else {
+            shadow::linear_to_physical(&v.nested, r, w[word::RIP])
+        };
+        rips.extend(rip);
+    }
+    virt::patch::check(address, len, &rips).map_err(patch_status)?;
+    let gpa = if linear {
+        let r = regs.ok_or(Status::BadAddress)?;
+        shadow::linear_to_physical(&v.nested, r, address).ok_or(Status::BadAddress)?
+    } else {
+        address
+    };
+    // The range lies in one page (checked above for `address`; the translation keeps the page
+    // offset), so one host page backs it.
+    let hpa = shadow::physical_to_host(&v.nested, gpa).ok_or(Status::BadAddress)?;
+    let current = direct::bytes(hpa, len).ok_or(Status::BadAddress)?;
+    let mut bytes = [0u8; virt::patch::MAX_PATCH];
+    bytes[..len].copy_from_slice(current);
+    virt::patch::swap(&mut bytes[..len], &expected[..len], &new[..len]).map_err(patch_status)?;
+    direct::copy_to(hpa, &bytes[..len]).ok_or(Status::BadAddress)?;
+    Ok(0)
+}
+
+fn patch_status(e: virt::patch::PatchError) -> Status {
+    use virt::patch::PatchError;
+    match e {
+        PatchError::BadLength | PatchError::CrossesPage => Status::BadArgument,
+        PatchError::VcpuInside => Status::Busy,
+        PatchError::Mismatch => Status::Mismatch,
+    }
+}
+
 /// `vcpu_control(vcpu, op, a, b)`.
 pub fn vcpu_control(k: &mut Kernel, space: SpaceId, a: [u64; 6]) -> Result<u64, Status> {
     let [vcpu_sel, op, x, y, ..] = a;

@@ -13,6 +13,7 @@ pub mod decode;
 pub mod ept;
 pub mod exit;
 pub mod nested;
+pub mod patch;
 pub mod profile;
 pub mod reply;
 pub mod shadow;

@@ -67,3 +67,30 @@ pub fn vcpu_recall(vcpu: Sel) -> Result<(), Error> {
     )
     .map(drop)
 }
+
+/// `VmPatch`: replaces `expected` (1-64 bytes) by `new` (as long) at `address` of Vm `vm` if the
+/// guest's bytes are `expected`: guest-linear when `linear`, else guest-physical. The bytes
+/// travel in the caller's UTCB message words 0-15.
+pub fn vm_patch(
+    utcb: &mut crate::Utcb,
+    vm: Sel,
+    address: u64,
+    linear: bool,
+    expected: &[u8],
+    new: &[u8],
+) -> Result<(), Error> {
+    let len = expected.len();
+    if len == 0 || len > 64 || new.len() != len {
+        return Err(Error::Kernel(abi::Status::BadArgument));
+    }
+    let mut words = [0u64; 16];
+    for (i, b) in expected.iter().enumerate() {
+        words[i / 8] |= u64::from(*b) << (8 * (i % 8));
+    }
+    for (i, b) in new.iter().enumerate() {
+        words[8 + i / 8] |= u64::from(*b) << (8 * (i % 8));
+    }
+    utcb.set_msg(0, &words);
+    let flags = if linear { abi::vm::PATCH_VIRTUAL } else { 0 };
+    checked(Syscall::VmPatch, [vm, address, len as u64 | flags, 0, 0, 0]).map(drop)
+}

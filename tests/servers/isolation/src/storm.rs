@@ -103,7 +103,7 @@ const BOUNDARY_SELECTORS: [u64; 7] = [
 ];
 
 /// The defined syscalls the storm makes.
-pub const ALLOWED: [Syscall; 21] = [
+pub const ALLOWED: [Syscall; 22] = [
     Syscall::Call,
     Syscall::Reply,
     Syscall::ReplyWait,
@@ -125,6 +125,7 @@ pub const ALLOWED: [Syscall; 21] = [
     Syscall::CreateVcpu,
     Syscall::VmMap,
     Syscall::VcpuControl,
+    Syscall::VmPatch,
 ];
 
 /// The generator.
@@ -216,6 +217,12 @@ impl Storm {
                 args[1] = self.sel();
                 args[2] = self.sel();
             }
+            Syscall::VmPatch => {
+                args[0] = self.sel();
+                args[2] = self
+                    .rng
+                    .pick(&[0, 1, 5, 64, 65, abi::vm::PATCH_VIRTUAL | 8]);
+            }
             Syscall::VmMap | Syscall::VcpuControl => {
                 args[0] = self.sel();
                 if call == Syscall::VmMap {
@@ -270,7 +277,7 @@ mod tests {
             Some(Syscall::Delegate | Syscall::Map | Syscall::IrqBind | Syscall::Carve) => &[0, 1],
             Some(Syscall::CreateVm | Syscall::VmMap) => &[0, 1],
             Some(Syscall::CreateVcpu) => &[0, 1, 2],
-            Some(Syscall::VcpuControl) => &[0],
+            Some(Syscall::VcpuControl | Syscall::VmPatch) => &[0],
             _ => &[],
         }
     }
