@@ -83,6 +83,35 @@ pub enum Exit {
 /// Number of exit reasons (portals per vCPU).
 pub const EXIT_COUNT: u64 = 18;
 
+/// The DMP hypercall interface of shadow-mode guests whose VMM enabled it
+/// ([`VcpuOp::Hypercalls`]): what patched guest code calls (VMMCALL or VMCALL) instead of
+/// exiting once per page-table change. RAX = the number, RBX/RCX/RDX its arguments; on return
+/// RAX = a result code and RBX = how many queue entries were applied. Other registers are
+/// preserved. Every request is checked against the guest's own tables and memory: a guest can
+/// only ever change its own memory, and the kernel then drops the shadow translations the change
+/// could affect. Without the enable, VMMCALL/VMCALL are ordinary exits to the VMM.
+pub mod hypercall {
+    /// RBX = guest-linear address: INVLPG semantics.
+    pub const INVLPG: u64 = 1;
+    /// RBX = guest-linear address the entry maps, RCX = guest-physical address of the
+    /// paging-structure entry (8-aligned), RDX = the new value: the kernel writes it and drops
+    /// the affected shadow translations (all of them when the entry is not on RBX's walk).
+    pub const PTE_WRITE: u64 = 2;
+    /// RBX = guest-physical address of a queue of RCX (at most [`MAX_QUEUE`]) entries of three
+    /// words, (linear address, entry address, value), each applied as [`PTE_WRITE`] in order;
+    /// the first bad entry stops the batch (RBX says how many were applied).
+    pub const QUEUE: u64 = 3;
+    /// Most entries in one [`QUEUE`] call.
+    pub const MAX_QUEUE: u64 = 256;
+
+    /// Result codes (RAX).
+    pub const OK: u64 = 0;
+    /// Unknown number, or arguments out of range.
+    pub const BAD_REQUEST: u64 = 1;
+    /// An entry address or queue outside guest RAM, or not 8-aligned.
+    pub const BAD_ADDRESS: u64 = 2;
+}
+
 /// `VmPatch` flag (in the length argument): the address is guest-linear.
 pub const PATCH_VIRTUAL: u64 = 1 << 63;
 
@@ -358,6 +387,9 @@ pub enum VcpuOp {
     SetMask = 0,
     /// Make the vCPU exit with [`Exit::Recall`] before it runs guest code again.
     Recall = 1,
+    /// `on` (1 or 0): the kernel answers the DMP [`hypercall`]s of this shadow-mode vCPU
+    /// itself instead of delivering VMMCALL/VMCALL to the VMM.
+    Hypercalls = 2,
 }
 
 /// Guest-physical addresses a Vm can map: below 512 GiB (one top-level nested table entry's

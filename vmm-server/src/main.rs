@@ -196,6 +196,9 @@ fn setup(utcb: &mut Utcb, guest: &Guest, name: &str) -> Result<Monitor, SetupErr
         "create vcpu",
         rt::vm::create_vcpu(VCPU, VM, well_known::SELF_PD, priority, EXIT_BASE),
     )?;
+    if guest.hypercalls {
+        step("enable hypercalls", rt::vm::vcpu_hypercalls(VCPU, true))?;
+    }
     for reason in 0..EXIT_COUNT {
         if let Some(exit) = Exit::from_u64(reason) {
             step(

@@ -59,6 +59,17 @@ pub struct Stats {
     pub cr3_loads: u64,
     pub invlpgs: u64,
     pub flushes: u64,
+    /// DMP hypercalls answered, and the page-table updates they carried.
+    pub hypercalls: u64,
+    pub updates: u64,
+}
+
+/// The answer to a DMP hypercall: RAX, RBX, and whether the hardware TLB must be flushed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HypercallResult {
+    pub status: u64,
+    pub applied: u64,
+    pub flush: bool,
 }
 
 /// The vTLB of a Vm and its guest's own control registers.
@@ -256,6 +267,45 @@ impl Shadow {
     pub fn invlpg(&mut self, la: u64) {
         self.stats.invlpgs += 1;
         self.vtlb.invlpg(&mut ShadowFrames, la);
+    }
+
+    /// A DMP hypercall (`abi::vm::hypercall`) with the guest's RAX, RBX, RCX, RDX.
+    pub fn hypercall(&mut self, nested: &NestedTables, regs: [u64; 4]) -> HypercallResult {
+        use virt::hypercall::{apply, decode, queue_entry, Invalidate, Request, Update};
+        self.stats.hypercalls += 1;
+        let ram = GuestRam { nested };
+        let mut result = HypercallResult {
+            status: abi::vm::hypercall::OK,
+            applied: 0,
+            flush: false,
+        };
+        let update = |s: &mut Shadow, u: Update| -> Result<(), u64> {
+            match apply(&ram, s.cr3, u).map_err(|r| r.0)? {
+                Invalidate::Page(la) => s.vtlb.invlpg(&mut ShadowFrames, la),
+                Invalidate::All => s.flush(),
+            }
+            s.stats.updates += 1;
+            Ok(())
+        };
+        let outcome = match decode(regs[0], regs[1], regs[2], regs[3]) {
+            Err(r) => Err(r.0),
+            Ok(Request::Invlpg { la }) => {
+                self.invlpg(la);
+                Ok(())
+            }
+            Ok(Request::Update(u)) => update(self, u).map(|()| result.applied = 1),
+            Ok(Request::Queue { gpa, count }) => (0..count).try_for_each(|i| {
+                let u = queue_entry(&ram, gpa, i).map_err(|r| r.0)?;
+                update(self, u)?;
+                result.applied += 1;
+                Ok(())
+            }),
+        };
+        if let Err(code) = outcome {
+            result.status = code;
+        }
+        result.flush = result.applied > 0 || regs[0] == abi::vm::hypercall::INVLPG;
+        result
     }
 
     /// Drops every shadow translation (guest memory was unmapped).

@@ -83,6 +83,8 @@ pub struct Vcpu {
     /// The Vm's exit count at which the next `Profile` message is due, and its sequence number.
     pub next_profile: u64,
     pub profile_sequence: u64,
+    /// The kernel answers this vCPU's DMP hypercalls (`VcpuOp::Hypercalls`).
+    pub hypercalls: bool,
 }
 
 impl Drop for Vcpu {
@@ -346,6 +348,7 @@ pub fn create_vcpu(
         guest_tsc: 0,
         next_profile: vmabi::PROFILE_PERIOD,
         profile_sequence: 0,
+        hypercalls: false,
     });
     let t = k.threads.insert(Thread {
         pd: my_pd,
@@ -601,6 +604,13 @@ pub fn vcpu_control(k: &mut Kernel, space: SpaceId, a: [u64; 6]) -> Result<u64, 
             vcpu.masks[x as usize] = y;
         }
         o if o == vmabi::VcpuOp::Recall as u64 => vcpu.recall = true,
+        o if o == vmabi::VcpuOp::Hypercalls as u64 => {
+            let shadowed = k.vms.get(vcpu.vm).is_some_and(|v| v.shadow.is_some());
+            if x > 1 || (x == 1 && !shadowed) {
+                return Err(Status::BadArgument);
+            }
+            vcpu.hypercalls = x == 1;
+        }
         _ => return Err(Status::BadArgument),
     }
     Ok(0)
@@ -835,6 +845,7 @@ fn shadow_exit(k: &mut Kernel, t: ThreadId, e: &hw::HwExit) -> ShadowExit {
     let rflags = w[word::RFLAGS];
     let cpl3 = (vmabi::segment::attributes(w[word::SEGMENTS + 2]) >> 5) & 3 == 3;
     let counted = match e.exit {
+        HwReason::Hypercall if vcpu.hypercalls => Some(Exit::Hypercall),
         HwReason::Exception { vector: 14 } => Some(Exit::PageFault),
         HwReason::Cr(_) => Some(Exit::ControlRegister),
         HwReason::Invlpg => Some(Exit::Invlpg),
@@ -911,6 +922,19 @@ fn shadow_exit(k: &mut Kernel, t: ThreadId, e: &hw::HwExit) -> ShadowExit {
                 vcpu.hw.write(&mut vcpu.ctx.gprs, mtd::GPRS | mtd::RIP, &w);
                 ShadowExit::Handled
             }
+        }
+        HwReason::Hypercall if vcpu.hypercalls => {
+            let g = word::GPRS;
+            let regs = [w[g], w[g + 3], w[g + 1], w[g + 2]]; // RAX RBX RCX RDX
+            let r = shadow.hypercall(nested, regs);
+            if r.flush {
+                vcpu.hw.flush_on_entry();
+            }
+            w[g] = r.status;
+            w[g + 3] = r.applied;
+            w[word::RIP] = w[word::RIP].wrapping_add(e.instruction_len);
+            vcpu.hw.write(&mut vcpu.ctx.gprs, mtd::GPRS | mtd::RIP, &w);
+            ShadowExit::Handled
         }
         HwReason::Invlpg => {
             let (la, len) = if let (Some(la), 1..) = (e.address, e.instruction_len) {

@@ -83,6 +83,9 @@ pub struct Guest {
     pub priority: u8,
     /// How the guest is expected to end; init judges the `guests` scenario by it.
     pub expect: Expect,
+    /// Shadow mode only: the kernel answers the guest's DMP hypercalls
+    /// (`abi::vm::hypercall`) instead of the VMM treating VMMCALL/VMCALL as undefined.
+    pub hypercalls: bool,
 }
 
 impl Guest {

@@ -358,6 +358,7 @@ fn guest(name: &str, memory_mib: u64) -> Guest {
         cmdline: String::new(),
         priority: 10,
         expect: Expect::Exit(0),
+        hypercalls: false,
     }
 }
 

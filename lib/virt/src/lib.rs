@@ -12,6 +12,7 @@
 pub mod decode;
 pub mod ept;
 pub mod exit;
+pub mod hypercall;
 pub mod nested;
 pub mod patch;
 pub mod profile;

@@ -322,6 +322,7 @@ mod tests {
                 "guest.hello",
                 "guest.probe",
                 "guest.attacker",
+                "guest.hcprobe",
                 "guest.survivor",
             ]
         );

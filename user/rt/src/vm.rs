@@ -94,3 +94,13 @@ pub fn vm_patch(
     let flags = if linear { abi::vm::PATCH_VIRTUAL } else { 0 };
     checked(Syscall::VmPatch, [vm, address, len as u64 | flags, 0, 0, 0]).map(drop)
 }
+
+/// Makes the kernel answer the DMP hypercalls of shadow-mode `vcpu` itself (`on`), or deliver
+/// VMMCALL/VMCALL to the VMM again.
+pub fn vcpu_hypercalls(vcpu: Sel, on: bool) -> Result<(), Error> {
+    checked(
+        Syscall::VcpuControl,
+        [vcpu, VcpuOp::Hypercalls as u64, u64::from(on), 0, 0, 0],
+    )
+    .map(drop)
+}

@@ -33,7 +33,7 @@ pub mod vtlb;
 pub mod walk;
 
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 
 pub use mem::paging::{AccessKind, PageSize};
 

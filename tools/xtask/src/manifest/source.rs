@@ -87,6 +87,8 @@ pub struct GuestEntry {
     priority: Option<Spanned<i64>>,
     /// `"exit N"` (default `"exit 0"`), `"stopped"`, `"shutdown"`, `"reset"`.
     expect: Option<Spanned<String>>,
+    /// DMP hypercalls answered by the kernel (shadow mode only; default false).
+    hypercalls: Option<Spanned<bool>>,
 }
 
 /// A guest's priority when the manifest gives none.
@@ -327,6 +329,15 @@ fn compile_guest(entry: &GuestEntry, errors: &mut Vec<(Range<usize>, String)>) -
             MemoryMode::Nested
         }
     };
+    let hypercalls = entry.hypercalls.as_ref().is_some_and(|h| *h.get_ref());
+    if let (Some(h), true, MemoryMode::Nested) = (entry.hypercalls.as_ref(), hypercalls, mode) {
+        errors.push((
+            h.span(),
+            format!(
+                "hypercalls of guest `{name}` need mode = \"shadow\" (they change shadow tables)"
+            ),
+        ));
+    }
     let expect = match &entry.expect {
         None => Expect::Exit(0),
         Some(text) => Expect::parse(text.get_ref()).unwrap_or_else(|| {
@@ -352,6 +363,7 @@ fn compile_guest(entry: &GuestEntry, errors: &mut Vec<(Range<usize>, String)>) -
             .unwrap_or_default(),
         priority,
         expect,
+        hypercalls,
         name,
     }
 }
