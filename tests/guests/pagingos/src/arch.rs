@@ -6,7 +6,8 @@
 //! registers the stub pushes fill it. The stub then switches back to the kernel stack saved by
 //! [`run_user`] and returns from it: to the kernel, a trip to user mode is a function call that
 //! returns when the process traps (system call, page fault, any exception). Traps from ring 0
-//! are always unexpected: they print a line and end the guest.
+//! are unexpected (they print a line and end the guest), except a page fault in a kernel probe
+//! of a user address ([`probe_read`], [`probe_write`]), which the probe returns.
 
 use core::arch::{asm, global_asm};
 use core::cell::UnsafeCell;
@@ -274,6 +275,137 @@ pub fn read_cr2() -> u64 {
 pub fn invlpg(va: u64) {
     // SAFETY: dropping a TLB entry never breaks memory safety: the next access walks the tables.
     unsafe { asm!("invlpg [{}]", in(reg) va, options(nostack, preserves_flags)) }
+}
+
+/// Reloads CR3 with its own value: flushes every non-global TLB entry and the paging-structure
+/// caches.
+pub fn reload_cr3() {
+    // SAFETY: the loaded address space stays the same; only cached translations are dropped.
+    unsafe { write_cr3(read_cr3()) }
+}
+
+const EFER: u32 = 0xc000_0080;
+const EFER_NXE: u64 = 1 << 11;
+
+/// Turns on EFER.NXE (bit 63 of paging entries becomes XD) when the CPU has NX (CPUID
+/// 0x8000_0001 EDX bit 20); returns whether it is on.
+pub fn enable_nx() -> bool {
+    let max = grt::cpu::cpuid(0x8000_0000, 0).eax;
+    if max < 0x8000_0001 || grt::cpu::cpuid(0x8000_0001, 0).edx & (1 << 20) == 0 {
+        return false;
+    }
+    // SAFETY: NXE only gives bit 63 of paging entries a meaning; no entry of the kernel's or
+    // of the other address spaces sets it.
+    unsafe { grt::cpu::wrmsr(EFER, grt::cpu::rdmsr(EFER) | EFER_NXE) };
+    grt::cpu::rdmsr(EFER) & EFER_NXE != 0
+}
+
+/// The physical-address width (CPUID 0x8000_0008 EAX bits 7:0; 36 without that leaf).
+pub fn maxphyaddr() -> u32 {
+    if grt::cpu::cpuid(0x8000_0000, 0).eax >= 0x8000_0008 {
+        grt::cpu::cpuid(0x8000_0008, 0).eax & 0xff
+    } else {
+        36
+    }
+}
+
+/// A page fault taken by [`probe_read`] or [`probe_write`]: the error code and CR2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelFault {
+    pub error: u64,
+    pub cr2: u64,
+}
+
+/// Where a kernel probe resumes after a page fault (0: no probe under way), and the fault.
+static PROBE_RECOVER: Global<u64> = Global::new(0);
+static PROBE_FAULT: Global<KernelFault> = Global::new(KernelFault { error: 0, cr2: 0 });
+
+/// Reads the word at `va` in ring 0 through the loaded address space; a page fault is returned
+/// instead of ending the guest.
+///
+/// # Safety
+/// `va` must be 8-aligned and, if it is mapped, map memory that may be read (this kernel's own
+/// RAM).
+pub unsafe fn probe_read(va: u64) -> Result<u64, KernelFault> {
+    let value: u64;
+    let faulted: u64;
+    // SAFETY: per the caller; a page fault on the load resumes at label 2 with RAX = 1 (see
+    // `pagingos_kernel_fault`), every other register as it was.
+    unsafe {
+        asm!(
+            "lea rax, [rip + 2f]",
+            "mov [{rec}], rax",
+            "mov {value}, qword ptr [{va}]",
+            "xor eax, eax",
+            "2:",
+            "mov qword ptr [{rec}], 0",
+            rec = in(reg) PROBE_RECOVER.get(),
+            va = in(reg) va,
+            value = inout(reg) 0u64 => value,
+            out("rax") faulted,
+            options(nostack),
+        )
+    }
+    if faulted == 0 {
+        Ok(value)
+    } else {
+        // SAFETY: one CPU; written by the trap handler that just ran.
+        Err(unsafe { PROBE_FAULT.get().read() })
+    }
+}
+
+/// Writes `value` to the word at `va` in ring 0 through the loaded address space; a page
+/// fault is returned instead of ending the guest.
+///
+/// # Safety
+/// As for [`probe_read`], and the memory `va` maps (if any) may be overwritten.
+pub unsafe fn probe_write(va: u64, value: u64) -> Result<(), KernelFault> {
+    let faulted: u64;
+    // SAFETY: as for `probe_read`.
+    unsafe {
+        asm!(
+            "lea rax, [rip + 2f]",
+            "mov [{rec}], rax",
+            "mov qword ptr [{va}], {value}",
+            "xor eax, eax",
+            "2:",
+            "mov qword ptr [{rec}], 0",
+            rec = in(reg) PROBE_RECOVER.get(),
+            va = in(reg) va,
+            value = in(reg) value,
+            out("rax") faulted,
+            options(nostack),
+        )
+    }
+    if faulted == 0 {
+        Ok(())
+    } else {
+        // SAFETY: one CPU; written by the trap handler that just ran.
+        Err(unsafe { PROBE_FAULT.get().read() })
+    }
+}
+
+/// Called by trap.s for every trap taken in ring 0: a page fault during a kernel probe is
+/// recorded and resumed at the probe's recovery address with RAX = 1 (returns true); anything
+/// else returns false (the stub then calls `pagingos_kernel_trap`).
+#[no_mangle]
+extern "C" fn pagingos_kernel_fault(frame: &mut Ctx) -> bool {
+    // SAFETY: one CPU, interrupts off: the probe that set it is suspended in this trap.
+    let recover = unsafe { PROBE_RECOVER.get().read() };
+    if frame.vector != PF_VECTOR || recover == 0 {
+        return false;
+    }
+    // SAFETY: as above.
+    unsafe {
+        PROBE_FAULT.get().write(KernelFault {
+            error: frame.error,
+            cr2: read_cr2(),
+        });
+        PROBE_RECOVER.get().write(0);
+    }
+    frame.rip = recover;
+    frame.rax = 1;
+    true
 }
 
 /// Called by trap.s for a trap taken in ring 0: always a bug; prints the frame and ends the

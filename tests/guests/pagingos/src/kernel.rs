@@ -109,6 +109,10 @@ pub struct Kernel {
     pending: [u16; user::WINDOW_SLOTS as usize],
     /// The workload, for messages.
     pub workload: &'static str,
+    /// `verbose=<N>` from the command line (0 without it).
+    pub verbose: u64,
+    /// The garbage workload's state while it runs.
+    pub garbage: Option<crate::garbage::Garbage>,
 }
 
 /// The size of the user programs' image in pages.
@@ -128,6 +132,8 @@ impl Kernel {
             pool_len: 0,
             pending: [0; user::WINDOW_SLOTS as usize],
             workload,
+            verbose: 0,
+            garbage: None,
         }
     }
 
@@ -273,6 +279,13 @@ impl Kernel {
             },
             user::SYS_UNMAP => self.unmap(ctx.rdi, ctx.rsi, ctx.rdx),
             user::SYS_REMAP => self.remap(ctx.rdi, ctx.rsi, ctx.rdx != 0),
+            user::SYS_GARBAGE => {
+                let (op, address, value) = crate::garbage::syscall(self, ctx.rdi);
+                let ctx = &mut self.procs[id].ctx;
+                ctx.rdi = address;
+                ctx.rdx = value;
+                op
+            }
             user::SYS_FAIL => {
                 grt::println!(
                     "pagingos: {}: check failed in user mode (process {}, at {:#x}, rip {:#x})",
@@ -399,13 +412,21 @@ impl Kernel {
         0
     }
 
-    /// The page-fault handler for user mode: demand-zero in the stack and heap, copy-on-write,
-    /// lazy window slots; anything else is fatal.
+    /// The page-fault handler for user mode: the garbage workload's test accesses, demand-zero
+    /// in the stack and heap, copy-on-write, lazy window slots; anything else is fatal.
     fn page_fault(&mut self, va: u64, error: u64) {
         const ERR_P: u64 = 1;
         const ERR_W: u64 = 2;
         const ERR_U: u64 = 4;
         self.stats.faults += 1;
+        if crate::garbage::user_fault(self, va, error) {
+            // A test access of the garbage workload: recorded; the program resumes at its
+            // recovery address (R13) with its stack as before the access (R12).
+            let ctx = &mut self.procs[self.current].ctx;
+            ctx.rip = ctx.r13;
+            ctx.rsp = ctx.r12;
+            return;
+        }
         let pml4 = self.procs[self.current].pml4;
         let page = va & !(PAGE - 1);
         let in_user = (paging::USER_START..paging::USER_END).contains(&va);

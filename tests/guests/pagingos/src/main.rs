@@ -5,8 +5,8 @@
 //! (fork), switches between them (CR3 loads) and tears them down; physical frames come from
 //! the Multiboot 2 memory map.
 //!
-//! Command line: `workload=<pagefault|forkwait|cr3switch|invlpg|compute>` and optionally
-//! `rounds=<N>`. The workload ends with
+//! Command line: `workload=<pagefault|forkwait|cr3switch|invlpg|compute|garbage>` and
+//! optionally `rounds=<N>` (and, for `garbage`, `verbose=1|2`). The workload ends with
 //!
 //! ```text
 //! pagingos: <workload> rounds=<N> checksum=0x<16 hex digits>
@@ -22,6 +22,7 @@
 
 mod arch;
 mod frames;
+mod garbage;
 mod kernel;
 mod paging;
 mod user;
@@ -72,6 +73,16 @@ fn main(boot: &grt::Boot) -> u8 {
             }
         },
     };
+    // Read before any frame is allocated: a loader may leave the command line just above the
+    // image, in memory the frame allocator hands out.
+    let verbose = match grt::boot::cmdline_value(cmdline, "verbose").map(str::parse::<u64>) {
+        None => 0,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => {
+            println!("pagingos: verbose= is not a number");
+            return grt::EXIT_FAILURE;
+        }
+    };
     let Some(ram_top) = boot.ram_top() else {
         println!("pagingos: the loader gave no memory map");
         return grt::EXIT_BOOT;
@@ -94,6 +105,7 @@ fn main(boot: &grt::Boot) -> u8 {
     );
 
     let mut kernel = kernel::Kernel::new(frames, kernel_pml4, workload.name);
+    kernel.verbose = verbose;
     let free_before = kernel.frames.free();
     let checksum = (workload.run)(&mut kernel, rounds);
     let free_after = kernel.frames.free();

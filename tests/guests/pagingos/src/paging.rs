@@ -25,13 +25,14 @@ pub const USER_START: u64 = (USER_PML4_FIRST as u64) << 39;
 pub const USER_END: u64 = (USER_PML4_END as u64) << 39;
 
 /// Entry `i` of the table at physical `table`.
-fn read(table: u64, i: usize) -> u64 {
+pub fn read(table: u64, i: usize) -> u64 {
     debug_assert!(i < 512);
     // SAFETY: page tables are identity-mapped frames owned by the kernel; `i` is in range.
     unsafe { ((table as *const u64).add(i)).read_volatile() }
 }
 
-fn write(table: u64, i: usize, value: u64) {
+/// Writes entry `i` of the table at physical `table`; the caller flushes the TLB.
+pub fn write(table: u64, i: usize, value: u64) {
     debug_assert!(i < 512);
     // SAFETY: as for `read`; the caller keeps the tables consistent and flushes the TLB.
     unsafe { ((table as *mut u64).add(i)).write_volatile(value) }

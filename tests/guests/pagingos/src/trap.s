@@ -8,8 +8,10 @@
  *   process's context (arch::Ctx), so the frame already lies in it; the stub pushes the
  *   general-purpose registers (completing the context), restores the kernel stack and the
  *   callee-saved registers saved by pagingos_run_user and returns from that call;
- * - from ring 0: an unexpected trap; the registers are pushed on the current stack and
- *   pagingos_kernel_trap(frame) prints them and ends the guest.
+ * - from ring 0: the registers are pushed on the current stack; pagingos_kernel_fault(frame)
+ *   resumes an expected page fault (a kernel probe of a user address, see arch::probe_read)
+ *   at its recovery address; any other trap is unexpected and pagingos_kernel_trap(frame)
+ *   prints it and ends the guest.
  *
  * pagingos_run_user(ctx): saves the kernel's callee-saved registers and stack pointer, loads
  * every register from ctx and enters ring 3 with iretq.
@@ -112,6 +114,33 @@ pg_trap_common:
     push r14
     push r15
     cld
+    /* an expected kernel page fault (arch::probe_read/probe_write) resumes at its recovery
+       address; anything else ends the guest */
+    mov rdi, rsp
+    mov rbx, rsp
+    and rsp, -16
+    call pagingos_kernel_fault
+    mov rsp, rbx
+    test al, al
+    jz .Lpg_trap_fatal
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rdi
+    pop rsi
+    pop rbp
+    pop rbx
+    pop rdx
+    pop rcx
+    pop rax
+    add rsp, 16                               /* vector and error code */
+    iretq
+.Lpg_trap_fatal:
     mov rdi, rsp
     and rsp, -16
     call pagingos_kernel_trap

@@ -27,6 +27,9 @@ pub const WINDOW: u64 = 0x0000_0180_0000_0000;
 pub const WINDOW_SLOTS: u64 = 64;
 /// The word at offset 0 of invlpg pool frame `f` is `POOL_TAG + f`.
 pub const POOL_TAG: u64 = 0x7a67_0000_0000;
+/// The garbage workload's test region: PML4 slot 4, used by nothing else, so that corrupting
+/// its paging-structure entries cannot touch the programs' code, stack or heap.
+pub const TEST: u64 = 0x0000_0200_0000_0000;
 
 pub const SYS_EXIT: u64 = 0;
 pub const SYS_YIELD: u64 = 1;
@@ -35,6 +38,14 @@ pub const SYS_WAIT: u64 = 3;
 pub const SYS_UNMAP: u64 = 4;
 pub const SYS_REMAP: u64 = 5;
 pub const SYS_FAIL: u64 = 6;
+/// The garbage workload's round trip (see [`Program::Garbage`]).
+pub const SYS_GARBAGE: u64 = 7;
+
+/// The accesses `garbage` asks for (RAX after [`SYS_GARBAGE`]).
+pub const GARBAGE_READ: u64 = 0;
+pub const GARBAGE_WRITE: u64 = 1;
+pub const GARBAGE_FETCH: u64 = 2;
+pub const GARBAGE_DONE: u64 = 3;
 
 extern "C" {
     static pagingos_user_start: u8;
@@ -44,6 +55,7 @@ extern "C" {
     static pagingos_user_cr3switch: u8;
     static pagingos_user_invlpg: u8;
     static pagingos_user_compute: u8;
+    static pagingos_user_garbage: u8;
 }
 
 /// A user program.
@@ -67,6 +79,13 @@ pub enum Program {
     Invlpg,
     /// `(rounds)`: 65,536 steps of a 64-bit mixing function per round, in registers only.
     Compute,
+    /// `()`: a loop of `garbage(outcome)` system calls (RDI: the value the last access read;
+    /// returns RAX = the next access, RDI = its address, RDX = the value to write), each
+    /// followed by the access asked for: a read (`mov rdi, [rdi]`), a write (`mov [rdi], rdx`)
+    /// or an instruction fetch (`call rdi`, the page holding `mov eax, imm32; ret`), until RAX
+    /// = done. An access that faults is resumed by the kernel at `r13` with RSP = `r12` (set
+    /// up at entry), which reports outcome 0.
+    Garbage,
 }
 
 impl Program {
@@ -78,6 +97,7 @@ impl Program {
             Program::Cr3Switch => core::ptr::addr_of!(pagingos_user_cr3switch),
             Program::Invlpg => core::ptr::addr_of!(pagingos_user_invlpg),
             Program::Compute => core::ptr::addr_of!(pagingos_user_compute),
+            Program::Garbage => core::ptr::addr_of!(pagingos_user_garbage),
         };
         CODE + (label as u64 - image().as_ptr() as u64)
     }
@@ -418,6 +438,39 @@ global_asm!(
     "    mov eax, {sys_exit}",
     "    int 0x80",
     "    ud2",
+    // ---- garbage() ----
+    ".global pagingos_user_garbage",
+    "pagingos_user_garbage:",
+    "    lea r13, [rip + .Lg_fault]", // where the kernel resumes an access that faulted
+    "    mov r12, rsp",
+    "    xor edi, edi",
+    ".Lg_next:",
+    "    mov eax, {sys_garbage}",
+    "    int 0x80",
+    "    cmp rax, {g_read}",
+    "    je .Lg_read",
+    "    cmp rax, {g_write}",
+    "    je .Lg_write",
+    "    cmp rax, {g_fetch}",
+    "    je .Lg_fetch",
+    "    xor edi, edi",
+    "    mov eax, {sys_exit}",
+    "    int 0x80",
+    "    ud2",
+    ".Lg_read:",
+    "    mov rdi, [rdi]",
+    "    jmp .Lg_next",
+    ".Lg_write:",
+    "    mov [rdi], rdx",
+    "    xor edi, edi",
+    "    jmp .Lg_next",
+    ".Lg_fetch:",
+    "    call rdi",
+    "    mov edi, eax",
+    "    jmp .Lg_next",
+    ".Lg_fault:",
+    "    xor edi, edi",
+    "    jmp .Lg_next",
     ".global pagingos_user_end",
     "pagingos_user_end:",
     sys_exit = const SYS_EXIT,
@@ -427,6 +480,10 @@ global_asm!(
     sys_unmap = const SYS_UNMAP,
     sys_remap = const SYS_REMAP,
     sys_fail = const SYS_FAIL,
+    sys_garbage = const SYS_GARBAGE,
+    g_read = const GARBAGE_READ,
+    g_write = const GARBAGE_WRITE,
+    g_fetch = const GARBAGE_FETCH,
     heap = const HEAP,
     heap_child = const HEAP_CHILD,
     window = const WINDOW,

@@ -16,9 +16,9 @@ pub struct Workload {
     pub run: fn(&mut Kernel, u64) -> u64,
 }
 
-pub const NAMES: &str = "pagefault, forkwait, cr3switch, invlpg, compute";
+pub const NAMES: &str = "pagefault, forkwait, cr3switch, invlpg, compute, garbage";
 
-const WORKLOADS: [Workload; 5] = [
+const WORKLOADS: [Workload; 6] = [
     Workload {
         name: "pagefault",
         default_rounds: 20,
@@ -49,6 +49,12 @@ const WORKLOADS: [Workload; 5] = [
         max_rounds: 1 << 24,
         run: compute,
     },
+    Workload {
+        name: "garbage",
+        default_rounds: 2000,
+        max_rounds: 1 << 24,
+        run: crate::garbage::run,
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static Workload> {
@@ -56,21 +62,21 @@ pub fn find(name: &str) -> Option<&'static Workload> {
 }
 
 /// FNV-1a over the little-endian bytes of 64-bit words.
-struct Checksum(u64);
+pub struct Checksum(u64);
 
 impl Checksum {
-    fn new() -> Checksum {
+    pub fn new() -> Checksum {
         Checksum(0xcbf2_9ce4_8422_2325)
     }
 
-    fn add(&mut self, value: u64) {
+    pub fn add(&mut self, value: u64) {
         for byte in value.to_le_bytes() {
             self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
         }
     }
 
     /// Adds the kernel's counts, prints them, and returns the final value.
-    fn finish(mut self, stats: &Stats) -> u64 {
+    pub fn finish(mut self, stats: &Stats) -> u64 {
         println!(
             "pagingos: page faults {} (demand-zero {}, copy-on-write {} copied + {} reused, window {}), system calls {}, CR3 loads {}, forks {}, INVLPGs {}",
             stats.faults,
@@ -101,7 +107,7 @@ impl Checksum {
 }
 
 /// Ends the guest unless `actual == expected`.
-fn expect(kernel: &Kernel, what: &str, actual: u64, expected: u64) {
+pub fn expect(kernel: &Kernel, what: &str, actual: u64, expected: u64) {
     if actual != expected {
         kernel.fatal(format_args!("{} {}, expected {}", what, actual, expected));
     }
