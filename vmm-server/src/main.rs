@@ -253,12 +253,16 @@ fn serve(
             continue;
         }
         let words = utcb.words();
-        timing.guest_time(words.get(word::GUEST_TSC).copied().unwrap_or(0));
-        answering = Some((
-            words.get(word::REASON).copied().unwrap_or(u64::MAX),
-            words.get(word::EXIT_TSC).copied().unwrap_or(received),
-            received,
-        ));
+        let reason = words.get(word::REASON).copied().unwrap_or(u64::MAX);
+        // A profile message carries a packed batch, not the exit words: no timing in it.
+        answering = (reason != Exit::Profile as u64).then(|| {
+            timing.guest_time(words.get(word::GUEST_TSC).copied().unwrap_or(0));
+            (
+                reason,
+                words.get(word::EXIT_TSC).copied().unwrap_or(received),
+                received,
+            )
+        });
         let response = monitor.handle(words, &mut cpu::cpuid);
         if let Some(end) = answer(utcb, response, guest, name) {
             return end;
