@@ -90,10 +90,17 @@ pub enum Syscall {
     /// when the bytes differ, `Busy` while a vCPU's next instruction lies inside the range,
     /// `BadAddress` when nothing backs the page.
     VmPatch = 23,
+    /// `vm, linear, physical, pages`: the DMP window of a shadow-mode Vm (needs PATCH): `pages`
+    /// (1-512) guest-linear pages from `linear` that the kernel's shadow tables map to the
+    /// guest-physical pages from `physical` (guest RAM), whatever the guest's own tables say,
+    /// supervisor-only, read and execute, never writable. The kernel keeps the guest's current
+    /// CR3 in the first word of the first page ([`crate::vm::WINDOW_CR3`]). `pages` = 0 removes
+    /// the window.
+    VmWindow = 24,
 }
 
 /// Number of defined syscalls; every number at or above it returns `BadSyscall`.
-pub const COUNT: u64 = 24;
+pub const COUNT: u64 = 25;
 
 impl Syscall {
     pub const fn from_u64(v: u64) -> Option<Self> {
@@ -122,6 +129,7 @@ impl Syscall {
             21 => Self::VmMap,
             22 => Self::VcpuControl,
             23 => Self::VmPatch,
+            24 => Self::VmWindow,
             _ => return None,
         })
     }

@@ -112,6 +112,11 @@ pub mod hypercall {
     pub const BAD_ADDRESS: u64 = 2;
 }
 
+/// Byte offset in the DMP window (`VmWindow`) of the guest's current CR3, kept by the kernel.
+pub const WINDOW_CR3: u64 = 0;
+/// Most pages of a DMP window.
+pub const WINDOW_MAX_PAGES: u64 = 512;
+
 /// `VmPatch` flag (in the length argument): the address is guest-linear.
 pub const PATCH_VIRTUAL: u64 = 1 << 63;
 

@@ -198,6 +198,16 @@ fn setup(utcb: &mut Utcb, guest: &Guest, name: &str) -> Result<Monitor, SetupErr
     )?;
     if guest.hypercalls {
         step("enable hypercalls", rt::vm::vcpu_hypercalls(VCPU, true))?;
+        use vmm::layout::{DMP_WINDOW_LINEAR, DMP_WINDOW_PAGES, DMP_WINDOW_PHYSICAL};
+        let window =
+            DMP_WINDOW_PHYSICAL as usize..(DMP_WINDOW_PHYSICAL + DMP_WINDOW_PAGES * 4096) as usize;
+        if let Some(bytes) = ram.get_mut(window) {
+            bytes.fill(0);
+        }
+        step(
+            "dmp window",
+            rt::vm::vm_window(VM, DMP_WINDOW_LINEAR, DMP_WINDOW_PHYSICAL, DMP_WINDOW_PAGES),
+        )?;
     }
     for reason in 0..EXIT_COUNT {
         if let Some(exit) = Exit::from_u64(reason) {

@@ -72,6 +72,22 @@ pub struct HypercallResult {
     pub flush: bool,
 }
 
+/// The DMP window: guest-linear pages the shadow tables map to guest-physical pages whatever
+/// the guest's own tables say, supervisor-only, read and execute, never writable (stubs and the
+/// structures the hypervisor exposes; see `abi::vm::Syscall::VmWindow`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub gla: u64,
+    pub gpa: u64,
+    pub pages: u64,
+}
+
+impl Window {
+    fn contains(&self, la: u64) -> bool {
+        la.wrapping_sub(self.gla) < self.pages * 4096
+    }
+}
+
 /// The vTLB of a Vm and its guest's own control registers.
 pub struct Shadow {
     vtlb: Vtlb<POOL_FRAMES, ROOTS>,
@@ -83,6 +99,7 @@ pub struct Shadow {
     pub cr4: u64,
     pub efer: u64,
     pub stats: Stats,
+    pub window: Option<Window>,
 }
 
 impl Drop for Shadow {
@@ -159,6 +176,7 @@ impl Shadow {
             cr4: 0,
             efer: 0,
             stats: Stats::default(),
+            window: None,
         })
     }
 
@@ -327,6 +345,9 @@ impl Shadow {
         let Some(paging) = self.paging(rflags) else {
             return FaultOutcome::InjectGeneralProtection;
         };
+        if let Some(w) = self.window.filter(|w| w.contains(la)) {
+            return self.window_fault(nested, w, la, error, user);
+        }
         let ram = GuestRam { nested };
         match classify(&ram, &ram, &paging, la, error, user) {
             Resolution::Fill(fill) => {
@@ -356,6 +377,49 @@ impl Shadow {
                 flush: false,
                 page: None,
             },
+        }
+    }
+
+    /// A #PF inside the DMP window: supervisor reads and fetches get the window's page; writes
+    /// and user accesses get the protection fault a read-only supervisor page gives.
+    fn window_fault(
+        &mut self,
+        nested: &NestedTables,
+        w: Window,
+        la: u64,
+        error: u32,
+        user: bool,
+    ) -> FaultOutcome {
+        use virt::shadow::bits::{ACCESSED, DIRTY, PRESENT};
+        const WRITE: u32 = 1 << 1;
+        if error & WRITE != 0 || user {
+            self.stats.guest_faults += 1;
+            return FaultOutcome::InjectPageFault {
+                address: la,
+                error: (error & !virt::shadow::walk::ErrorCode::RESERVED) | 1,
+            };
+        }
+        let page = (la - w.gla) & !0xfff;
+        let gpa = w.gpa + page;
+        let Some(hpa) = physical_to_host(nested, gpa) else {
+            return FaultOutcome::MemoryFault { gpa, write: false };
+        };
+        self.stats.fills += 1;
+        let pte = (hpa & !0xfff) | PRESENT | ACCESSED | DIRTY;
+        let flush = !matches!(
+            self.vtlb.install(&mut ShadowFrames, la & !0xfff, pte),
+            Install::Installed
+        );
+        FaultOutcome::Resume { flush, page: None }
+    }
+
+    /// Writes the guest's current CR3 into the first word of the DMP window (what patched
+    /// `mov reg, cr3` sites read instead of exiting).
+    pub fn publish(&self, nested: &NestedTables) {
+        if let Some(hpa) = self.window.and_then(|w| physical_to_host(nested, w.gpa)) {
+            if let Some(word) = direct::read_shared(hpa) {
+                let _ = direct::compare_exchange(hpa, word, self.cr3);
+            }
         }
     }
 

@@ -92,6 +92,7 @@ fn handle(
         Syscall::VmMap => vm::vm_map(k, space, a),
         Syscall::VcpuControl => vm::vcpu_control(k, space, a),
         Syscall::VmPatch => vm::vm_patch(k, me, space, a),
+        Syscall::VmWindow => vm::vm_window(k, space, a),
     }
 }
 

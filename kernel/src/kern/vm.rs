@@ -571,6 +571,46 @@ pub fn vm_patch(k: &mut Kernel, me: ThreadId, space: SpaceId, a: [u64; 6]) -> Re
     Ok(0)
 }
 
+/// `vm_window(vm, linear, physical, pages)`: sets (or with 0 pages removes) the DMP window of a
+/// shadow-mode Vm.
+pub fn vm_window(k: &mut Kernel, space: SpaceId, a: [u64; 6]) -> Result<u64, Status> {
+    let [vm_sel, gla, gpa, pages, ..] = a;
+    let vm = match k
+        .caps
+        .lookup(space, vm_sel, Rights::PATCH)
+        .map_err(Status::from)?
+    {
+        Obj::Vm(vm) => *vm,
+        _ => return Err(Status::WrongKind),
+    };
+    let v = k.vms.get_mut(vm).ok_or(Status::BadSelector)?;
+    let Vm { nested, shadow, .. } = v;
+    let s = shadow.as_deref_mut().ok_or(Status::BadArgument)?;
+    if pages == 0 {
+        s.window = None;
+    } else {
+        if pages > vmabi::WINDOW_MAX_PAGES || !gla.is_multiple_of(PAGE) || !gpa.is_multiple_of(PAGE)
+        {
+            return Err(Status::BadArgument);
+        }
+        let canonical = |x: u64| ((x << 16) as i64 >> 16) as u64 == x;
+        let last = gla
+            .checked_add(pages * PAGE - 1)
+            .ok_or(Status::BadAddress)?;
+        if !canonical(gla) || !canonical(last) || (gla ^ last) >> 63 != 0 {
+            return Err(Status::BadAddress);
+        }
+        for i in 0..pages {
+            let page = gpa.checked_add(i * PAGE).ok_or(Status::BadAddress)?;
+            shadow::physical_to_host(nested, page).ok_or(Status::BadAddress)?;
+        }
+        s.window = Some(shadow::Window { gla, gpa, pages });
+        s.publish(nested);
+    }
+    flush_vm(k, vm);
+    Ok(0)
+}
+
 fn patch_status(e: virt::patch::PatchError) -> Status {
     use virt::patch::PatchError;
     match e {
@@ -897,14 +937,14 @@ fn shadow_exit(k: &mut Kernel, t: ThreadId, e: &hw::HwExit) -> ShadowExit {
                 CrAccess::Other { cr: 0 } if e.instruction_len == 2 => {
                     // CLTS (VMX reports it apart; LMSW is longer): clears CR0.TS.
                     let value = shadow.cr0 & !(1 << 3);
-                    return cr_write(vcpu, shadow, 0, value, e.instruction_len, &w);
+                    return cr_write(vcpu, shadow, nested, 0, value, e.instruction_len, &w);
                 }
                 _ => match decode_at_rip(shadow, nested, &w).map(|d| (d.kind, u64::from(d.len))) {
                     Some((decode::Kind::MovToCr { cr, gpr }, len)) => (cr, gpr, true, len),
                     Some((decode::Kind::MovFromCr { cr, gpr }, len)) => (cr, gpr, false, len),
                     Some((decode::Kind::Clts, len)) => {
                         let value = shadow.cr0 & !(1 << 3);
-                        return cr_write(vcpu, shadow, 0, value, len, &w);
+                        return cr_write(vcpu, shadow, nested, 0, value, len, &w);
                     }
                     _ => return ShadowExit::Deliver(Exit::Other, vmabi::other::UNKNOWN, e.raw),
                 },
@@ -912,7 +952,7 @@ fn shadow_exit(k: &mut Kernel, t: ThreadId, e: &hw::HwExit) -> ShadowExit {
             let gpr = usize::from(gpr & 15);
             if write {
                 let value = w[word::GPRS + gpr];
-                cr_write(vcpu, shadow, cr, value, len, &w)
+                cr_write(vcpu, shadow, nested, cr, value, len, &w)
             } else {
                 let Some(value) = shadow.read_cr(cr) else {
                     return ShadowExit::Deliver(Exit::Other, vmabi::other::UNKNOWN, e.raw);
@@ -959,6 +999,7 @@ fn shadow_exit(k: &mut Kernel, t: ThreadId, e: &hw::HwExit) -> ShadowExit {
 fn cr_write(
     vcpu: &mut Vcpu,
     shadow: &mut Shadow,
+    nested: &NestedTables,
     cr: u8,
     value: u64,
     len: u64,
@@ -966,6 +1007,9 @@ fn cr_write(
 ) -> ShadowExit {
     match shadow.write_cr(cr, value) {
         Ok((c, flush)) => {
+            if cr == 3 {
+                shadow.publish(nested);
+            }
             vcpu.hw
                 .shadow_control(c.cr0, c.cr3, c.cr4, shadow.cr0, shadow.cr4);
             if flush {
@@ -1125,7 +1169,10 @@ pub fn finish_exit(k: &mut Kernel, handler: ThreadId, vcpu_t: ThreadId) -> Resul
         .get_mut(vcpu_t)
         .and_then(|t| t.vcpu.as_mut())
         .ok_or(Status::NoPartner)?;
-    let shadow = vms.get_mut(vcpu.vm).and_then(|v| v.shadow.as_deref_mut());
+    let (nested, shadow) = match vms.get_mut(vcpu.vm) {
+        Some(Vm { nested, shadow, .. }) => (Some(&*nested), shadow.as_deref_mut()),
+        None => (None, None),
+    };
     validate(vcpu, shadow.as_deref(), mask, &w)?;
     // Shadow mode: the VMM sets the guest's own control registers; the hardware gets the
     // shadow root and the forced bits instead.
@@ -1145,6 +1192,9 @@ pub fn finish_exit(k: &mut Kernel, handler: ThreadId, vcpu_t: ThreadId) -> Resul
             log::warn!("vm: reply refused: {} (mask {mask:#x})", e.0);
             Status::BadArgument
         })?;
+        if let Some(n) = nested {
+            s.publish(n);
+        }
         hardware = Some((c, s.cr0, s.cr4));
     }
     vcpu.hw.write(&mut vcpu.ctx.gprs, mask, &w);

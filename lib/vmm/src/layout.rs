@@ -45,6 +45,14 @@ pub const SECRET_END: u64 = 0x9_1000;
 pub const LOW_END: u64 = 0x9_fc00;
 /// 1 MiB.
 pub const HIGH: u64 = 0x10_0000;
+
+/// The DMP window of guests with hypercalls (shadow mode): 16 guest-physical pages at the top of
+/// the reserved area below 1 MiB (no guest allocates there: the memory map says reserved),
+/// shown by the kernel at the top 1 MiB of the guest-linear space, which 4-level guests rarely
+/// map. The first word holds the guest's current CR3 (`abi::vm::WINDOW_CR3`).
+pub const DMP_WINDOW_PHYSICAL: u64 = 0xf_0000;
+pub const DMP_WINDOW_LINEAR: u64 = 0xffff_ffff_fff0_0000;
+pub const DMP_WINDOW_PAGES: u64 = 16;
 /// Guest RAM needs at least this much (the manifest gives multiples of 2 MiB).
 pub const MIN_RAM: u64 = 0x20_0000;
 /// Longest command line passed to a guest, in bytes (without the terminating NUL).

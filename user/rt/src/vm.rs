@@ -104,3 +104,10 @@ pub fn vcpu_hypercalls(vcpu: Sel, on: bool) -> Result<(), Error> {
     )
     .map(drop)
 }
+
+/// `VmWindow`: the DMP window of shadow-mode Vm `vm`: `pages` guest-linear pages from `linear`
+/// shown (read and execute, supervisor only) as the guest-physical pages from `physical`;
+/// `pages` = 0 removes it.
+pub fn vm_window(vm: Sel, linear: u64, physical: u64, pages: u64) -> Result<(), Error> {
+    checked(Syscall::VmWindow, [vm, linear, physical, pages, 0, 0]).map(drop)
+}

@@ -11,6 +11,10 @@
 //!   outside its RAM, an unaligned entry, an oversized queue, an unknown number, a queue whose
 //!   second entry points outside its RAM (the first is applied, RBX says so);
 //!
+//! - the DMP window its VMM set up (the top 1 MiB of linear space, mapped by no table of its own)
+//!   shows its current CR3 in its first word, also after a CR3 load, and a write to it faults
+//!   (the guest can read what the hypervisor exposes, never forge it);
+//!
 //! then `hcprobe: N checks passed, M failed` and exit 0 only when M is 0. It builds its test
 //! mapping under PML4 slot 1 (linear 0x80_0000_0000) in tables of its own; the loader's
 //! identity map reaches them.
@@ -88,6 +92,51 @@ fn hypercall(amd: bool, number: u64, rbx: u64, rcx: u64, rdx: u64) -> (u64, u64)
         }
     }
     (status, applied)
+}
+
+/// Where the VMM puts the DMP window (`vmm::layout::DMP_WINDOW_LINEAR`).
+const WINDOW: u64 = 0xffff_ffff_fff0_0000;
+
+fn read_cr3() -> u64 {
+    let cr3: u64;
+    // SAFETY: reading CR3 has no side effects.
+    unsafe { core::arch::asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack)) };
+    cr3
+}
+
+fn window(r: &mut Report) {
+    let cr3 = read_cr3();
+    let shown = read(WINDOW + abi::vm::WINDOW_CR3);
+    r.check(
+        "window shows CR3",
+        shown == cr3,
+        format_args!("window {shown:#x}, CR3 {cr3:#x}"),
+    );
+    // SAFETY: reloading the same CR3 only flushes the TLB.
+    unsafe { core::arch::asm!("mov cr3, {}", in(reg) cr3, options(nostack)) };
+    let again = read(WINDOW + abi::vm::WINDOW_CR3);
+    r.check(
+        "window after a CR3 load",
+        again == cr3,
+        format_args!("window {again:#x}"),
+    );
+    // SAFETY: the store either faults (expected: the window is read-only) or lands in the
+    // window page, which only this guest sees.
+    let store = unsafe {
+        grt::guarded_asm!("mov qword ptr [{}], {}", in(reg) WINDOW + 8, in(reg) 0x5a5a_u64)
+    };
+    r.check(
+        "window is read-only",
+        matches!(store, Err(f) if f.vector == 14),
+        format_args!(
+            "store {}",
+            if store.is_ok() {
+                "went through"
+            } else {
+                "faulted"
+            }
+        ),
+    );
 }
 
 fn main(_boot: &grt::Boot) -> u8 {
@@ -199,6 +248,8 @@ fn main(_boot: &grt::Boot) -> u8 {
         s == BAD_ADDRESS && n == 0,
         format_args!("status {s}, applied {n}"),
     );
+
+    window(&mut r);
 
     println!("hcprobe: {} checks passed, {} failed", r.passed, r.failed);
     if r.failed == 0 {

@@ -103,7 +103,7 @@ const BOUNDARY_SELECTORS: [u64; 7] = [
 ];
 
 /// The defined syscalls the storm makes.
-pub const ALLOWED: [Syscall; 22] = [
+pub const ALLOWED: [Syscall; 23] = [
     Syscall::Call,
     Syscall::Reply,
     Syscall::ReplyWait,
@@ -126,6 +126,7 @@ pub const ALLOWED: [Syscall; 22] = [
     Syscall::VmMap,
     Syscall::VcpuControl,
     Syscall::VmPatch,
+    Syscall::VmWindow,
 ];
 
 /// The generator.
@@ -217,6 +218,10 @@ impl Storm {
                 args[1] = self.sel();
                 args[2] = self.sel();
             }
+            Syscall::VmWindow => {
+                args[0] = self.sel();
+                args[3] = self.rng.pick(&[0, 1, 512, 513]);
+            }
             Syscall::VmPatch => {
                 args[0] = self.sel();
                 args[2] = self
@@ -277,7 +282,7 @@ mod tests {
             Some(Syscall::Delegate | Syscall::Map | Syscall::IrqBind | Syscall::Carve) => &[0, 1],
             Some(Syscall::CreateVm | Syscall::VmMap) => &[0, 1],
             Some(Syscall::CreateVcpu) => &[0, 1, 2],
-            Some(Syscall::VcpuControl | Syscall::VmPatch) => &[0],
+            Some(Syscall::VcpuControl | Syscall::VmPatch | Syscall::VmWindow) => &[0],
             _ => &[],
         }
     }
