@@ -53,3 +53,5 @@ pub use stub::{build_stub, Stub, StubError};
 
 #[cfg(test)]
 mod fuzz;
+#[cfg(test)]
+mod testcpu;
