@@ -97,10 +97,14 @@ pub enum Syscall {
     /// CR3 in the first word of the first page ([`crate::vm::WINDOW_CR3`]). `pages` = 0 removes
     /// the window.
     VmWindow = 24,
+    /// `vm, address, len | flags`: copies `len` (1-64) guest bytes inside one page into the
+    /// UTCB's message words 0-7 (little-endian; needs READ on the Vm). Flags as for `VmPatch`.
+    /// What the DMP service decodes hot sites from.
+    VmRead = 25,
 }
 
 /// Number of defined syscalls; every number at or above it returns `BadSyscall`.
-pub const COUNT: u64 = 25;
+pub const COUNT: u64 = 26;
 
 impl Syscall {
     pub const fn from_u64(v: u64) -> Option<Self> {
@@ -130,6 +134,7 @@ impl Syscall {
             22 => Self::VcpuControl,
             23 => Self::VmPatch,
             24 => Self::VmWindow,
+            25 => Self::VmRead,
             _ => return None,
         })
     }

@@ -112,15 +112,19 @@ fn step<T>(what: &'static str, result: Result<T, Error>) -> Result<T, SetupError
     result.map_err(|e| SetupError::Step(what, e))
 }
 
-/// Checks the kernel's `VmPatch` on this Vm once, before the guest runs: a byte of the zeroed
+/// Byte `at` of guest RAM, read through an opaque reference: the kernel writes it behind the
+/// compiler's back.
+fn read_at(ram: &[u8], at: usize) -> u8 {
+    core::hint::black_box(ram)[at]
+}
+
+/// Checks the kernel's `VmPatch` and `VmRead` on this Vm once, before the guest runs: a byte of the zeroed
 /// area below the guest's GDT is swapped and put back; a wrong expectation must be refused
 /// with `Mismatch` and change nothing, a range across a page with `BadArgument`. A kernel that
 /// gets any of it wrong fails the guest at set-up.
 fn check_patching(utcb: &mut Utcb, ram: &mut [u8]) -> Result<(), SetupError> {
     const AT: usize = 0x400;
-    // The kernel writes the byte behind the compiler's back: read it through an opaque
-    // reference.
-    let read = |ram: &[u8]| core::hint::black_box(ram)[AT];
+    let read = |ram: &[u8]| read_at(ram, AT);
     let bad = |what| Err(SetupError::Step(what, Error::Protocol));
     let old = read(ram);
     let new = old ^ 0x5a;
@@ -130,6 +134,14 @@ fn check_patching(utcb: &mut Utcb, ram: &mut [u8]) -> Result<(), SetupError> {
     )?;
     if read(ram) != new {
         return bad("patch (bytes not written)");
+    }
+    let mut back = [0u8; 2];
+    step(
+        "read",
+        rt::vm::vm_read(utcb, VM, AT as u64 - 1, false, &mut back),
+    )?;
+    if back != [read_at(ram, AT - 1), new] {
+        return bad("read (other bytes than the guest's)");
     }
     match rt::vm::vm_patch(utcb, VM, AT as u64, false, &[old], &[old]) {
         Err(Error::Kernel(Status::Mismatch)) if read(ram) == new => {}

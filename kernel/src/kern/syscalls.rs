@@ -93,6 +93,7 @@ fn handle(
         Syscall::VcpuControl => vm::vcpu_control(k, space, a),
         Syscall::VmPatch => vm::vm_patch(k, me, space, a),
         Syscall::VmWindow => vm::vm_window(k, space, a),
+        Syscall::VmRead => vm::vm_read(k, me, space, a),
     }
 }
 

@@ -507,12 +507,50 @@ pub fn unmap_through(k: &mut Kernel, space: SpaceId, sel: u64) {
 /// `vm_patch(vm, address, len | flags)`: compare-and-swap of guest bytes (see
 /// `abi::syscall::Syscall::VmPatch`); the expected and new bytes are in the caller's UTCB.
 pub fn vm_patch(k: &mut Kernel, me: ThreadId, space: SpaceId, a: [u64; 6]) -> Result<u64, Status> {
+    let (vm, address, linear, len) = guest_range(k, space, a, Rights::PATCH)?;
+    let utcb = k.threads.get(me).ok_or(Status::BadSelector)?.utcb;
+    let mut expected = [0u8; virt::patch::MAX_PATCH];
+    let mut new = [0u8; virt::patch::MAX_PATCH];
+    for i in 0..8 {
+        expected[8 * i..8 * i + 8].copy_from_slice(&utcb.read(8 + i).to_le_bytes());
+        new[8 * i..8 * i + 8].copy_from_slice(&utcb.read(16 + i).to_le_bytes());
+    }
+    let hpa = locate(k, vm, address, linear, len, true)?;
+    let current = direct::bytes(hpa, len).ok_or(Status::BadAddress)?;
+    let mut bytes = [0u8; virt::patch::MAX_PATCH];
+    bytes[..len].copy_from_slice(current);
+    virt::patch::swap(&mut bytes[..len], &expected[..len], &new[..len]).map_err(patch_status)?;
+    direct::copy_to(hpa, &bytes[..len]).ok_or(Status::BadAddress)?;
+    Ok(0)
+}
+
+/// `vm_read(vm, address, len | flags)`: guest bytes into the caller's UTCB words 0-7.
+pub fn vm_read(k: &mut Kernel, me: ThreadId, space: SpaceId, a: [u64; 6]) -> Result<u64, Status> {
+    let (vm, address, linear, len) = guest_range(k, space, a, Rights::READ)?;
+    let hpa = locate(k, vm, address, linear, len, false)?;
+    let current = direct::bytes(hpa, len).ok_or(Status::BadAddress)?;
+    let mut bytes = [0u8; virt::patch::MAX_PATCH];
+    bytes[..len].copy_from_slice(current);
+    let utcb = k.threads.get(me).ok_or(Status::BadSelector)?.utcb;
+    utcb.write(0, MsgTag::new(0, 8, false).0);
+    for i in 0..8 {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&bytes[8 * i..8 * i + 8]);
+        utcb.write(8 + i, u64::from_le_bytes(w));
+    }
+    Ok(len as u64)
+}
+
+/// The Vm, address, linear flag and length of a `VmPatch` / `VmRead` call, the Vm capability
+/// checked for `right`.
+fn guest_range(
+    k: &Kernel,
+    space: SpaceId,
+    a: [u64; 6],
+    right: Rights,
+) -> Result<(VmId, u64, bool, usize), Status> {
     let [vm_sel, address, len_flags, ..] = a;
-    let vm = match k
-        .caps
-        .lookup(space, vm_sel, Rights::PATCH)
-        .map_err(Status::from)?
-    {
+    let vm = match k.caps.lookup(space, vm_sel, right).map_err(Status::from)? {
         Obj::Vm(vm) => *vm,
         _ => return Err(Status::WrongKind),
     };
@@ -521,14 +559,19 @@ pub fn vm_patch(k: &mut Kernel, me: ThreadId, space: SpaceId, a: [u64; 6]) -> Re
     if len == 0 || len > virt::patch::MAX_PATCH as u64 {
         return Err(Status::BadArgument);
     }
-    let len = len as usize;
-    let utcb = k.threads.get(me).ok_or(Status::BadSelector)?.utcb;
-    let mut expected = [0u8; virt::patch::MAX_PATCH];
-    let mut new = [0u8; virt::patch::MAX_PATCH];
-    for i in 0..8 {
-        expected[8 * i..8 * i + 8].copy_from_slice(&utcb.read(8 + i).to_le_bytes());
-        new[8 * i..8 * i + 8].copy_from_slice(&utcb.read(16 + i).to_le_bytes());
-    }
+    Ok((vm, address, linear, len as usize))
+}
+
+/// The host address of `len` guest bytes at `address` (guest-linear when `linear`), after the
+/// patch rules (one page; with `writing`, no vCPU resuming inside the range).
+fn locate(
+    k: &Kernel,
+    vm: VmId,
+    address: u64,
+    linear: bool,
+    len: usize,
+    writing: bool,
+) -> Result<u64, Status> {
     let v = k.vms.get(vm).ok_or(Status::BadSelector)?;
     // Every vCPU of the Vm is stopped while the kernel runs (one CPU); where each resumes, in
     // the patch's address space.
@@ -553,6 +596,9 @@ pub fn vm_patch(k: &mut Kernel, me: ThreadId, space: SpaceId, a: [u64; 6]) -> Re
         };
         rips.extend(rip);
     }
+    if !writing {
+        rips.clear();
+    }
     virt::patch::check(address, len, &rips).map_err(patch_status)?;
     let gpa = if linear {
         let r = regs.ok_or(Status::BadAddress)?;
@@ -562,13 +608,7 @@ pub fn vm_patch(k: &mut Kernel, me: ThreadId, space: SpaceId, a: [u64; 6]) -> Re
     };
     // The range lies in one page (checked above for `address`; the translation keeps the page
     // offset), so one host page backs it.
-    let hpa = shadow::physical_to_host(&v.nested, gpa).ok_or(Status::BadAddress)?;
-    let current = direct::bytes(hpa, len).ok_or(Status::BadAddress)?;
-    let mut bytes = [0u8; virt::patch::MAX_PATCH];
-    bytes[..len].copy_from_slice(current);
-    virt::patch::swap(&mut bytes[..len], &expected[..len], &new[..len]).map_err(patch_status)?;
-    direct::copy_to(hpa, &bytes[..len]).ok_or(Status::BadAddress)?;
-    Ok(0)
+    shadow::physical_to_host(&v.nested, gpa).ok_or(Status::BadAddress)
 }
 
 /// `vm_window(vm, linear, physical, pages)`: sets (or with 0 pages removes) the DMP window of a

@@ -111,3 +111,24 @@ pub fn vcpu_hypercalls(vcpu: Sel, on: bool) -> Result<(), Error> {
 pub fn vm_window(vm: Sel, linear: u64, physical: u64, pages: u64) -> Result<(), Error> {
     checked(Syscall::VmWindow, [vm, linear, physical, pages, 0, 0]).map(drop)
 }
+
+/// `VmRead`: `out.len()` (1-64) guest bytes at `address` of Vm `vm` (guest-linear when
+/// `linear`), inside one page.
+pub fn vm_read(
+    utcb: &mut crate::Utcb,
+    vm: Sel,
+    address: u64,
+    linear: bool,
+    out: &mut [u8],
+) -> Result<(), Error> {
+    let len = out.len();
+    if len == 0 || len > 64 {
+        return Err(Error::Kernel(abi::Status::BadArgument));
+    }
+    let flags = if linear { abi::vm::PATCH_VIRTUAL } else { 0 };
+    checked(Syscall::VmRead, [vm, address, len as u64 | flags, 0, 0, 0])?;
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = (utcb.word(i / 8) >> (8 * (i % 8))) as u8;
+    }
+    Ok(())
+}

@@ -103,7 +103,7 @@ const BOUNDARY_SELECTORS: [u64; 7] = [
 ];
 
 /// The defined syscalls the storm makes.
-pub const ALLOWED: [Syscall; 23] = [
+pub const ALLOWED: [Syscall; 24] = [
     Syscall::Call,
     Syscall::Reply,
     Syscall::ReplyWait,
@@ -127,6 +127,7 @@ pub const ALLOWED: [Syscall; 23] = [
     Syscall::VcpuControl,
     Syscall::VmPatch,
     Syscall::VmWindow,
+    Syscall::VmRead,
 ];
 
 /// The generator.
@@ -222,7 +223,7 @@ impl Storm {
                 args[0] = self.sel();
                 args[3] = self.rng.pick(&[0, 1, 512, 513]);
             }
-            Syscall::VmPatch => {
+            Syscall::VmPatch | Syscall::VmRead => {
                 args[0] = self.sel();
                 args[2] = self
                     .rng
@@ -282,7 +283,9 @@ mod tests {
             Some(Syscall::Delegate | Syscall::Map | Syscall::IrqBind | Syscall::Carve) => &[0, 1],
             Some(Syscall::CreateVm | Syscall::VmMap) => &[0, 1],
             Some(Syscall::CreateVcpu) => &[0, 1, 2],
-            Some(Syscall::VcpuControl | Syscall::VmPatch | Syscall::VmWindow) => &[0],
+            Some(Syscall::VcpuControl | Syscall::VmPatch | Syscall::VmWindow | Syscall::VmRead) => {
+                &[0]
+            }
             _ => &[],
         }
     }
