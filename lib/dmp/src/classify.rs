@@ -180,8 +180,9 @@ pub enum Unpatchable {
     /// The faulting access is implicit (stack, string instructions, descriptor tables, several
     /// memory operands): no single operand to hand over.
     ImplicitMemory,
-    /// EIP-relative addressing (address-size prefix in 64-bit mode), which the block encoder
-    /// cannot move.
+    /// The hot instruction addresses memory EIP-relative (address-size prefix in 64-bit mode):
+    /// rare in real code, and the replacement sequences do not rebuild such addresses. (A
+    /// displaced instruction after the hot one may be EIP-relative: the block encoder moves it.)
     IpRelative32,
     /// The RIP cannot hold code in this mode (at or above 4 GiB in 32-bit code).
     RipOutOfRange,
@@ -989,6 +990,16 @@ mod tests {
         assert_eq!(
             kind64(&[0x0f, 0xa2], Exit::Cpuid, false),
             no(Unpatchable::UnhandledReason)
+        );
+        // a RIP one byte into `mov rax, cr3` is `and al, bl`: not an instruction that exits
+        assert_eq!(
+            kind64(&[0x0f, 0x20, 0xd8][1..], Exit::ControlRegister, false),
+            no(Unpatchable::ReasonMismatch)
+        );
+        // one byte into `invlpg [rdi]` (0f 01 3f) is `add [rdi], edi`
+        assert_eq!(
+            kind64(&[0x0f, 0x01, 0x3f][1..], Exit::Invlpg, false),
+            no(Unpatchable::ReasonMismatch)
         );
         // only MAX_CODE bytes are kept
         let site = classify(&[0x90; 100], RIP, Exit::Hlt, Bitness::Bits64, false);

@@ -244,6 +244,23 @@ mod tests {
     }
 
     #[test]
+    fn eip_relative_follower() {
+        // mov rax, cr3 ; mov ecx, [eip+0x100] (67 prefix): the address wraps at 4 GiB, and the
+        // block encoder keeps it EIP-relative when the stub is placed below 4 GiB as well
+        let code = [0x0f, 0x20, 0xd8, 0x67, 0x8b, 0x0d, 0x00, 0x01, 0x00, 0x00];
+        let rip = 0x8010_0000;
+        let s = classify(&code, rip, Exit::ControlRegister, Bitness::Bits64, false);
+        let plan = plan_patch(&s, 0x8020_0000).unwrap();
+        let target = plan.displaced[1].ip_rel_memory_address();
+        assert_eq!(target, rip + 10 + 0x100);
+        let stub = build_stub(&plan, &replacement::original(&s), SLOT).unwrap();
+        let all = decode_all(&stub, Bitness::Bits64);
+        assert!(all[1].is_ip_rel_memory_operand());
+        assert_eq!(all[1].ip_rel_memory_address(), target);
+        check_jump_back(&stub, &plan);
+    }
+
+    #[test]
     fn invlpg_stub_hypercall() {
         for (call, mnemonic) in [
             (HypercallInsn::Vmcall, Mnemonic::Vmcall),
