@@ -6,6 +6,7 @@
 
 pub mod boot;
 pub mod bootstrap;
+pub mod dmp;
 pub mod exit;
 pub mod profile;
 pub mod rights;

@@ -48,6 +48,8 @@ const VCPU: Sel = well_known::FIRST_FREE + 4;
 const IDLE: Sel = well_known::FIRST_FREE + 5;
 /// Where a capability sent to an exit portal would land (the kernel sends none).
 const RECV: Sel = well_known::FIRST_FREE + 6;
+/// The DMP service's `attach` portal (guests with `dmp = true`).
+const DMP: Sel = well_known::FIRST_FREE + 7;
 /// The exit portals: `EXIT_BASE + reason`.
 const EXIT_BASE: Sel = 32;
 
@@ -110,6 +112,35 @@ impl core::fmt::Display for SetupError {
 
 fn step<T>(what: &'static str, result: Result<T, Error>) -> Result<T, SetupError> {
     result.map_err(|e| SetupError::Step(what, e))
+}
+
+/// Hands the Vm (READ and PATCH only) to the DMP service and installs the profile portal it
+/// returns; `false` (the guest runs without DMP, logged) when the system has no DMP service.
+fn attach_dmp(utcb: &mut Utcb, name: &str) -> Result<bool, SetupError> {
+    use vmm::layout::{DMP_WINDOW_LINEAR, DMP_WINDOW_PAGES, DMP_WINDOW_PHYSICAL};
+    if bootstrap::get(utcb, "dmp-service.attach", DMP).is_err() {
+        rt::println!(
+            utcb,
+            "{name}: no DMP service in this system; the guest runs without it"
+        );
+        return Ok(false);
+    }
+    let mut words = [0u64; abi::dmp::attach::COUNT];
+    words[abi::dmp::attach::WINDOW_LINEAR] = DMP_WINDOW_LINEAR;
+    words[abi::dmp::attach::WINDOW_PHYSICAL] = DMP_WINDOW_PHYSICAL;
+    words[abi::dmp::attach::WINDOW_PAGES] = DMP_WINDOW_PAGES;
+    utcb.set_msg(abi::dmp::ATTACH, &words);
+    utcb.attach_cap(VM, Rights::READ.union(Rights::PATCH));
+    utcb.set_cap_recv(EXIT_BASE + Exit::Profile as u64);
+    step("dmp attach", utcb.call_msg(DMP))?;
+    step("dmp attach", utcb.reply_status())?;
+    if !utcb.cap_received() {
+        return Err(SetupError::Step(
+            "dmp attach (no profile portal)",
+            Error::Protocol,
+        ));
+    }
+    Ok(true)
 }
 
 /// Byte `at` of guest RAM, read through an opaque reference: the kernel writes it behind the
@@ -197,7 +228,24 @@ fn setup(utcb: &mut Utcb, guest: &Guest, name: &str) -> Result<Monitor, SetupErr
     )?;
     step("map vm", rt::vm::vm_map(VM, MEMORY, 0, pages, 0, rights))?;
     check_patching(utcb, ram)?;
+    if guest.hypercalls || guest.dmp {
+        use vmm::layout::{DMP_WINDOW_LINEAR, DMP_WINDOW_PAGES, DMP_WINDOW_PHYSICAL};
+        let window =
+            DMP_WINDOW_PHYSICAL as usize..(DMP_WINDOW_PHYSICAL + DMP_WINDOW_PAGES * 4096) as usize;
+        if let Some(bytes) = ram.get_mut(window) {
+            bytes.fill(0);
+        }
+        step(
+            "dmp window",
+            rt::vm::vm_window(VM, DMP_WINDOW_LINEAR, DMP_WINDOW_PHYSICAL, DMP_WINDOW_PAGES),
+        )?;
+    }
+    // With DMP the profile portal is the service's (attach puts it at its exit-portal slot).
+    let attached = guest.dmp && attach_dmp(utcb, name)?;
     for reason in 0..EXIT_COUNT {
+        if attached && reason == Exit::Profile as u64 {
+            continue;
+        }
         step(
             "create exit portal",
             syscall::create_portal(EXIT_BASE + reason, well_known::SELF_THREAD, reason),
@@ -210,16 +258,6 @@ fn setup(utcb: &mut Utcb, guest: &Guest, name: &str) -> Result<Monitor, SetupErr
     )?;
     if guest.hypercalls {
         step("enable hypercalls", rt::vm::vcpu_hypercalls(VCPU, true))?;
-        use vmm::layout::{DMP_WINDOW_LINEAR, DMP_WINDOW_PAGES, DMP_WINDOW_PHYSICAL};
-        let window =
-            DMP_WINDOW_PHYSICAL as usize..(DMP_WINDOW_PHYSICAL + DMP_WINDOW_PAGES * 4096) as usize;
-        if let Some(bytes) = ram.get_mut(window) {
-            bytes.fill(0);
-        }
-        step(
-            "dmp window",
-            rt::vm::vm_window(VM, DMP_WINDOW_LINEAR, DMP_WINDOW_PHYSICAL, DMP_WINDOW_PAGES),
-        )?;
     }
     for reason in 0..EXIT_COUNT {
         if let Some(exit) = Exit::from_u64(reason) {

@@ -74,7 +74,7 @@ fn undefined_rights_bits_are_dropped_or_refused() {
     cs.insert_original(s[0], 0, 1, Rights(0xff)).unwrap();
     assert_eq!(cs.get(s[0], 0), Ok((&1, Rights::ALL)));
     assert_eq!(
-        cs.delegate(s[0], 0, s[1], 0, Rights(0x40)),
+        cs.delegate(s[0], 0, s[1], 0, Rights(0x80)),
         Err(CapError::NoRights)
     );
     assert_eq!(cs.count(s[1]), Ok(0));

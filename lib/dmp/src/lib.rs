@@ -40,6 +40,7 @@ extern crate alloc;
 
 pub mod classify;
 pub mod plan;
+pub mod policy;
 pub mod replacement;
 pub mod stub;
 

@@ -128,7 +128,14 @@ pub fn plan_patch(site: &Site, stub: u64) -> Result<PatchPlan, PlanError> {
                     _ => PlanError::Undecodable { offset: covered },
                 });
             }
-            if insn.flow_control() != FlowControl::Next {
+            // A `ret` may end the displaced range when it completes the five bytes (a small
+            // function such as `mov rax, cr3; pop rbp; ret`): the stub runs it in place, no
+            // code after it is displaced, so no branch target can be cut. Anything else that
+            // leaves the block would displace code that may be a branch target (or, for a jump,
+            // land inside the patch).
+            let ends_here =
+                covered + insn.len() >= JMP_REL32_LEN && insn.flow_control() == FlowControl::Return;
+            if insn.flow_control() != FlowControl::Next && !ends_here {
                 return Err(PlanError::ControlFlow { offset: covered });
             }
             if is_padding(&insn) {
@@ -151,7 +158,9 @@ pub fn plan_patch(site: &Site, stub: u64) -> Result<PatchPlan, PlanError> {
     let after_jmp = site.rip + JMP_REL32_LEN as u64;
     let rel = match site.bitness {
         Bitness::Bits64 => {
-            let rel = i128::from(stub) - i128::from(after_jmp);
+            // RIP arithmetic wraps modulo 2^64: low code reaches a stub at the top of the
+            // address space (the DMP window) and the other way round.
+            let rel = stub.wrapping_sub(after_jmp) as i64;
             i32::try_from(rel).map_err(|_| PlanError::StubOutOfRange)?
         }
         Bitness::Bits32 => {
@@ -299,6 +308,21 @@ mod tests {
         assert_eq!(
             plan_patch(&top, u64::MAX - 8192),
             Err(PlanError::CrossesPage)
+        );
+    }
+
+    #[test]
+    fn a_ret_may_end_the_displaced_range() {
+        // mov rax, cr3 ; pop rbp ; ret ; int3 (a small function): five bytes with the ret.
+        let code = [0x0f, 0x20, 0xd8, 0x5d, 0xc3, 0xcc, 0xcc];
+        let plan = plan_patch(&site64(&code, SITE, Exit::ControlRegister), STUB).unwrap();
+        assert_eq!(plan.covered, 5);
+        assert_eq!(plan.expected, code[..5]);
+        // Shorter: mov rax, cr3 ; ret (four bytes) cannot be covered without the padding.
+        let short = [0x0f, 0x20, 0xd8, 0xc3, 0xcc, 0xcc];
+        assert_eq!(
+            plan_patch(&site64(&short, SITE, Exit::ControlRegister), STUB),
+            Err(PlanError::ControlFlow { offset: 3 })
         );
     }
 

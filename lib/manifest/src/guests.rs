@@ -52,6 +52,8 @@ pub const VMM_QUOTA_SHADOW: u64 = 128 * 4096;
 pub const VMM_MEMORY: u64 = 512 * 1024;
 /// The portal of the serial driver that a vmm-server uses when the system has one.
 pub const SERIAL_LOG: (&str, &str) = ("serial", "log");
+/// The DMP service's portal that the vmm-server of a guest with `dmp = true` uses.
+pub const DMP_ATTACH: (&str, &str) = ("dmp-service", "attach");
 /// The most bytes of configuration a `GET_CONFIG` reply carries: the message's 64 words less
 /// the status and the length.
 pub const CONFIG_BYTES_MAX: usize = (abi::utcb::MSG_WORDS - 2) * 8;
@@ -90,7 +92,7 @@ impl SystemImage {
     /// The server implied by guest `guest` (see the module documentation).
     pub fn vmm_server(&self, guest: &Guest) -> Server {
         let (serial, log) = SERIAL_LOG;
-        let uses = match self.server(serial) {
+        let mut uses = match self.server(serial) {
             Some(s) if s.provides(log) => vec![Use {
                 server: serial.into(),
                 portal: log.into(),
@@ -98,6 +100,14 @@ impl SystemImage {
             }],
             _ => Vec::new(),
         };
+        let (dmp, attach) = DMP_ATTACH;
+        if guest.dmp && self.server(dmp).is_some_and(|s| s.provides(attach)) {
+            uses.push(Use {
+                server: dmp.into(),
+                portal: attach.into(),
+                rights: abi::Rights::CALL.0,
+            });
+        }
         Server {
             name: guest.vmm_name(),
             priority: guest.priority,

@@ -86,6 +86,9 @@ pub struct Guest {
     /// Shadow mode only: the kernel answers the guest's DMP hypercalls
     /// (`abi::vm::hypercall`) instead of the VMM treating VMMCALL/VMCALL as undefined.
     pub hypercalls: bool,
+    /// Shadow mode only: the guest's exit profiles go to the DMP service (`dmp-service.attach`),
+    /// which may patch hot sites of the guest (`abi::dmp`).
+    pub dmp: bool,
 }
 
 impl Guest {

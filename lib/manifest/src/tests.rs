@@ -359,6 +359,7 @@ fn guest(name: &str, memory_mib: u64) -> Guest {
         priority: 10,
         expect: Expect::Exit(0),
         hypercalls: false,
+        dmp: false,
     }
 }
 

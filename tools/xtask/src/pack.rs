@@ -356,11 +356,12 @@ mod tests {
                 package("hello", &["hello"], true),
                 package("probe", &["probe"], true),
                 package("attacker", &["attacker"], true),
+                package("hcprobe", &["hcprobe"], true),
             ],
         };
         assert_eq!(
             guest_packages(&system, &ws).unwrap(),
-            ["hello", "probe", "attacker"]
+            ["hello", "probe", "attacker", "hcprobe"]
         );
         let ws = Workspace {
             packages: vec![package("hello", &["hello"], false)],

@@ -89,6 +89,8 @@ pub struct GuestEntry {
     expect: Option<Spanned<String>>,
     /// DMP hypercalls answered by the kernel (shadow mode only; default false).
     hypercalls: Option<Spanned<bool>>,
+    /// Exit profiles to the DMP service, which may patch the guest (shadow mode only).
+    dmp: Option<Spanned<bool>>,
 }
 
 /// A guest's priority when the manifest gives none.
@@ -338,6 +340,15 @@ fn compile_guest(entry: &GuestEntry, errors: &mut Vec<(Range<usize>, String)>) -
             ),
         ));
     }
+    let dmp = entry.dmp.as_ref().is_some_and(|h| *h.get_ref());
+    if let (Some(h), true, MemoryMode::Nested) = (entry.dmp.as_ref(), dmp, mode) {
+        errors.push((
+            h.span(),
+            format!(
+                "dmp of guest `{name}` needs mode = \"shadow\" (DMP patches shadow paging's exits)"
+            ),
+        ));
+    }
     let expect = match &entry.expect {
         None => Expect::Exit(0),
         Some(text) => Expect::parse(text.get_ref()).unwrap_or_else(|| {
@@ -364,6 +375,7 @@ fn compile_guest(entry: &GuestEntry, errors: &mut Vec<(Range<usize>, String)>) -
         priority,
         expect,
         hypercalls,
+        dmp,
         name,
     }
 }
