@@ -133,7 +133,7 @@ pub fn rights(ctx: &mut Ctx) -> Outcome {
         )?;
         refused(
             "delegate with an undefined rights bit",
-            syscall::delegate(READ_GRANT, me, DEST, Rights(0x40)),
+            syscall::delegate(READ_GRANT, me, DEST, Rights(0x80)),
             Status::BadArgument,
         )?;
         ok(
