@@ -91,22 +91,40 @@ pub struct Mode {
     pub name: &'static str,
     /// The guest's `mode =` in the manifest.
     pub guest_mode: &'static str,
-    /// More `key = value` lines for the `[[guest]]` table (none so far).
+    /// More `key = value` lines for the `[[guest]]` table.
     pub guest_extra: &'static str,
+    /// More servers (whole `[[server]]` tables), e.g. the DMP service.
+    pub servers: &'static str,
 }
 
-/// The modes, in column order; the first is the baseline of the exit ratios. (DMP will add
-/// `shadow+dmp` here.)
+/// The DMP service as the `shadow+dmp` systems declare it (as in `manifests/dmp.toml`).
+const DMP_SERVICE: &str = "[[server]]\n\
+name = \"dmp-service\"\n\
+priority = 15\n\
+quota = \"128K\"\n\
+memory = \"256K\"\n\
+portals = [\"attach\"]\n\
+uses = [\"serial.log\"]\n";
+
+/// The modes, in column order; the first is the baseline of the exit ratios.
 pub const MODES: &[Mode] = &[
     Mode {
         name: "nested",
         guest_mode: "nested",
         guest_extra: "",
+        servers: "",
     },
     Mode {
         name: "shadow",
         guest_mode: "shadow",
         guest_extra: "",
+        servers: "",
+    },
+    Mode {
+        name: "shadow+dmp",
+        guest_mode: "shadow",
+        guest_extra: "dmp = true",
+        servers: DMP_SERVICE,
     },
 ];
 
@@ -492,6 +510,7 @@ pub fn manifest_text(workload: &Workload, mode: &Mode) -> String {
          irqs = [4]\n\
          portals = [\"log\"]\n\
          \n\
+         {servers}\n\
          [[guest]]\n\
          name = \"{guest}\"\n\
          image = \"pagingos\"\n\
@@ -504,6 +523,7 @@ pub fn manifest_text(workload: &Workload, mode: &Mode) -> String {
         guest = guest_name(workload),
         guest_mode = mode.guest_mode,
         rounds = workload.rounds,
+        servers = mode.servers,
     );
     for line in mode.guest_extra.lines().filter(|l| !l.trim().is_empty()) {
         text.push_str(line.trim());
