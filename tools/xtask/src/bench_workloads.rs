@@ -537,8 +537,9 @@ struct Context<'a> {
     kernel: &'a Path,
     release: bool,
     bootloader: image::Bootloader,
-    /// Whether the user crates and guests have been built in this run.
-    built: bool,
+    /// The modes whose user crates and guests have been built in this run (a mode may add
+    /// servers, such as the DMP service).
+    built: Vec<&'static str>,
 }
 
 /// Generates, packs and boots one run; any problem becomes a failed run.
@@ -562,8 +563,11 @@ fn boot_one(
     let path = layout::work_dir(&["bench", "systems"])?.join(format!("{name}.toml"));
     std::fs::write(&path, manifest_text(workload, mode))?;
     let system = manifest::load_file(ctx.root, &path)?;
-    let modules = pack::modules(ctx.root, &system, ctx.release, !ctx.built)?;
-    ctx.built = true;
+    let build = !ctx.built.contains(&mode.name);
+    let modules = pack::modules(ctx.root, &system, ctx.release, build)?;
+    if build {
+        ctx.built.push(mode.name);
+    }
     let work = layout::work_dir(&["bench", "workloads", &format!("{name}-{}", backend.name())])?;
     let iso = work.join(format!("{name}.iso"));
     image::for_system(&system, &modules, ctx.bootloader, ctx.kernel, "", &iso)?;
@@ -618,7 +622,7 @@ pub fn run(kernel: &Path, release: bool, only: Option<Backend>) -> Result<()> {
         kernel,
         release,
         bootloader: run::default_bootloader(),
-        built: false,
+        built: Vec::new(),
     };
     let mut runs = Vec::new();
     for (i, (backend, workload, mode)) in plan.iter().enumerate() {
