@@ -413,6 +413,21 @@ impl Shadow {
         FaultOutcome::Resume { flush, page: None }
     }
 
+    /// Maps the whole DMP window into the current shadow tree. Every CR3 load starts an empty
+    /// tree; without this, code patched to avoid an exit would pay one window fill per address
+    /// space switch instead.
+    pub fn prefill_window(&mut self, nested: &NestedTables) {
+        use virt::shadow::bits::{ACCESSED, DIRTY, PRESENT};
+        let Some(w) = self.window else { return };
+        for page in 0..w.pages {
+            let Some(hpa) = physical_to_host(nested, w.gpa + page * 4096) else {
+                continue;
+            };
+            let pte = (hpa & !0xfff) | PRESENT | ACCESSED | DIRTY;
+            self.vtlb.install(&mut ShadowFrames, w.gla + page * 4096, pte);
+        }
+    }
+
     /// Writes the guest's current CR3 into the first word of the DMP window (what patched
     /// `mov reg, cr3` sites read instead of exiting).
     pub fn publish(&self, nested: &NestedTables) {

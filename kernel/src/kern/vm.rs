@@ -1049,6 +1049,7 @@ fn cr_write(
         Ok((c, flush)) => {
             if cr == 3 {
                 shadow.publish(nested);
+                shadow.prefill_window(nested);
             }
             vcpu.hw
                 .shadow_control(c.cr0, c.cr3, c.cr4, shadow.cr0, shadow.cr4);
