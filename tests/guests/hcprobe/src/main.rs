@@ -133,7 +133,7 @@ fn window(r: &mut Report) {
             if store.is_ok() {
                 "went through"
             } else {
-                "faulted"
+                "refused with #PF"
             }
         ),
     );
