@@ -424,7 +424,8 @@ impl Shadow {
                 continue;
             };
             let pte = (hpa & !0xfff) | PRESENT | ACCESSED | DIRTY;
-            self.vtlb.install(&mut ShadowFrames, w.gla + page * 4096, pte);
+            self.vtlb
+                .install(&mut ShadowFrames, w.gla + page * 4096, pte);
         }
     }
 
