@@ -91,7 +91,8 @@ impl Window {
 /// The vTLB of a Vm and its guest's own control registers.
 pub struct Shadow {
     vtlb: Vtlb<POOL_FRAMES, ROOTS>,
-    frames: Vec<u64>,
+    // Held for its Drop: the vTLB hands these frames out.
+    _frames: PoolFrames,
     features: Features,
     /// The guest's CR0, CR3, CR4 and EFER as it set them.
     pub cr0: u64,
@@ -102,9 +103,13 @@ pub struct Shadow {
     pub window: Option<Window>,
 }
 
-impl Drop for Shadow {
+/// The pool's frames, given back to the frame allocator when the Shadow (or a half-built one)
+/// goes.
+struct PoolFrames(Vec<u64>);
+
+impl Drop for PoolFrames {
     fn drop(&mut self) {
-        for f in &self.frames {
+        for f in &self.0 {
             frames::free(*f, 1);
         }
     }
@@ -146,30 +151,14 @@ pub enum FaultOutcome {
 impl Shadow {
     /// A vTLB with `POOL_FRAMES` fresh frames; None when memory is short.
     pub fn new() -> Option<Shadow> {
-        let mut table_frames = Vec::with_capacity(POOL_FRAMES);
+        let mut pool = PoolFrames(Vec::with_capacity(POOL_FRAMES));
         for _ in 0..POOL_FRAMES {
-            match frames::alloc(1) {
-                Some(f) => table_frames.push(f),
-                None => {
-                    for f in table_frames {
-                        frames::free(f, 1);
-                    }
-                    return None;
-                }
-            }
+            pool.0.push(frames::alloc(1)?);
         }
-        let vtlb = match Vtlb::new(&table_frames) {
-            Ok(v) => v,
-            Err(_) => {
-                for f in table_frames {
-                    frames::free(f, 1);
-                }
-                return None;
-            }
-        };
+        let vtlb = Vtlb::new(&pool.0).ok()?;
         Some(Shadow {
             vtlb,
-            frames: table_frames,
+            _frames: pool,
             features: host_features(),
             cr0: 0,
             cr3: 0,
@@ -215,9 +204,7 @@ impl Shadow {
         self.cr4 = cr4;
         self.efer = efer;
         self.cr3 = cr3;
-        self.vtlb.flush_all(&mut ShadowFrames);
-        self.vtlb.switch(&mut ShadowFrames, key(cr3), true);
-        self.stats.flushes += 1;
+        self.flush();
         Ok(self.hardware())
     }
 
@@ -274,9 +261,7 @@ impl Shadow {
             _ => return Err(CrError::Unsupported),
         };
         if flush && cr != 3 {
-            self.vtlb.flush_all(&mut ShadowFrames);
-            self.vtlb.switch(&mut ShadowFrames, key(self.cr3), true);
-            self.stats.flushes += 1;
+            self.flush();
         }
         Ok((self.hardware(), flush))
     }
@@ -326,7 +311,8 @@ impl Shadow {
         result
     }
 
-    /// Drops every shadow translation (guest memory was unmapped).
+    /// Drops every shadow translation and starts the current address space's tree afresh
+    /// (guest memory was unmapped, or a paging control changed).
     pub fn flush(&mut self) {
         self.vtlb.flush_all(&mut ShadowFrames);
         self.vtlb.switch(&mut ShadowFrames, key(self.cr3), true);
@@ -361,7 +347,7 @@ impl Shadow {
                         true
                     }
                 };
-                let page = (before & walk_present() != 0).then_some(fill.la);
+                let page = (before & virt::shadow::bits::PRESENT != 0).then_some(fill.la);
                 FaultOutcome::Resume { flush, page }
             }
             Resolution::Inject(f) => {
@@ -489,10 +475,6 @@ pub fn linear_to_physical(
 /// The host-physical address of guest-physical `gpa`, if guest memory backs it.
 pub fn physical_to_host(nested: &NestedTables, gpa: u64) -> Option<u64> {
     nested.translate(&DirectTables, gpa).map(|(hpa, _)| hpa)
-}
-
-fn walk_present() -> u64 {
-    virt::shadow::bits::PRESENT
 }
 
 fn key(cr3: u64) -> Key {

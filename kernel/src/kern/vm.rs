@@ -80,8 +80,9 @@ pub struct Vcpu {
     pub exit_tsc: u64,
     /// TSC ticks spent in the guest, summed from entry to exit (instructions under `-icount`).
     pub guest_tsc: u64,
-    /// The Vm's exit count at which the next `Profile` message is due, and its sequence number.
-    pub next_profile: u64,
+    /// Exits profiled since the last `Profile` message (one is due at `PROFILE_PERIOD`), and
+    /// the messages' sequence number.
+    pub unprofiled: u64,
     pub profile_sequence: u64,
     /// The kernel answers this vCPU's DMP hypercalls (`VcpuOp::Hypercalls`).
     pub hypercalls: bool,
@@ -346,7 +347,7 @@ pub fn create_vcpu(
         exits: [0; EXIT_COUNT as usize],
         exit_tsc: 0,
         guest_tsc: 0,
-        next_profile: vmabi::PROFILE_PERIOD,
+        unprofiled: 0,
         profile_sequence: 0,
         hypercalls: false,
     });
@@ -717,23 +718,13 @@ pub fn ready_to_enter(k: &mut Kernel, t: ThreadId) -> bool {
             deliver_exit(k, t, reason, 0, 0, 0);
             false
         }
-        None => !profile_due(k, t) || !deliver_profile(k, t),
+        // Every PROFILE_PERIOD exits, whether or not anyone takes the message.
+        None if vcpu.unprofiled >= vmabi::PROFILE_PERIOD => {
+            vcpu.unprofiled = 0;
+            !deliver_profile(k, t)
+        }
+        None => true,
     }
-}
-
-/// Whether vCPU `t`'s Vm has counted another `PROFILE_PERIOD` exits since the last message
-/// (the next one is then due a period later, whether or not anyone takes this one).
-fn profile_due(k: &mut Kernel, t: ThreadId) -> bool {
-    let Kernel { threads, vms, .. } = k;
-    let Some(vcpu) = threads.get_mut(t).and_then(|t| t.vcpu.as_mut()) else {
-        return false;
-    };
-    let total = vms.get(vcpu.vm).map_or(0, |v| v.profile.total());
-    if total < vcpu.next_profile {
-        return false;
-    }
-    vcpu.next_profile = total + vmabi::PROFILE_PERIOD;
-    true
 }
 
 /// Sends the Vm's exit profile to the portal at `exit_base + Profile`, if there is one; true if
@@ -909,12 +900,30 @@ enum ShadowExit {
 /// #PF, control-register and INVLPG exits of a shadow-mode vCPU: the kernel's vTLB answers
 /// them without the VMM.
 fn shadow_exit(k: &mut Kernel, t: ThreadId, e: &hw::HwExit) -> ShadowExit {
+    // Only these exits can be the vTLB's: every other one leaves at once (this runs on the path
+    // of every exit).
+    if !matches!(
+        e.exit,
+        HwReason::Hypercall
+            | HwReason::Exception { vector: 14 }
+            | HwReason::Cr(_)
+            | HwReason::Invlpg
+    ) {
+        return ShadowExit::NotShadow;
+    }
     let Kernel { threads, vms, .. } = k;
     let Some(vcpu) = threads.get_mut(t).and_then(|t| t.vcpu.as_mut()) else {
         return ShadowExit::NotShadow;
     };
     let Some(vm) = vms.get_mut(vcpu.vm) else {
         return ShadowExit::NotShadow;
+    };
+    let reason = match e.exit {
+        HwReason::Hypercall if vcpu.hypercalls => Exit::Hypercall,
+        HwReason::Exception { vector: 14 } => Exit::PageFault,
+        HwReason::Cr(_) => Exit::ControlRegister,
+        HwReason::Invlpg => Exit::Invlpg,
+        _ => return ShadowExit::NotShadow,
     };
     if vm.shadow.is_none() {
         return ShadowExit::NotShadow;
@@ -924,17 +933,9 @@ fn shadow_exit(k: &mut Kernel, t: ThreadId, e: &hw::HwExit) -> ShadowExit {
         .read(&vcpu.ctx.gprs, mtd::GPRS | mtd::RIP | mtd::SEGMENTS, &mut w);
     let rflags = w[word::RFLAGS];
     let cpl3 = (vmabi::segment::attributes(w[word::SEGMENTS + 2]) >> 5) & 3 == 3;
-    let counted = match e.exit {
-        HwReason::Hypercall if vcpu.hypercalls => Some(Exit::Hypercall),
-        HwReason::Exception { vector: 14 } => Some(Exit::PageFault),
-        HwReason::Cr(_) => Some(Exit::ControlRegister),
-        HwReason::Invlpg => Some(Exit::Invlpg),
-        _ => None,
-    };
-    if let Some(reason) = counted {
-        vm.profile.record(reason, w[word::RIP]);
-        vcpu.exits[reason as usize] += 1;
-    }
+    vm.profile.record(reason, w[word::RIP]);
+    vcpu.exits[reason as usize] += 1;
+    vcpu.unprofiled += 1;
     let Vm { nested, shadow, .. } = vm;
     let Some(shadow) = shadow.as_mut() else {
         return ShadowExit::NotShadow;
@@ -1134,14 +1135,7 @@ pub fn deliver_exit(k: &mut Kernel, t: ThreadId, reason: Exit, qual0: u64, qual1
         return;
     };
     vcpu.exits[reason as usize] += 1;
-    let mut at = [0u64; word::COUNT];
-    vcpu.hw.read(&vcpu.ctx.gprs, mtd::RIP, &mut at);
-    if let Some(v) = k.vms.get_mut(vcpu.vm) {
-        v.profile.record(reason, at[word::RIP]);
-    }
-    let Some(vcpu) = k.threads.get_mut(t).and_then(|t| t.vcpu.as_mut()) else {
-        return;
-    };
+    vcpu.unprofiled += 1;
     let mask = if reason == Exit::Startup {
         mtd::ALL
     } else {
@@ -1155,8 +1149,16 @@ pub fn deliver_exit(k: &mut Kernel, t: ThreadId, reason: Exit, qual0: u64, qual1
     words[word::INSTRUCTION_LEN] = len;
     words[word::EXIT_TSC] = vcpu.exit_tsc;
     words[word::GUEST_TSC] = vcpu.guest_tsc;
-    vcpu.hw.read(&vcpu.ctx.gprs, mask, &mut words);
+    // The profile needs the RIP; the message carries it unless the mask leaves it out.
+    vcpu.hw.read(&vcpu.ctx.gprs, mask | mtd::RIP, &mut words);
     let vm = vcpu.vm;
+    if let Some(v) = k.vms.get_mut(vm) {
+        v.profile.record(reason, words[word::RIP]);
+    }
+    if mask & mtd::RIP == 0 {
+        words[word::RIP] = 0;
+        words[word::RFLAGS] = 0;
+    }
     if mask & mtd::CONTROL != 0 {
         if let Some(s) = k.vms.get(vm).and_then(|v| v.shadow.as_deref()) {
             guest_view(s, &mut words);

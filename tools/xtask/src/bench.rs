@@ -47,6 +47,50 @@ fn boot_word(lines: &[Line], key: &str) -> Option<u64> {
         .find_map(|word| word.strip_prefix(key)?.parse().ok())
 }
 
+/// Builds system `name` from `manifests/`, boots it once on QEMU with `-icount` (the TSC counts
+/// instructions) and returns the boot; a run that does not end in success is an error naming the
+/// saved transcript. The IPC and exit benchmarks share it.
+pub fn boot_icount(
+    name: &str,
+    kernel: &std::path::Path,
+    release: bool,
+    timeout: Duration,
+) -> Result<emulator::Run> {
+    let root = layout::root();
+    let system = manifest::load(&root, name)?;
+    let work = layout::work_dir(&["bench", name])?;
+    let iso = work.join(format!("{name}.iso"));
+    let modules = pack::modules(&root, &system, release, true)?;
+    image::for_system(
+        &system,
+        &modules,
+        run::default_bootloader(),
+        kernel,
+        "",
+        &iso,
+    )?;
+    let spec = Spec {
+        iso,
+        cpu: Emulator::Qemu.default_cpu().into(),
+        timeout,
+        ram_mib: system.ram_mib,
+        icount: true,
+        echo: false,
+        work: work.join("icount"),
+    };
+    let boot = emulator::boot(Emulator::Qemu, &spec)?;
+    if boot.outcome() != Outcome::Success {
+        let log = spec.work.join("failed.log");
+        std::fs::write(&log, boot.log_text())?;
+        bail!(
+            "the {name} system did not succeed: {} (see {})",
+            boot.outcome(),
+            layout::show(&log)
+        );
+    }
+    Ok(boot)
+}
+
 fn median(values: &mut [f64]) -> Option<f64> {
     values.sort_by(|a, b| a.total_cmp(b));
     let n = values.len();

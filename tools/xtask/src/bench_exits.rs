@@ -15,12 +15,11 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::emulator::{self, Emulator, Line, Spec};
-use crate::outcome::Outcome;
-use crate::{image, layout, manifest, pack, run};
+use crate::emulator::{Emulator, Line};
+use crate::layout;
 
 /// Published costs of one exit: (hypervisor, machine, figure, unit, what it covers, source).
 pub const PUBLISHED: [(&str, &str, u64, &str, &str, &str); 1] = [(
@@ -79,39 +78,8 @@ struct Report {
 
 /// Runs the benchmark with the kernel ELF `kernel`.
 pub fn run(kernel: &std::path::Path, release: bool) -> Result<()> {
-    let root = layout::root();
-    let system = manifest::load(&root, "exitbench")?;
-    let work = layout::work_dir(&["bench", "exits"])?;
-    let iso = work.join("exitbench.iso");
-    let modules = pack::modules(&root, &system, release, true)?;
-    image::for_system(
-        &system,
-        &modules,
-        run::default_bootloader(),
-        kernel,
-        "",
-        &iso,
-    )?;
-    let spec = Spec {
-        iso,
-        cpu: Emulator::Qemu.default_cpu().into(),
-        timeout: Duration::from_secs(300),
-        ram_mib: system.ram_mib,
-        icount: true,
-        echo: false,
-        work: work.join("icount"),
-    };
     eprintln!("bench: exits: booting `exitbench` with -icount (a guest executing CPUID in a loop)");
-    let boot = emulator::boot(Emulator::Qemu, &spec)?;
-    if boot.outcome() != Outcome::Success {
-        let log = spec.work.join("failed.log");
-        std::fs::write(&log, boot.log_text())?;
-        bail!(
-            "the exitbench system did not succeed: {} (see {})",
-            boot.outcome(),
-            layout::show(&log)
-        );
-    }
+    let boot = crate::bench::boot_icount("exitbench", kernel, release, Duration::from_secs(300))?;
     let (iterations, per) = parse_guest(&boot.lines)
         .context("no `cpuidloop: … per iteration` line in the transcript")?;
     let (_, delivery, handler) =

@@ -12,12 +12,11 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::emulator::{self, Emulator, Line, Spec};
-use crate::outcome::Outcome;
-use crate::{image, layout, manifest, pack, run};
+use crate::emulator::{Emulator, Line};
+use crate::layout;
 
 /// Published one-way IPC costs between address spaces, hot cache: (kernel, machine, figure,
 /// unit, source).
@@ -83,39 +82,8 @@ struct Report {
 
 /// Runs the benchmark with the kernel ELF `kernel`.
 pub fn run(kernel: &std::path::Path, release: bool) -> Result<()> {
-    let root = layout::root();
-    let system = manifest::load(&root, "ipcbench")?;
-    let work = layout::work_dir(&["bench", "ipc"])?;
-    let iso = work.join("ipcbench.iso");
-    let modules = pack::modules(&root, &system, release, true)?;
-    image::for_system(
-        &system,
-        &modules,
-        run::default_bootloader(),
-        kernel,
-        "",
-        &iso,
-    )?;
-    let spec = Spec {
-        iso,
-        cpu: Emulator::Qemu.default_cpu().into(),
-        timeout: Duration::from_secs(180),
-        ram_mib: system.ram_mib,
-        icount: true,
-        echo: false,
-        work: work.join("icount"),
-    };
     eprintln!("bench: ipc: booting `ipcbench` with -icount (100,000 round trips)");
-    let boot = emulator::boot(Emulator::Qemu, &spec)?;
-    if boot.outcome() != Outcome::Success {
-        let log = spec.work.join("failed.log");
-        std::fs::write(&log, boot.log_text())?;
-        bail!(
-            "the ipcbench system did not succeed: {} (see {})",
-            boot.outcome(),
-            layout::show(&log)
-        );
-    }
+    let boot = crate::bench::boot_icount("ipcbench", kernel, release, Duration::from_secs(180))?;
     let (round_trips, per_round_trip, null) =
         parse(&boot.lines).context("no `ipcbench: … per round trip` line in the transcript")?;
     let report = Report {
