@@ -101,10 +101,13 @@ pub enum Syscall {
     /// UTCB's message words 0-7 (little-endian; needs READ on the Vm). Flags as for `VmPatch`.
     /// What the DMP service decodes hot sites from.
     VmRead = 25,
+    /// `VmDmp(vm, op, arg)`: DMP controls of a Vm (`crate::vm::dmp_op`: the guest-physical view,
+    /// #PF forwarding); needs PATCH on the Vm.
+    VmDmp = 26,
 }
 
 /// Number of defined syscalls; every number at or above it returns `BadSyscall`.
-pub const COUNT: u64 = 26;
+pub const COUNT: u64 = 27;
 
 impl Syscall {
     pub const fn from_u64(v: u64) -> Option<Self> {
@@ -135,6 +138,7 @@ impl Syscall {
             23 => Self::VmPatch,
             24 => Self::VmWindow,
             25 => Self::VmRead,
+            26 => Self::VmDmp,
             _ => return None,
         })
     }

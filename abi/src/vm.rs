@@ -103,6 +103,13 @@ pub mod hypercall {
     pub const QUEUE: u64 = 3;
     /// Most entries in one [`QUEUE`] call.
     pub const MAX_QUEUE: u64 = 256;
+    /// RBX = guest-linear address (the CR2 of a #PF the guest's patched #PF gate took while the
+    /// Vm forwards page faults, `VmDmp` [`super::dmp_op::FORWARD_FAULTS`]), RCX = the hardware
+    /// error code. The kernel resolves it as it would an intercepted #PF: RAX = [`OK`] when it
+    /// was a hidden (shadow-only) fault that is now filled (the stub returns with IRETQ), or
+    /// [`GUEST_FAULT`] with RCX = the error code the guest's own tables give (the stub hands the
+    /// fault to the guest's handler with that code).
+    pub const FAULT: u64 = 4;
 
     /// Result codes (RAX).
     pub const OK: u64 = 0;
@@ -110,10 +117,38 @@ pub mod hypercall {
     pub const BAD_REQUEST: u64 = 1;
     /// An entry address or queue outside guest RAM, or not 8-aligned.
     pub const BAD_ADDRESS: u64 = 2;
+    /// [`FAULT`]: the fault is the guest's own; RCX holds its error code.
+    pub const GUEST_FAULT: u64 = 3;
 }
 
 /// Byte offset in the DMP window (`VmWindow`) of the guest's current CR3, kept by the kernel.
 pub const WINDOW_CR3: u64 = 0;
+/// Byte offsets of the guest's IDTR base and limit, kept by the kernel (refreshed on every CR3
+/// load and `VmDmp` call): where the DMP service finds the #PF gate.
+pub const WINDOW_IDTR_BASE: u64 = 8;
+pub const WINDOW_IDTR_LIMIT: u64 = 16;
+/// Byte offset of the reserved-bit mask of the guest's paging entries (bits MAXPHYADDR..=51,
+/// and bit 63 while EFER.NXE = 0), kept by the kernel: a stub walking the guest's tables sends
+/// any entry with one of these bits to the kernel.
+pub const WINDOW_RESERVED_MASK: u64 = 24;
+/// Byte offsets of the guest-linear base and the size of the guest-physical view (`VmDmp`
+/// [`dmp_op::VIEW`]), 0 when there is none.
+pub const WINDOW_VIEW_BASE: u64 = 32;
+pub const WINDOW_VIEW_SIZE: u64 = 40;
+
+/// `VmDmp` operations (syscall 26, on a Vm capability with PATCH).
+pub mod dmp_op {
+    /// arg = guest-linear base (1 GiB-aligned, canonical, upper half, not overlapping the
+    /// window) of a read-only, supervisor-only, non-executable view of all guest RAM (guest
+    /// physical address `p` at `base + p`), filled by the kernel on demand like the window; 0
+    /// removes it. Stubs walk the guest's own page tables through it.
+    pub const VIEW: u64 = 1;
+    /// arg = 1: stop intercepting #PF; the guest's IDT delivers every #PF and its patched gate
+    /// sends hidden faults back as hypercall `FAULT`. arg = 0: intercept again. Needs a window
+    /// and a view; the kernel keeps the window, the view's tables and the pages event delivery
+    /// needs (stack, IDT, GDT, TSS) mapped after every CR3 load so that delivery never faults.
+    pub const FORWARD_FAULTS: u64 = 2;
+}
 /// Most pages of a DMP window.
 pub const WINDOW_MAX_PAGES: u64 = 512;
 
