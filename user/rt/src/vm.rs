@@ -112,6 +112,11 @@ pub fn vm_window(vm: Sel, linear: u64, physical: u64, pages: u64) -> Result<(), 
     checked(Syscall::VmWindow, [vm, linear, physical, pages, 0, 0]).map(drop)
 }
 
+/// `VmDmp`: DMP control `op` (`abi::vm::dmp_op`) of Vm `vm` with argument `arg` (needs PATCH).
+pub fn vm_dmp(vm: Sel, op: u64, arg: u64) -> Result<(), Error> {
+    checked(Syscall::VmDmp, [vm, op, arg, 0, 0, 0]).map(drop)
+}
+
 /// `VmRead`: `out.len()` (1-64) guest bytes at `address` of Vm `vm` (guest-linear when
 /// `linear`), inside one page.
 pub fn vm_read(
