@@ -119,6 +119,9 @@ pub mod hypercall {
     pub const BAD_ADDRESS: u64 = 2;
     /// [`FAULT`]: the fault is the guest's own; RCX holds its error code.
     pub const GUEST_FAULT: u64 = 3;
+    /// Numbers from here on are not the kernel's: the hypercall goes to the VMM as an
+    /// `Exit::Hypercall` exit (DMP stubs of device accesses talk to the VMM this way).
+    pub const VMM_FIRST: u64 = 0x100;
 }
 
 /// Byte offset in the DMP window (`VmWindow`) of the guest's current CR3, kept by the kernel.
@@ -148,6 +151,10 @@ pub mod dmp_op {
     /// and a view; the kernel keeps the window, the view's tables and the pages event delivery
     /// needs (stack, IDT, GDT, TSS) mapped after every CR3 load so that delivery never faults.
     pub const FORWARD_FAULTS: u64 = 2;
+    /// arg = how many of the window's last pages the guest may also write (supervisor only,
+    /// never executable): buffers that stubs fill and the VMM drains (e.g. UART output). The
+    /// kernel never reads them. 0 makes the whole window read-only again.
+    pub const SCRATCH: u64 = 3;
 }
 /// Most pages of a DMP window.
 pub const WINDOW_MAX_PAGES: u64 = 512;

@@ -256,7 +256,7 @@ fn setup(utcb: &mut Utcb, guest: &Guest, name: &str) -> Result<Monitor, SetupErr
         "create vcpu",
         rt::vm::create_vcpu(VCPU, VM, well_known::SELF_PD, priority, EXIT_BASE),
     )?;
-    if guest.hypercalls {
+    if guest.hypercalls || guest.dmp {
         step("enable hypercalls", rt::vm::vcpu_hypercalls(VCPU, true))?;
     }
     for reason in 0..EXIT_COUNT {

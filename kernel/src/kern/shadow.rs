@@ -50,6 +50,7 @@ const CR4_FLUSHING: u64 = CR4_PSE | CR4_PAE | CR4_PGE | CR4_SMEP | CR4_SMAP;
 const HIGH: u64 = 0xffff_ffff_0000_0000;
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
+const EFER_NXE: u64 = 1 << 11;
 
 /// What the shadow paging of a Vm did, for the exit profile and the benchmark.
 #[derive(Clone, Copy, Debug, Default)]
@@ -80,11 +81,33 @@ pub struct Window {
     pub gla: u64,
     pub gpa: u64,
     pub pages: u64,
+    /// The last `scratch` pages are writable too (`abi::vm::dmp_op::SCRATCH`).
+    pub scratch: u64,
 }
 
 impl Window {
     fn contains(&self, la: u64) -> bool {
         la.wrapping_sub(self.gla) < self.pages * 4096
+    }
+
+    fn writable(&self, la: u64) -> bool {
+        let page = la.wrapping_sub(self.gla) / 4096;
+        page < self.pages && page + self.scratch >= self.pages
+    }
+}
+
+/// The DMP view: all guest RAM below `size`, shown read-only, supervisor-only and
+/// non-executable at guest-linear `gla + gpa` through the shadow tables only, so that DMP stubs
+/// can walk the guest's own page tables without an exit (`abi::vm::dmp_op::VIEW`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct View {
+    pub gla: u64,
+    pub size: u64,
+}
+
+impl View {
+    fn contains(&self, la: u64) -> bool {
+        la.wrapping_sub(self.gla) < self.size
     }
 }
 
@@ -101,6 +124,12 @@ pub struct Shadow {
     pub efer: u64,
     pub stats: Stats,
     pub window: Option<Window>,
+    pub view: Option<View>,
+    /// #PF is not intercepted: the guest's patched #PF gate sends hidden faults as hypercall
+    /// `FAULT` (`abi::vm::dmp_op::FORWARD_FAULTS`).
+    pub forward: bool,
+    /// The guest's IDTR (base, limit) as last seen at an exit, published in the window.
+    pub idtr: (u64, u64),
 }
 
 /// The pool's frames, given back to the frame allocator when the Shadow (or a half-built one)
@@ -166,6 +195,9 @@ impl Shadow {
             efer: 0,
             stats: Stats::default(),
             window: None,
+            view: None,
+            forward: false,
+            idtr: (0, 0),
         })
     }
 
@@ -334,6 +366,9 @@ impl Shadow {
         if let Some(w) = self.window.filter(|w| w.contains(la)) {
             return self.window_fault(nested, w, la, error, user);
         }
+        if let Some(v) = self.view.filter(|v| v.contains(la)) {
+            return self.view_fault(nested, v, la, error, user);
+        }
         let ram = GuestRam { nested };
         match classify(&ram, &ram, &paging, la, error, user) {
             Resolution::Fill(fill) => {
@@ -378,7 +413,14 @@ impl Shadow {
     ) -> FaultOutcome {
         use virt::shadow::bits::{ACCESSED, DIRTY, PRESENT};
         const WRITE: u32 = 1 << 1;
-        if error & WRITE != 0 || user {
+        const FETCH: u32 = 1 << 4;
+        let scratch = w.writable(la);
+        let refused = if scratch {
+            error & FETCH != 0
+        } else {
+            error & WRITE != 0
+        };
+        if refused || user {
             self.stats.guest_faults += 1;
             return FaultOutcome::InjectPageFault {
                 address: la,
@@ -391,12 +433,104 @@ impl Shadow {
             return FaultOutcome::MemoryFault { gpa, write: false };
         };
         self.stats.fills += 1;
-        let pte = (hpa & !0xfff) | PRESENT | ACCESSED | DIRTY;
+        let pte = (hpa & !0xfff) | PRESENT | ACCESSED | DIRTY | window_rights(w, la, self.efer);
         let flush = !matches!(
             self.vtlb.install(&mut ShadowFrames, la & !0xfff, pte),
             Install::Installed
         );
         FaultOutcome::Resume { flush, page: None }
+    }
+
+    /// A #PF inside the DMP view: supervisor reads get the guest-physical page (read-only, NX);
+    /// anything else gets the protection fault such a page gives.
+    fn view_fault(
+        &mut self,
+        nested: &NestedTables,
+        v: View,
+        la: u64,
+        error: u32,
+        user: bool,
+    ) -> FaultOutcome {
+        use virt::shadow::bits::{ACCESSED, DIRTY, NO_EXECUTE, PRESENT};
+        const WRITE: u32 = 1 << 1;
+        const FETCH: u32 = 1 << 4;
+        if error & (WRITE | FETCH) != 0 || user {
+            self.stats.guest_faults += 1;
+            return FaultOutcome::InjectPageFault {
+                address: la,
+                error: (error & !virt::shadow::walk::ErrorCode::RESERVED) | 1,
+            };
+        }
+        let gpa = (la - v.gla) & !0xfff;
+        let Some(hpa) = physical_to_host(nested, gpa) else {
+            return FaultOutcome::MemoryFault { gpa, write: false };
+        };
+        self.stats.fills += 1;
+        let nx = if self.efer & EFER_NXE != 0 {
+            NO_EXECUTE
+        } else {
+            0
+        };
+        let pte = (hpa & !0xfff) | PRESENT | ACCESSED | DIRTY | nx;
+        let flush = !matches!(
+            self.vtlb.install(&mut ShadowFrames, la & !0xfff, pte),
+            Install::Installed
+        );
+        FaultOutcome::Resume { flush, page: None }
+    }
+
+    /// Maps, with the access it will make, a guest page that event delivery or a DMP stub
+    /// touches (see [`Shadow::prefill_critical`]); quietly does nothing when the guest's tables
+    /// do not allow it: the fault then comes as it would on hardware.
+    fn prefill_page(&mut self, nested: &NestedTables, la: u64, error: u32, rflags: u64) {
+        let Some(paging) = self.paging(rflags) else {
+            return;
+        };
+        if self.window.is_some_and(|w| w.contains(la)) || self.view.is_some_and(|v| v.contains(la))
+        {
+            return;
+        }
+        let ram = GuestRam { nested };
+        if let Resolution::Fill(fill) = classify(&ram, &ram, &paging, la, error, false) {
+            if self.vtlb.lookup(&ShadowFrames, fill.la) & virt::shadow::bits::PRESENT == 0 {
+                self.stats.fills += 1;
+                self.vtlb.install(&mut ShadowFrames, fill.la, fill.pte);
+            }
+        }
+    }
+
+    /// After a CR3 load or a recycle emptied the current tree: maps the window and, while page
+    /// faults are forwarded, what delivering a #PF through the guest's IDT needs without
+    /// faulting (a fault there would be a double fault): the current stack, the stack in the
+    /// TSS (RSP0) for faults from user mode, the IDT's #PF gate, the GDT and the TSS.
+    /// `w` holds the vCPU's GPRS, RIP, SEGMENTS and TABLES words.
+    pub fn prefill_critical(&mut self, nested: &NestedTables, w: &[u64; abi::vm::word::COUNT]) {
+        use abi::vm::word;
+        self.prefill_window(nested);
+        if !self.forward {
+            return;
+        }
+        const WRITE: u32 = 1 << 1;
+        const USER: u32 = 1 << 2;
+        let rflags = w[word::RFLAGS];
+        let cs = abi::vm::segment::attributes(w[word::SEGMENTS]);
+        let cpl3 = (cs >> 5) & 3 == 3;
+        let rsp = w[word::GPRS + 4];
+        let stack_access = WRITE | if cpl3 { USER } else { 0 };
+        self.prefill_page(nested, rsp.wrapping_sub(8), stack_access, rflags);
+        self.prefill_page(nested, rsp.wrapping_sub(64), stack_access, rflags);
+        let (idt, _) = self.idtr;
+        self.prefill_page(nested, idt + 14 * 16, 0, rflags);
+        self.prefill_page(nested, w[word::GDTR_BASE], 0, rflags);
+        // TR is the 7th segment pair (abi::vm::SEGMENT_ORDER).
+        let tss = w[word::SEGMENTS + 13];
+        self.prefill_page(nested, tss, 0, rflags);
+        let mut rsp0 = [0u8; 8];
+        if self.read_virtual(nested, tss + 4, rflags, &mut rsp0) == 8 {
+            let rsp0 = u64::from_le_bytes(rsp0);
+            self.prefill_page(nested, rsp0.wrapping_sub(8), WRITE, rflags);
+            self.prefill_page(nested, rsp0.wrapping_sub(64), WRITE, rflags);
+        }
     }
 
     /// Maps the whole DMP window into the current shadow tree. Every CR3 load starts an empty
@@ -409,18 +543,42 @@ impl Shadow {
             let Some(hpa) = physical_to_host(nested, w.gpa + page * 4096) else {
                 continue;
             };
-            let pte = (hpa & !0xfff) | PRESENT | ACCESSED | DIRTY;
-            self.vtlb
-                .install(&mut ShadowFrames, w.gla + page * 4096, pte);
+            let la = w.gla + page * 4096;
+            let pte = (hpa & !0xfff) | PRESENT | ACCESSED | DIRTY | window_rights(w, la, self.efer);
+            self.vtlb.install(&mut ShadowFrames, la, pte);
         }
     }
 
     /// Writes the guest's current CR3 into the first word of the DMP window (what patched
     /// `mov reg, cr3` sites read instead of exiting).
     pub fn publish(&self, nested: &NestedTables) {
-        if let Some(hpa) = self.window.and_then(|w| physical_to_host(nested, w.gpa)) {
-            if let Some(word) = direct::read_shared(hpa) {
-                let _ = direct::compare_exchange(hpa, word, self.cr3);
+        use abi::vm::{
+            WINDOW_CR3, WINDOW_IDTR_BASE, WINDOW_IDTR_LIMIT, WINDOW_RESERVED_MASK,
+            WINDOW_VIEW_BASE, WINDOW_VIEW_SIZE,
+        };
+        let Some(hpa) = self.window.and_then(|w| physical_to_host(nested, w.gpa)) else {
+            return;
+        };
+        let width = u32::from(self.features.maxphyaddr).clamp(32, 52);
+        let mut reserved = virt::shadow::bits::ADDR & !((1u64 << width) - 1);
+        if self.efer & EFER_NXE == 0 {
+            reserved |= virt::shadow::bits::NO_EXECUTE;
+        }
+        let view = self.view.map_or((0, 0), |v| (v.gla, v.size));
+        let words = [
+            (WINDOW_CR3, self.cr3),
+            (WINDOW_IDTR_BASE, self.idtr.0),
+            (WINDOW_IDTR_LIMIT, self.idtr.1),
+            (WINDOW_RESERVED_MASK, reserved),
+            (WINDOW_VIEW_BASE, view.0),
+            (WINDOW_VIEW_SIZE, view.1),
+        ];
+        for (offset, value) in words {
+            // The guest may write the window's frame through its own mappings of it; a
+            // compare-and-swap against what is there now keeps the store a plain word write.
+            let at = hpa + offset;
+            if let Some(old) = direct::read_shared(at) {
+                let _ = direct::compare_exchange(at, old, value);
             }
         }
     }
@@ -475,6 +633,16 @@ pub fn linear_to_physical(
 /// The host-physical address of guest-physical `gpa`, if guest memory backs it.
 pub fn physical_to_host(nested: &NestedTables, gpa: u64) -> Option<u64> {
     nested.translate(&DirectTables, gpa).map(|(hpa, _)| hpa)
+}
+
+/// The rights of window page `la` beyond present-supervisor-read: scratch pages are writable
+/// and (with EFER.NXE) not executable.
+fn window_rights(w: Window, la: u64, efer: u64) -> u64 {
+    use virt::shadow::bits::{NO_EXECUTE, WRITABLE};
+    if !w.writable(la) {
+        return 0;
+    }
+    WRITABLE | if efer & EFER_NXE != 0 { NO_EXECUTE } else { 0 }
 }
 
 fn key(cr3: u64) -> Key {

@@ -94,6 +94,7 @@ fn handle(
         Syscall::VmPatch => vm::vm_patch(k, me, space, a),
         Syscall::VmWindow => vm::vm_window(k, space, a),
         Syscall::VmRead => vm::vm_read(k, me, space, a),
+        Syscall::VmDmp => vm::vm_dmp(k, space, a),
     }
 }
 

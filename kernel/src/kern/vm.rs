@@ -86,6 +86,9 @@ pub struct Vcpu {
     pub profile_sequence: u64,
     /// The kernel answers this vCPU's DMP hypercalls (`VcpuOp::Hypercalls`).
     pub hypercalls: bool,
+    /// The hardware lets the guest's #PF through (its Vm's `Shadow::forward`, applied at the
+    /// vCPU's next vTLB exit, where its control block is the current one).
+    pub forwarding: bool,
 }
 
 impl Drop for Vcpu {
@@ -350,6 +353,7 @@ pub fn create_vcpu(
         unprofiled: 0,
         profile_sequence: 0,
         hypercalls: false,
+        forwarding: false,
     });
     let t = k.threads.insert(Thread {
         pd: my_pd,
@@ -628,6 +632,10 @@ pub fn vm_window(k: &mut Kernel, space: SpaceId, a: [u64; 6]) -> Result<u64, Sta
     let Vm { nested, shadow, .. } = v;
     let s = shadow.as_deref_mut().ok_or(Status::BadArgument)?;
     if pages == 0 {
+        if s.forward {
+            // The guest's #PF gate leads into the window.
+            return Err(Status::Busy);
+        }
         s.window = None;
     } else {
         if pages > vmabi::WINDOW_MAX_PAGES || !gla.is_multiple_of(PAGE) || !gpa.is_multiple_of(PAGE)
@@ -645,11 +653,95 @@ pub fn vm_window(k: &mut Kernel, space: SpaceId, a: [u64; 6]) -> Result<u64, Sta
             let page = gpa.checked_add(i * PAGE).ok_or(Status::BadAddress)?;
             shadow::physical_to_host(nested, page).ok_or(Status::BadAddress)?;
         }
-        s.window = Some(shadow::Window { gla, gpa, pages });
+        let window = shadow::Window {
+            gla,
+            gpa,
+            pages,
+            scratch: 0,
+        };
+        if s.view
+            .is_some_and(|v| dmp_view(v.gla, v.size, Some(window)).is_none())
+            || s.forward
+        {
+            return Err(Status::Busy);
+        }
+        s.window = Some(window);
         s.publish(nested);
     }
     flush_vm(k, vm);
     Ok(0)
+}
+
+/// `VmDmp(vm, op, arg)`: the DMP view and #PF forwarding of a shadow-mode Vm
+/// (`abi::vm::dmp_op`); needs PATCH.
+pub fn vm_dmp(k: &mut Kernel, space: SpaceId, a: [u64; 6]) -> Result<u64, Status> {
+    let [vm_sel, op, arg, ..] = a;
+    let vm = match k
+        .caps
+        .lookup(space, vm_sel, Rights::PATCH)
+        .map_err(Status::from)?
+    {
+        Obj::Vm(vm) => *vm,
+        _ => return Err(Status::WrongKind),
+    };
+    // The view covers guest RAM: up to the end of the highest mapping, in 2 MiB steps.
+    let top = k
+        .vm_mappings
+        .iter()
+        .filter(|m| m.vm == vm)
+        .map(|m| m.gpa + m.pages * PAGE)
+        .max()
+        .unwrap_or(0)
+        .next_multiple_of(2 << 20);
+    let v = k.vms.get_mut(vm).ok_or(Status::BadSelector)?;
+    let Vm { nested, shadow, .. } = v;
+    let s = shadow.as_deref_mut().ok_or(Status::BadArgument)?;
+    match op {
+        vmabi::dmp_op::VIEW if arg == 0 => {
+            if s.forward {
+                return Err(Status::Busy);
+            }
+            s.view = None;
+        }
+        vmabi::dmp_op::VIEW => {
+            let view = dmp_view(arg, top, s.window).ok_or(Status::BadAddress)?;
+            s.view = Some(view);
+        }
+        vmabi::dmp_op::SCRATCH => {
+            let w = s.window.as_mut().ok_or(Status::BadArgument)?;
+            if arg > w.pages {
+                return Err(Status::BadArgument);
+            }
+            w.scratch = arg;
+        }
+        vmabi::dmp_op::FORWARD_FAULTS if arg <= 1 => {
+            if arg == 1 && (s.window.is_none() || s.view.is_none()) {
+                return Err(Status::BadArgument);
+            }
+            s.forward = arg == 1;
+        }
+        _ => return Err(Status::BadArgument),
+    }
+    s.publish(nested);
+    flush_vm(k, vm);
+    Ok(0)
+}
+
+/// The view at guest-linear `base` over `size` bytes of guest RAM, if it is 2 MiB-aligned,
+/// canonical in the upper half, and clear of the window.
+fn dmp_view(base: u64, size: u64, window: Option<shadow::Window>) -> Option<shadow::View> {
+    let end = base.checked_add(size)?;
+    let upper = |x: u64| x >> 47 == 0x1_ffff;
+    if size == 0 || !base.is_multiple_of(2 << 20) || !upper(base) || !upper(end - 1) {
+        return None;
+    }
+    if let Some(w) = window {
+        let w_end = w.gla + w.pages * PAGE;
+        if base < w_end && w.gla < end {
+            return None;
+        }
+    }
+    Some(shadow::View { gla: base, size })
 }
 
 fn patch_status(e: virt::patch::PatchError) -> Status {
@@ -929,8 +1021,15 @@ fn shadow_exit(k: &mut Kernel, t: ThreadId, e: &hw::HwExit) -> ShadowExit {
         return ShadowExit::NotShadow;
     }
     let mut w = [0u64; word::COUNT];
-    vcpu.hw
-        .read(&vcpu.ctx.gprs, mtd::GPRS | mtd::RIP | mtd::SEGMENTS, &mut w);
+    vcpu.hw.read(
+        &vcpu.ctx.gprs,
+        mtd::GPRS | mtd::RIP | mtd::SEGMENTS | mtd::TABLES,
+        &mut w,
+    );
+    if reason == Exit::Hypercall && w[word::GPRS] >= vmabi::hypercall::VMM_FIRST {
+        // The VMM's hypercalls (DMP device stubs) go to it as ordinary exits.
+        return ShadowExit::NotShadow;
+    }
     let rflags = w[word::RFLAGS];
     let cpl3 = (vmabi::segment::attributes(w[word::SEGMENTS + 2]) >> 5) & 3 == 3;
     vm.profile.record(reason, w[word::RIP]);
@@ -940,6 +1039,12 @@ fn shadow_exit(k: &mut Kernel, t: ThreadId, e: &hw::HwExit) -> ShadowExit {
     let Some(shadow) = shadow.as_mut() else {
         return ShadowExit::NotShadow;
     };
+    shadow.idtr = (w[word::IDTR_BASE], w[word::IDTR_LIMIT]);
+    if shadow.forward != vcpu.forwarding {
+        vcpu.forwarding = shadow.forward;
+        vcpu.hw.intercept_page_faults(!shadow.forward);
+        shadow.publish(nested);
+    }
     match e.exit {
         HwReason::Exception { vector: 14 } => {
             let error = (e.exception >> 32) as u32;
@@ -947,6 +1052,7 @@ fn shadow_exit(k: &mut Kernel, t: ThreadId, e: &hw::HwExit) -> ShadowExit {
             match shadow.page_fault(nested, la, error, cpl3, rflags) {
                 FaultOutcome::Resume { flush, page } => {
                     if flush {
+                        shadow.prefill_critical(nested, &w);
                         vcpu.hw.flush_on_entry();
                     } else if let Some(la) = page {
                         vcpu.hw.invalidate_page(la);
@@ -1004,6 +1110,9 @@ fn shadow_exit(k: &mut Kernel, t: ThreadId, e: &hw::HwExit) -> ShadowExit {
                 ShadowExit::Handled
             }
         }
+        HwReason::Hypercall if vcpu.hypercalls && w[word::GPRS] == vmabi::hypercall::FAULT => {
+            forwarded_fault(vcpu, shadow, nested, &mut w, e.instruction_len)
+        }
         HwReason::Hypercall if vcpu.hypercalls => {
             let g = word::GPRS;
             let regs = [w[g], w[g + 3], w[g + 1], w[g + 2]]; // RAX RBX RCX RDX
@@ -1036,6 +1145,53 @@ fn shadow_exit(k: &mut Kernel, t: ThreadId, e: &hw::HwExit) -> ShadowExit {
     }
 }
 
+/// Hypercall `FAULT` from the guest's patched #PF gate (RBX = CR2, RCX = the hardware error
+/// code): resolved here like an intercepted #PF. RAX = `OK` for a hidden fault now filled, or
+/// `GUEST_FAULT` with RCX = the error code of the guest's own fault. The arguments are the
+/// guest's word only: a lie costs the guest at most a wrong answer about its own tables.
+fn forwarded_fault(
+    vcpu: &mut Vcpu,
+    shadow: &mut Shadow,
+    nested: &NestedTables,
+    w: &mut [u64; word::COUNT],
+    len: u64,
+) -> ShadowExit {
+    let g = word::GPRS;
+    let (la, error) = (w[g + 3], w[g + 1] as u32);
+    let user = error & (1 << 2) != 0;
+    shadow.stats.hypercalls += 1;
+    match shadow.page_fault(nested, la, error, user, w[word::RFLAGS]) {
+        FaultOutcome::Resume { flush, page } => {
+            if flush {
+                shadow.prefill_critical(nested, w);
+                vcpu.hw.flush_on_entry();
+            } else if let Some(la) = page {
+                vcpu.hw.invalidate_page(la);
+            }
+            w[g] = vmabi::hypercall::OK;
+        }
+        FaultOutcome::InjectPageFault { error, .. } => {
+            w[g] = vmabi::hypercall::GUEST_FAULT;
+            w[g + 1] = u64::from(error);
+        }
+        FaultOutcome::InjectGeneralProtection => {
+            w[g] = vmabi::hypercall::GUEST_FAULT;
+        }
+        FaultOutcome::MemoryFault { gpa, write } => {
+            // Not RAM (MMIO or beyond): the VMM's business. The exit reports the stub's RIP.
+            let access = if write {
+                vmabi::access::WRITE
+            } else {
+                vmabi::access::READ
+            };
+            return ShadowExit::Deliver(Exit::MemoryFault, gpa, access);
+        }
+    }
+    w[word::RIP] = w[word::RIP].wrapping_add(len);
+    vcpu.hw.write(&mut vcpu.ctx.gprs, mtd::GPRS | mtd::RIP, w);
+    ShadowExit::Handled
+}
+
 /// MOV to CR`cr` of `value` by the guest (message words `w` hold its registers).
 fn cr_write(
     vcpu: &mut Vcpu,
@@ -1050,7 +1206,7 @@ fn cr_write(
         Ok((c, flush)) => {
             if cr == 3 {
                 shadow.publish(nested);
-                shadow.prefill_window(nested);
+                shadow.prefill_critical(nested, w);
             }
             vcpu.hw
                 .shadow_control(c.cr0, c.cr3, c.cr4, shadow.cr0, shadow.cr4);

@@ -72,6 +72,11 @@ impl NestedTables {
         self.root
     }
 
+    /// Guest-physical addresses are below this.
+    pub const fn limit(&self) -> u64 {
+        self.limit
+    }
+
     pub const fn format(&self) -> Format {
         self.format
     }

@@ -103,7 +103,7 @@ const BOUNDARY_SELECTORS: [u64; 7] = [
 ];
 
 /// The defined syscalls the storm makes.
-pub const ALLOWED: [Syscall; 24] = [
+pub const ALLOWED: [Syscall; 25] = [
     Syscall::Call,
     Syscall::Reply,
     Syscall::ReplyWait,
@@ -128,6 +128,7 @@ pub const ALLOWED: [Syscall; 24] = [
     Syscall::VmPatch,
     Syscall::VmWindow,
     Syscall::VmRead,
+    Syscall::VmDmp,
 ];
 
 /// The generator.
@@ -223,6 +224,11 @@ impl Storm {
                 args[0] = self.sel();
                 args[3] = self.rng.pick(&[0, 1, 512, 513]);
             }
+            Syscall::VmDmp => {
+                args[0] = self.sel();
+                args[1] = self.rng.pick(&[0, 1, 2, 3]);
+                args[2] = self.rng.pick(&[0, 1, 2, 0xffff_ff80_0000_0000]);
+            }
             Syscall::VmPatch | Syscall::VmRead => {
                 args[0] = self.sel();
                 args[2] = self
@@ -283,9 +289,13 @@ mod tests {
             Some(Syscall::Delegate | Syscall::Map | Syscall::IrqBind | Syscall::Carve) => &[0, 1],
             Some(Syscall::CreateVm | Syscall::VmMap) => &[0, 1],
             Some(Syscall::CreateVcpu) => &[0, 1, 2],
-            Some(Syscall::VcpuControl | Syscall::VmPatch | Syscall::VmWindow | Syscall::VmRead) => {
-                &[0]
-            }
+            Some(
+                Syscall::VcpuControl
+                | Syscall::VmPatch
+                | Syscall::VmWindow
+                | Syscall::VmRead
+                | Syscall::VmDmp,
+            ) => &[0],
             _ => &[],
         }
     }

@@ -229,6 +229,16 @@ impl HwVcpu {
         }
     }
 
+    /// Shadow mode: intercept #PF or let the guest's IDT take it (DMP fault forwarding). Only on
+    /// the vCPU's exit path.
+    pub fn intercept_page_faults(&mut self, on: bool) {
+        match self {
+            HwVcpu::Svm(v) => v.intercept_page_faults(on),
+            HwVcpu::Vmx(v) => v.intercept_page_faults(on),
+            HwVcpu::Empty => {}
+        }
+    }
+
     /// Drops the hardware TLB's translation of guest-linear `la` (a shadow leaf changed).
     pub fn invalidate_page(&mut self, la: u64) {
         match self {

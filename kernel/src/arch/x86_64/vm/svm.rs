@@ -415,6 +415,13 @@ impl Vmcb {
         self.set(S_CR2, value);
     }
 
+    /// Shadow mode: intercept #PF (the vTLB's default) or let the guest's IDT take it.
+    pub fn intercept_page_faults(&mut self, on: bool) {
+        let exceptions = self.get32(INTERCEPT_EXCEPTIONS) & !SHADOW_EXCEPTIONS;
+        let pf = if on { SHADOW_EXCEPTIONS } else { 0 };
+        self.set32(INTERCEPT_EXCEPTIONS, exceptions | pf);
+    }
+
     /// INVLPGA: drops the translation of `la` for this VMCB's ASID from the TLB.
     pub fn invalidate_page(&mut self, la: u64) {
         let asid = u64::from(self.get32(GUEST_ASID));
