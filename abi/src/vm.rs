@@ -155,6 +155,9 @@ pub mod dmp_op {
     /// never executable): buffers that stubs fill and the VMM drains (e.g. UART output). The
     /// kernel never reads them. 0 makes the whole window read-only again.
     pub const SCRATCH: u64 = 3;
+    /// arg = 1: a hidden fault on a 2 MiB or 1 GiB guest page fills the whole 2 MiB part
+    /// holding the address at once (512 leaves) instead of one 4 KiB piece; 0: one piece.
+    pub const REGION_FILLS: u64 = 4;
 }
 /// Most pages of a DMP window.
 pub const WINDOW_MAX_PAGES: u64 = 512;

@@ -16,9 +16,9 @@ use alloc::vec::Vec;
 use mem::paging::TableMemory;
 use virt::nested::NestedTables;
 use virt::shadow::cache::Key;
-use virt::shadow::classify::{classify, Resolution};
+use virt::shadow::classify::{classify, classify_region, RegionResolution, Resolution};
 use virt::shadow::leaf::{Backing, HostMemory};
-use virt::shadow::vtlb::{Install, ShadowMemory, Vtlb};
+use virt::shadow::vtlb::{Install, Invalidated, ShadowMemory, Vtlb};
 use virt::shadow::walk::{self, CasError, Features, GuestPhys, Paging};
 
 use crate::mem::{direct, frames};
@@ -130,6 +130,8 @@ pub struct Shadow {
     pub forward: bool,
     /// The guest's IDTR (base, limit) as last seen at an exit, published in the window.
     pub idtr: (u64, u64),
+    /// Hidden faults on large guest pages fill 2 MiB at once (`dmp_op::REGION_FILLS`).
+    pub regions: bool,
 }
 
 /// The pool's frames, given back to the frame allocator when the Shadow (or a half-built one)
@@ -198,6 +200,7 @@ impl Shadow {
             view: None,
             forward: false,
             idtr: (0, 0),
+            regions: false,
         })
     }
 
@@ -298,10 +301,11 @@ impl Shadow {
         Ok((self.hardware(), flush))
     }
 
-    /// INVLPG of `la` by the guest.
-    pub fn invlpg(&mut self, la: u64) {
+    /// INVLPG of `la` by the guest. True when more than `la`'s page went (every piece of a
+    /// large guest page): the hardware TLB must then forget all of the guest's translations.
+    pub fn invlpg(&mut self, la: u64) -> bool {
         self.stats.invlpgs += 1;
-        self.vtlb.invlpg(&mut ShadowFrames, la);
+        self.vtlb.invalidate(&mut ShadowFrames, la) != Invalidated::Page
     }
 
     /// A DMP hypercall (`abi::vm::hypercall`) with the guest's RAX, RBX, RCX, RDX.
@@ -325,7 +329,8 @@ impl Shadow {
         let outcome = match decode(regs[0], regs[1], regs[2], regs[3]) {
             Err(r) => Err(r.0),
             Ok(Request::Invlpg { la }) => {
-                self.invlpg(la);
+                // The whole hardware TLB tag is flushed below either way.
+                let _ = self.invlpg(la);
                 Ok(())
             }
             Ok(Request::Update(u)) => update(self, u).map(|()| result.applied = 1),
@@ -370,20 +375,30 @@ impl Shadow {
             return self.view_fault(nested, v, la, error, user);
         }
         let ram = GuestRam { nested };
-        match classify(&ram, &ram, &paging, la, error, user) {
+        let resolution = if self.regions {
+            classify_region(&ram, &ram, &paging, la, error, user)
+        } else {
+            RegionResolution::Single(classify(&ram, &ram, &paging, la, error, user))
+        };
+        let resolution = match resolution {
+            RegionResolution::Region(r) => {
+                self.stats.fills += 1;
+                let installed = self
+                    .vtlb
+                    .install_region(&mut ShadowFrames, r.la, &r.ptes, r.size);
+                return self.installed(installed, la & !0xfff, true);
+            }
+            RegionResolution::Single(resolution) => resolution,
+        };
+        match resolution {
             Resolution::Fill(fill) => {
                 self.stats.fills += 1;
                 let before = self.vtlb.lookup(&ShadowFrames, fill.la);
-                let flush = match self.vtlb.install(&mut ShadowFrames, fill.la, fill.pte) {
-                    Install::Installed => false,
-                    Install::InstalledAfterRecycle => true,
-                    Install::NoRoot => {
-                        self.vtlb.switch(&mut ShadowFrames, key(self.cr3), true);
-                        true
-                    }
-                };
-                let page = (before & virt::shadow::bits::PRESENT != 0).then_some(fill.la);
-                FaultOutcome::Resume { flush, page }
+                let installed =
+                    self.vtlb
+                        .install_piece(&mut ShadowFrames, fill.la, fill.pte, fill.size);
+                let replaced = before & virt::shadow::bits::PRESENT != 0;
+                self.installed(installed, fill.la, replaced)
             }
             Resolution::Inject(f) => {
                 self.stats.guest_faults += 1;
@@ -398,6 +413,23 @@ impl Shadow {
                 flush: false,
                 page: None,
             },
+        }
+    }
+
+    /// The outcome of installing leaves for page `la`; `replaced`: the hardware TLB may hold an
+    /// older translation of it.
+    fn installed(&mut self, installed: Install, la: u64, replaced: bool) -> FaultOutcome {
+        let flush = match installed {
+            Install::Installed => false,
+            Install::InstalledAfterRecycle => true,
+            Install::NoRoot => {
+                self.vtlb.switch(&mut ShadowFrames, key(self.cr3), true);
+                true
+            }
+        };
+        FaultOutcome::Resume {
+            flush,
+            page: replaced.then_some(la),
         }
     }
 
@@ -483,19 +515,8 @@ impl Shadow {
     /// touches (see [`Shadow::prefill_critical`]); quietly does nothing when the guest's tables
     /// do not allow it: the fault then comes as it would on hardware.
     fn prefill_page(&mut self, nested: &NestedTables, la: u64, error: u32, rflags: u64) {
-        let Some(paging) = self.paging(rflags) else {
-            return;
-        };
-        if self.window.is_some_and(|w| w.contains(la)) || self.view.is_some_and(|v| v.contains(la))
-        {
-            return;
-        }
-        let ram = GuestRam { nested };
-        if let Resolution::Fill(fill) = classify(&ram, &ram, &paging, la, error, false) {
-            if self.vtlb.lookup(&ShadowFrames, fill.la) & virt::shadow::bits::PRESENT == 0 {
-                self.stats.fills += 1;
-                self.vtlb.install(&mut ShadowFrames, fill.la, fill.pte);
-            }
+        if self.vtlb.lookup(&ShadowFrames, la & !0xfff) & virt::shadow::bits::PRESENT == 0 {
+            let _ = self.page_fault(nested, la, error, false, rflags);
         }
     }
 
@@ -505,11 +526,15 @@ impl Shadow {
     /// TSS (RSP0) for faults from user mode, the IDT's #PF gate, the GDT and the TSS.
     /// `w` holds the vCPU's GPRS, RIP, SEGMENTS and TABLES words.
     pub fn prefill_critical(&mut self, nested: &NestedTables, w: &[u64; abi::vm::word::COUNT]) {
-        use abi::vm::word;
-        self.prefill_window(nested);
-        if !self.forward {
-            return;
+        if self.forward {
+            self.prefill_delivery(nested, w);
         }
+        // Last, so that no recycle on the way takes the window out again.
+        self.prefill_window(nested);
+    }
+
+    fn prefill_delivery(&mut self, nested: &NestedTables, w: &[u64; abi::vm::word::COUNT]) {
+        use abi::vm::word;
         const WRITE: u32 = 1 << 1;
         const USER: u32 = 1 << 2;
         let rflags = w[word::RFLAGS];
@@ -517,8 +542,9 @@ impl Shadow {
         let cpl3 = (cs >> 5) & 3 == 3;
         let rsp = w[word::GPRS + 4];
         let stack_access = WRITE | if cpl3 { USER } else { 0 };
+        // The frame, and the page below for what the stub and the handler push.
         self.prefill_page(nested, rsp.wrapping_sub(8), stack_access, rflags);
-        self.prefill_page(nested, rsp.wrapping_sub(64), stack_access, rflags);
+        self.prefill_page(nested, rsp.wrapping_sub(8 + 4096), stack_access, rflags);
         let (idt, _) = self.idtr;
         self.prefill_page(nested, idt + 14 * 16, 0, rflags);
         self.prefill_page(nested, w[word::GDTR_BASE], 0, rflags);
@@ -529,7 +555,7 @@ impl Shadow {
         if self.read_virtual(nested, tss + 4, rflags, &mut rsp0) == 8 {
             let rsp0 = u64::from_le_bytes(rsp0);
             self.prefill_page(nested, rsp0.wrapping_sub(8), WRITE, rflags);
-            self.prefill_page(nested, rsp0.wrapping_sub(64), WRITE, rflags);
+            self.prefill_page(nested, rsp0.wrapping_sub(8 + 4096), WRITE, rflags);
         }
     }
 
@@ -731,5 +757,16 @@ impl HostMemory for GuestRam<'_> {
             hpa: hpa & !0xfff,
             writable: access.write,
         })
+    }
+
+    fn backing_region(&self, gpa_2m: u64, out: &mut [Option<Backing>; 512]) {
+        *out = [None; 512];
+        self.nested
+            .translate_region(&DirectTables, gpa_2m, |i, hpa, access| {
+                out[i] = Some(Backing {
+                    hpa,
+                    writable: access.write,
+                });
+            });
     }
 }

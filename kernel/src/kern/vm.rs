@@ -707,6 +707,7 @@ pub fn vm_dmp(k: &mut Kernel, space: SpaceId, a: [u64; 6]) -> Result<u64, Status
             let view = dmp_view(arg, top, s.window).ok_or(Status::BadAddress)?;
             s.view = Some(view);
         }
+        vmabi::dmp_op::REGION_FILLS if arg <= 1 => s.regions = arg == 1,
         vmabi::dmp_op::SCRATCH => {
             let w = s.window.as_mut().ok_or(Status::BadArgument)?;
             if arg > w.pages {
@@ -1135,8 +1136,11 @@ fn shadow_exit(k: &mut Kernel, t: ThreadId, e: &hw::HwExit) -> ShadowExit {
                     None => return ShadowExit::Deliver(Exit::Other, vmabi::other::UNKNOWN, e.raw),
                 }
             };
-            shadow.invlpg(la);
-            vcpu.hw.invalidate_page(la);
+            if shadow.invlpg(la) {
+                vcpu.hw.flush_on_entry();
+            } else {
+                vcpu.hw.invalidate_page(la);
+            }
             w[word::RIP] = w[word::RIP].wrapping_add(len);
             vcpu.hw.write(&mut vcpu.ctx.gprs, mtd::RIP, &w);
             ShadowExit::Handled

@@ -196,6 +196,37 @@ impl NestedTables {
         }
         let page = gpa & !(PAGE - 1);
         let e = mem.read(self.leaf_table(mem, page)?, index(page, 1));
+        self.decode_leaf(e)
+            .map(|(hpa, access)| (hpa | (gpa & (PAGE - 1)), access))
+    }
+
+    /// [`NestedTables::translate`] of the 512 pages of the 2 MiB-aligned region holding `gpa`,
+    /// from one leaf table: `f(i, hpa, access)` for each mapped page `i`.
+    pub fn translate_region(
+        &self,
+        mem: &impl TableMemory,
+        gpa: u64,
+        mut f: impl FnMut(usize, u64, Access),
+    ) {
+        let base = gpa & !0x1f_ffff;
+        let Some(table) = (base < self.limit)
+            .then(|| self.leaf_table(mem, base))
+            .flatten()
+        else {
+            return;
+        };
+        for i in 0..512 {
+            if base + i as u64 * PAGE >= self.limit {
+                break;
+            }
+            if let Some((hpa, access)) = self.decode_leaf(mem.read(table, i)) {
+                f(i, hpa, access);
+            }
+        }
+    }
+
+    /// The host address and access of a leaf entry, None when it is not present.
+    fn decode_leaf(&self, e: u64) -> Option<(u64, Access)> {
         if !self.present(e) {
             return None;
         }
@@ -211,7 +242,7 @@ impl NestedTables {
                 execute: e & 4 != 0,
             },
         };
-        Some(((e & ADDR_MASK) | (gpa & (PAGE - 1)), access))
+        Some((e & ADDR_MASK, access))
     }
 }
 
@@ -274,6 +305,29 @@ mod tests {
         // accesses).
         let top = mem.read(t.root(), 0);
         assert_eq!(top & 0b111, 0b111);
+    }
+
+    #[test]
+    fn a_region_translates_like_its_pages() {
+        for format in [Format::Npt, Format::Ept] {
+            let mut mem = Frames::default();
+            let mut t = NestedTables::new(&mut mem, format, 1 << 39).unwrap();
+            t.map(&mut mem, 0x40_1000, 0x9000, RW).unwrap();
+            t.map(&mut mem, 0x40_3000, 0x7000, RX).unwrap();
+            t.map(&mut mem, 0x60_0000, 0x5000, RW).unwrap();
+            let mut seen = Vec::new();
+            t.translate_region(&mem, 0x5f_ffff, |i, hpa, a| seen.push((i, hpa, a)));
+            assert_eq!(seen, [(1, 0x9000, RW), (3, 0x7000, RX)]);
+            for (i, hpa, a) in seen {
+                assert_eq!(
+                    t.translate(&mem, 0x40_0000 + i as u64 * PAGE),
+                    Some((hpa, a))
+                );
+            }
+            let mut none = 0;
+            t.translate_region(&mem, 0x80_0000, |_, _, _| none += 1);
+            assert_eq!(none, 0, "no leaf table there");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! fault was the vTLB's own (a missing shadow entry, a clean page written, the CR0.WP = 0 form
 //! of a leaf) and a fill resolves it, after the walk has set A/D in the guest's entries.
 
-use super::leaf::{fill, Fill, FillError, HostMemory};
+use super::leaf::{fill, fill_region, Fill, FillError, HostMemory, RegionFill};
 use super::walk::{walk, Access, ErrorCode, GuestPhys, PageFault, Paging, Privilege, WalkError};
 use super::AccessKind;
 
@@ -70,18 +70,65 @@ pub fn resolve(
     la: u64,
     access: Access,
 ) -> Resolution {
-    let write = access.kind == AccessKind::Write;
     match walk(guest, paging, la, access) {
-        Err(WalkError::Fault(f)) => Resolution::Inject(f),
-        Err(WalkError::NotBacked { gpa }) => Resolution::MemoryFault { gpa, write: false },
-        Err(WalkError::NonCanonical) => Resolution::NonCanonical,
-        Err(WalkError::Contended) => Resolution::Retry,
+        Err(e) => walk_failed(e),
         Ok(t) => match fill(host, &t, la, access, paging) {
             Ok(f) => Resolution::Fill(f),
-            Err(FillError::NotBacked { gpa }) => Resolution::MemoryFault { gpa, write },
-            Err(FillError::ReadOnly { gpa }) => Resolution::MemoryFault { gpa, write: true },
+            Err(e) => fill_failed(e, access),
         },
     }
+}
+
+fn walk_failed(e: WalkError) -> Resolution {
+    match e {
+        WalkError::Fault(f) => Resolution::Inject(f),
+        WalkError::NotBacked { gpa } => Resolution::MemoryFault { gpa, write: false },
+        WalkError::NonCanonical => Resolution::NonCanonical,
+        WalkError::Contended => Resolution::Retry,
+    }
+}
+
+fn fill_failed(e: FillError, access: Access) -> Resolution {
+    match e {
+        FillError::NotBacked { gpa } => Resolution::MemoryFault {
+            gpa,
+            write: access.kind == AccessKind::Write,
+        },
+        FillError::ReadOnly { gpa } => Resolution::MemoryFault { gpa, write: true },
+    }
+}
+
+/// What [`classify_region`] decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegionResolution {
+    /// A hidden fault on a large guest page: install all 512 leaves of its 2 MiB part.
+    Region(RegionFill),
+    /// Anything else, as [`classify`] says.
+    Single(Resolution),
+}
+
+/// [`classify`], except that a hidden fault on a 2 MiB or 1 GiB guest page is resolved for the
+/// whole 2 MiB part holding `la` at once (a guest kernel's large direct map then costs one fill
+/// per 2 MiB instead of one per 4 KiB page touched).
+pub fn classify_region(
+    guest: &impl GuestPhys,
+    host: &impl HostMemory,
+    paging: &Paging,
+    la: u64,
+    hw_error: u32,
+    cpl3: bool,
+) -> RegionResolution {
+    let access = access_of(hw_error, cpl3);
+    let t = match walk(guest, paging, la, access) {
+        Ok(t) => t,
+        Err(e) => return RegionResolution::Single(walk_failed(e)),
+    };
+    let filled = if t.size == super::PageSize::Size4K {
+        fill(host, &t, la, access, paging).map(|f| RegionResolution::Single(Resolution::Fill(f)))
+    } else {
+        fill_region(host, &t, la, access, paging).map(RegionResolution::Region)
+    };
+    filled.unwrap_or_else(|e| RegionResolution::Single(fill_failed(e, access)))
 }
 
 #[cfg(test)]
@@ -104,6 +151,39 @@ mod tests {
         assert_eq!(access_of(P | W | U, false), Access::user(AccessKind::Write));
         assert_eq!(access_of(I | U, true), Access::user(AccessKind::Execute));
         assert_eq!(access_of(W, true), Access::implicit(AccessKind::Write));
+    }
+
+    #[test]
+    fn a_hidden_fault_on_a_2m_page_fills_its_whole_region() {
+        let g = Guest::new();
+        let la = 0x4000_0000 + 0x12_3456;
+        g.map(
+            la & !0x1f_ffff,
+            0x60_0000,
+            PageSize::Size2M,
+            [OPEN; 3],
+            WRITABLE,
+        );
+        let r = classify_region(&g, &Host::all(), &g.paging(), la, 0, false);
+        let RegionResolution::Region(region) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(region.la, 0x4000_0000);
+        assert_eq!(region.gpa, 0x60_0000 + 0x12_3000);
+        for (i, pte) in region.ptes.iter().enumerate() {
+            assert_eq!(pte & ADDR, 0x60_0000 + i as u64 * 4096 + HOST_OFFSET);
+        }
+    }
+
+    #[test]
+    fn region_classification_of_4k_pages_and_faults_matches_classify() {
+        let g = Guest::new();
+        g.map(LA, 0x8000, PageSize::Size4K, [OPEN; 3], WRITABLE | USER);
+        for (la, error) in [(LA, U), (LA, P | W | U), (LA + 0x1000, U), (LA, I | U)] {
+            let single = classify(&g, &Host::all(), &g.paging(), la, error, true);
+            let r = classify_region(&g, &Host::all(), &g.paging(), la, error, true);
+            assert_eq!(r, RegionResolution::Single(single), "{la:#x} {error:#x}");
+        }
     }
 
     #[test]

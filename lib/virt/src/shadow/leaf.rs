@@ -1,9 +1,10 @@
-//! The shadow leaf for one 4 KiB page of a successful guest walk.
+//! The shadow leaves for a successful guest walk.
 //!
-//! Shadow tables map 4 KiB pages only, so a 2 MiB or 1 GiB guest page is shadowed one 4 KiB
-//! piece at a time (the piece holding the faulting address). The leaf gives the hardware the
-//! rights the guest's tables give, with two deliberate differences that make the next fault
-//! tell the vTLB something:
+//! Shadow tables map 4 KiB pages only, so a 2 MiB or 1 GiB guest page is shadowed in 4 KiB
+//! pieces: [`fill`] makes the piece holding the faulting address, [`fill_region`] all 512
+//! pieces of the 2 MiB-aligned part of the page holding it (for `Vtlb::install_region`). A leaf
+//! gives the hardware the rights the guest's tables give, with two deliberate differences that
+//! make the next fault tell the vTLB something:
 //!
 //! - **Dirty tracking.** While the guest leaf's D bit is clear, the shadow leaf is read-only,
 //!   so the guest's first write faults and the vTLB sets D (the walk for a write does) before
@@ -41,6 +42,15 @@ pub trait HostMemory {
     /// The backing of the 4 KiB guest page at `gpa` (4 KiB-aligned), None when no memory backs
     /// it (MMIO, holes): a memory-fault exit for the VMM.
     fn backing(&self, gpa: u64) -> Option<Backing>;
+
+    /// The backings of the 512 guest pages of the 2 MiB region at `gpa_2m` (2 MiB-aligned),
+    /// `out[i]` for `gpa_2m + i * 4096`, for [`fill_region`]. Override it with something faster
+    /// than 512 lookups (one nested leaf table, say).
+    fn backing_region(&self, gpa_2m: u64, out: &mut [Option<Backing>; 512]) {
+        for (i, b) in (0u64..).zip(out.iter_mut()) {
+            *b = self.backing(gpa_2m.wrapping_add(i << 12));
+        }
+    }
 }
 
 /// A shadow leaf ready to install.
@@ -52,6 +62,22 @@ pub struct Fill {
     pub gpa: u64,
     /// The entry.
     pub pte: u64,
+    /// The size of the guest page the leaf is a piece of (the `origin` to install it with, so
+    /// that an INVLPG drops every piece of a large page).
+    pub size: PageSize,
+}
+
+/// The 512 shadow leaves of a 2 MiB linear region, ready for `Vtlb::install_region`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegionFill {
+    /// The 2 MiB-aligned linear address of the region; `ptes[i]` maps `la + i * 4096`.
+    pub la: u64,
+    /// The 4 KiB guest-physical page of the faulting piece (as [`Fill::gpa`]).
+    pub gpa: u64,
+    /// The size of the guest page the region is part of (the `origin` to install it with).
+    pub size: PageSize,
+    /// The leaves; 0 for pieces without backing.
+    pub ptes: [u64; 512],
 }
 
 /// Why no leaf could be made.
@@ -117,13 +143,53 @@ pub fn fill(
         la: la & !0xfff,
         gpa,
         pte: shadow_leaf(t, access, paging, backing),
+        size: t.size,
+    })
+}
+
+/// The 512 leaves of the 2 MiB part holding `la` of the large page found by the walk `t` that
+/// `access` made, so that one fault maps them all: piece `i` maps guest page
+/// `(t.gpa & !0x1f_ffff) + i * 4096` with the rights [`shadow_leaf`] gives it, or is 0 without
+/// backing. Fails as [`fill`] does when the faulting piece itself cannot be mapped. For a
+/// 4 KiB page (use [`fill`]) only the faulting piece is set.
+pub fn fill_region(
+    host: &impl HostMemory,
+    t: &Translation,
+    la: u64,
+    access: Access,
+    paging: &Paging,
+) -> Result<RegionFill, FillError> {
+    const REGION: u64 = 0x1f_ffff;
+    let gpa = t.gpa & !0xfff;
+    let fault = ((la >> 12) & 0x1ff) as usize;
+    let mut backings = [None; 512];
+    if t.size == PageSize::Size4K {
+        backings[fault] = host.backing(gpa);
+    } else {
+        host.backing_region(t.gpa & !REGION, &mut backings);
+    }
+    let own = backings[fault].ok_or(FillError::NotBacked { gpa })?;
+    if access.kind == AccessKind::Write && !own.writable {
+        return Err(FillError::ReadOnly { gpa });
+    }
+    let mut ptes = [0; 512];
+    for (pte, b) in ptes.iter_mut().zip(backings) {
+        if let Some(b) = b {
+            *pte = shadow_leaf(t, access, paging, b);
+        }
+    }
+    Ok(RegionFill {
+        la: la & !REGION,
+        gpa,
+        size: t.size,
+        ptes,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shadow::fake::{Guest, Host, HOST_OFFSET, OPEN};
+    use crate::shadow::fake::{Guest, Host, HOST_OFFSET, OPEN, RAM};
     use crate::shadow::walk::walk;
 
     const LA: u64 = 0x7f12_3456_7000;
@@ -319,5 +385,188 @@ mod tests {
             fill(&none, &t, LA, Access::user(AccessKind::Read), &p),
             Err(FillError::NotBacked { gpa: 0x5000 })
         );
+    }
+
+    const LA2M: u64 = 0x7f00_0060_0000;
+    const GPA2M: u64 = 0x80_0000;
+
+    /// A 2 MiB guest page at `LA2M` with `leaf` flags, and the walk `access` makes at `la`.
+    fn large(leaf: u64, la: u64, access: Access) -> (Guest, Translation) {
+        let g = Guest::new();
+        g.map(LA2M, GPA2M, PageSize::Size2M, [OPEN; 3], leaf);
+        let t = walk(&g, &g.paging(), la, access).unwrap();
+        (g, t)
+    }
+
+    #[test]
+    fn a_region_maps_every_piece_of_a_2m_page() {
+        let read = Access::user(AccessKind::Read);
+        let la = LA2M + 0x1_2345;
+        let (g, t) = large(WRITABLE | USER | DIRTY | PAT_LARGE, la, read);
+        let r = fill_region(&Host::all(), &t, la, read, &g.paging()).unwrap();
+        assert_eq!(
+            (r.la, r.gpa, r.size),
+            (LA2M, GPA2M + 0x1_2000, PageSize::Size2M)
+        );
+        let one = fill(&Host::all(), &t, la, read, &g.paging()).unwrap();
+        assert_eq!(
+            r.ptes[0x12], one.pte,
+            "the faulting piece is the one fill makes"
+        );
+        for (i, &pte) in (0u64..).zip(r.ptes.iter()) {
+            assert_eq!(pte & ADDR, GPA2M + (i << 12) + HOST_OFFSET, "piece {i}");
+            assert_eq!(pte & !ADDR, one.pte & !ADDR, "same rights and memory type");
+        }
+        assert_ne!(one.pte & PAT_4K, 0);
+        assert_eq!(
+            one.pte & (PRESENT | WRITABLE | USER),
+            PRESENT | WRITABLE | USER
+        );
+    }
+
+    #[test]
+    fn region_pieces_are_read_only_while_the_guest_pde_is_clean() {
+        let read = Access::user(AccessKind::Read);
+        let (g, t) = large(WRITABLE | USER, LA2M, read);
+        let p = g.paging();
+        let r = fill_region(&Host::all(), &t, LA2M, read, &p).unwrap();
+        assert!(r.ptes.iter().all(|&e| e & (PRESENT | WRITABLE) == PRESENT));
+        // The write walk sets D in the PDE: every piece writable, but for read-only backing.
+        let write = Access::user(AccessKind::Write);
+        let t = walk(&g, &p, LA2M + 0x5000, write).unwrap();
+        assert_ne!(g.get(g.entry(LA2M, 2)) & DIRTY, 0);
+        let host = Host {
+            limit: RAM,
+            read_only: vec![GPA2M + 0x7000],
+        };
+        let r = fill_region(&host, &t, LA2M + 0x5000, write, &p).unwrap();
+        for (i, &pte) in r.ptes.iter().enumerate() {
+            assert_eq!(pte & WRITABLE != 0, i != 7, "piece {i}");
+            assert_ne!(pte & PRESENT, 0);
+        }
+    }
+
+    #[test]
+    fn region_pieces_without_backing_are_zero() {
+        let read = Access::supervisor(AccessKind::Read);
+        let la = LA2M + 0x3000;
+        let (g, t) = large(WRITABLE | DIRTY, la, read);
+        // Backed below GPA2M + 0x10_0000 only.
+        let host = Host {
+            limit: GPA2M + 0x10_0000,
+            read_only: Vec::new(),
+        };
+        let r = fill_region(&host, &t, la, read, &g.paging()).unwrap();
+        for (i, &pte) in r.ptes.iter().enumerate() {
+            assert_eq!(pte == 0, i >= 0x100, "piece {i}");
+        }
+    }
+
+    #[test]
+    fn region_fails_only_for_the_faulting_piece() {
+        let write = Access::supervisor(AccessKind::Write);
+        let la = LA2M + 0x4_0000;
+        let (g, t) = large(WRITABLE | DIRTY, la, write);
+        let p = g.paging();
+        let host = Host {
+            limit: GPA2M + 0x4_0000,
+            read_only: vec![GPA2M + 0x3_f000],
+        };
+        assert_eq!(
+            fill_region(&host, &t, la, write, &p),
+            Err(FillError::NotBacked {
+                gpa: GPA2M + 0x4_0000
+            })
+        );
+        let below = la - 0x1000;
+        let t = walk(&g, &p, below, write).unwrap();
+        assert_eq!(
+            fill_region(&host, &t, below, write, &p),
+            Err(FillError::ReadOnly {
+                gpa: GPA2M + 0x3_f000
+            })
+        );
+        // A read of the read-only piece is fine, and the unbacked pieces are left out.
+        let read = Access::supervisor(AccessKind::Read);
+        let t = walk(&g, &p, below, read).unwrap();
+        let r = fill_region(&host, &t, below, read, &p).unwrap();
+        assert_eq!(r.ptes[0x3f] & (PRESENT | WRITABLE), PRESENT);
+        assert_eq!(r.ptes[0x3e] & (PRESENT | WRITABLE), PRESENT | WRITABLE);
+        assert_eq!(r.ptes[0x40], 0);
+    }
+
+    #[test]
+    fn region_of_a_1g_page_is_its_2m_part_holding_the_address() {
+        let g = Guest::new();
+        let la1g = 0x40_0000_0000;
+        let gpa1g = 0;
+        g.map(la1g, gpa1g, PageSize::Size1G, [OPEN; 3], WRITABLE | DIRTY);
+        let read = Access::supervisor(AccessKind::Read);
+        let la = la1g + 0x1234_5678;
+        let t = walk(&g, &g.paging(), la, read).unwrap();
+        let r = fill_region(&Host::all(), &t, la, read, &g.paging()).unwrap();
+        assert_eq!(
+            (r.la, r.gpa, r.size),
+            (la1g + 0x1220_0000, 0x1234_5000, PageSize::Size1G)
+        );
+        for (i, &pte) in (0u64..).zip(r.ptes.iter()) {
+            assert_eq!(pte & ADDR, 0x1220_0000 + (i << 12) + HOST_OFFSET);
+        }
+    }
+
+    #[test]
+    fn region_of_a_4k_page_holds_only_the_faulting_piece() {
+        let g = Guest::new();
+        g.map(LA, 0x5000, PageSize::Size4K, [OPEN; 3], WRITABLE | USER);
+        let read = Access::user(AccessKind::Read);
+        let t = walk(&g, &g.paging(), LA, read).unwrap();
+        let r = fill_region(&Host::all(), &t, LA, read, &g.paging()).unwrap();
+        let one = fill(&Host::all(), &t, LA, read, &g.paging()).unwrap();
+        let k = ((LA >> 12) & 0x1ff) as usize;
+        assert_eq!(
+            (r.la, r.gpa, r.size),
+            (LA & !0x1f_ffff, 0x5000, PageSize::Size4K)
+        );
+        assert_eq!(r.ptes[k], one.pte);
+        assert_eq!(r.ptes.iter().filter(|&&e| e != 0).count(), 1);
+    }
+
+    /// Backing from a whole-region lookup only, to see that the override is what is used.
+    struct RegionOnly;
+
+    impl HostMemory for RegionOnly {
+        fn backing(&self, _: u64) -> Option<Backing> {
+            None
+        }
+
+        fn backing_region(&self, gpa_2m: u64, out: &mut [Option<Backing>; 512]) {
+            for (i, b) in (0u64..).zip(out.iter_mut()) {
+                *b = Some(Backing {
+                    hpa: 0x9_0000_0000 + gpa_2m + (i << 12),
+                    writable: i % 2 == 0,
+                });
+            }
+        }
+    }
+
+    #[test]
+    fn region_backing_comes_from_backing_region() {
+        let read = Access::supervisor(AccessKind::Read);
+        let (g, t) = large(WRITABLE | DIRTY, LA2M, read);
+        let r = fill_region(&RegionOnly, &t, LA2M, read, &g.paging()).unwrap();
+        assert_eq!(
+            r.ptes[1] & (ADDR | WRITABLE),
+            0x9_0000_0000 + GPA2M + 0x1000
+        );
+        assert_eq!(
+            r.ptes[2] & (ADDR | WRITABLE),
+            (0x9_0000_0000 + GPA2M + 0x2000) | WRITABLE
+        );
+        // The provided method asks backing for each page in order.
+        let mut out = [None; 512];
+        Host::all().backing_region(GPA2M, &mut out);
+        for (i, b) in (0u64..).zip(out) {
+            assert_eq!(b, Host::all().backing(GPA2M + (i << 12)));
+        }
     }
 }

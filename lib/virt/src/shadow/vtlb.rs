@@ -9,11 +9,17 @@
 //! (ASID/VPID) before the guest runs again.
 //!
 //! Shadow tables map 4 KiB leaves only; their upper entries are present, writable and user, so
-//! the leaf alone decides the rights.
+//! the leaf alone decides the rights. A 2 MiB or 1 GiB guest page is shadowed in 4 KiB pieces,
+//! one at a time ([`Vtlb::install_piece`]) or a whole 2 MiB region at once
+//! ([`Vtlb::install_region`]). Either way the upper entries above the pieces carry
+//! [`LARGE_ORIGIN`] (the PDE, and for a 1 GiB page the PDPTE too), because the guest's INVLPG of
+//! any address of a large page invalidates the whole page: [`Vtlb::invalidate`] then empties
+//! every leaf table under the mark, not just one leaf.
 
 use super::bits::*;
 use super::cache::{Key, RootCache};
 use super::pool::TablePool;
+use super::PageSize;
 
 /// The shadow table frames, as the kernel reaches them (its direct map).
 pub trait ShadowMemory {
@@ -31,6 +37,12 @@ pub trait ShadowMemory {
 
 /// Upper entries of shadow tables: present, writable, user, accessed.
 const TABLE: u64 = PRESENT | WRITABLE | USER | ACCESSED;
+
+/// Software bit (9, ignored by the hardware) of a shadow PDE or PDPTE: the tables below hold
+/// pieces of a large guest page (a PDE: of a 2 MiB or 1 GiB page; a PDPTE: of a 1 GiB page), so
+/// INVLPG of one address empties all of them. It stays until that INVLPG, even if 4 KiB pieces
+/// of 4 KiB guest pages are installed below meanwhile (dropping more than needed is harmless).
+pub const LARGE_ORIGIN: u64 = 1 << 9;
 
 /// The fewest frames a vTLB works with: a root and the three tables below it for one leaf.
 pub const MIN_FRAMES: usize = 4;
@@ -56,6 +68,17 @@ pub enum Install {
     InstalledAfterRecycle,
     /// No shadow root is current ([`Vtlb::switch`] first); nothing was written.
     NoRoot,
+}
+
+/// What [`Vtlb::invalidate`] dropped, so the kernel knows what to invalidate in the hardware
+/// TLB (which holds the shadow's 4 KiB leaves, not the guest's large pages).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Invalidated {
+    /// At most the leaf for the address: invalidating that page is enough.
+    Page,
+    /// Every leaf of the `size`-aligned linear region at `base` (`size` 2 MiB or 1 GiB) that any
+    /// cached tree held: flush the guest's hardware TLB tag (or invalidate each 4 KiB page).
+    Large { base: u64, size: PageSize },
 }
 
 /// Why [`Vtlb::new`] refused.
@@ -160,21 +183,78 @@ impl<const N: usize, const R: usize> Vtlb<N, R> {
     }
 
     /// Writes the shadow leaf `pte` for the 4 KiB page at `la` into the current tree, building
-    /// the tables on the way and recycling frames if the pool is empty.
+    /// the tables on the way and recycling frames if the pool is empty. For a 4 KiB guest page;
+    /// a piece of a large one goes through [`Vtlb::install_piece`].
     pub fn install(&mut self, mem: &mut impl ShadowMemory, la: u64, pte: u64) -> Install {
-        let Some(slot) = self.current else {
+        self.install_piece(mem, la, pte, PageSize::Size4K)
+    }
+
+    /// [`Vtlb::install`] of one 4 KiB piece of a guest page of size `origin`: for a 2 MiB or
+    /// 1 GiB page the tables above get [`LARGE_ORIGIN`], so that INVLPG drops the whole page.
+    pub fn install_piece(
+        &mut self,
+        mem: &mut impl ShadowMemory,
+        la: u64,
+        pte: u64,
+        origin: PageSize,
+    ) -> Install {
+        let Some((table, recycled)) = self.leaf_table(mem, la, origin) else {
             return Install::NoRoot;
         };
-        let Some(root) = self.cache.root(slot) else {
+        mem.write(table, index(la, 1), pte);
+        installed(recycled)
+    }
+
+    /// Writes all 512 leaves of the 2 MiB-aligned linear region holding `la` (entry `i` maps
+    /// `(la & !0x1f_ffff) + i * 4096`; 0 leaves it unmapped), so one fault maps a whole large
+    /// guest page (or its 2 MiB part) of size `origin`; tables are built, recycled and marked as
+    /// for [`Vtlb::install_piece`]. The hardware TLB may still hold older leaves of the region;
+    /// they allow only what the guest's tables allowed (the guest invalidates what it changes),
+    /// so as after [`Vtlb::install`] only the faulting page needs invalidating, if its old leaf
+    /// was present.
+    pub fn install_region(
+        &mut self,
+        mem: &mut impl ShadowMemory,
+        la: u64,
+        ptes: &[u64; 512],
+        origin: PageSize,
+    ) -> Install {
+        let Some((table, recycled)) = self.leaf_table(mem, la, origin) else {
             return Install::NoRoot;
         };
+        for (i, &pte) in ptes.iter().enumerate() {
+            mem.write(table, i, pte);
+        }
+        installed(recycled)
+    }
+
+    /// The leaf table for `la` in the current tree and whether frames were taken back to build
+    /// it, with the [`LARGE_ORIGIN`] marks `origin` asks for set on the way; None without a
+    /// current root. The one path building shadow tables, so recycling is the same everywhere.
+    fn leaf_table(
+        &mut self,
+        mem: &mut impl ShadowMemory,
+        la: u64,
+        origin: PageSize,
+    ) -> Option<(u64, bool)> {
+        let slot = self.current?;
+        let root = self.cache.root(slot)?;
         let mut recycled = false;
         'again: loop {
             let mut table = root;
             for level in (2..=4).rev() {
                 let i = index(la, level);
+                let mark = match (origin, level) {
+                    (PageSize::Size2M | PageSize::Size1G, 2) | (PageSize::Size1G, 3) => {
+                        LARGE_ORIGIN
+                    }
+                    _ => 0,
+                };
                 let e = mem.read(table, i);
                 if e & PRESENT != 0 {
+                    if e & mark != mark {
+                        mem.write(table, i, e | mark);
+                    }
                     table = e & ADDR;
                     continue;
                 }
@@ -191,15 +271,10 @@ impl<const N: usize, const R: usize> Vtlb<N, R> {
                     continue 'again;
                 };
                 mem.zero(new);
-                mem.write(table, i, new | TABLE);
+                mem.write(table, i, new | TABLE | mark);
                 table = new;
             }
-            mem.write(table, index(la, 1), pte);
-            return if recycled {
-                Install::InstalledAfterRecycle
-            } else {
-                Install::Installed
-            };
+            return Some((table, recycled));
         }
     }
 
@@ -210,17 +285,31 @@ impl<const N: usize, const R: usize> Vtlb<N, R> {
         })
     }
 
-    /// INVLPG: drops the leaf for `la` from every cached tree (global translations are shared
-    /// by all address spaces, so all of them). The kernel also invalidates `la` in the hardware
-    /// TLB.
-    pub fn invlpg(&mut self, mem: &mut impl ShadowMemory, la: u64) {
+    /// INVLPG: drops the translation of `la` from every cached tree (global translations are
+    /// shared by all address spaces, so all of them). Under a [`LARGE_ORIGIN`] mark that is the
+    /// whole large page: every leaf table under the marked entry is emptied (the tables stay)
+    /// and the marks cleared; otherwise the one leaf. The result says what the kernel must also
+    /// invalidate in the hardware TLB.
+    pub fn invalidate(&mut self, mem: &mut impl ShadowMemory, la: u64) -> Invalidated {
+        let mut done = Invalidated::Page;
         for slot in 0..R {
             if let Some(root) = self.cache.root(slot) {
-                if let Some((t, i)) = leaf_of(mem, root, la) {
-                    mem.write(t, i, 0);
+                let size = drop_translation(mem, root, la);
+                if size.bytes() > span(done) {
+                    done = Invalidated::Large {
+                        base: la & !(size.bytes() - 1),
+                        size,
+                    };
                 }
             }
         }
+        done
+    }
+
+    /// [`Vtlb::invalidate`] without the result, for callers that flush the guest's whole
+    /// hardware TLB tag anyway.
+    pub fn invlpg(&mut self, mem: &mut impl ShadowMemory, la: u64) {
+        self.invalidate(mem, la);
     }
 
     /// Drops every shadow translation (e.g. the guest changed CR4.PGE, CR4.PCIDE, CR0.WP or
@@ -256,6 +345,64 @@ impl<const N: usize, const R: usize> Vtlb<N, R> {
         mem.zero(root);
         freed > 0
     }
+}
+
+/// The [`Install`] for a write that did or did not take frames back.
+fn installed(recycled: bool) -> Install {
+    if recycled {
+        Install::InstalledAfterRecycle
+    } else {
+        Install::Installed
+    }
+}
+
+/// The bytes an [`Invalidated`] covers, to keep the widest over all trees.
+fn span(i: Invalidated) -> u64 {
+    match i {
+        Invalidated::Page => PageSize::Size4K.bytes(),
+        Invalidated::Large { size, .. } => size.bytes(),
+    }
+}
+
+/// Drops the translation of `la` from the tree at `root` as INVLPG must (see
+/// [`Vtlb::invalidate`]); returns the size of what was dropped: 4 KiB (at most one leaf), or
+/// the 2 MiB or 1 GiB whose leaf tables were emptied.
+fn drop_translation(mem: &mut impl ShadowMemory, root: u64, la: u64) -> PageSize {
+    let pml4e = mem.read(root, index(la, 4));
+    if pml4e & PRESENT == 0 {
+        return PageSize::Size4K;
+    }
+    let pdpt = pml4e & ADDR;
+    let pdpte = mem.read(pdpt, index(la, 3));
+    if pdpte & PRESENT == 0 {
+        return PageSize::Size4K;
+    }
+    let pd = pdpte & ADDR;
+    if pdpte & LARGE_ORIGIN != 0 {
+        // Pieces of a 1 GiB page may sit in any leaf table of this directory.
+        for i in 0..512 {
+            let pde = mem.read(pd, i);
+            if pde & PRESENT != 0 {
+                mem.zero(pde & ADDR);
+                if pde & LARGE_ORIGIN != 0 {
+                    mem.write(pd, i, pde & !LARGE_ORIGIN);
+                }
+            }
+        }
+        mem.write(pdpt, index(la, 3), pdpte & !LARGE_ORIGIN);
+        return PageSize::Size1G;
+    }
+    let pde = mem.read(pd, index(la, 2));
+    if pde & PRESENT == 0 {
+        return PageSize::Size4K;
+    }
+    if pde & LARGE_ORIGIN != 0 {
+        mem.zero(pde & ADDR);
+        mem.write(pd, index(la, 2), pde & !LARGE_ORIGIN);
+        return PageSize::Size2M;
+    }
+    mem.write(pde & ADDR, index(la, 1), 0);
+    PageSize::Size4K
 }
 
 /// The table and index of the leaf for `la` under `root`, if the tables down to it exist.
