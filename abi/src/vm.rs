@@ -91,7 +91,9 @@ pub const EXIT_COUNT: u64 = 18;
 /// only ever change its own memory, and the kernel then drops the shadow translations the change
 /// could affect. Without the enable, VMMCALL/VMCALL are ordinary exits to the VMM.
 pub mod hypercall {
-    /// RBX = guest-linear address: INVLPG semantics.
+    /// RBX = guest-linear address: INVLPG semantics; then, when the guest's tables allow a
+    /// user read there, the kernel maps the page again at once (the guest has just changed the
+    /// mapping and is about to use it), saving the fault that would follow.
     pub const INVLPG: u64 = 1;
     /// RBX = guest-linear address the entry maps, RCX = guest-physical address of the
     /// paging-structure entry (8-aligned), RDX = the new value: the kernel writes it and drops

@@ -331,6 +331,10 @@ impl Shadow {
             Ok(Request::Invlpg { la }) => {
                 // The whole hardware TLB tag is flushed below either way.
                 let _ = self.invlpg(la);
+                // The guest has just changed this mapping and is about to use it: map it again
+                // now if its tables allow a user read (what the next access would fault in).
+                const USER: u32 = 1 << 2;
+                self.prefill_page(nested, la, USER, 0);
                 Ok(())
             }
             Ok(Request::Update(u)) => update(self, u).map(|()| result.applied = 1),
