@@ -9,12 +9,15 @@
 //! - **profiles** (exit messages `abi::vm::Exit::Profile` on those portals, from the kernel every
 //!   `PROFILE_PERIOD` exits): the batch goes to the guest's `dmp::policy::GuestPolicy`, which
 //!   reads hot sites with `VmRead`, patches them with `VmPatch` (stubs in the window first), and
-//!   rolls back patches that did not cool their site. Every decision is logged as
-//!   `dmp: vm<N>: ...`. The reply has mask 0: the guest's registers are untouched.
+//!   rolls back patches that did not cool their site; when page faults are hot it points the
+//!   guest's #PF gate at a fault stub and has the kernel forward page faults (`VmDmp`, see
+//!   `dmp::policy`). Every decision is logged as `dmp: vm<N>: ...`. The reply has mask 0: the
+//!   guest's registers are untouched.
 //!
 //! The service holds nothing else of any guest: no memory mapping, no vCPU, no way to change
-//! anything but guest bytes through the kernel's compare-and-swap. A system without it runs as
-//! before (its guests' vmm-servers keep their own profile portal).
+//! anything but guest bytes through the kernel's compare-and-swap and the DMP controls of its
+//! Vm. A system without it runs as before (its guests' vmm-servers keep their own profile
+//! portal).
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
@@ -27,6 +30,7 @@ use abi::profile::{unpack_words, ProfileBatch, MAX_ENCODED_LEN};
 use abi::vm::{word, Exit, EXIT_LABEL, PROFILE_WORDS};
 use abi::{well_known, Rights, Sel, Status};
 use dmp::policy::{Config, Failure, GuestAccess, GuestPolicy};
+use dmp::replacement::HypercallInsn;
 use rt::{bootstrap, log, syscall, Error, Start, Utcb};
 
 rt::entry!(main, heap = 4 * 1024 * 1024);
@@ -46,6 +50,10 @@ const PROFILE_BADGE: u64 = 0x100;
 /// take before the patch counts as useless.
 const THRESHOLD: u64 = 1024;
 const SLACK: u64 = 256;
+/// Guest-linear base of the view of guest RAM the fault stub reads the guest's tables through:
+/// the start of the last PML4 slot, in a hole the guests this system runs leave unused (Linux:
+/// unused between its %esp fixup stacks and its EFI region).
+const VIEW_BASE: u64 = 0xffff_ff80_0000_0000;
 
 struct Guest {
     vm: Sel,
@@ -105,6 +113,8 @@ fn attach(utcb: &mut Utcb, guests: &mut Vec<Guest>) {
         window_linear: utcb.word(WINDOW_LINEAR),
         window_physical: utcb.word(WINDOW_PHYSICAL),
         window_pages: utcb.word(WINDOW_PAGES),
+        view_base: VIEW_BASE,
+        call: hypercall_insn(),
     };
     let portal = PROFILE_BASE + n as u64;
     if let Err(e) =
@@ -114,13 +124,23 @@ fn attach(utcb: &mut Utcb, guests: &mut Vec<Guest>) {
         utcb.set_status(Status::OutOfMemory);
         return;
     }
+    // Hidden faults on the guest's large pages fill 2 MiB at once: a guest kernel's direct map
+    // then costs one exit per 2 MiB instead of one per page it touches.
+    // The window's last page is the stubs' scratch (the fault stub's last-fault word).
+    let vm = VM_BASE + n as u64;
+    let regions = match rt::vm::vm_dmp(vm, abi::vm::dmp_op::REGION_FILLS, 1)
+        .and_then(|()| rt::vm::vm_dmp(vm, abi::vm::dmp_op::SCRATCH, abi::dmp::WINDOW_SCRATCH_PAGES))
+    {
+        Ok(()) => "on",
+        Err(_) => "refused",
+    };
     guests.push(Guest {
         vm: VM_BASE + n as u64,
         policy: GuestPolicy::new(config),
     });
     rt::println!(
         utcb,
-        "dmp: vm{n}: attached (window {:#x}, {} pages)",
+        "dmp: vm{n}: attached (window {:#x}, {} pages; region fills {regions})",
         config.window_linear,
         config.window_pages
     );
@@ -148,15 +168,33 @@ fn profile(utcb: &mut Utcb, guests: &mut [Guest], n: usize) {
     utcb.set_msg(0, &[0]);
 }
 
-/// The guest through the kernel: `VmRead` and `VmPatch` on its Vm capability.
+/// The hypercall instruction of this machine, which the guests share: VMMCALL on AMD (and
+/// Hygon) SVM, VMCALL on Intel VMX.
+fn hypercall_insn() -> HypercallInsn {
+    let id = core::arch::x86_64::__cpuid(0);
+    let mut vendor = [0u8; 12];
+    for (i, r) in [id.ebx, id.edx, id.ecx].into_iter().enumerate() {
+        vendor[4 * i..4 * i + 4].copy_from_slice(&r.to_le_bytes());
+    }
+    match &vendor {
+        b"AuthenticAMD" | b"HygonGenuine" => HypercallInsn::Vmmcall,
+        _ => HypercallInsn::Vmcall,
+    }
+}
+
+/// The guest through the kernel: `VmRead`, `VmPatch` and `VmDmp` on its Vm capability.
 struct Access<'u> {
     utcb: &'u mut Utcb,
     vm: Sel,
 }
 
 impl GuestAccess for Access<'_> {
-    fn read(&mut self, la: u64, out: &mut [u8]) -> Result<(), Failure> {
-        rt::vm::vm_read(self.utcb, self.vm, la, true, out).map_err(failure)
+    fn read(&mut self, address: u64, linear: bool, out: &mut [u8]) -> Result<(), Failure> {
+        rt::vm::vm_read(self.utcb, self.vm, address, linear, out).map_err(failure)
+    }
+
+    fn control(&mut self, op: u64, arg: u64) -> Result<(), Failure> {
+        rt::vm::vm_dmp(self.vm, op, arg).map_err(failure)
     }
 
     fn patch(

@@ -86,9 +86,12 @@ pub struct Vcpu {
     pub profile_sequence: u64,
     /// The kernel answers this vCPU's DMP hypercalls (`VcpuOp::Hypercalls`).
     pub hypercalls: bool,
-    /// The hardware lets the guest's #PF through (its Vm's `Shadow::forward`, applied at the
-    /// vCPU's next vTLB exit, where its control block is the current one).
+    /// The hardware lets the guest's #PF through (its Vm's `Shadow::forward`).
     pub forwarding: bool,
+    /// The Vm's shadow tables were emptied or its DMP controls changed outside this vCPU's
+    /// exits: before the next entry, apply the controls and map what the guest needs to take a
+    /// fault (`Shadow::prefill_critical`).
+    pub resync: bool,
 }
 
 impl Drop for Vcpu {
@@ -354,6 +357,7 @@ pub fn create_vcpu(
         profile_sequence: 0,
         hypercalls: false,
         forwarding: false,
+        resync: false,
     });
     let t = k.threads.insert(Thread {
         pd: my_pd,
@@ -476,8 +480,42 @@ fn flush_vm(k: &mut Kernel, vm: VmId) {
     for t in vcpus {
         if let Some(vcpu) = k.threads.get_mut(t).and_then(|t| t.vcpu.as_mut()) {
             vcpu.hw.flush_on_entry();
+            vcpu.resync = true;
         }
     }
+}
+
+/// Before entering vCPU `t` after its Vm's shadow state changed from outside (see
+/// `Vcpu::resync`): the #PF intercept follows `Shadow::forward`, and the window and the pages
+/// event delivery needs are mapped again.
+fn resync(k: &mut Kernel, t: ThreadId) {
+    let Kernel { threads, vms, .. } = k;
+    let Some(vcpu) = threads.get_mut(t).and_then(|t| t.vcpu.as_mut()) else {
+        return;
+    };
+    vcpu.resync = false;
+    let Some(Vm {
+        nested,
+        shadow: Some(shadow),
+        ..
+    }) = vms.get_mut(vcpu.vm)
+    else {
+        return;
+    };
+    let mut w = [0u64; word::COUNT];
+    vcpu.hw.read(
+        &vcpu.ctx.gprs,
+        mtd::GPRS | mtd::RIP | mtd::SEGMENTS | mtd::TABLES,
+        &mut w,
+    );
+    shadow.idtr = (w[word::IDTR_BASE], w[word::IDTR_LIMIT]);
+    if shadow.forward != vcpu.forwarding {
+        vcpu.forwarding = shadow.forward;
+        vcpu.hw.intercept_page_faults(!shadow.forward);
+    }
+    shadow.publish(nested);
+    shadow.prefill_critical(nested, &w);
+    vcpu.hw.flush_on_entry();
 }
 
 /// Removes the guest mappings made through the memory capability at (`space`, `sel`).
@@ -816,6 +854,10 @@ pub fn ready_to_enter(k: &mut Kernel, t: ThreadId) -> bool {
             vcpu.unprofiled = 0;
             !deliver_profile(k, t)
         }
+        None if vcpu.resync => {
+            resync(k, t);
+            true
+        }
         None => true,
     }
 }
@@ -1041,11 +1083,6 @@ fn shadow_exit(k: &mut Kernel, t: ThreadId, e: &hw::HwExit) -> ShadowExit {
         return ShadowExit::NotShadow;
     };
     shadow.idtr = (w[word::IDTR_BASE], w[word::IDTR_LIMIT]);
-    if shadow.forward != vcpu.forwarding {
-        vcpu.forwarding = shadow.forward;
-        vcpu.hw.intercept_page_faults(!shadow.forward);
-        shadow.publish(nested);
-    }
     match e.exit {
         HwReason::Exception { vector: 14 } => {
             let error = (e.exception >> 32) as u32;

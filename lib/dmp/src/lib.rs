@@ -22,6 +22,11 @@
 //!    a replacement for the hot instruction (constructors and the hypercall ABI in
 //!    [`replacement`]), the other displaced instructions relocated, and a jump back.
 //!
+//! Besides hot sites, [`fault_gate`] hands the guest's page faults to the guest itself: it
+//! builds the stub its #PF gate is pointed at, which walks the guest's tables through the
+//! kernel's view of guest RAM and sends only hidden faults to the kernel ([`policy`] decides when
+//! and installs it).
+//!
 //! Every input is treated as hostile (the guest chooses its code bytes, the profile comes from a
 //! message): bad input gives [`Unpatchable`], [`PlanError`], [`StubError`] or
 //! [`replacement::ReplacementError`], never a panic. A deterministic fuzz test checks that.
@@ -39,6 +44,7 @@
 extern crate alloc;
 
 pub mod classify;
+pub mod fault_gate;
 pub mod plan;
 pub mod policy;
 pub mod replacement;

@@ -1,10 +1,12 @@
 //! Tests only: a tiny interpreter for the instructions stubs are made of, so that tests check what
 //! a stub *does* (the hypercall's registers, registers and flags preserved, the stack below the
-//! red zone only, where it jumps), not only what it looks like.
+//! red zone only, where it jumps), not only what it looks like. The fault stub's instructions
+//! (ALU operations with the flags they set, conditional jumps, CR2, IRETQ, an indirect jump) are
+//! here too.
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
-use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
+use iced_x86::{ConditionCode, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 
 use crate::classify::Bitness;
 
@@ -19,7 +21,29 @@ pub struct Cpu {
     pub writes: Vec<(u64, usize)>,
     /// RAX, RBX, RCX, RDX at each hypercall.
     pub hypercalls: Vec<[u64; 4]>,
+    /// CR2 (the fault stub reads it, and writes it back when a nested fault changed it).
+    pub cr2: u64,
+    /// The fake hypervisor's answer to a hypercall: RAX, RBX, RCX (`None`: RAX = 0, the rest
+    /// unchanged).
+    pub reply: Option<[u64; 3]>,
+    /// CR2 after a hypercall, as a nested fault in the stub would have left it.
+    pub reply_cr2: Option<u64>,
 }
+
+/// How a run left the code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Leave {
+    /// A jump (direct or indirect) out of the code, to this address.
+    Jump(u64),
+    /// IRETQ, to this RIP (RSP and RFLAGS are the frame's).
+    Iret(u64),
+}
+
+const CF: u64 = 1 << 0;
+const PF: u64 = 1 << 2;
+const ZF: u64 = 1 << 6;
+const SF: u64 = 1 << 7;
+const OF: u64 = 1 << 11;
 
 fn idx(r: Register) -> usize {
     (r.full_register() as u32 - Register::RAX as u32) as usize
@@ -50,6 +74,9 @@ impl Cpu {
             mem: BTreeMap::new(),
             writes: Vec::new(),
             hypercalls: Vec::new(),
+            cr2: 0,
+            reply: None,
+            reply_cr2: None,
         }
     }
 
@@ -141,6 +168,67 @@ impl Cpu {
 
     /// Run `code` placed at `base` from its start until a jump leaves it; the jump's target.
     pub fn run(&mut self, code: &[u8], base: u64) -> u64 {
+        match self.run_until(code, base) {
+            Leave::Jump(target) => target,
+            Leave::Iret(rip) => panic!("iretq to {rip:#x}"),
+        }
+    }
+
+    /// Sets the arithmetic flags of a `size`-byte result; `carry` and `overflow` as computed.
+    fn set_flags(&mut self, result: u64, size: usize, carry: bool, overflow: bool) {
+        let bits = 8 * size as u32;
+        let r = if bits == 64 {
+            result
+        } else {
+            result & ((1 << bits) - 1)
+        };
+        let mut f = self.rflags & !(CF | PF | ZF | SF | OF);
+        f |= if carry { CF } else { 0 };
+        f |= if overflow { OF } else { 0 };
+        f |= if r == 0 { ZF } else { 0 };
+        f |= if r >> (bits - 1) & 1 != 0 { SF } else { 0 };
+        f |= if (r as u8).count_ones() & 1 == 0 {
+            PF
+        } else {
+            0
+        };
+        self.rflags = f;
+    }
+
+    fn condition(&self, cc: ConditionCode) -> bool {
+        let f = |bit: u64| self.rflags & bit != 0;
+        match cc {
+            ConditionCode::b => f(CF),
+            ConditionCode::ae => !f(CF),
+            ConditionCode::e => f(ZF),
+            ConditionCode::ne => !f(ZF),
+            ConditionCode::s => f(SF),
+            ConditionCode::ns => !f(SF),
+            c => panic!("test cpu: condition {c:?} not supported"),
+        }
+    }
+
+    /// Writes `v` to operand 0 (a register or memory).
+    fn store(&mut self, insn: &Instruction, v: u64) {
+        match insn.op0_kind() {
+            OpKind::Register => self.set(insn.op0_register(), v),
+            _ => {
+                let a = self.address(insn, 0);
+                self.write(a, insn.memory_size().size(), v);
+            }
+        }
+    }
+
+    /// Size in bytes of operand 0.
+    fn size0(insn: &Instruction) -> usize {
+        match insn.op0_kind() {
+            OpKind::Register => insn.op0_register().size(),
+            _ => insn.memory_size().size(),
+        }
+    }
+
+    /// Run `code` placed at `base` from its start until a jump leaves it or IRETQ returns.
+    pub fn run_until(&mut self, code: &[u8], base: u64) -> Leave {
         let mut pc = base;
         for _ in 0..1000 {
             let offset = (pc - base) as usize;
@@ -154,14 +242,49 @@ impl Cpu {
                     let a = self.address(&insn, 1);
                     self.set(insn.op0_register(), a);
                 }
+                Mnemonic::Mov if insn.op1_register() == Register::CR2 => {
+                    self.set(insn.op0_register(), self.cr2)
+                }
+                Mnemonic::Mov if insn.op0_register() == Register::CR2 => {
+                    self.cr2 = self.get(insn.op1_register())
+                }
                 Mnemonic::Mov | Mnemonic::Movzx | Mnemonic::Movnti => {
                     let v = self.operand(&insn, 1);
-                    match insn.op0_kind() {
-                        OpKind::Register => self.set(insn.op0_register(), v),
-                        _ => {
-                            let a = self.address(&insn, 0);
-                            self.write(a, insn.memory_size().size(), v);
-                        }
+                    self.store(&insn, v);
+                }
+                Mnemonic::Sub | Mnemonic::Cmp => {
+                    let size = Self::size0(&insn);
+                    let (a, b) = (self.operand(&insn, 0), self.operand(&insn, 1));
+                    let top = 1u64 << (8 * size - 1);
+                    let mask = top | (top - 1);
+                    let (a, b) = (a & mask, b & mask);
+                    let r = a.wrapping_sub(b) & mask;
+                    self.set_flags(r, size, a < b, (a ^ b) & (a ^ r) & top != 0);
+                    if insn.mnemonic() == Mnemonic::Sub {
+                        self.store(&insn, r);
+                    }
+                }
+                Mnemonic::And | Mnemonic::Or | Mnemonic::Test => {
+                    let size = Self::size0(&insn);
+                    let (a, b) = (self.operand(&insn, 0), self.operand(&insn, 1));
+                    let r = if insn.mnemonic() == Mnemonic::Or {
+                        a | b
+                    } else {
+                        a & b
+                    };
+                    self.set_flags(r, size, false, false);
+                    if insn.mnemonic() != Mnemonic::Test {
+                        self.store(&insn, r);
+                    }
+                }
+                Mnemonic::Shr => {
+                    let size = Self::size0(&insn);
+                    let count = (self.operand(&insn, 1) & 63) as u32;
+                    let a = self.operand(&insn, 0);
+                    if count != 0 {
+                        let r = a >> count;
+                        self.set_flags(r, size, (a >> (count - 1)) & 1 != 0, false);
+                        self.store(&insn, r);
                     }
                 }
                 Mnemonic::Push => {
@@ -178,14 +301,48 @@ impl Cpu {
                     let r = [Register::RAX, Register::RBX, Register::RCX, Register::RDX];
                     self.hypercalls.push(r.map(|r| self.get(r)));
                     // The hypervisor's status: the stub must restore the guest's RAX.
-                    self.set(Register::RAX, 0);
+                    match self.reply {
+                        Some([rax, rbx, rcx]) => {
+                            self.set(Register::RAX, rax);
+                            self.set(Register::RBX, rbx);
+                            self.set(Register::RCX, rcx);
+                        }
+                        None => self.set(Register::RAX, 0),
+                    }
+                    if let Some(cr2) = self.reply_cr2 {
+                        self.cr2 = cr2;
+                    }
+                }
+                Mnemonic::Iretq => {
+                    let rip = self.pop();
+                    let _cs = self.pop();
+                    let rflags = self.pop();
+                    let rsp = self.pop();
+                    let _ss = self.pop();
+                    self.rflags = rflags;
+                    self.set(Register::RSP, rsp);
+                    return Leave::Iret(rip);
+                }
+                Mnemonic::Jmp if insn.op0_kind() == OpKind::Memory => {
+                    let a = self.address(&insn, 0);
+                    return Leave::Jump(self.read(a, 8));
                 }
                 Mnemonic::Jmp => {
                     let target = insn.near_branch_target();
                     if target >= base && target < base + code.len() as u64 {
                         pc = target;
                     } else {
-                        return target;
+                        return Leave::Jump(target);
+                    }
+                }
+                _ if insn.is_jcc_short_or_near() => {
+                    if self.condition(insn.condition_code()) {
+                        let target = insn.near_branch_target();
+                        assert!(
+                            target >= base && target < base + code.len() as u64,
+                            "jcc out of the code"
+                        );
+                        pc = target;
                     }
                 }
                 m => panic!("test cpu: {m:?} not supported"),

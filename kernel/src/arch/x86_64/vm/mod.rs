@@ -229,8 +229,7 @@ impl HwVcpu {
         }
     }
 
-    /// Shadow mode: intercept #PF or let the guest's IDT take it (DMP fault forwarding). Only on
-    /// the vCPU's exit path.
+    /// Shadow mode: intercept #PF or let the guest's IDT take it (DMP fault forwarding).
     pub fn intercept_page_faults(&mut self, on: bool) {
         match self {
             HwVcpu::Svm(v) => v.intercept_page_faults(on),

@@ -648,9 +648,9 @@ impl Vmcs {
         self.cr2 = value;
     }
 
-    /// Shadow mode: intercept #PF (the vTLB's default) or let the guest's IDT take it. Called
-    /// on the exit path, where this VMCS is the current one.
+    /// Shadow mode: intercept #PF (the vTLB's default) or let the guest's IDT take it.
     pub fn intercept_page_faults(&mut self, on: bool) {
+        self.load();
         let pf = if on { 1 << 14 } else { 0 };
         vmwrite(EXCEPTION_BITMAP, u64::from(EXCEPTIONS_REFLECTED | pf));
     }
