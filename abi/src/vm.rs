@@ -168,7 +168,7 @@ pub const WINDOW_MAX_PAGES: u64 = 512;
 pub const PATCH_VIRTUAL: u64 = 1 << 63;
 
 /// Exits between two [`Exit::Profile`] messages.
-pub const PROFILE_PERIOD: u64 = 16_384;
+pub const PROFILE_PERIOD: u64 = 4_096;
 /// First message word of the packed batch in an [`Exit::Profile`] message.
 pub const PROFILE_WORDS: usize = 2;
 /// Hot sites an [`Exit::Profile`] message carries (what fits the message after its header).

@@ -46,9 +46,10 @@ const MAX_GUESTS: usize = 32;
 /// Badges: the attach portal's, and `PROFILE_BADGE + guest` for profile portals.
 const ATTACH_BADGE: u64 = 1;
 const PROFILE_BADGE: u64 = 0x100;
-/// Exits a site needs before the service patches it, and the exits a patched site may still
-/// take before the patch counts as useless.
-const THRESHOLD: u64 = 1024;
+/// Exits a site needs before the service patches it (an eighth of a profile period: a site that
+/// hot is worth a stub at once), and the exits a patched site may still take before the patch
+/// counts as useless.
+const THRESHOLD: u64 = abi::vm::PROFILE_PERIOD / 8;
 const SLACK: u64 = 256;
 /// Guest-linear base of the view of guest RAM the fault stub reads the guest's tables through:
 /// the start of the last PML4 slot, in a hole the guests this system runs leave unused (Linux:

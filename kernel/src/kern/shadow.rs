@@ -498,21 +498,27 @@ impl Shadow {
             };
         }
         let gpa = (la - v.gla) & !0xfff;
-        let Some(hpa) = physical_to_host(nested, gpa) else {
+        if physical_to_host(nested, gpa).is_none() {
             return FaultOutcome::MemoryFault { gpa, write: false };
-        };
+        }
+        // The whole 2 MiB of the view at once: guest RAM is one nested leaf table per 2 MiB, and
+        // a stub's walk touches page tables all over it.
         self.stats.fills += 1;
-        let nx = if self.efer & EFER_NXE != 0 {
-            NO_EXECUTE
-        } else {
-            0
-        };
-        let pte = (hpa & !0xfff) | PRESENT | ACCESSED | DIRTY | nx;
-        let flush = !matches!(
-            self.vtlb.install(&mut ShadowFrames, la & !0xfff, pte),
-            Install::Installed
+        let nx = if self.efer & EFER_NXE != 0 { NO_EXECUTE } else { 0 };
+        let mut ptes = [0u64; 512];
+        let region = (la - v.gla) & !0x1f_ffff;
+        nested.translate_region(&DirectTables, region, |i, hpa, _| {
+            if region + (i as u64) * 4096 < v.size {
+                ptes[i] = (hpa & !0xfff) | PRESENT | ACCESSED | DIRTY | nx;
+            }
+        });
+        let installed = self.vtlb.install_region(
+            &mut ShadowFrames,
+            la & !0x1f_ffff,
+            &ptes,
+            virt::shadow::PageSize::Size2M,
         );
-        FaultOutcome::Resume { flush, page: None }
+        self.installed(installed, la & !0xfff, false)
     }
 
     /// Maps, with the access it will make, a guest page that event delivery or a DMP stub
@@ -549,6 +555,15 @@ impl Shadow {
         // The frame, and the page below for what the stub and the handler push.
         self.prefill_page(nested, rsp.wrapping_sub(8), stack_access, rflags);
         self.prefill_page(nested, rsp.wrapping_sub(8 + 4096), stack_access, rflags);
+        // The stub's first read: the guest's PML4, through the view.
+        if let Some(v) = self.view {
+            let la = v.gla + (self.cr3 & virt::shadow::bits::ADDR);
+            if v.contains(la)
+                && self.vtlb.lookup(&ShadowFrames, la & !0xfff) & virt::shadow::bits::PRESENT == 0
+            {
+                let _ = self.view_fault(nested, v, la, 0, false);
+            }
+        }
         let (idt, _) = self.idtr;
         self.prefill_page(nested, idt + 14 * 16, 0, rflags);
         self.prefill_page(nested, w[word::GDTR_BASE], 0, rflags);
