@@ -15,13 +15,22 @@
 //!   shows its current CR3 in its first word, also after a CR3 load, and a write to it faults
 //!   (the guest can read what the hypervisor exposes, never forge it);
 //!
+//! - hypercall `FAULT` (what a patched #PF gate sends) answers hostile arguments without harm:
+//!   an allowed access is resolved (`OK`), a not-present address, a write to the window and a
+//!   non-canonical address come back as the guest's own fault (`GUEST_FAULT`, with the error
+//!   code its tables give in RCX);
+//! - tampering with the window through its own identity mapping of the window's guest-physical
+//!   page only misleads itself, and the kernel writes the truth again at the next CR3 load;
+//!
 //! then `hcprobe: N checks passed, M failed` and exit 0 only when M is 0. It builds its test
 //! mapping under PML4 slot 1 (linear 0x80_0000_0000) in tables of its own; the loader's
 //! identity map reaches them.
 #![no_std]
 #![no_main]
 
-use abi::vm::hypercall::{BAD_ADDRESS, BAD_REQUEST, INVLPG, MAX_QUEUE, OK, PTE_WRITE, QUEUE};
+use abi::vm::hypercall::{
+    BAD_ADDRESS, BAD_REQUEST, FAULT, GUEST_FAULT, INVLPG, MAX_QUEUE, OK, PTE_WRITE, QUEUE,
+};
 use core::ptr::{read_volatile, write_volatile};
 use grt::println;
 
@@ -77,21 +86,27 @@ fn read(va: u64) -> u64 {
 
 /// A DMP hypercall: (RAX, RBX) after it.
 fn hypercall(amd: bool, number: u64, rbx: u64, rcx: u64, rdx: u64) -> (u64, u64) {
-    let (status, applied);
+    let (status, applied, _) = hypercall3(amd, number, rbx, rcx, rdx);
+    (status, applied)
+}
+
+/// A DMP hypercall: (RAX, RBX, RCX) after it.
+fn hypercall3(amd: bool, number: u64, rbx: u64, rcx: u64, rdx: u64) -> (u64, u64, u64) {
+    let (status, applied, rcx_out);
     // SAFETY: VMMCALL/VMCALL with the kernel's hypercalls enabled only changes RAX, RBX and this
     // guest's own page tables. RBX is reserved by the compiler, hence the exchange.
     unsafe {
         if amd {
             core::arch::asm!("xchg rbx, {b}", "vmmcall", "xchg rbx, {b}",
                 b = inout(reg) rbx => applied, inout("rax") number => status,
-                in("rcx") rcx, in("rdx") rdx, options(nostack));
+                inout("rcx") rcx => rcx_out, in("rdx") rdx, options(nostack));
         } else {
             core::arch::asm!("xchg rbx, {b}", "vmcall", "xchg rbx, {b}",
                 b = inout(reg) rbx => applied, inout("rax") number => status,
-                in("rcx") rcx, in("rdx") rdx, options(nostack));
+                inout("rcx") rcx => rcx_out, in("rdx") rdx, options(nostack));
         }
     }
-    (status, applied)
+    (status, applied, rcx_out)
 }
 
 /// Where the VMM puts the DMP window (`vmm::layout::DMP_WINDOW_LINEAR`).
@@ -136,6 +151,56 @@ fn window(r: &mut Report) {
                 "refused with #PF"
             }
         ),
+    );
+}
+
+/// Hypercall `FAULT` with hostile arguments: the kernel answers as it would a hardware #PF.
+fn fault(r: &mut Report, amd: bool) {
+    const WRITE: u64 = 2;
+    const USER: u64 = 4;
+    let before = read(X);
+    let (s, _, _) = hypercall3(amd, FAULT, X, 0, 0);
+    let after = read(X);
+    r.check(
+        "FAULT on an allowed access resolves",
+        s == OK && after == before,
+        format_args!("status {s}, read {before:#x} then {after:#x}"),
+    );
+    let (s, _, code) = hypercall3(amd, FAULT, X + (1 << 30), USER | WRITE, 0);
+    r.check(
+        "FAULT on an unmapped address is the guest's",
+        s == GUEST_FAULT && code == USER | WRITE,
+        format_args!("status {s}, error code {code:#x}"),
+    );
+    let (s, _, code) = hypercall3(amd, FAULT, WINDOW, WRITE, 0);
+    r.check(
+        "FAULT writing the window is the guest's",
+        s == GUEST_FAULT && code == WRITE | 1,
+        format_args!("status {s}, error code {code:#x}"),
+    );
+    let (s, _, _) = hypercall3(amd, FAULT, 0x8000_0000_0000_0000, 0, 0);
+    r.check(
+        "FAULT on a non-canonical address is refused",
+        s == GUEST_FAULT,
+        format_args!("status {s}"),
+    );
+}
+
+/// The window's guest-physical page (`vmm::layout::DMP_WINDOW_PHYSICAL`), which the loader's
+/// identity map reaches: writable by this guest, which only fools itself.
+const WINDOW_PHYSICAL: u64 = 0xf_0000;
+
+fn tamper(r: &mut Report) {
+    let cr3 = read_cr3();
+    write(WINDOW_PHYSICAL + abi::vm::WINDOW_CR3, 0xdead_b000);
+    let forged = read(WINDOW + abi::vm::WINDOW_CR3);
+    // SAFETY: reloading the same CR3 only flushes the TLB.
+    unsafe { core::arch::asm!("mov cr3, {}", in(reg) cr3, options(nostack)) };
+    let again = read(WINDOW + abi::vm::WINDOW_CR3);
+    r.check(
+        "a forged window word is rewritten at the next CR3 load",
+        forged == 0xdead_b000 && again == cr3,
+        format_args!("forged {forged:#x}, then {again:#x}"),
     );
 }
 
@@ -250,6 +315,8 @@ fn main(_boot: &grt::Boot) -> u8 {
     );
 
     window(&mut r);
+    fault(&mut r, amd);
+    tamper(&mut r);
 
     println!("hcprobe: {} checks passed, {} failed", r.passed, r.failed);
     if r.failed == 0 {
