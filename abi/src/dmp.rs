@@ -56,8 +56,9 @@ pub const UART_FLUSH: u64 = crate::vm::hypercall::VMM_FIRST;
 ///   where a THR write is received data, not output.
 ///
 /// The VMM writes both words when the guest starts and after every UART port access it handles;
-/// a guest that overwrites them (the window is read-only to it; only the scratch page is
-/// writable) could only mislead its own stubs.
+/// a guest that overwrites them (the window's linear pages are read-only but its guest-physical
+/// pages are ordinary RAM the guest may map) only misleads its own stubs: the VMM never reads
+/// them.
 ///
 /// **Output ring** (the window's last page, writable by the guest kernel, never executable):
 ///
@@ -72,7 +73,8 @@ pub const UART_FLUSH: u64 = crate::vm::hypercall::VMM_FIRST;
 /// VMM then reads `min(count, RING_CAPACITY)` bytes (a hostile count is clamped), feeds them to
 /// its UART model exactly as if they had been written to THR one by one (same line splitting,
 /// same `[<guest>]` prefix, same output), and sets the count to 0. It drains the ring the same way
-/// before it handles any UART port exit and when the guest ends, so that output keeps its order.
+/// before it handles any port I/O exit (the UART's or another port's) and when the guest ends, so
+/// that output keeps its order.
 pub mod uart {
     /// Byte offset in the window of the LSR word.
     pub const WINDOW_UART_LSR: u64 = 48;
@@ -99,3 +101,9 @@ pub const SCRATCH_LAST_FAULT: u64 = 4096 - 8;
 /// SCRATCH_STACK_TOP)`, between the UART ring and the last-fault word.
 pub const SCRATCH_STACK_TOP: u64 = 4096 - 16;
 pub const SCRATCH_STACK_SIZE: u64 = 1024;
+
+// The scratch page holds the UART ring, then the fault stub's stack and last-fault word.
+const _: () = assert!(
+    uart::RING_DATA + uart::RING_CAPACITY <= SCRATCH_STACK_TOP - SCRATCH_STACK_SIZE
+        && SCRATCH_STACK_TOP <= SCRATCH_LAST_FAULT
+);

@@ -10,7 +10,9 @@
 //!    (bound to its main thread) and the vCPU, and sets each exit's transfer mask
 //!    (`vmm::monitor::transfer_mask`);
 //! 4. serves exits on its main thread until the guest ends (`vmm::monitor::Monitor` decides
-//!    every reply), printing the guest's UART lines as `[<guest>] <line>`;
+//!    every reply), printing the guest's UART lines as `[<guest>] <line>`; for a guest with
+//!    `dmp = true` the DMP window's last page is the guest-writable UART output ring and the
+//!    monitor keeps the window's UART words (`abi::dmp::uart`, `vmm::dmp`);
 //! 5. reports the end to init (`GUEST_DONE`), logs a summary of the exits, and stays idle.
 //!
 //! Any failure before the guest runs ends it as `FAILED` with a log line saying why.
@@ -69,8 +71,8 @@ fn main(start: Start) -> ! {
     };
     let name: &'static str = Box::leak(guest.vmm_name().into_boxed_str());
     log::set_name(name);
-    let mut monitor = match setup(&mut utcb, &guest, name) {
-        Ok(monitor) => monitor,
+    let (mut monitor, mut ram) = match setup(&mut utcb, &guest, name) {
+        Ok(set) => set,
         Err(fail) => {
             rt::println!(&mut utcb, "{name}: {fail}");
             report(&mut utcb, name, outcome::FAILED, fail.code());
@@ -78,7 +80,14 @@ fn main(start: Start) -> ! {
         }
     };
     let mut timing = ExitTiming::default();
-    let end = serve(&mut utcb, &mut monitor, &mut timing, &guest.name, name);
+    let end = serve(
+        &mut utcb,
+        &mut monitor,
+        &mut ram,
+        &mut timing,
+        &guest.name,
+        name,
+    );
     rt::println!(&mut utcb, "{name}: {}", monitor.summary());
     rt::println!(&mut utcb, "{name}: {}", timing.summary());
     report(&mut utcb, name, end.outcome, end.detail);
@@ -192,8 +201,13 @@ fn check_patching(utcb: &mut Utcb, ram: &mut [u8]) -> Result<(), SetupError> {
     Ok(())
 }
 
-/// Maps and loads the guest, creates its Vm, exit portals and vCPU.
-fn setup(utcb: &mut Utcb, guest: &Guest, name: &str) -> Result<Monitor, SetupError> {
+/// Maps and loads the guest, creates its Vm, exit portals and vCPU; returns the monitor and the
+/// guest's RAM as the monitor reaches it.
+fn setup(
+    utcb: &mut Utcb,
+    guest: &Guest,
+    name: &str,
+) -> Result<(Monitor, memory::GuestRam), SetupError> {
     step(
         "get memory",
         bootstrap::get_resource(utcb, "memory", MEMORY),
@@ -240,6 +254,13 @@ fn setup(utcb: &mut Utcb, guest: &Guest, name: &str) -> Result<Monitor, SetupErr
             rt::vm::vm_window(VM, DMP_WINDOW_LINEAR, DMP_WINDOW_PHYSICAL, DMP_WINDOW_PAGES),
         )?;
     }
+    if guest.dmp {
+        // The window's last page: the UART output ring that patched THR writes fill.
+        step(
+            "dmp scratch page",
+            rt::vm::vm_dmp(VM, vmabi::dmp_op::SCRATCH, abi::dmp::WINDOW_SCRATCH_PAGES),
+        )?;
+    }
     // With DMP the profile portal is the service's (attach puts it at its exit-portal slot).
     let attached = guest.dmp && attach_dmp(utcb, name)?;
     for reason in 0..EXIT_COUNT {
@@ -267,13 +288,22 @@ fn setup(utcb: &mut Utcb, guest: &Guest, name: &str) -> Result<Monitor, SetupErr
             )?;
         }
     }
-    Ok(Monitor::new(boot.state))
+    let mut monitor = Monitor::new(boot.state);
+    let mut guest_ram = memory::GuestRam::new(guest.memory_bytes);
+    if guest.hypercalls || guest.dmp {
+        monitor.enable_vmm_hypercalls();
+    }
+    if guest.dmp && !monitor.enable_uart_window(vmm::dmp::UartWindow::layout(), &mut guest_ram) {
+        return Err(SetupError::Step("dmp uart window", Error::Protocol));
+    }
+    Ok((monitor, guest_ram))
 }
 
 /// Serves the vCPU's exits until the guest ends; returns how.
 fn serve(
     utcb: &mut Utcb,
     monitor: &mut Monitor,
+    ram: &mut memory::GuestRam,
     timing: &mut ExitTiming,
     guest: &str,
     name: &str,
@@ -293,7 +323,7 @@ fn serve(
             Ok(_) => {}
             Err(Error::Kernel(Status::BadArgument)) => {
                 // The kernel refused the reply; the vCPU still waits for one: stop it.
-                let response = monitor.refused();
+                let response = monitor.refused(ram);
                 if let Some(end) = answer(utcb, response, guest, name) {
                     return end;
                 }
@@ -323,7 +353,7 @@ fn serve(
                 received,
             )
         });
-        let response = monitor.handle(words, &mut cpu::cpuid);
+        let response = monitor.handle(words, &mut cpu::cpuid, ram);
         if let Some(end) = answer(utcb, response, guest, name) {
             return end;
         }

@@ -4,6 +4,7 @@
 
 use abi::{well_known, Rights, Sel, Status};
 use rt::{syscall, Error};
+use vmm::dmp::{range, GuestMemory};
 
 /// Where the guest's RAM appears in the server (64 GiB: far above the program at 0x40_0000 and
 /// its heap, stack and UTCB, which init places low).
@@ -55,6 +56,52 @@ pub fn map_image(image: Sel, len: u64, offset: u64) -> Result<&'static [u8], Err
         return Err(Error::Protocol);
     }
     Ok(window(IMAGE_VA, (mapped * PAGE) as usize))
+}
+
+/// The guest's RAM at [`RAM_VA`] while the guest runs, for the monitor's reads and writes of the
+/// DMP window (`vmm::dmp`): byte copies through raw pointers, volatile, so that no Rust
+/// reference to memory the guest writes behind the compiler's back is ever held.
+pub struct GuestRam {
+    len: usize,
+}
+
+impl GuestRam {
+    /// The RAM [`map_ram`] mapped, `bytes` long.
+    pub fn new(bytes: u64) -> GuestRam {
+        GuestRam {
+            len: bytes as usize,
+        }
+    }
+}
+
+impl GuestMemory for GuestRam {
+    #[allow(unsafe_code)]
+    fn read(&mut self, gpa: u64, out: &mut [u8]) -> bool {
+        let Some(r) = range(gpa, out.len(), self.len) else {
+            return false;
+        };
+        for (i, byte) in out.iter_mut().enumerate() {
+            // SAFETY: `RAM_VA + r.start + i` lies inside the guest's RAM, which `map_ram` mapped
+            // readable and writable at `RAM_VA` for `len` bytes and which stays mapped while the
+            // server runs; the vCPU does not run while the server handles its exit (one CPU), so
+            // nothing writes the byte during the read.
+            *byte =
+                unsafe { core::ptr::read_volatile((RAM_VA as usize + r.start + i) as *const u8) };
+        }
+        true
+    }
+
+    #[allow(unsafe_code)]
+    fn write(&mut self, gpa: u64, data: &[u8]) -> bool {
+        let Some(r) = range(gpa, data.len(), self.len) else {
+            return false;
+        };
+        for (i, &byte) in data.iter().enumerate() {
+            // SAFETY: as for `read`: inside the mapped, writable RAM, and the vCPU waits.
+            unsafe { core::ptr::write_volatile((RAM_VA as usize + r.start + i) as *mut u8, byte) };
+        }
+        true
+    }
 }
 
 #[allow(unsafe_code)]

@@ -504,7 +504,11 @@ impl Shadow {
         // The whole 2 MiB of the view at once: guest RAM is one nested leaf table per 2 MiB, and
         // a stub's walk touches page tables all over it.
         self.stats.fills += 1;
-        let nx = if self.efer & EFER_NXE != 0 { NO_EXECUTE } else { 0 };
+        let nx = if self.efer & EFER_NXE != 0 {
+            NO_EXECUTE
+        } else {
+            0
+        };
         let mut ptes = [0u64; 512];
         let region = (la - v.gla) & !0x1f_ffff;
         nested.translate_region(&DirectTables, region, |i, hpa, _| {

@@ -197,7 +197,7 @@ pub fn build_fault_stub(c: &FaultStubConfig) -> Result<Vec<u8>> {
     if c.view_size == 0 || c.view_base.checked_add(c.view_size - 1).is_none() {
         return Err(FaultStubError::BadConfig("view"));
     }
-    if c.stack_size < 256 || c.stack_top < c.stack_size || c.stack_top % 16 != 0 {
+    if c.stack_size < 256 || c.stack_top < c.stack_size || !c.stack_top.is_multiple_of(16) {
         return Err(FaultStubError::BadConfig("stack"));
     }
     let mut a = Asm::default();

@@ -49,6 +49,7 @@ pub mod plan;
 pub mod policy;
 pub mod replacement;
 pub mod stub;
+pub mod uart;
 
 pub use classify::{
     classify, Access, Bitness, IoDirection, MemOperand, Port, Site, SiteKind, StoreValue,

@@ -138,6 +138,8 @@ pub enum Event {
 #[derive(Clone, Debug)]
 struct Patch {
     rip: u64,
+    /// Where the swapped range starts (before `rip` when a UART patch displaced the port load).
+    address: u64,
     /// The exit reason the site took before the patch.
     reason: Exit,
     expected: Vec<u8>,
@@ -248,10 +250,15 @@ impl GuestPolicy {
             {
                 continue;
             }
-            if !matches!(reason, Exit::ControlRegister | Exit::Invlpg) {
+            if !matches!(reason, Exit::ControlRegister | Exit::Invlpg | Exit::Io) {
                 continue;
             }
-            match self.try_patch(site.rip, site.count, reason, guest) {
+            let attempt = if reason == Exit::Io {
+                self.try_uart(site.rip, site.count, guest)
+            } else {
+                self.try_patch(site.rip, site.count, reason, guest)
+            };
+            match attempt {
                 Ok(Some(e)) => events.push(e),
                 Ok(None) => {}
                 Err(why) => {
@@ -289,7 +296,7 @@ impl GuestPolicy {
                 continue;
             };
             if now > p.count_at_patch + slack {
-                if guest.patch(p.rip, true, &p.new, &p.expected).is_ok() {
+                if guest.patch(p.address, true, &p.new, &p.expected).is_ok() {
                     p.live = false;
                     events.push(Event::RolledBack {
                         rip: p.rip,
@@ -574,6 +581,65 @@ impl GuestPolicy {
         });
     }
 
+    /// Patches the UART site at `rip` (`dmp::uart`: an LSR read or a THR write), reading the
+    /// bytes before it too (the port load the patch may displace): `Ok(None)` to retry later,
+    /// `Err` to give up on it.
+    fn try_uart(
+        &mut self,
+        rip: u64,
+        count: u64,
+        guest: &mut impl GuestAccess,
+    ) -> Result<Option<Event>, String> {
+        use crate::uart::{plan_uart_patch, UartWindow, BEFORE};
+        let room = (4096 - (rip & 0xfff)).min(MAX_CODE as u64) as usize;
+        let mut code = vec![0u8; room];
+        guest
+            .read(rip, true, &mut code)
+            .map_err(|e| format!("code unreadable ({e:?})"))?;
+        let n = ((rip & 0xfff) as usize).min(BEFORE);
+        let mut before = vec![0u8; n];
+        if n > 0 {
+            guest
+                .read(rip - n as u64, true, &mut before)
+                .map_err(|e| format!("code unreadable ({e:?})"))?;
+        }
+        let site = classify(&code, rip, Exit::Io, Bitness::Bits64, false);
+        let slot = self.next_slot;
+        if slot >= self.capacity() {
+            return Err(String::from("window full"));
+        }
+        let offset = abi::dmp::WINDOW_RESERVED + slot * SLOT;
+        let stub_la = self.config.window_linear.wrapping_add(offset);
+        let window = UartWindow::new(self.config.window_linear, self.config.window_pages);
+        let up = plan_uart_patch(&site, &before, stub_la, &window, self.config.call)
+            .map_err(|e| format!("{e}"))?;
+        let stub = up.build(SLOT as usize).map_err(|e| format!("{e:?}"))?;
+        self.write_stub(offset, &stub.code, guest)?;
+        self.next_slot += 1;
+        match guest.patch(up.plan.site, true, &up.plan.expected, &up.plan.new) {
+            Ok(()) => {}
+            Err(Failure::Busy) => return Ok(None),
+            Err(e) => return Err(format!("site not patched ({e:?})")),
+        }
+        self.patches.push(Patch {
+            rip,
+            address: up.plan.site,
+            reason: Exit::Io,
+            expected: up.plan.expected.clone(),
+            new: up.plan.new.clone(),
+            count_at_patch: count,
+            live: true,
+            verified: false,
+        });
+        Ok(Some(Event::Patched {
+            rip,
+            form: up.form(&window),
+            stub: stub_la,
+            displaced: up.plan.covered,
+            count,
+        }))
+    }
+
     /// Patches the site at `rip`: `Ok(None)` to retry later, `Err` to give up on it.
     fn try_patch(
         &mut self,
@@ -621,6 +687,7 @@ impl GuestPolicy {
         }
         self.patches.push(Patch {
             rip,
+            address: rip,
             reason,
             expected: plan.expected.clone(),
             new: plan.new.clone(),
@@ -1229,5 +1296,43 @@ mod tests {
             }
         }
         assert!(installed > 0);
+    }
+
+    /// grt's polled print loop (release pagingos): `mov dx, 0x3f8; mov eax, esi; out dx, al`
+    /// at 0x108220, `mov dx, 0x3fd; in al, dx; test al, 0x20; jne` at 0x108240.
+    const GRT: [u8; 65] = [
+        0x48, 0xd1, 0xe9, 0x74, 0x36, 0x4c, 0x01, 0xc1, 0xeb, 0x0c, 0x66, 0xba, 0xf8, 0x03, 0x89,
+        0xf0, 0xee, 0x49, 0x39, 0xc8, 0x74, 0x25, 0x41, 0x0f, 0xb6, 0x30, 0x49, 0xff, 0xc0, 0xbf,
+        0x40, 0x42, 0x0f, 0x00, 0x0f, 0x1f, 0x84, 0x00, 0x00, 0x00, 0x00, 0x00, 0x66, 0xba, 0xfd,
+        0x03, 0xec, 0xa8, 0x20, 0x75, 0xd7, 0xf3, 0x90, 0xff, 0xcf, 0x75, 0xf1, 0xeb, 0xcf, 0x48,
+        0x83, 0xc4, 0x10, 0x5d, 0xc3,
+    ];
+
+    #[test]
+    fn patches_hot_uart_sites_from_the_port_load_and_rolls_them_back_there() {
+        let mut g = Fake::default();
+        g.put(0x10_8216, &GRT);
+        let mut p = GuestPolicy::new(config());
+        let ev = p.on_profile(
+            &batch(&[(Exit::Io, 0x10_8244, 5000), (Exit::Io, 0x10_8226, 5000)]),
+            &mut g,
+        );
+        assert_eq!(ev.len(), 2, "{ev:?}");
+        assert!(ev[0]
+            .to_string()
+            .contains("(in al, dx (LSR 0x3fd, port load displaced)"));
+        assert!(ev[1]
+            .to_string()
+            .contains("(out dx, al (THR 0x3f8, port load displaced)"));
+        // The jumps start at the port loads.
+        assert_eq!(g.get(0x10_8240, 1), [0xe9]);
+        assert_eq!(g.get(0x10_8220, 1), [0xe9]);
+        // Still hot: both swapped back, from where they start.
+        let ev = p.on_profile(
+            &batch(&[(Exit::Io, 0x10_8244, 9000), (Exit::Io, 0x10_8226, 9000)]),
+            &mut g,
+        );
+        assert_eq!(ev.len(), 2, "{ev:?}");
+        assert_eq!(g.get(0x10_8216, GRT.len()), GRT);
     }
 }

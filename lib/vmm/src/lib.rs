@@ -9,6 +9,8 @@
 //! - [`monitor`]: one exit message in, the reply and what to log out, using
 //!   [`cpuid`] (the filter), [`msr`] (the allow-list), [`ports`] (port I/O) and [`uart`]
 //!   (the 16550 model);
+//! - [`dmp`]: the VMM's half of patched UART output (the DMP window's UART words and output
+//!   ring, `abi::dmp::uart`) and [`dmp::GuestMemory`], how the monitor reaches guest RAM;
 //! - [`state`]: the vCPU state as `abi::vm::word` message words;
 //! - [`timing`]: where each exit's time goes (kernel path, VMM handler), for the exit benchmark.
 //!
@@ -20,6 +22,7 @@ extern crate alloc;
 
 pub mod boot;
 pub mod cpuid;
+pub mod dmp;
 pub mod elf;
 pub mod image;
 pub mod info;

@@ -10,7 +10,8 @@
 //! | io | [`crate::ports`]; `in` merges the value into RAX by size; string I/O gets #UD |
 //! | rdmsr, wrmsr | [`crate::msr`]; refused accesses get #GP(0) |
 //! | hlt | nothing can wake the guest (no interrupt sources yet): ends, FAILED, "halted" |
-//! | hypercall, other (XSETBV, MOV DR, INVD) | #UD |
+//! | hypercall | `abi::dmp::UART_FLUSH` with a UART window: the ring drained, RAX = OK; another number from `VMM_FIRST` on with the VMM's hypercalls enabled: RAX = BAD_REQUEST; else #UD |
+//! | other (XSETBV, MOV DR, INVD) | #UD |
 //! | memory fault | ends, STOPPED with the guest-physical address |
 //! | shutdown (triple fault) | ends, SHUTDOWN with the RIP |
 //! | exception | re-injected |
@@ -19,6 +20,12 @@
 //! An event that was being delivered when the exit happened is re-injected on resume. An exit
 //! message without the register groups its handling needs, or with an unknown reason, ends the
 //! guest (FAILED): the VMM never writes back registers it was not given.
+//!
+//! **DMP UART window** ([`Monitor::enable_uart_window`], guests with `dmp = true`): the monitor
+//! keeps the UART's LSR and LCR words in the DMP window current (at the start and after every
+//! port I/O exit that touches the UART's ports) and drains the window's output ring (`abi::dmp::uart`) into the UART model
+//! before it handles any port I/O exit, on hypercall `UART_FLUSH`, and when the guest ends, so
+//! that patched and unpatched output come out in the guest's order and the same lines.
 
 use alloc::format;
 use alloc::string::String;
@@ -28,6 +35,7 @@ use abi::bootstrap::outcome;
 use abi::vm::{inject, mtd, word, Exit, IoQual, EXIT_COUNT};
 
 use crate::cpuid;
+use crate::dmp::{GuestMemory, UartWindow, RING_BYTES};
 use crate::msr::{MsrAction, MsrContext, MsrPolicy, StateWrite};
 use crate::ports::{self, IoEvent, Ports};
 use crate::state::{reply_len, Gpr, VcpuState};
@@ -66,12 +74,11 @@ pub fn transfer_mask(exit: Exit) -> u64 {
         Exit::Cpuid | Exit::Io => mtd::GPRS | mtd::RIP,
         Exit::Rdmsr | Exit::Wrmsr => mtd::GPRS | mtd::RIP | mtd::CONTROL | mtd::MSRS,
         Exit::Exception => mtd::RIP | mtd::CONTROL | mtd::INJECT,
-        Exit::Hlt
-        | Exit::Hypercall
-        | Exit::MemoryFault
-        | Exit::Shutdown
-        | Exit::EntryFailure
-        | Exit::Other => mtd::RIP,
+        // A VMM hypercall's number is in RAX; the reply sets RAX and advances RIP.
+        Exit::Hypercall => mtd::GPRS | mtd::RIP,
+        Exit::Hlt | Exit::MemoryFault | Exit::Shutdown | Exit::EntryFailure | Exit::Other => {
+            mtd::RIP
+        }
         // Handled by the kernel's vTLB; never delivered. Profile messages carry no state.
         Exit::PageFault | Exit::ControlRegister | Exit::Invlpg | Exit::Profile => 0,
     }
@@ -133,6 +140,17 @@ pub struct Monitor {
     ended: Option<End>,
     string_io_logged: bool,
     other_logged: u32,
+    /// The DMP window's UART words and ring, for guests with DMP.
+    uart_window: Option<UartWindow>,
+    /// Whether the kernel sends this guest's hypercalls from `VMM_FIRST` on here (and answers the
+    /// lower ones itself): unknown numbers then get `BAD_REQUEST`, not #UD.
+    vmm_hypercalls: bool,
+    /// Where a drain puts the ring's bytes.
+    ring_buffer: Vec<u8>,
+    /// Bytes that came through the ring, and `UART_FLUSH` hypercalls.
+    ring_bytes: u64,
+    ring_flushes: u64,
+    ring_failed: bool,
 }
 
 /// The event word for exception `vector`, with an error code where the vector has one: in
@@ -217,7 +235,32 @@ impl Monitor {
             ended: None,
             string_io_logged: false,
             other_logged: 0,
+            uart_window: None,
+            vmm_hypercalls: false,
+            ring_buffer: Vec::new(),
+            ring_bytes: 0,
+            ring_flushes: 0,
+            ring_failed: false,
         }
+    }
+
+    /// Keeps the UART words of the DMP window `window` current and drains its ring (see the
+    /// module documentation); writes the words now. False (and nothing enabled) if `mem` refused
+    /// the words.
+    pub fn enable_uart_window(&mut self, window: UartWindow, mem: &mut dyn GuestMemory) -> bool {
+        if !window.publish(self.ports.uart(), mem) {
+            return false;
+        }
+        self.uart_window = Some(window);
+        self.ring_buffer = alloc::vec![0; RING_BYTES];
+        true
+    }
+
+    /// The kernel hands this guest's hypercalls from `abi::vm::hypercall::VMM_FIRST` on to the
+    /// VMM (its vCPU has hypercalls enabled): answer unknown ones with `BAD_REQUEST` instead of
+    /// #UD.
+    pub fn enable_vmm_hypercalls(&mut self) {
+        self.vmm_hypercalls = true;
     }
 
     /// How the guest ended, once it has.
@@ -225,11 +268,13 @@ impl Monitor {
         self.ended
     }
 
-    /// Handles the exit message `msg`; `host_cpuid(leaf, subleaf)` executes CPUID on the host.
+    /// Handles the exit message `msg`; `host_cpuid(leaf, subleaf)` executes CPUID on the host;
+    /// `mem` is the guest's RAM (used only with a UART window).
     pub fn handle(
         &mut self,
         msg: &[u64],
         host_cpuid: &mut dyn FnMut(u32, u32) -> [u32; 4],
+        mem: &mut dyn GuestMemory,
     ) -> Response {
         if msg.get(word::REASON) == Some(&(Exit::Profile as u64)) {
             // Its words are a packed batch, not vCPU state.
@@ -259,11 +304,11 @@ impl Monitor {
                         ),
                     );
                 } else {
-                    self.dispatch(exit, &msg, &mut step, host_cpuid);
+                    self.dispatch(exit, &msg, &mut step, host_cpuid, mem);
                 }
             }
         }
-        self.finish(&msg, step)
+        self.finish(&msg, step, mem)
     }
 
     /// An exit profile from the kernel (every `abi::vm::PROFILE_PERIOD` exits): one log line
@@ -305,18 +350,57 @@ impl Monitor {
     }
 
     /// The kernel refused the last reply: stop the vCPU.
-    pub fn refused(&mut self) -> Response {
+    pub fn refused(&mut self, mem: &mut dyn GuestMemory) -> Response {
         let msg = VcpuState::default();
         let mut step = Step::new(&msg);
         step.fail(
             failure::REFUSED,
             String::from("the kernel refused the reply; stopping the guest"),
         );
-        self.finish(&msg, step)
+        self.finish(&msg, step, mem)
     }
 
-    fn finish(&mut self, msg: &VcpuState, mut step: Step) -> Response {
+    /// Feeds the bytes in the DMP window's UART ring to the UART as THR writes (the lines they
+    /// complete become notes) and empties the ring.
+    fn drain(&mut self, step: &mut Step, mem: &mut dyn GuestMemory) {
+        let Some(window) = self.uart_window else {
+            return;
+        };
+        let mut buffer = core::mem::take(&mut self.ring_buffer);
+        match window.take(mem, &mut buffer) {
+            Some(n) => {
+                self.ring_bytes += n as u64;
+                for &byte in &buffer[..n] {
+                    if self.ports.uart().write(uart::reg::DATA, byte) {
+                        let line = uart::printable(self.ports.uart().line());
+                        step.notes.push(Note::Line(line));
+                    }
+                }
+            }
+            None if !self.ring_failed => {
+                self.ring_failed = true;
+                step.log(String::from("the DMP UART ring is not in guest RAM"));
+            }
+            None => {}
+        }
+        self.ring_buffer = buffer;
+    }
+
+    /// Rewrites the DMP window's UART words after an access that may have changed them.
+    fn publish(&mut self, step: &mut Step, mem: &mut dyn GuestMemory) {
+        if let Some(window) = self.uart_window {
+            if !window.publish(self.ports.uart(), mem) && !self.ring_failed {
+                self.ring_failed = true;
+                step.log(String::from("the DMP UART words are not in guest RAM"));
+            }
+        }
+    }
+
+    fn finish(&mut self, msg: &VcpuState, mut step: Step, mem: &mut dyn GuestMemory) -> Response {
         if let Some(end) = step.end {
+            if self.ended.is_none() {
+                self.drain(&mut step, mem);
+            }
             if self.ended.is_none() && self.ports.uart().flush() {
                 let line = uart::printable(self.ports.uart().line());
                 step.notes.push(Note::Line(line));
@@ -346,6 +430,7 @@ impl Monitor {
         msg: &VcpuState,
         step: &mut Step,
         host_cpuid: &mut dyn FnMut(u32, u32) -> [u32; 4],
+        mem: &mut dyn GuestMemory,
     ) {
         let q0 = msg.get(word::QUAL0);
         match exit {
@@ -359,13 +444,24 @@ impl Monitor {
                 format!("{} exit delivered (the kernel handles these)", exit.name()),
             ),
             Exit::Cpuid => self.cpuid(msg, step, host_cpuid),
-            Exit::Io => self.io(msg, step),
+            Exit::Io => {
+                // Bytes the guest's patched code left in the ring come before this access.
+                self.drain(step, mem);
+                self.io(msg, step);
+                let q = IoQual(q0);
+                let end = u32::from(q.port()) + u32::from(q.size().max(1));
+                if u32::from(q.port()) < u32::from(uart::COM1 + uart::PORTS)
+                    && end > u32::from(uart::COM1)
+                {
+                    self.publish(step, mem);
+                }
+            }
             Exit::Rdmsr | Exit::Wrmsr => self.msr(exit, msg, step),
             Exit::Hlt => step.fail(
                 failure::HALTED,
                 format!("halted at {:#x} with nothing to wake it", msg.rip()),
             ),
-            Exit::Hypercall => step.inject(exception(UD, false), 0),
+            Exit::Hypercall => self.hypercall(msg, step, mem),
             Exit::MemoryFault => {
                 step.log(format!(
                     "guest accessed {q0:#x} outside its memory; stopped"
@@ -445,6 +541,26 @@ impl Monitor {
             step.reply.set_gpr(reg, u64::from(v));
         }
         if step.advance(msg, 2) {
+            step.mask |= mtd::GPRS;
+        }
+    }
+
+    /// A VMCALL/VMMCALL the kernel did not answer itself.
+    fn hypercall(&mut self, msg: &VcpuState, step: &mut Step, mem: &mut dyn GuestMemory) {
+        use abi::vm::hypercall::{BAD_REQUEST, OK, VMM_FIRST};
+        let number = msg.gpr(Gpr::Rax);
+        let result = if number == abi::dmp::UART_FLUSH && self.uart_window.is_some() {
+            self.ring_flushes += 1;
+            self.drain(step, mem);
+            OK
+        } else if self.vmm_hypercalls && number >= VMM_FIRST {
+            BAD_REQUEST
+        } else {
+            step.inject(exception(UD, false), 0);
+            return;
+        };
+        step.reply.set_gpr(Gpr::Rax, result);
+        if step.advance(msg, 3) {
             step.mask |= mtd::GPRS;
         }
     }
@@ -554,6 +670,16 @@ impl Monitor {
             out.push_str(" none");
         }
         out.push_str(&format!("; ignored port accesses {}", self.ports.ignored()));
+        out.push_str(&format!(
+            "; uart output {} bytes",
+            self.ports.uart_state().output_bytes()
+        ));
+        if self.uart_window.is_some() {
+            out.push_str(&format!(
+                " ({} through the DMP ring, {} flush hypercalls)",
+                self.ring_bytes, self.ring_flushes
+            ));
+        }
         out
     }
 

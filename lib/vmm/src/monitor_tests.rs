@@ -1,5 +1,6 @@
 use super::*;
 use crate::boot;
+use crate::dmp::NoMemory;
 use crate::msr::{efer, index};
 use alloc::vec;
 
@@ -24,7 +25,7 @@ fn exit_msg(exit: Exit, f: impl FnOnce(&mut VcpuState)) -> Vec<u64> {
 }
 
 fn run(m: &mut Monitor, msg: &[u64]) -> Response {
-    m.handle(msg, &mut host)
+    m.handle(msg, &mut host, &mut NoMemory)
 }
 
 fn monitor() -> Monitor {
@@ -354,8 +355,8 @@ fn hostile_messages() {
                 msg[word::MASK] = mask;
                 msg[word::REASON] = reason;
                 msg[word::QUAL0] = q;
-                let _ = m.handle(&msg, &mut host);
-                let _ = Monitor::new(VcpuState::default()).handle(&msg, &mut host);
+                let _ = m.handle(&msg, &mut host, &mut NoMemory);
+                let _ = Monitor::new(VcpuState::default()).handle(&msg, &mut host, &mut NoMemory);
             }
         }
     }
@@ -364,7 +365,7 @@ fn hostile_messages() {
 #[test]
 fn refused_replies_stop() {
     let mut m = monitor();
-    let r = m.refused();
+    let r = m.refused(&mut NoMemory);
     assert!(r.stops());
     assert_eq!(
         m.ended(),
@@ -378,13 +379,17 @@ fn refused_replies_stop() {
 #[test]
 fn summary_counts() {
     let mut m = monitor();
-    assert_eq!(m.summary(), "exits: none; ignored port accesses 0");
+    assert_eq!(
+        m.summary(),
+        "exits: none; ignored port accesses 0; uart output 0 bytes"
+    );
     run(&mut m, &exit_msg(Exit::Startup, |_| {}));
     run(&mut m, &exit_msg(Exit::Cpuid, |_| {}));
     run(&mut m, &exit_msg(Exit::Cpuid, |_| {}));
+    run(&mut m, &io(0x3f8, 1, false, u64::from(b'a')));
     assert_eq!(
         m.summary(),
-        "exits: startup 1, cpuid 2; ignored port accesses 0"
+        "exits: startup 1, cpuid 2, io 1; ignored port accesses 0; uart output 1 bytes"
     );
 }
 
@@ -438,4 +443,140 @@ fn garbled_profile_messages_do_no_harm() {
     // The guest goes on: a normal exit afterwards is served.
     let r = run(&mut m, &exit_msg(Exit::Cpuid, |_| {}));
     assert!(!r.stops());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The DMP UART window (abi::dmp::uart).
+
+use crate::dmp::UartWindow;
+use abi::dmp::uart::{RING_CAPACITY, RING_COUNT, RING_DATA, WINDOW_UART_LCR, WINDOW_UART_LSR};
+use abi::dmp::UART_FLUSH;
+
+const WINDOW: UartWindow = UartWindow::new(0xf_0000, 16);
+
+fn dmp_monitor(mem: &mut Vec<u8>) -> Monitor {
+    let mut m = monitor();
+    assert!(m.enable_uart_window(WINDOW, mem));
+    m.enable_vmm_hypercalls();
+    m
+}
+
+fn ram() -> Vec<u8> {
+    vec![0u8; 0x20_0000]
+}
+
+fn word_at(mem: &[u8], at: u64) -> u64 {
+    u64::from_le_bytes(mem[at as usize..at as usize + 8].try_into().unwrap())
+}
+
+/// What a patched `out dx, al` does: append to the ring.
+fn append(mem: &mut [u8], text: &[u8]) {
+    let count = word_at(mem, WINDOW.ring + RING_COUNT);
+    for (i, &b) in text.iter().enumerate() {
+        mem[(WINDOW.ring + RING_DATA + count + i as u64) as usize] = b;
+    }
+    let new = (count + text.len() as u64).to_le_bytes();
+    mem[(WINDOW.ring + RING_COUNT) as usize..][..8].copy_from_slice(&new);
+}
+
+fn flush_msg(number: u64) -> Vec<u64> {
+    exit_msg(Exit::Hypercall, |s| {
+        s.set_gpr(Gpr::Rax, number);
+        s.set_gpr(Gpr::Rbx, 0x1234);
+        s.set(word::INSTRUCTION_LEN, 3);
+    })
+}
+
+fn lines(r: &Response) -> Vec<String> {
+    r.notes
+        .iter()
+        .filter_map(|n| match n {
+            Note::Line(l) => Some(l.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn window_words_follow_the_uart() {
+    let mut mem = ram();
+    let mut m = dmp_monitor(&mut mem);
+    assert_eq!(word_at(&mem, WINDOW.window + WINDOW_UART_LSR), 0x60);
+    assert_eq!(word_at(&mem, WINDOW.window + WINDOW_UART_LCR), 0x03);
+    // DLAB on: the THR stub must take the port.
+    m.handle(&io(0x3fb, 1, false, 0x83), &mut host, &mut mem);
+    assert_eq!(word_at(&mem, WINDOW.window + WINDOW_UART_LCR), 0x83);
+    m.handle(&io(0x3fb, 1, false, 0x03), &mut host, &mut mem);
+    assert_eq!(word_at(&mem, WINDOW.window + WINDOW_UART_LCR), 0x03);
+    // Loopback: bit 7 too; a THR write makes data ready, reading it clears it again.
+    m.handle(&io(0x3fc, 1, false, 0x10), &mut host, &mut mem);
+    assert_eq!(word_at(&mem, WINDOW.window + WINDOW_UART_LCR), 0x83);
+    m.handle(&io(0x3f8, 1, false, 0x55), &mut host, &mut mem);
+    assert_eq!(word_at(&mem, WINDOW.window + WINDOW_UART_LSR), 0x61);
+    m.handle(&io(0x3f8, 1, true, 0), &mut host, &mut mem);
+    assert_eq!(word_at(&mem, WINDOW.window + WINDOW_UART_LSR), 0x60);
+    // A window outside guest RAM is refused.
+    let mut small = vec![0u8; 0x1000];
+    assert!(!monitor().enable_uart_window(WINDOW, &mut small));
+}
+
+#[test]
+fn flush_hypercall_drains_the_ring() {
+    let mut mem = ram();
+    let mut m = dmp_monitor(&mut mem);
+    append(&mut mem, b"hello\nwor");
+    let r = m.handle(&flush_msg(UART_FLUSH), &mut host, &mut mem);
+    assert_eq!(lines(&r), ["hello"]);
+    assert_eq!(r.mask(), mtd::GPRS | mtd::RIP);
+    assert_eq!(r.reply.gpr(Gpr::Rax), abi::vm::hypercall::OK);
+    assert_eq!(r.reply.gpr(Gpr::Rbx), 0x1234);
+    assert_eq!(r.reply.rip(), 0x10_0003);
+    assert_eq!(word_at(&mem, WINDOW.ring + RING_COUNT), 0);
+    // A real UART exit drains first: "wor" comes before the port's "ld".
+    append(&mut mem, b"ld");
+    let r = m.handle(&io(0x3f8, 1, false, 10), &mut host, &mut mem);
+    assert_eq!(lines(&r), ["world"]);
+    // So does any other port I/O exit, and the end (with the partial line).
+    append(&mut mem, b"a\nb");
+    let r = m.handle(&io(0x80, 1, false, 0), &mut host, &mut mem);
+    assert_eq!(lines(&r), ["a"]);
+    append(&mut mem, b"c");
+    let r = m.handle(&io(0xf4, 1, false, 0), &mut host, &mut mem);
+    assert_eq!(lines(&r), ["bc"]);
+    assert!(r.stops());
+    assert!(m
+        .summary()
+        .ends_with("uart output 16 bytes (15 through the DMP ring, 1 flush hypercalls)"));
+}
+
+#[test]
+fn hostile_rings_and_hypercalls() {
+    let mut mem = ram();
+    let mut m = dmp_monitor(&mut mem);
+    // A count beyond the ring: clamped, the ring emptied.
+    let at = (WINDOW.ring + RING_COUNT) as usize;
+    mem[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+    let r = m.handle(&flush_msg(UART_FLUSH), &mut host, &mut mem);
+    assert_eq!(
+        lines(&r).len(),
+        RING_CAPACITY as usize / crate::uart::LINE_BYTES
+    );
+    assert!(lines(&r).iter().all(|l| l.chars().all(|c| c == '?')));
+    assert_eq!(word_at(&mem, WINDOW.ring + RING_COUNT), 0);
+    // Unknown VMM hypercalls are refused; below VMM_FIRST (the kernel's) they are #UD.
+    let r = m.handle(&flush_msg(UART_FLUSH + 1), &mut host, &mut mem);
+    assert_eq!(r.reply.gpr(Gpr::Rax), abi::vm::hypercall::BAD_REQUEST);
+    assert_eq!(r.reply.rip(), 0x10_0003);
+    let r = m.handle(&flush_msg(2), &mut host, &mut mem);
+    assert_eq!(r.mask(), mtd::INJECT);
+    // Without the window and the enable, every hypercall is #UD.
+    let mut plain = monitor();
+    let r = plain.handle(&flush_msg(UART_FLUSH), &mut host, &mut mem);
+    assert_eq!(r.mask(), mtd::INJECT);
+    // Memory that refuses: logged once, the guest goes on.
+    let r = m.handle(&flush_msg(UART_FLUSH), &mut host, &mut NoMemory);
+    assert_eq!(r.reply.gpr(Gpr::Rax), abi::vm::hypercall::OK);
+    assert!(matches!(&r.notes[..], [Note::Log(_)]));
+    let r = m.handle(&flush_msg(UART_FLUSH), &mut host, &mut NoMemory);
+    assert!(r.notes.is_empty());
 }

@@ -94,6 +94,11 @@ impl Ports {
         &mut self.uart
     }
 
+    /// The UART, to look at.
+    pub fn uart_state(&self) -> &Uart {
+        &self.uart
+    }
+
     /// Ignored accesses so far.
     pub fn ignored(&self) -> u64 {
         self.ignored

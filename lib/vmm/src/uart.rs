@@ -61,6 +61,8 @@ pub struct Uart {
     pending_len: usize,
     line: [u8; LINE_BYTES],
     line_len: usize,
+    /// Bytes output so far (THR writes that were output, not divisor or loopback data).
+    output: u64,
 }
 
 impl Default for Uart {
@@ -84,6 +86,7 @@ impl Uart {
             pending_len: 0,
             line: [0; LINE_BYTES],
             line_len: 0,
+            output: 0,
         }
     }
 
@@ -111,14 +114,7 @@ impl Uart {
             }
             reg::LCR => self.lcr,
             reg::MCR => self.mcr,
-            reg::LSR => {
-                let ready = if self.received.is_some() {
-                    lsr::DATA_READY
-                } else {
-                    0
-                };
-                lsr::THR_EMPTY | lsr::TRANSMITTER_EMPTY | ready
-            }
+            reg::LSR => self.line_status(),
             reg::MSR => {
                 if self.loopback() {
                     // DTR->DSR, RTS->CTS, OUT1->RI, OUT2->DCD.
@@ -153,7 +149,33 @@ impl Uart {
         false
     }
 
+    /// The line status register (reading it has no side effect).
+    pub fn line_status(&self) -> u8 {
+        let ready = if self.received.is_some() {
+            lsr::DATA_READY
+        } else {
+            0
+        };
+        lsr::THR_EMPTY | lsr::TRANSMITTER_EMPTY | ready
+    }
+
+    /// The line control register as the DMP window shows it (`abi::dmp::uart::WINDOW_UART_LCR`):
+    /// with bit 7 (DLAB) also set while the UART loops back, where a THR write is no output.
+    pub fn window_lcr(&self) -> u8 {
+        if self.loopback() {
+            self.lcr | LCR_DLAB
+        } else {
+            self.lcr
+        }
+    }
+
+    /// Bytes output so far.
+    pub fn output_bytes(&self) -> u64 {
+        self.output
+    }
+
     fn output(&mut self, byte: u8) -> bool {
+        self.output += 1;
         if byte == b'\n' {
             if self.pending_len > 0 && self.pending[self.pending_len - 1] == b'\r' {
                 self.pending_len -= 1;
@@ -300,8 +322,12 @@ mod tests {
         assert_ne!(u.read(reg::LSR) & lsr::DATA_READY, 0);
         assert_eq!(u.read(reg::DATA), 0xae);
         assert_eq!(u.read(reg::LSR) & lsr::DATA_READY, 0);
-        // Loopback output never reaches the console.
+        // Loopback output never reaches the console, and the window's LCR says so.
         assert!(!u.flush());
+        assert_eq!(u.output_bytes(), 0);
+        assert_eq!(u.window_lcr(), 0x83);
+        u.write(reg::MCR, 0);
+        assert_eq!(u.window_lcr(), 0x03);
     }
 
     #[test]

@@ -56,6 +56,16 @@ pub fn parse_exits(lines: &[&str], guest: &str) -> Option<BTreeMap<String, u64>>
     Some(exits)
 }
 
+/// The bytes the guest wrote to its UART, from the `; uart output <N> bytes` part of the VMM's
+/// `exits:` line (output through the DMP ring included).
+pub fn parse_uart_bytes(lines: &[&str], guest: &str) -> Option<u64> {
+    const KEY: &str = "; uart output ";
+    let key = format!("vmm.{guest}: exits:");
+    let line = lines.iter().find(|l| l.contains(&key))?;
+    let rest = &line[line.find(KEY)? + KEY.len()..];
+    rest.split_whitespace().next()?.parse().ok()
+}
+
 /// `(guest, hypervisor)` ticks from the `; run: guest <G>, hypervisor <H>` end of the VMM's
 /// `exit timing` line.
 pub fn parse_split(lines: &[&str], guest: &str) -> Option<(u64, u64)> {

@@ -84,6 +84,57 @@ fn parses_the_transcript_lines() {
         Some((0, 0))
     );
     assert!(parse_hot_sites(FORKWAIT_OK, HOT_SITES).is_empty());
+    assert_eq!(parse_uart_bytes(FORKWAIT_OK, "forkwait"), None);
+    assert_eq!(
+        parse_uart_bytes(PRINT_DMP, "print"),
+        Some(297_000),
+        "with the ring's part"
+    );
+    assert_eq!(
+        parse_uart_bytes(
+            &["vmm.g: exits: io 4; ignored port accesses 0; uart output 2 bytes"],
+            "g"
+        ),
+        Some(2)
+    );
+}
+
+/// A shadow+dmp print run: the UART sites patched after the first profile.
+const PRINT_DMP: &[&str] = &[
+    "[print] pagingos: print: 2000 lines, 296700 bytes",
+    "[print] pagingos: print rounds=2000 checksum=0x0123456789abcdef",
+    "vmm.print: exits: startup 1, cpuid 1, io 16400, hypercall 4900; ignored port accesses 0; \
+     uart output 297000 bytes (280000 through the DMP ring, 4900 flush hypercalls)",
+    "vmm.print: exit timing (tsc per exit): none; run: guest 100, hypervisor 200",
+    "profile: vm=1 seq=0 exits=21500 startup=1 cpuid=1 io=16400 hypercall=4900 page-fault=198",
+    "poweroff: success",
+];
+
+#[test]
+fn exits_per_character() {
+    let print = *WORKLOADS.iter().find(|w| w.name == "print").unwrap();
+    let run = from_transcript(
+        &print,
+        &MODES[2],
+        Backend::Svm,
+        PRINT_DMP,
+        &Outcome::Success,
+    );
+    assert!(run.ok(), "{}", run.status);
+    assert_eq!(run.uart_bytes, Some(297_000));
+    assert_eq!(run.exits_total, Some(21_500));
+    let per_char = run.exits_per_char.unwrap();
+    assert!((per_char - 21_500.0 / 297_000.0).abs() < 1e-12);
+    assert_eq!(run.exits_per_guest_fault, None);
+    let mut results = sample_results();
+    results.runs.push(run);
+    let text = table(&results);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("print") && l.contains("svm"))
+        .unwrap();
+    assert!(row.contains("21500         -     0.072"), "{row}");
+    assert!(text.contains("ex/char"));
 }
 
 #[test]
@@ -328,7 +379,7 @@ fn results_json_shape() {
     let json = serde_json::to_value(&results).unwrap();
     assert!(json["cost_model"]["constants"].is_object());
     let runs = json["runs"].as_array().unwrap();
-    assert_eq!(runs.len(), 20);
+    assert_eq!(runs.len(), 2 * 2 * WORKLOADS.len());
     for key in [
         "workload",
         "mode",
@@ -342,6 +393,8 @@ fn results_json_shape() {
         "vmm_exits_total",
         "guest_page_faults",
         "exits_per_guest_fault",
+        "uart_bytes",
+        "exits_per_char",
         "guest_instructions",
         "hypervisor_instructions",
         "modeled_cycles",
@@ -360,7 +413,7 @@ fn results_json_shape() {
         .unwrap()
         .starts_with("failed: create vm"));
     let checks = json["checksum_checks"].as_array().unwrap();
-    assert_eq!(checks.len(), 10);
+    assert_eq!(checks.len(), 2 * WORKLOADS.len());
     assert_eq!(checks[0]["agreement"], "incomplete");
     assert_eq!(checks[0]["ok"], 1);
     assert_eq!(checks[0]["checksums"]["nested"], "0xaa");

@@ -99,6 +99,9 @@ fn fill_failed(e: FillError, access: Access) -> Resolution {
 }
 
 /// What [`classify_region`] decided.
+// The region is 4 KiB of leaves made once per fault and installed at once; the crate has no
+// allocator to box it.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RegionResolution {
     /// A hidden fault on a large guest page: install all 512 leaves of its 2 MiB part.

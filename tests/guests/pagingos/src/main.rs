@@ -5,7 +5,7 @@
 //! (fork), switches between them (CR3 loads) and tears them down; physical frames come from
 //! the Multiboot 2 memory map.
 //!
-//! Command line: `workload=<pagefault|forkwait|cr3switch|invlpg|compute|garbage>` and
+//! Command line: `workload=<pagefault|forkwait|cr3switch|invlpg|compute|garbage|print>` and
 //! optionally `rounds=<N>` (and, for `garbage`, `verbose=1|2`). The workload ends with
 //!
 //! ```text

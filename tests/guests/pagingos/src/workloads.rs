@@ -16,9 +16,9 @@ pub struct Workload {
     pub run: fn(&mut Kernel, u64) -> u64,
 }
 
-pub const NAMES: &str = "pagefault, forkwait, cr3switch, invlpg, compute, garbage";
+pub const NAMES: &str = "pagefault, forkwait, cr3switch, invlpg, compute, garbage, print";
 
-const WORKLOADS: [Workload; 6] = [
+const WORKLOADS: [Workload; 7] = [
     Workload {
         name: "pagefault",
         default_rounds: 20,
@@ -54,6 +54,12 @@ const WORKLOADS: [Workload; 6] = [
         default_rounds: 2000,
         max_rounds: 1 << 24,
         run: crate::garbage::run,
+    },
+    Workload {
+        name: "print",
+        default_rounds: 400,
+        max_rounds: 1 << 20,
+        run: print,
     },
 ];
 
@@ -283,6 +289,105 @@ fn compute(kernel: &mut Kernel, rounds: u64) -> u64 {
     let mut sum = Checksum::new();
     sum.add(kernel.exit_code(id));
     kernel.reap();
+    let s = kernel.stats;
+    expect(kernel, "page faults", s.faults, 0);
+    sum.finish(&s)
+}
+
+/// Words the `print` lines are made of.
+const WORDS: [&str; 32] = [
+    "page",
+    "table",
+    "frame",
+    "fault",
+    "shadow",
+    "nested",
+    "exit",
+    "patch",
+    "stub",
+    "window",
+    "guest",
+    "kernel",
+    "serial",
+    "line",
+    "status",
+    "holding",
+    "register",
+    "byte",
+    "ring",
+    "flush",
+    "hypercall",
+    "port",
+    "poll",
+    "ready",
+    "empty",
+    "transmit",
+    "divisor",
+    "latch",
+    "model",
+    "console",
+    "output",
+    "text",
+];
+/// The longest `print` line, newline included.
+const PRINT_MAX: usize = 128;
+
+/// `print`: the kernel writes `rounds` lines of text through its UART routine (grt's polled
+/// `print!`: for every byte an LSR poll, then the THR write), of varied length: `print <i>:`
+/// and pseudo-random words (a fixed xorshift sequence) up to 12..=100 bytes, about 62 bytes per
+/// line with the newline. Then `pagingos: print: <lines> lines, <bytes> bytes` (the bytes of
+/// those lines). No process runs, nothing faults; the checksum covers every byte of the text.
+fn print(kernel: &mut Kernel, rounds: u64) -> u64 {
+    let mut sum = Checksum::new();
+    let mut rng: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut bytes = 0u64;
+    let mut line = [0u8; PRINT_MAX];
+    for i in 0..rounds {
+        let target = 12 + (next() % 89) as usize;
+        let mut len = 0;
+        let mut put = |text: &[u8], len: &mut usize| {
+            let n = text.len().min(PRINT_MAX - 1 - *len);
+            line[*len..*len + n].copy_from_slice(&text[..n]);
+            *len += n;
+        };
+        put(b"print ", &mut len);
+        let mut digits = [0u8; 20];
+        let mut d = digits.len();
+        let mut v = i;
+        loop {
+            d -= 1;
+            digits[d] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        put(&digits[d..], &mut len);
+        put(b":", &mut len);
+        while len < target {
+            put(b" ", &mut len);
+            put(
+                WORDS[(next() % WORDS.len() as u64) as usize].as_bytes(),
+                &mut len,
+            );
+        }
+        // ASCII only: always valid UTF-8.
+        let text = core::str::from_utf8(&line[..len]).unwrap_or("?");
+        grt::print!("{}\n", text);
+        for &b in &line[..len] {
+            sum.add(u64::from(b));
+        }
+        bytes += len as u64 + 1;
+    }
+    println!("pagingos: print: {} lines, {} bytes", rounds, bytes);
+    sum.add(rounds);
+    sum.add(bytes);
     let s = kernel.stats;
     expect(kernel, "page faults", s.faults, 0);
     sum.finish(&s)
