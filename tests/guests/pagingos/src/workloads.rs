@@ -16,9 +16,9 @@ pub struct Workload {
     pub run: fn(&mut Kernel, u64) -> u64,
 }
 
-pub const NAMES: &str = "pagefault, forkwait, cr3switch, invlpg, compute, garbage, print";
+pub const NAMES: &str = "pagefault, forkwait, cr3switch, invlpg, compute, garbage, print, tamper";
 
-const WORKLOADS: [Workload; 7] = [
+const WORKLOADS: [Workload; 8] = [
     Workload {
         name: "pagefault",
         default_rounds: 20,
@@ -61,7 +61,47 @@ const WORKLOADS: [Workload; 7] = [
         max_rounds: 1 << 20,
         run: print,
     },
+    Workload {
+        name: "tamper",
+        default_rounds: 8,
+        max_rounds: 1 << 20,
+        run: tamper,
+    },
 ];
+
+/// Where the hypervisor's DMP window lives in guest-physical memory (the vmm-server's
+/// `vmm::layout::DMP_WINDOW_PHYSICAL`, 16 pages) and where its stubs start (after the 64 bytes of
+/// words). This OS knows it only to attack it.
+const DMP_WINDOW: u64 = 0xf_0000;
+const DMP_STUBS: u64 = 64;
+const DMP_WINDOW_BYTES: u64 = 15 * 4096;
+
+/// `tamper` (a DMP security test): runs `pagefault` for `rounds` rounds, long enough for a DMP
+/// service to forward its page faults to a stub and patch its hot sites; then overwrites every
+/// stub in the window's guest-physical pages (reachable through the kernel's identity map, so
+/// this needs no privilege beyond the guest's own) with INT3 and faults again. With DMP active
+/// the next page fault reaches the garbage and this OS dies of an unexpected #BP (exit 3): the
+/// tampering hurts this guest only, which the `dmp` scenarios check by running the other
+/// workloads beside it. Without DMP it finishes normally.
+fn tamper(kernel: &mut Kernel, rounds: u64) -> u64 {
+    let sum = pagefault(kernel, rounds);
+    let stubs = (DMP_WINDOW + DMP_STUBS..DMP_WINDOW + DMP_WINDOW_BYTES)
+        .step_by(8)
+        // SAFETY: the window's pages are ordinary RAM of this guest, identity-mapped.
+        .filter(|&pa| unsafe { core::ptr::read_volatile(pa as *const u64) } != 0)
+        .count();
+    println!(
+        "pagingos: tamper: {} non-zero stub words in the DMP window; overwriting them with INT3",
+        stubs
+    );
+    for pa in (DMP_WINDOW + DMP_STUBS..DMP_WINDOW + DMP_WINDOW_BYTES).step_by(8) {
+        // SAFETY: as above; only this guest's own memory changes.
+        unsafe { core::ptr::write_volatile(pa as *mut u64, 0xcccc_cccc_cccc_cccc) };
+    }
+    // The second run checks its own counts.
+    kernel.stats = Default::default();
+    pagefault(kernel, 1) ^ sum
+}
 
 pub fn find(name: &str) -> Option<&'static Workload> {
     WORKLOADS.iter().find(|w| w.name == name)
