@@ -880,6 +880,32 @@ mod tests {
     const CODE: [u8; 7] = [0x0f, 0x20, 0xd8, 0x48, 0x89, 0x07, 0xc3];
 
     #[test]
+    fn patches_a_hot_invlpg_into_the_hypercall() {
+        // `invlpg [rdi]; pop rbp; ret`, as the test OS's `arch::invlpg` compiles.
+        let mut g = Fake::default();
+        g.put(SITE, &[0x0f, 0x01, 0x3f, 0x5d, 0xc3]);
+        let mut p = GuestPolicy::new(config());
+        let ev = p.on_profile(&batch(&[(Exit::Invlpg, SITE, 5000)]), &mut g);
+        let [Event::Patched { form, stub, .. }] = &ev[..] else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(form, "invlpg");
+        assert_eq!(g.get(SITE, 1), [0xe9]);
+        // The stub makes the kernel's INVLPG hypercall: RAX = 1, RBX = the operand's address.
+        let code = g.get(*stub - WINDOW_LA + WINDOW_PA, SLOT as usize);
+        let text: Vec<_> = iced_x86::Decoder::with_ip(64, &code, *stub, 0)
+            .into_iter()
+            .take_while(|i| !i.is_invalid())
+            .map(|i| i.mnemonic())
+            .collect();
+        assert!(text.contains(&iced_x86::Mnemonic::Vmmcall), "{text:?}");
+        assert!(!text.contains(&iced_x86::Mnemonic::Invlpg), "{text:?}");
+        // A later profile where the site stayed cold: the patch holds.
+        let ev = p.on_profile(&batch(&[(Exit::Invlpg, SITE, 5000)]), &mut g);
+        assert!(matches!(&ev[..], [Event::Held { .. }]), "{ev:?}");
+    }
+
+    #[test]
     fn patches_a_hot_cr3_read_and_keeps_it_when_it_cools() {
         let mut g = Fake::default();
         g.put(SITE, &CODE);
