@@ -769,18 +769,8 @@ pub fn vm_dmp(k: &mut Kernel, space: SpaceId, a: [u64; 6]) -> Result<u64, Status
 /// The view at guest-linear `base` over `size` bytes of guest RAM, if it is 2 MiB-aligned,
 /// canonical in the upper half, and clear of the window.
 fn dmp_view(base: u64, size: u64, window: Option<shadow::Window>) -> Option<shadow::View> {
-    let end = base.checked_add(size)?;
-    let upper = |x: u64| x >> 47 == 0x1_ffff;
-    if size == 0 || !base.is_multiple_of(2 << 20) || !upper(base) || !upper(end - 1) {
-        return None;
-    }
-    if let Some(w) = window {
-        let w_end = w.gla + w.pages * PAGE;
-        if base < w_end && w.gla < end {
-            return None;
-        }
-    }
-    Some(shadow::View { gla: base, size })
+    let window = window.map(|w| (w.gla, w.pages * PAGE));
+    virt::hypercall::view_fits(base, size, window).then_some(shadow::View { gla: base, size })
 }
 
 fn patch_status(e: virt::patch::PatchError) -> Status {

@@ -113,6 +113,20 @@ fn walk_path(guest: &impl GuestPhys, cr3: u64, la: u64) -> [Option<u64>; 4] {
     path
 }
 
+/// Whether a DMP view of `size` bytes at guest-linear `base` (`abi::vm::dmp_op::VIEW`) may be
+/// placed: 2 MiB-aligned, non-empty, wholly in the canonical upper half, and clear of the window
+/// `[window.0, window.0 + window.1)` if there is one.
+pub fn view_fits(base: u64, size: u64, window: Option<(u64, u64)>) -> bool {
+    let Some(end) = base.checked_add(size) else {
+        return false;
+    };
+    let upper = |x: u64| x >> 47 == 0x1_ffff;
+    if size == 0 || !base.is_multiple_of(2 << 20) || !upper(base) || !upper(end - 1) {
+        return false;
+    }
+    window.is_none_or(|(w, len)| end <= w || w.saturating_add(len) <= base)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,5 +237,35 @@ mod tests {
         assert_eq!(queue_entry(&g, RAM - 16, 0), Err(Refused(BAD_ADDRESS)));
         assert_eq!(queue_entry(&g, 0x3000, u64::MAX), Err(Refused(BAD_ADDRESS)));
         assert_eq!(queue_entry(&g, u64::MAX - 7, 1), Err(Refused(BAD_ADDRESS)));
+    }
+
+    #[test]
+    fn views_must_be_aligned_upper_half_and_clear_of_the_window() {
+        const VIEW: u64 = 0xffff_ff80_0000_0000;
+        const WINDOW: (u64, u64) = (0xffff_ffff_fff0_0000, 16 * 4096);
+        assert!(view_fits(VIEW, 32 << 20, Some(WINDOW)));
+        assert!(view_fits(VIEW, 32 << 20, None));
+        assert!(!view_fits(VIEW, 0, None), "empty");
+        assert!(!view_fits(VIEW + 4096, 32 << 20, None), "unaligned");
+        assert!(!view_fits(0x4000_0000, 32 << 20, None), "lower half");
+        assert!(
+            !view_fits(0xffff_8000_0000_0000 - (2 << 20), 4 << 20, None),
+            "non-canonical"
+        );
+        assert!(!view_fits(0xffff_ffff_ffe0_0000, 4 << 20, None), "wraps");
+        let below_window = 0xffff_ffff_ffc0_0000;
+        assert!(view_fits(below_window, 2 << 20, Some(WINDOW)));
+        assert!(
+            !view_fits(below_window, 2 << 20, Some((below_window + 4096, 4096))),
+            "over the window"
+        );
+        assert!(
+            !view_fits(below_window, 4 << 20, Some(WINDOW)),
+            "into the window"
+        );
+        assert!(
+            !view_fits(u64::MAX & !0x1f_ffff, u64::MAX, None),
+            "overflow"
+        );
     }
 }
