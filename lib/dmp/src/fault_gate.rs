@@ -376,7 +376,7 @@ pub fn build_fault_stub(c: &FaultStubConfig) -> Result<Vec<u8>> {
     a.op(Instruction::with2(Code::Mov_r64_imm64, RAX, c.last_fault)?);
     a.op(Instruction::with2(Code::Mov_r64_rm64, RAX, at(RAX, 0))?);
     a.op(Instruction::with2(Code::Mov_cr_r64, CR2, RAX)?);
-    a.restore()?;
+    restore(&mut a)?;
     let drop_error = MemoryOperand::with_base_displ(RSP, 8);
     a.op(Instruction::with2(Code::Lea_r64_m, RSP, drop_error)?);
     a.op(Instruction::with(Code::Iretq));
@@ -399,7 +399,7 @@ pub fn build_fault_stub(c: &FaultStubConfig) -> Result<Vec<u8>> {
     a.jump(Code::Je_rel32_64, same_cr2)?;
     a.op(Instruction::with2(Code::Mov_cr_r64, CR2, RBX)?);
     a.bind(same_cr2);
-    a.restore()?;
+    restore(&mut a)?;
     // An absolute qword: the handler may be anywhere in the address space.
     let target = MemoryOperand::with_base_displ(RIP, handler as i64);
     a.op(Instruction::with1(Code::Jmp_rm64, target)?);
@@ -411,51 +411,19 @@ pub fn build_fault_stub(c: &FaultStubConfig) -> Result<Vec<u8>> {
     Ok(encoded.code_buffer)
 }
 
-/// Instructions with labels: a label is the made-up address (1, 2, ...) of the instruction bound
-/// to it, which iced's block encoder turns into the real one (as its `CodeAssembler` does). No
-/// instruction of the stub has an absolute branch or RIP-relative target of its own, so the
-/// made-up addresses cannot be mistaken for real ones.
-#[derive(Default)]
-struct Asm {
-    insns: Vec<Instruction>,
-    labels: u64,
-    pending: Option<u64>,
-}
+/// The stub under construction.
+type Asm = crate::labels::Labeled;
 
-impl Asm {
-    fn label(&mut self) -> u64 {
-        self.labels += 1;
-        self.labels
+/// Pops what the stub's entry pushed, back onto the interrupted stack (RSP at the error code).
+fn restore(a: &mut Asm) -> Result<()> {
+    for r in SAVED.iter().rev() {
+        a.op(Instruction::with1(Code::Pop_r64, *r)?);
     }
-
-    /// Binds `label` to the next instruction.
-    fn bind(&mut self, label: u64) {
-        self.pending = Some(label);
-    }
-
-    fn op(&mut self, mut insn: Instruction) {
-        if let Some(label) = self.pending.take() {
-            insn.set_ip(label);
-        }
-        self.insns.push(insn);
-    }
-
-    fn jump(&mut self, code: Code, label: u64) -> Result<()> {
-        self.op(Instruction::with_branch(code, label)?);
-        Ok(())
-    }
-
-    /// Pops what the entry pushed, back onto the interrupted stack (RSP at the error code).
-    fn restore(&mut self) -> Result<()> {
-        for r in SAVED.iter().rev() {
-            self.op(Instruction::with1(Code::Pop_r64, *r)?);
-        }
-        self.op(Instruction::with1(Code::Pop_r64, Register::RSP)?);
-        self.op(Instruction::with1(Code::Pop_r64, Register::RBX)?);
-        self.op(Instruction::with1(Code::Pop_r64, Register::RAX)?);
-        self.op(Instruction::with(Code::Popfq));
-        Ok(())
-    }
+    a.op(Instruction::with1(Code::Pop_r64, Register::RSP)?);
+    a.op(Instruction::with1(Code::Pop_r64, Register::RBX)?);
+    a.op(Instruction::with1(Code::Pop_r64, Register::RAX)?);
+    a.op(Instruction::with(Code::Popfq));
+    Ok(())
 }
 
 #[cfg(test)]

@@ -45,6 +45,7 @@ extern crate alloc;
 
 pub mod classify;
 pub mod fault_gate;
+mod labels;
 pub mod plan;
 pub mod policy;
 pub mod replacement;

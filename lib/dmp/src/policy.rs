@@ -190,6 +190,16 @@ pub struct GuestPolicy {
     forwarding: Forwarding,
 }
 
+/// The guest's code from `rip` to the end of its page (at most `MAX_CODE` bytes).
+fn read_code(rip: u64, guest: &mut impl GuestAccess) -> Result<Vec<u8>, String> {
+    let room = (4096 - (rip & 0xfff)).min(MAX_CODE as u64) as usize;
+    let mut code = vec![0u8; room];
+    guest
+        .read(rip, true, &mut code)
+        .map_err(|e| format!("code unreadable ({e:?})"))?;
+    Ok(code)
+}
+
 /// Page-fault exits of a profile: the exact per-reason count, or the hot sites' sum if that is
 /// larger (site counts are upper bounds; a profile may carry only sites).
 pub fn page_fault_exits(batch: &ProfileBatch) -> u64 {
@@ -591,11 +601,7 @@ impl GuestPolicy {
         guest: &mut impl GuestAccess,
     ) -> Result<Option<Event>, String> {
         use crate::uart::{plan_uart_patch, UartWindow, BEFORE};
-        let room = (4096 - (rip & 0xfff)).min(MAX_CODE as u64) as usize;
-        let mut code = vec![0u8; room];
-        guest
-            .read(rip, true, &mut code)
-            .map_err(|e| format!("code unreadable ({e:?})"))?;
+        let code = read_code(rip, guest)?;
         let n = ((rip & 0xfff) as usize).min(BEFORE);
         let mut before = vec![0u8; n];
         if n > 0 {
@@ -648,11 +654,7 @@ impl GuestPolicy {
         reason: Exit,
         guest: &mut impl GuestAccess,
     ) -> Result<Option<Event>, String> {
-        let room = (4096 - (rip & 0xfff)).min(MAX_CODE as u64) as usize;
-        let mut code = vec![0u8; room];
-        guest
-            .read(rip, true, &mut code)
-            .map_err(|e| format!("code unreadable ({e:?})"))?;
+        let code = read_code(rip, guest)?;
         let site = classify(&code, rip, reason, Bitness::Bits64, false);
         let form = match site.kind {
             SiteKind::Cr3Read { gpr } => format!("mov {gpr:?}, cr3").to_lowercase(),

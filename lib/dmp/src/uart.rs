@@ -234,7 +234,7 @@ pub fn plan_uart_patch(
     // (none) the resume address, where the stub's last jump goes too.
     let end = plan.displaced.get(1).map_or(plan.resume(), Instruction::ip);
     let mut s = Seq::new(end, &plan, &prefix)?;
-    s.out.extend(prefix.iter().copied());
+    s.insns.extend(prefix.iter().copied());
     match access {
         UartAccess::LsrRead => s.lsr_read(site.instruction, window, checks_dx, target)?,
         UartAccess::ThrWrite => s.thr_write(site.instruction, window, checks_dx, target, call)?,
@@ -243,7 +243,7 @@ pub fn plan_uart_patch(
         access,
         rip: site.rip,
         plan,
-        replacement: s.out,
+        replacement: s.asm.insns,
         checks_dx,
     })
 }
@@ -378,11 +378,22 @@ const LABELS: u64 = 16;
 
 /// A stub's replacement under construction.
 struct Seq {
-    out: Vec<Instruction>,
+    asm: crate::labels::Labeled,
     /// Where the two paths meet (after the replacement).
     end: u64,
-    labels: u64,
-    pending: Option<u64>,
+}
+
+impl core::ops::Deref for Seq {
+    type Target = crate::labels::Labeled;
+    fn deref(&self) -> &Self::Target {
+        &self.asm
+    }
+}
+
+impl core::ops::DerefMut for Seq {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.asm
+    }
 }
 
 impl Seq {
@@ -398,37 +409,13 @@ impl Seq {
             return Err(UartError::Encode("guest code at the stub's labels".into()));
         }
         Ok(Seq {
-            out: Vec::new(),
+            asm: Default::default(),
             end,
-            labels: 0,
-            pending: None,
         })
-    }
-
-    fn label(&mut self) -> u64 {
-        self.labels += 1;
-        self.labels
-    }
-
-    /// Binds `label` to the next instruction.
-    fn bind(&mut self, label: u64) {
-        self.pending = Some(label);
-    }
-
-    fn op(&mut self, mut insn: Instruction) {
-        if let Some(label) = self.pending.take() {
-            insn.set_ip(label);
-        }
-        self.out.push(insn);
     }
 
     fn op0(&mut self, code: Code) {
         self.op(Instruction::with(code));
-    }
-
-    fn jump(&mut self, code: Code, target: u64) -> Result<(), UartError> {
-        self.op(Instruction::with_branch(code, target)?);
-        Ok(())
     }
 
     fn lea_sp(&mut self, delta: i64) -> Result<(), UartError> {
@@ -456,7 +443,7 @@ impl Seq {
             Register::DX,
             u32::from(port),
         )?);
-        self.jump(Code::Jne_rel32_64, slow)
+        Ok(self.jump(Code::Jne_rel32_64, slow)?)
     }
 
     /// The slow path: flags back, RSP back, the original instruction (it falls through to the
@@ -490,7 +477,8 @@ impl Seq {
         self.check_dx(port, slow)?;
         self.leave()?;
         self.op(load);
-        self.jump(Code::Jmp_rel32_64, self.end)?;
+        let end = self.end;
+        self.jump(Code::Jmp_rel32_64, end)?;
         self.slow(slow, hot)
     }
 
@@ -560,7 +548,8 @@ impl Seq {
             self.op(Instruction::with1(Code::Pop_r64, r)?);
         }
         self.leave()?;
-        self.jump(Code::Jmp_rel32_64, self.end)?;
+        let end = self.end;
+        self.jump(Code::Jmp_rel32_64, end)?;
         self.slow(slow, hot)
     }
 }
