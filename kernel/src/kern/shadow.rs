@@ -387,9 +387,18 @@ impl Shadow {
         let resolution = match resolution {
             RegionResolution::Region(r) => {
                 self.stats.fills += 1;
-                let installed = self
-                    .vtlb
-                    .install_region(&mut ShadowFrames, r.la, &r.ptes, r.size);
+                // A global guest page (G with CR4.PGE) survives CR3 loads, as in a TLB.
+                let piece = ((la >> 12) & 0x1ff) as usize;
+                let global = self.cr4 & CR4_PGE != 0
+                    && r.ptes[piece] & virt::shadow::bits::GLOBAL != 0
+                    && r.size == virt::shadow::PageSize::Size2M;
+                let installed = if global {
+                    self.vtlb
+                        .install_global_region(&mut ShadowFrames, r.la, &r.ptes)
+                } else {
+                    self.vtlb
+                        .install_region(&mut ShadowFrames, r.la, &r.ptes, r.size)
+                };
                 return self.installed(installed, la & !0xfff, true);
             }
             RegionResolution::Single(resolution) => resolution,
@@ -516,12 +525,10 @@ impl Shadow {
                 ptes[i] = (hpa & !0xfff) | PRESENT | ACCESSED | DIRTY | nx;
             }
         });
-        let installed = self.vtlb.install_region(
-            &mut ShadowFrames,
-            la & !0x1f_ffff,
-            &ptes,
-            virt::shadow::PageSize::Size2M,
-        );
+        // The view is the same in every address space: global, kept across CR3 loads.
+        let installed = self
+            .vtlb
+            .install_global_region(&mut ShadowFrames, la & !0x1f_ffff, &ptes);
         self.installed(installed, la & !0xfff, false)
     }
 

@@ -78,6 +78,20 @@ impl<const N: usize> TablePool<N> {
         n
     }
 
+    /// Frees one frame of `owner`; false when `frame` is not one of its frames.
+    pub fn release_frame(&mut self, owner: u8, frame: u64) -> bool {
+        let Some(i) = (0..self.len).find(|&i| self.frames[i] == frame && self.owner[i] == owner)
+        else {
+            return false;
+        };
+        if owner == FREE {
+            return false;
+        }
+        self.owner[i] = FREE;
+        self.free += 1;
+        true
+    }
+
     /// Frames in `owner`'s tree.
     pub fn owned(&self, owner: u8) -> usize {
         self.owner[..self.len]
@@ -144,6 +158,17 @@ mod tests {
         // The free tag is not an owner.
         assert_eq!(p.alloc(FREE), None);
         assert_eq!(p.release(FREE, None), 0);
+    }
+
+    #[test]
+    fn one_frame_is_released_only_by_its_owner() {
+        let mut p = TablePool::<4>::new(&frames(4));
+        let a = p.alloc(2).unwrap();
+        assert!(!p.release_frame(3, a));
+        assert!(!p.release_frame(FREE, 0x10_3000));
+        assert!(p.release_frame(2, a));
+        assert!(!p.release_frame(2, a), "already free");
+        assert_eq!(p.free(), 4);
     }
 
     #[test]

@@ -90,12 +90,21 @@ pub enum VtlbError {
     BadSlotCount,
 }
 
+/// Most global regions kept across address-space switches ([`Vtlb::install_global_region`]).
+pub const GLOBAL_REGIONS: usize = 32;
+/// The pool owner of global regions' leaf tables (cache slots are 0..=253).
+const GLOBAL_OWNER: u8 = 254;
+
 /// A vTLB with up to `N` table frames and `R` cached roots.
 #[derive(Clone, Debug)]
 pub struct Vtlb<const N: usize, const R: usize> {
     pool: TablePool<N>,
     cache: RootCache<R>,
     current: Option<usize>,
+    /// Leaf tables of global 2 MiB regions, (linear base, table), the first `globals_len` of
+    /// them: linked into every tree the vTLB switches to.
+    globals: [(u64, u64); GLOBAL_REGIONS],
+    globals_len: usize,
 }
 
 fn index(la: u64, level: u32) -> usize {
@@ -117,6 +126,8 @@ impl<const N: usize, const R: usize> Vtlb<N, R> {
             pool,
             cache: RootCache::new(),
             current: None,
+            globals: [(0, 0); GLOBAL_REGIONS],
+            globals_len: 0,
         })
     }
 
@@ -133,6 +144,13 @@ impl<const N: usize, const R: usize> Vtlb<N, R> {
     /// Makes the address space `key` current. With `flush` (see
     /// [`super::cache::cr3_write_flushes`]) its cached tree, if any, is emptied first.
     pub fn switch(&mut self, mem: &mut impl ShadowMemory, key: Key, flush: bool) -> Switch {
+        let mut s = self.switch_tree(mem, key, flush);
+        s.recycled |= self.link_globals(mem);
+        s
+    }
+
+    /// [`Vtlb::switch`] but for the global regions.
+    fn switch_tree(&mut self, mem: &mut impl ShadowMemory, key: Key, flush: bool) -> Switch {
         let mut recycled = false;
         if let Some((slot, root)) = self.cache.lookup(key) {
             if flush {
@@ -198,7 +216,7 @@ impl<const N: usize, const R: usize> Vtlb<N, R> {
         pte: u64,
         origin: PageSize,
     ) -> Install {
-        let Some((table, recycled)) = self.leaf_table(mem, la, origin) else {
+        let Some((table, recycled)) = self.leaf_table(mem, la, origin, None) else {
             return Install::NoRoot;
         };
         mem.write(table, index(la, 1), pte);
@@ -219,7 +237,7 @@ impl<const N: usize, const R: usize> Vtlb<N, R> {
         ptes: &[u64; 512],
         origin: PageSize,
     ) -> Install {
-        let Some((table, recycled)) = self.leaf_table(mem, la, origin) else {
+        let Some((table, recycled)) = self.leaf_table(mem, la, origin, None) else {
             return Install::NoRoot;
         };
         for (i, &pte) in ptes.iter().enumerate() {
@@ -228,18 +246,100 @@ impl<const N: usize, const R: usize> Vtlb<N, R> {
         installed(recycled)
     }
 
+    /// [`Vtlb::install_region`] for a region of a *global* guest page (G set, CR4.PGE on): its
+    /// leaf table stays when the address space changes and is linked into every tree switched
+    /// to, as the hardware TLB keeps global translations across CR3 loads. It goes with an
+    /// INVLPG in the region or a [`Vtlb::flush_all`]. Falls back to an ordinary region when
+    /// [`GLOBAL_REGIONS`] are kept already or no frame is free.
+    pub fn install_global_region(
+        &mut self,
+        mem: &mut impl ShadowMemory,
+        la: u64,
+        ptes: &[u64; 512],
+    ) -> Install {
+        let base = la & !0x1f_ffff;
+        let n = self.globals_len;
+        let table = match self.globals[..n].iter().find(|g| g.0 == base) {
+            Some(&(_, table)) => table,
+            None => {
+                let fresh = (n < GLOBAL_REGIONS)
+                    .then(|| self.pool.alloc(GLOBAL_OWNER))
+                    .flatten();
+                let Some(table) = fresh else {
+                    return self.install_region(mem, la, ptes, PageSize::Size2M);
+                };
+                self.globals[n] = (base, table);
+                self.globals_len += 1;
+                table
+            }
+        };
+        for (i, &pte) in ptes.iter().enumerate() {
+            mem.write(table, i, pte);
+        }
+        match self.leaf_table(mem, la, PageSize::Size2M, Some(table)) {
+            Some((_, recycled)) => installed(recycled),
+            None => Install::NoRoot,
+        }
+    }
+
+    /// Links every global region into the current tree; true if frames were taken back.
+    fn link_globals(&mut self, mem: &mut impl ShadowMemory) -> bool {
+        let mut recycled = false;
+        for k in 0..GLOBAL_REGIONS {
+            // Recycling on the way may drop the globals: re-read the count each time.
+            if k >= self.globals_len {
+                break;
+            }
+            let (base, table) = self.globals[k];
+            if let Some((_, r)) = self.leaf_table(mem, base, PageSize::Size2M, Some(table)) {
+                recycled |= r;
+            }
+        }
+        recycled
+    }
+
+    /// Forgets every global region and frees its table (unlinked from every cached tree first).
+    fn drop_globals(&mut self, mem: &mut impl ShadowMemory) -> bool {
+        let any = self.globals_len > 0;
+        while self.globals_len > 0 {
+            self.drop_global(mem, self.globals_len - 1);
+        }
+        any
+    }
+
+    /// Forgets global region `k`: unlinks its table from every cached tree and frees it.
+    fn drop_global(&mut self, mem: &mut impl ShadowMemory, k: usize) {
+        let (base, table) = self.globals[k];
+        for slot in 0..R {
+            if let Some(root) = self.cache.root(slot) {
+                if let Some((pd, i)) = directory_of(mem, root, base) {
+                    if mem.read(pd, i) & ADDR == table {
+                        mem.write(pd, i, 0);
+                    }
+                }
+            }
+        }
+        self.pool.release_frame(GLOBAL_OWNER, table);
+        self.globals_len -= 1;
+        self.globals[k] = self.globals[self.globals_len];
+    }
+
     /// The leaf table for `la` in the current tree and whether frames were taken back to build
     /// it, with the [`LARGE_ORIGIN`] marks `origin` asks for set on the way; None without a
-    /// current root. The one path building shadow tables, so recycling is the same everywhere.
+    /// current root. With `link`, that table (a global region's) becomes the leaf table,
+    /// replacing whatever the directory entry held. The one path building shadow tables, so
+    /// recycling is the same everywhere.
     fn leaf_table(
         &mut self,
         mem: &mut impl ShadowMemory,
         la: u64,
         origin: PageSize,
+        link: Option<u64>,
     ) -> Option<(u64, bool)> {
         let slot = self.current?;
         let root = self.cache.root(slot)?;
         let mut recycled = false;
+        let mut emptied = false;
         'again: loop {
             let mut table = root;
             for level in (2..=4).rev() {
@@ -250,6 +350,10 @@ impl<const N: usize, const R: usize> Vtlb<N, R> {
                     }
                     _ => 0,
                 };
+                if let (2, Some(global)) = (level, link) {
+                    mem.write(table, i, global | TABLE | LARGE_ORIGIN);
+                    return Some((global, recycled));
+                }
                 let e = mem.read(table, i);
                 if e & PRESENT != 0 {
                     if e & mark != mark {
@@ -265,7 +369,13 @@ impl<const N: usize, const R: usize> Vtlb<N, R> {
                             self.evict(victim);
                         }
                         None => {
+                            // Only this tree is left: empty it; if that was not enough, the
+                            // global regions hold the rest, and they go too.
+                            if emptied {
+                                self.drop_globals(mem);
+                            }
                             self.empty(mem, slot);
+                            emptied = true;
                         }
                     }
                     continue 'again;
@@ -292,6 +402,17 @@ impl<const N: usize, const R: usize> Vtlb<N, R> {
     /// invalidate in the hardware TLB.
     pub fn invalidate(&mut self, mem: &mut impl ShadowMemory, la: u64) -> Invalidated {
         let mut done = Invalidated::Page;
+        let base = la & !0x1f_ffff;
+        if let Some(k) = self.globals[..self.globals_len]
+            .iter()
+            .position(|g| g.0 == base)
+        {
+            self.drop_global(mem, k);
+            done = Invalidated::Large {
+                base,
+                size: PageSize::Size2M,
+            };
+        }
         for slot in 0..R {
             if let Some(root) = self.cache.root(slot) {
                 let size = drop_translation(mem, root, la);
@@ -316,6 +437,7 @@ impl<const N: usize, const R: usize> Vtlb<N, R> {
     /// EFER.NXE, or memory was revoked): other trees are taken back, the current one emptied.
     /// The kernel flushes the guest's hardware TLB.
     pub fn flush_all(&mut self, mem: &mut impl ShadowMemory) {
+        self.drop_globals(mem);
         for slot in 0..R {
             if Some(slot) == self.current {
                 self.empty(mem, slot);
@@ -345,6 +467,20 @@ impl<const N: usize, const R: usize> Vtlb<N, R> {
         mem.zero(root);
         freed > 0
     }
+}
+
+/// The page directory and index of the entry for `la` under `root`, if the tables down to it
+/// exist.
+fn directory_of(mem: &impl ShadowMemory, root: u64, la: u64) -> Option<(u64, usize)> {
+    let pml4e = mem.read(root, index(la, 4));
+    if pml4e & PRESENT == 0 {
+        return None;
+    }
+    let pdpte = mem.read(pml4e & ADDR, index(la, 3));
+    if pdpte & PRESENT == 0 {
+        return None;
+    }
+    Some((pdpte & ADDR, index(la, 2)))
 }
 
 /// The [`Install`] for a write that did or did not take frames back.

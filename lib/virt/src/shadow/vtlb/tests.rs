@@ -591,3 +591,79 @@ fn a_2m_guest_page_is_filled_by_one_fault_and_dropped_by_one_invlpg() {
         Resolution::Inject(_)
     ));
 }
+
+#[test]
+fn a_global_region_stays_across_address_space_switches() {
+    let mut mem = Frames::default();
+    let pool = frames(16);
+    let mut v = Vtlb::<16, 2>::new(&pool).unwrap();
+    let ptes = region_ptes();
+    v.switch(&mut mem, key(1), true);
+    assert_eq!(
+        v.install_global_region(&mut mem, REGION + 0x5000, &ptes),
+        Install::Installed
+    );
+    v.install(&mut mem, 0x1000, PTE);
+    // A CR3 load that flushes: the space's own leaves go, the global region stays.
+    for k in [2, 3, 1] {
+        v.switch(&mut mem, key(k), true);
+        assert_eq!(v.lookup(&mem, REGION + 0x5000), ptes[5], "space {k}");
+        assert_eq!(v.lookup(&mem, 0x1000), 0, "space {k}");
+        assert_ne!(entry(&mem, v.root().unwrap(), REGION, 2) & LARGE_ORIGIN, 0);
+    }
+    // Filling it again reuses its table.
+    let free = v.free_frames();
+    v.install_global_region(&mut mem, REGION, &ptes);
+    assert_eq!(v.free_frames(), free);
+}
+
+#[test]
+fn invlpg_in_a_global_region_drops_it_everywhere_and_frees_its_table() {
+    let mut mem = Frames::default();
+    let pool = frames(16);
+    let mut v = Vtlb::<16, 2>::new(&pool).unwrap();
+    let ptes = region_ptes();
+    v.switch(&mut mem, key(1), true);
+    v.install_global_region(&mut mem, REGION, &ptes);
+    v.switch(&mut mem, key(2), false);
+    let before = v.free_frames();
+    assert_eq!(
+        v.invalidate(&mut mem, REGION + 0x1_0000),
+        Invalidated::Large {
+            base: REGION,
+            size: PageSize::Size2M
+        }
+    );
+    assert_eq!(v.free_frames(), before + 1);
+    assert_eq!(v.lookup(&mem, REGION), 0);
+    v.switch(&mut mem, key(1), false);
+    assert_eq!(
+        v.lookup(&mem, REGION),
+        0,
+        "unlinked from the other tree too"
+    );
+    assert_eq!(entry(&mem, v.root().unwrap(), REGION, 2), 0);
+}
+
+#[test]
+fn flushing_everything_drops_global_regions_and_a_dry_pool_takes_them_back() {
+    let mut mem = Frames::default();
+    let pool = frames(8);
+    let mut v = Vtlb::<8, 1>::new(&pool).unwrap();
+    let ptes = region_ptes();
+    v.switch(&mut mem, key(1), true);
+    v.install_global_region(&mut mem, REGION, &ptes);
+    v.flush_all(&mut mem);
+    v.switch(&mut mem, key(1), true);
+    assert_eq!(v.lookup(&mem, REGION), 0);
+    assert_eq!(v.free_frames(), 8 - 1, "only the root is in use");
+    // Globals fill the pool; installs elsewhere still succeed by taking them back.
+    for k in 0..GLOBAL_REGIONS as u64 {
+        v.install_global_region(&mut mem, REGION + (k << 21), &ptes);
+    }
+    for k in 0..8u64 {
+        let la = 0x40_0000_0000 + (k << 30);
+        assert_ne!(v.install(&mut mem, la, PTE), Install::NoRoot);
+        assert_eq!(v.lookup(&mem, la), PTE, "install {k}");
+    }
+}
