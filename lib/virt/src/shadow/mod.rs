@@ -8,7 +8,8 @@
 //!
 //! - [`walk`] walks the guest's tables as the CPU would: permissions, reserved bits, the exact
 //!   #PF error code, and the accessed/dirty updates (by compare-and-swap).
-//! - [`leaf`] turns a successful walk into the 4 KiB shadow leaf for the faulting page.
+//! - [`leaf`] turns a successful walk into the 4 KiB shadow leaf for the faulting page, or into
+//!   the 512 leaves of its 2 MiB region for a large guest page.
 //! - [`classify`] decides what a hardware #PF taken on the shadow tables means: a fault the
 //!   guest must see, a fill, or guest memory the VMM must handle.
 //! - [`pool`] hands out the shadow table frames (a fixed set, no allocation) and takes back a

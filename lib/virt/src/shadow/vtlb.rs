@@ -15,6 +15,13 @@
 //! [`LARGE_ORIGIN`] (the PDE, and for a 1 GiB page the PDPTE too), because the guest's INVLPG of
 //! any address of a large page invalidates the whole page: [`Vtlb::invalidate`] then empties
 //! every leaf table under the mark, not just one leaf.
+//!
+//! **Global regions.** A region of a global guest page (G with CR4.PGE; the kernel also uses it
+//! for the DMP view, which is the same in every address space) gets a leaf table of its own,
+//! owned by no tree: [`Vtlb::switch`] links it into every tree it switches to, as a TLB keeps
+//! global translations across CR3 loads. INVLPG in the region or [`Vtlb::flush_all`] unlinks and
+//! frees it; a dry pool takes global regions back only after emptying the current tree was not
+//! enough.
 
 use super::bits::*;
 use super::cache::{Key, RootCache};
