@@ -88,7 +88,10 @@ pub enum Syscall {
     /// (little-endian). Flag [`crate::vm::PATCH_VIRTUAL`]: `address` is guest-linear, translated
     /// through the guest's own page tables (shadow-mode Vms); else guest-physical. `Mismatch`
     /// when the bytes differ, `Busy` while a vCPU's next instruction lies inside the range,
-    /// `BadAddress` when nothing backs the page.
+    /// `BadAddress` when nothing backs the page. Optional 4th and 5th arguments `from, to`
+    /// (guest-linear, 0 = none): a vCPU whose next instruction is at `from` inside the range is
+    /// not `Busy` but moved to `to`, which must lie in the Vm's DMP window (where the stub
+    /// continues the displaced instructions).
     VmPatch = 23,
     /// `vm, linear, physical, pages`: the DMP window of a shadow-mode Vm (needs PATCH): `pages`
     /// (1-512) guest-linear pages from `linear` that the kernel's shadow tables map to the

@@ -194,6 +194,26 @@ impl GuestAccess for Access<'_> {
         rt::vm::vm_read(self.utcb, self.vm, address, linear, out).map_err(failure)
     }
 
+    fn patch_moving(
+        &mut self,
+        address: u64,
+        expected: &[u8],
+        new: &[u8],
+        from: u64,
+        to: u64,
+    ) -> Result<(), Failure> {
+        rt::vm::vm_patch_moving(
+            self.utcb,
+            self.vm,
+            address,
+            true,
+            expected,
+            new,
+            Some((from, to)),
+        )
+        .map_err(failure)
+    }
+
     fn control(&mut self, op: u64, arg: u64) -> Result<(), Failure> {
         rt::vm::vm_dmp(self.vm, op, arg).map_err(failure)
     }

@@ -558,19 +558,45 @@ pub fn vm_patch(k: &mut Kernel, me: ThreadId, space: SpaceId, a: [u64; 6]) -> Re
         expected[8 * i..8 * i + 8].copy_from_slice(&utcb.read(8 + i).to_le_bytes());
         new[8 * i..8 * i + 8].copy_from_slice(&utcb.read(16 + i).to_le_bytes());
     }
-    let hpa = locate(k, vm, address, linear, len, true)?;
+    let (from, to) = (a[3], a[4]);
+    let movable = if from == 0 {
+        None
+    } else {
+        // Only into the window, and only for a linear range (`from` is a guest RIP).
+        let window = k
+            .vms
+            .get(vm)
+            .and_then(|v| v.shadow.as_deref())
+            .and_then(|s| s.window)
+            .ok_or(Status::BadArgument)?;
+        let inside = from > address && from - address < len as u64;
+        if !linear || !inside || to.wrapping_sub(window.gla) >= window.pages * PAGE {
+            return Err(Status::BadArgument);
+        }
+        Some(from)
+    };
+    let (hpa, moved) = locate(k, vm, address, linear, len, Some(movable))?;
     let current = direct::bytes(hpa, len).ok_or(Status::BadAddress)?;
     let mut bytes = [0u8; virt::patch::MAX_PATCH];
     bytes[..len].copy_from_slice(current);
     virt::patch::swap(&mut bytes[..len], &expected[..len], &new[..len]).map_err(patch_status)?;
     direct::copy_to(hpa, &bytes[..len]).ok_or(Status::BadAddress)?;
+    // The vCPUs that stood at `from` go on at `to`, in the stub.
+    for t in moved {
+        if let Some(vcpu) = k.threads.get_mut(t).and_then(|t| t.vcpu.as_mut()) {
+            let mut w = [0u64; word::COUNT];
+            vcpu.hw.read(&vcpu.ctx.gprs, mtd::RIP, &mut w);
+            w[word::RIP] = to;
+            vcpu.hw.write(&mut vcpu.ctx.gprs, mtd::RIP, &w);
+        }
+    }
     Ok(0)
 }
 
 /// `vm_read(vm, address, len | flags)`: guest bytes into the caller's UTCB words 0-7.
 pub fn vm_read(k: &mut Kernel, me: ThreadId, space: SpaceId, a: [u64; 6]) -> Result<u64, Status> {
     let (vm, address, linear, len) = guest_range(k, space, a, Rights::READ)?;
-    let hpa = locate(k, vm, address, linear, len, false)?;
+    let (hpa, _) = locate(k, vm, address, linear, len, None)?;
     let current = direct::bytes(hpa, len).ok_or(Status::BadAddress)?;
     let mut bytes = [0u8; virt::patch::MAX_PATCH];
     bytes[..len].copy_from_slice(current);
@@ -613,12 +639,14 @@ fn locate(
     address: u64,
     linear: bool,
     len: usize,
-    writing: bool,
-) -> Result<u64, Status> {
+    writing: Option<Option<u64>>,
+) -> Result<(u64, Vec<ThreadId>), Status> {
     let v = k.vms.get(vm).ok_or(Status::BadSelector)?;
     // Every vCPU of the Vm is stopped while the kernel runs (one CPU); where each resumes, in
-    // the patch's address space.
+    // the patch's address space. With `writing` = Some(Some(from)), vCPUs at guest-linear
+    // `from` do not count: the caller moves them.
     let mut rips = Vec::new();
+    let mut moved = Vec::new();
     let mut regs = None;
     for t in &v.vcpus {
         let Some(vcpu) = k.threads.get(*t).and_then(|t| t.vcpu.as_ref()) else {
@@ -632,6 +660,10 @@ fn locate(
         }
         let r = (w[word::CR0], w[word::CR3], w[word::CR4], w[word::EFER]);
         regs.get_or_insert(r);
+        if writing == Some(Some(w[word::RIP])) {
+            moved.push(*t);
+            continue;
+        }
         let rip = if linear {
             Some(w[word::RIP])
         } else {
@@ -639,7 +671,7 @@ fn locate(
         };
         rips.extend(rip);
     }
-    if !writing {
+    if writing.is_none() {
         rips.clear();
     }
     virt::patch::check(address, len, &rips).map_err(patch_status)?;
@@ -651,7 +683,8 @@ fn locate(
     };
     // The range lies in one page (checked above for `address`; the translation keeps the page
     // offset), so one host page backs it.
-    shadow::physical_to_host(&v.nested, gpa).ok_or(Status::BadAddress)
+    let hpa = shadow::physical_to_host(&v.nested, gpa).ok_or(Status::BadAddress)?;
+    Ok((hpa, moved))
 }
 
 /// `vm_window(vm, linear, physical, pages)`: sets (or with 0 pages removes) the DMP window of a

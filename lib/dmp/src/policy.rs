@@ -52,6 +52,19 @@ pub trait GuestAccess {
     ) -> Result<(), Failure>;
     /// `VmDmp(op, arg)` (`abi::vm::dmp_op`).
     fn control(&mut self, op: u64, arg: u64) -> Result<(), Failure>;
+    /// [`GuestAccess::patch`] of a guest-linear range that moves a vCPU standing at `from`
+    /// (inside the range) to `to` (in the stub) instead of failing `Busy`.
+    fn patch_moving(
+        &mut self,
+        address: u64,
+        expected: &[u8],
+        new: &[u8],
+        from: u64,
+        to: u64,
+    ) -> Result<(), Failure> {
+        let _ = (from, to);
+        self.patch(address, true, expected, new)
+    }
 }
 
 /// Why the guest could not be read or patched.
@@ -678,7 +691,20 @@ impl GuestPolicy {
         let stub = build_stub(&plan, &repl, SLOT as usize).map_err(|e| format!("{e:?}"))?;
         self.write_stub(offset, &stub.code, guest)?;
         self.next_slot += 1;
-        match guest.patch(rip, true, &plan.expected, &plan.new) {
+        // After the exit that made the site hot the vCPU usually stands right behind the hot
+        // instruction, inside the range: it goes on at that instruction's copy in the stub.
+        let after = plan.displaced[0].next_ip();
+        let swapped = match stub.offsets.first() {
+            Some(Some(at)) if after < plan.resume() => guest.patch_moving(
+                rip,
+                &plan.expected,
+                &plan.new,
+                after,
+                stub.address + *at as u64,
+            ),
+            _ => guest.patch(rip, true, &plan.expected, &plan.new),
+        };
+        match swapped {
             Ok(()) => {}
             Err(Failure::Busy) => {
                 // The stub stays in its slot; the next profile tries the site again with a new

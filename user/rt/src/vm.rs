@@ -79,6 +79,20 @@ pub fn vm_patch(
     expected: &[u8],
     new: &[u8],
 ) -> Result<(), Error> {
+    vm_patch_moving(utcb, vm, address, linear, expected, new, None)
+}
+
+/// [`vm_patch`] that, with `moving` = (from, to), moves a vCPU whose next instruction is at
+/// guest-linear `from` inside the range to `to` in the DMP window instead of failing `Busy`.
+pub fn vm_patch_moving(
+    utcb: &mut crate::Utcb,
+    vm: Sel,
+    address: u64,
+    linear: bool,
+    expected: &[u8],
+    new: &[u8],
+    moving: Option<(u64, u64)>,
+) -> Result<(), Error> {
     let len = expected.len();
     if len == 0 || len > 64 || new.len() != len {
         return Err(Error::Kernel(abi::Status::BadArgument));
@@ -92,7 +106,12 @@ pub fn vm_patch(
     }
     utcb.set_msg(0, &words);
     let flags = if linear { abi::vm::PATCH_VIRTUAL } else { 0 };
-    checked(Syscall::VmPatch, [vm, address, len as u64 | flags, 0, 0, 0]).map(drop)
+    let (from, to) = moving.unwrap_or((0, 0));
+    checked(
+        Syscall::VmPatch,
+        [vm, address, len as u64 | flags, from, to, 0],
+    )
+    .map(drop)
 }
 
 /// Makes the kernel answer the DMP hypercalls of shadow-mode `vcpu` itself (`on`), or deliver
