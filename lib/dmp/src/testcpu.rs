@@ -2,7 +2,8 @@
 //! a stub *does* (the hypercall's registers, registers and flags preserved, the stack below the
 //! red zone only, where it jumps), not only what it looks like. The fault stub's instructions
 //! (ALU operations with the flags they set, conditional jumps, CR2, IRETQ, an indirect jump) are
-//! here too.
+//! here too, and with an [`Env`] the port I/O and device hypercalls of a polling UART loop run
+//! from guest memory ([`Cpu::run_memory`]).
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -10,8 +11,31 @@ use iced_x86::{ConditionCode, Decoder, DecoderOptions, Instruction, Mnemonic, Op
 
 use crate::classify::Bitness;
 
+/// What lies outside the CPU: ports and the hypervisor's device hypercalls. Each hook gets the
+/// whole CPU, memory and its own state (`cpu.env`) included.
+pub trait Env: Sized {
+    /// `in al, port`.
+    fn port_in(_cpu: &mut Cpu<Self>, port: u16) -> u8 {
+        panic!("test cpu: in from port {port:#x} without ports")
+    }
+    /// `out port, al`.
+    fn port_out(_cpu: &mut Cpu<Self>, port: u16, _value: u8) {
+        panic!("test cpu: out to port {port:#x} without ports")
+    }
+    /// A hypercall; false leaves it to the built-in fake kernel ([`Cpu::reply`]).
+    fn hypercall(_cpu: &mut Cpu<Self>) -> bool {
+        false
+    }
+}
+
+/// No ports; hypercalls go to the built-in fake kernel.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NoEnv;
+
+impl Env for NoEnv {}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Cpu {
+pub struct Cpu<E = NoEnv> {
     pub bits: Bitness,
     /// RAX..R15.
     pub gpr: [u64; 16],
@@ -28,6 +52,14 @@ pub struct Cpu {
     pub reply: Option<[u64; 3]>,
     /// CR2 after a hypercall, as a nested fault in the stub would have left it.
     pub reply_cr2: Option<u64>,
+    pub env: E,
+}
+
+/// What one instruction did to the flow.
+enum Flow {
+    Next,
+    Jump(u64),
+    Iret(u64),
 }
 
 /// How a run left the code.
@@ -55,6 +87,12 @@ fn is_high(r: Register) -> bool {
 
 impl Cpu {
     pub fn new(bits: Bitness) -> Cpu {
+        Cpu::with_env(bits, NoEnv)
+    }
+}
+
+impl<E: Env> Cpu<E> {
+    pub fn with_env(bits: Bitness, env: E) -> Cpu<E> {
         let mut gpr = [0u64; 16];
         for (i, g) in gpr.iter_mut().enumerate() {
             // Distinct values in every byte, small enough to be 32-bit addresses too.
@@ -77,6 +115,7 @@ impl Cpu {
             cr2: 0,
             reply: None,
             reply_cr2: None,
+            env,
         }
     }
 
@@ -120,6 +159,20 @@ impl Cpu {
                 .insert(addr.wrapping_add(i as u64), (v >> (8 * i)) as u8);
         }
         self.writes.push((addr, len));
+    }
+
+    /// Puts `bytes` at `at` (not counted as writes).
+    pub fn load(&mut self, at: u64, bytes: &[u8]) {
+        for (i, &b) in bytes.iter().enumerate() {
+            self.mem.insert(at.wrapping_add(i as u64), b);
+        }
+    }
+
+    /// `len` bytes at `at` (0 where nothing was put).
+    pub fn bytes(&self, at: u64, len: usize) -> Vec<u8> {
+        (0..len as u64)
+            .map(|i| self.mem.get(&at.wrapping_add(i)).copied().unwrap_or(0))
+            .collect()
     }
 
     fn sp(&self) -> Register {
@@ -229,6 +282,7 @@ impl Cpu {
 
     /// Run `code` placed at `base` from its start until a jump leaves it or IRETQ returns.
     pub fn run_until(&mut self, code: &[u8], base: u64) -> Leave {
+        let inside = |a: u64| a >= base && a < base + code.len() as u64;
         let mut pc = base;
         for _ in 0..1000 {
             let offset = (pc - base) as usize;
@@ -236,118 +290,175 @@ impl Cpu {
                 Decoder::with_ip(self.bits.bits(), &code[offset..], pc, DecoderOptions::NONE);
             let insn = d.decode();
             assert!(!insn.is_invalid(), "invalid at {pc:#x}");
-            pc = insn.next_ip();
-            match insn.mnemonic() {
-                Mnemonic::Lea => {
-                    let a = self.address(&insn, 1);
-                    self.set(insn.op0_register(), a);
-                }
-                Mnemonic::Mov if insn.op1_register() == Register::CR2 => {
-                    self.set(insn.op0_register(), self.cr2)
-                }
-                Mnemonic::Mov if insn.op0_register() == Register::CR2 => {
-                    self.cr2 = self.get(insn.op1_register())
-                }
-                Mnemonic::Mov | Mnemonic::Movzx | Mnemonic::Movnti => {
-                    let v = self.operand(&insn, 1);
-                    self.store(&insn, v);
-                }
-                Mnemonic::Sub | Mnemonic::Cmp => {
-                    let size = Self::size0(&insn);
-                    let (a, b) = (self.operand(&insn, 0), self.operand(&insn, 1));
-                    let top = 1u64 << (8 * size - 1);
-                    let mask = top | (top - 1);
-                    let (a, b) = (a & mask, b & mask);
-                    let r = a.wrapping_sub(b) & mask;
-                    self.set_flags(r, size, a < b, (a ^ b) & (a ^ r) & top != 0);
-                    if insn.mnemonic() == Mnemonic::Sub {
-                        self.store(&insn, r);
-                    }
-                }
-                Mnemonic::And | Mnemonic::Or | Mnemonic::Test => {
-                    let size = Self::size0(&insn);
-                    let (a, b) = (self.operand(&insn, 0), self.operand(&insn, 1));
-                    let r = if insn.mnemonic() == Mnemonic::Or {
-                        a | b
-                    } else {
-                        a & b
-                    };
-                    self.set_flags(r, size, false, false);
-                    if insn.mnemonic() != Mnemonic::Test {
-                        self.store(&insn, r);
-                    }
-                }
-                Mnemonic::Shr => {
-                    let size = Self::size0(&insn);
-                    let count = (self.operand(&insn, 1) & 63) as u32;
-                    let a = self.operand(&insn, 0);
-                    if count != 0 {
-                        let r = a >> count;
-                        self.set_flags(r, size, (a >> (count - 1)) & 1 != 0, false);
-                        self.store(&insn, r);
-                    }
-                }
-                Mnemonic::Push => {
-                    let v = self.get(insn.op0_register());
-                    self.push(v);
-                }
-                Mnemonic::Pop => {
-                    let v = self.pop();
-                    self.set(insn.op0_register(), v);
-                }
-                Mnemonic::Pushfq | Mnemonic::Pushfd => self.push(self.rflags),
-                Mnemonic::Popfq | Mnemonic::Popfd => self.rflags = self.pop(),
-                Mnemonic::Vmcall | Mnemonic::Vmmcall => {
-                    let r = [Register::RAX, Register::RBX, Register::RCX, Register::RDX];
-                    self.hypercalls.push(r.map(|r| self.get(r)));
-                    // The hypervisor's status: the stub must restore the guest's RAX.
-                    match self.reply {
-                        Some([rax, rbx, rcx]) => {
-                            self.set(Register::RAX, rax);
-                            self.set(Register::RBX, rbx);
-                            self.set(Register::RCX, rcx);
-                        }
-                        None => self.set(Register::RAX, 0),
-                    }
-                    if let Some(cr2) = self.reply_cr2 {
-                        self.cr2 = cr2;
-                    }
-                }
-                Mnemonic::Iretq => {
-                    let rip = self.pop();
-                    let _cs = self.pop();
-                    let rflags = self.pop();
-                    let rsp = self.pop();
-                    let _ss = self.pop();
-                    self.rflags = rflags;
-                    self.set(Register::RSP, rsp);
-                    return Leave::Iret(rip);
-                }
-                Mnemonic::Jmp if insn.op0_kind() == OpKind::Memory => {
-                    let a = self.address(&insn, 0);
-                    return Leave::Jump(self.read(a, 8));
-                }
-                Mnemonic::Jmp => {
-                    let target = insn.near_branch_target();
-                    if target >= base && target < base + code.len() as u64 {
-                        pc = target;
-                    } else {
-                        return Leave::Jump(target);
-                    }
-                }
-                _ if insn.is_jcc_short_or_near() => {
-                    if self.condition(insn.condition_code()) {
-                        let target = insn.near_branch_target();
-                        assert!(
-                            target >= base && target < base + code.len() as u64,
-                            "jcc out of the code"
-                        );
-                        pc = target;
-                    }
-                }
-                m => panic!("test cpu: {m:?} not supported"),
-            }
+            pc = match self.exec(&insn) {
+                Flow::Next => insn.next_ip(),
+                Flow::Jump(target) if inside(target) => target,
+                Flow::Jump(target) => return Leave::Jump(target),
+                Flow::Iret(rip) => return Leave::Iret(rip),
+            };
         }
         panic!("stub does not leave");
+    }
+
+    /// Runs the code in memory from `pc` until it reaches `stop` (across stubs and guest code).
+    pub fn run_memory(&mut self, mut pc: u64, stop: u64) {
+        for _ in 0..10_000_000 {
+            if pc == stop {
+                return;
+            }
+            let bytes = self.bytes(pc, 15);
+            let insn =
+                Decoder::with_ip(self.bits.bits(), &bytes, pc, DecoderOptions::NONE).decode();
+            assert!(!insn.is_invalid(), "invalid instruction at {pc:#x}");
+            pc = match self.exec(&insn) {
+                Flow::Next => insn.next_ip(),
+                Flow::Jump(target) => target,
+                Flow::Iret(rip) => panic!("iretq to {rip:#x}"),
+            };
+        }
+        panic!("the code does not reach {stop:#x}");
+    }
+
+    /// Executes one instruction.
+    fn exec(&mut self, insn: &Instruction) -> Flow {
+        let insn = *insn;
+        match insn.mnemonic() {
+            Mnemonic::Lea => {
+                let a = self.address(&insn, 1);
+                self.set(insn.op0_register(), a);
+            }
+            Mnemonic::Mov if insn.op1_register() == Register::CR2 => {
+                self.set(insn.op0_register(), self.cr2)
+            }
+            Mnemonic::Mov if insn.op0_register() == Register::CR2 => {
+                self.cr2 = self.get(insn.op1_register())
+            }
+            Mnemonic::Mov | Mnemonic::Movzx | Mnemonic::Movnti => {
+                let v = self.operand(&insn, 1);
+                self.store(&insn, v);
+            }
+            Mnemonic::Sub | Mnemonic::Cmp => {
+                let size = Self::size0(&insn);
+                let (a, b) = (self.operand(&insn, 0), self.operand(&insn, 1));
+                let top = 1u64 << (8 * size - 1);
+                let mask = top | (top - 1);
+                let (a, b) = (a & mask, b & mask);
+                let r = a.wrapping_sub(b) & mask;
+                self.set_flags(r, size, a < b, (a ^ b) & (a ^ r) & top != 0);
+                if insn.mnemonic() == Mnemonic::Sub {
+                    self.store(&insn, r);
+                }
+            }
+            Mnemonic::And | Mnemonic::Or | Mnemonic::Test => {
+                let size = Self::size0(&insn);
+                let (a, b) = (self.operand(&insn, 0), self.operand(&insn, 1));
+                let r = if insn.mnemonic() == Mnemonic::Or {
+                    a | b
+                } else {
+                    a & b
+                };
+                self.set_flags(r, size, false, false);
+                if insn.mnemonic() != Mnemonic::Test {
+                    self.store(&insn, r);
+                }
+            }
+            Mnemonic::Shr => {
+                let size = Self::size0(&insn);
+                let count = (self.operand(&insn, 1) & 63) as u32;
+                let a = self.operand(&insn, 0);
+                if count != 0 {
+                    let r = a >> count;
+                    self.set_flags(r, size, (a >> (count - 1)) & 1 != 0, false);
+                    self.store(&insn, r);
+                }
+            }
+            Mnemonic::Push => {
+                let v = self.get(insn.op0_register());
+                self.push(v);
+            }
+            Mnemonic::Pop => {
+                let v = self.pop();
+                self.set(insn.op0_register(), v);
+            }
+            Mnemonic::Pushfq | Mnemonic::Pushfd => self.push(self.rflags),
+            Mnemonic::Popfq | Mnemonic::Popfd => self.rflags = self.pop(),
+            Mnemonic::Vmcall | Mnemonic::Vmmcall if E::hypercall(self) => {}
+            Mnemonic::Vmcall | Mnemonic::Vmmcall => {
+                let r = [Register::RAX, Register::RBX, Register::RCX, Register::RDX];
+                self.hypercalls.push(r.map(|r| self.get(r)));
+                // The hypervisor's status: the stub must restore the guest's RAX.
+                match self.reply {
+                    Some([rax, rbx, rcx]) => {
+                        self.set(Register::RAX, rax);
+                        self.set(Register::RBX, rbx);
+                        self.set(Register::RCX, rcx);
+                    }
+                    None => self.set(Register::RAX, 0),
+                }
+                if let Some(cr2) = self.reply_cr2 {
+                    self.cr2 = cr2;
+                }
+            }
+            Mnemonic::Iretq => {
+                let rip = self.pop();
+                let _cs = self.pop();
+                let rflags = self.pop();
+                let rsp = self.pop();
+                let _ss = self.pop();
+                self.rflags = rflags;
+                self.set(Register::RSP, rsp);
+                return Flow::Iret(rip);
+            }
+            Mnemonic::Jmp if insn.op0_kind() == OpKind::Memory => {
+                let a = self.address(&insn, 0);
+                return Flow::Jump(self.read(a, 8));
+            }
+            Mnemonic::Jmp => return Flow::Jump(insn.near_branch_target()),
+            _ if insn.is_jcc_short_or_near() => {
+                if self.condition(insn.condition_code()) {
+                    return Flow::Jump(insn.near_branch_target());
+                }
+            }
+            Mnemonic::Nop | Mnemonic::Pause => {}
+            Mnemonic::Inc | Mnemonic::Dec => {
+                // CF stays; the rest as for ADD/SUB of 1.
+                let size = Self::size0(&insn);
+                let top = 1u64 << (8 * size - 1);
+                let mask = top | (top - 1);
+                let a = self.operand(&insn, 0) & mask;
+                let (r, overflow) = if insn.mnemonic() == Mnemonic::Inc {
+                    let r = a.wrapping_add(1) & mask;
+                    (r, r == top)
+                } else {
+                    (a.wrapping_sub(1) & mask, a == top)
+                };
+                let carry = self.rflags & CF != 0;
+                self.set_flags(r, size, carry, overflow);
+                self.store(&insn, r);
+            }
+            Mnemonic::Add => {
+                let size = Self::size0(&insn);
+                let top = 1u64 << (8 * size - 1);
+                let mask = top | (top - 1);
+                let (a, b) = (self.operand(&insn, 0) & mask, self.operand(&insn, 1) & mask);
+                let r = a.wrapping_add(b) & mask;
+                self.set_flags(r, size, r < a, (a ^ r) & (b ^ r) & top != 0);
+                self.store(&insn, r);
+            }
+            Mnemonic::In => {
+                assert_eq!(insn.op0_register(), Register::AL, "only `in al`");
+                let port = self.operand(&insn, 1) as u16;
+                let v = E::port_in(self, port);
+                self.set(Register::AL, u64::from(v));
+            }
+            Mnemonic::Out => {
+                assert_eq!(insn.op1_register(), Register::AL, "only `out .., al`");
+                let port = self.operand(&insn, 0) as u16;
+                let v = self.get(Register::AL) as u8;
+                E::port_out(self, port, v);
+            }
+            m => panic!("test cpu: {m:?} at {:#x} not supported", insn.ip()),
+        }
+        Flow::Next
     }
 }

@@ -556,16 +556,15 @@ impl Seq {
 
 #[cfg(test)]
 mod tests {
-    //! The stubs run on a small interpreter (a copy of `crate::testcpu`'s idea with the
-    //! instructions of a polling UART loop, flags and port I/O) against a fake VMM that models
+    //! The stubs run on the test interpreter (`crate::testcpu`, from guest memory, with port I/O)
+    //! against a fake VMM that models
     //! the UART, the window words and the ring as `lib/vmm` does: the tests check what a patched
     //! loop *does* (the same output, the same registers and flags, the exits saved).
 
     use super::*;
     use crate::classify::classify;
+    use crate::testcpu::Env;
     use abi::vm::Exit;
-    use alloc::collections::BTreeMap;
-    use iced_x86::{ConditionCode, OpKind};
 
     const WINDOW_LA: u64 = 0xffff_ffff_fff0_0000;
     const WINDOW_PAGES: u64 = 16;
@@ -589,12 +588,6 @@ mod tests {
     const GRT_OUT: u64 = 0x10_8226;
     const GRT_IN: u64 = 0x10_8244;
 
-    const CF: u64 = 1 << 0;
-    const PF: u64 = 1 << 2;
-    const ZF: u64 = 1 << 6;
-    const SF: u64 = 1 << 7;
-    const OF: u64 = 1 << 11;
-
     fn window() -> UartWindow {
         UartWindow::new(WINDOW_LA, WINDOW_PAGES)
     }
@@ -613,120 +606,76 @@ mod tests {
         other_ports: Vec<(u16, u8)>,
     }
 
-    #[derive(Clone, Debug)]
-    struct Cpu {
-        gpr: [u64; 16],
-        rflags: u64,
-        mem: BTreeMap<u64, u8>,
-        /// (address, bytes) of every memory write.
-        writes: Vec<(u64, usize)>,
-        vmm: Vmm,
-        steps: u64,
+    /// The test interpreter (`crate::testcpu`) with the fake VMM behind its ports and
+    /// hypercalls.
+    type Cpu = crate::testcpu::Cpu<Vmm>;
+
+    impl Env for Vmm {
+        fn port_in(cpu: &mut Cpu, port: u16) -> u8 {
+            cpu.drain();
+            cpu.env.io_exits += 1;
+            let lcr = cpu.env.lcr;
+            let v = match port.wrapping_sub(COM1) {
+                5 => 0x60,
+                3 => lcr,
+                0 if lcr & 0x80 != 0 => cpu.env.divisor,
+                0..=7 => 0,
+                _ => 0xff,
+            };
+            cpu.publish();
+            v
+        }
+
+        fn port_out(cpu: &mut Cpu, port: u16, v: u8) {
+            cpu.drain();
+            cpu.env.io_exits += 1;
+            match port.wrapping_sub(COM1) {
+                0 => cpu.env.thr(v),
+                3 => cpu.env.lcr = v,
+                1..=7 => {}
+                _ => cpu.env.other_ports.push((port, v)),
+            }
+            cpu.publish();
+        }
+
+        fn hypercall(cpu: &mut Cpu) -> bool {
+            assert_eq!(cpu.get(Register::RAX), UART_FLUSH, "unknown hypercall");
+            cpu.env.flushes += 1;
+            cpu.drain();
+            cpu.set(Register::RAX, abi::vm::hypercall::OK);
+            true
+        }
     }
 
-    fn idx(r: Register) -> usize {
-        (r.full_register() as u32 - Register::RAX as u32) as usize
-    }
-
-    fn is_high(r: Register) -> bool {
-        matches!(r, Register::AH | Register::CH | Register::DH | Register::BH)
-    }
-
-    fn mask(size: usize) -> u64 {
-        if size >= 8 {
-            u64::MAX
-        } else {
-            (1 << (8 * size)) - 1
+    impl Vmm {
+        fn thr(&mut self, b: u8) {
+            if self.lcr & 0x80 != 0 {
+                self.divisor = b;
+            } else {
+                self.output.push(b);
+            }
         }
     }
 
     impl Cpu {
+        /// grt's loop loaded, the window words published, the UART at 8N1.
         fn new() -> Cpu {
-            let mut gpr = [0u64; 16];
-            for (i, g) in gpr.iter_mut().enumerate() {
-                *g = 0x0101_0000_1000 * (i as u64 + 1) + 0x0102_0304;
-            }
-            gpr[4] = 0x7fff_ffff_e000;
-            let mut cpu = Cpu {
-                gpr,
-                rflags: 0x246,
-                mem: BTreeMap::new(),
-                writes: Vec::new(),
-                vmm: Vmm {
-                    lcr: 0x03,
-                    divisor: 1,
-                    ..Vmm::default()
-                },
-                steps: 0,
+            let vmm = Vmm {
+                lcr: 0x03,
+                divisor: 1,
+                ..Vmm::default()
             };
+            let mut cpu = Cpu::with_env(Bitness::Bits64, vmm);
             cpu.load(GRT_BASE, &GRT);
             cpu.publish();
             cpu
         }
 
-        fn get(&self, r: Register) -> u64 {
-            let full = self.gpr[idx(r)];
-            match r.size() {
-                8 => full,
-                4 => full as u32 as u64,
-                2 => full as u16 as u64,
-                _ if is_high(r) => (full >> 8) as u8 as u64,
-                _ => full as u8 as u64,
-            }
-        }
-
-        fn set(&mut self, r: Register, v: u64) {
-            let i = idx(r);
-            let full = self.gpr[i];
-            self.gpr[i] = match r.size() {
-                8 => v,
-                4 => v as u32 as u64,
-                2 => (full & !0xffff) | (v & 0xffff),
-                _ if is_high(r) => (full & !0xff00) | ((v & 0xff) << 8),
-                _ => (full & !0xff) | (v & 0xff),
-            };
-        }
-
-        fn read(&self, addr: u64, len: usize) -> u64 {
-            (0..len).fold(0, |v, i| {
-                let b = self
-                    .mem
-                    .get(&addr.wrapping_add(i as u64))
-                    .copied()
-                    .unwrap_or(0);
-                v | (u64::from(b) << (8 * i))
-            })
-        }
-
-        fn write(&mut self, addr: u64, len: usize, v: u64) {
-            for i in 0..len {
-                self.mem
-                    .insert(addr.wrapping_add(i as u64), (v >> (8 * i)) as u8);
-            }
-            self.writes.push((addr, len));
-        }
-
-        fn load(&mut self, at: u64, bytes: &[u8]) {
-            for (i, &b) in bytes.iter().enumerate() {
-                self.mem.insert(at + i as u64, b);
-            }
-        }
-
-        fn bytes(&self, at: u64, len: usize) -> Vec<u8> {
-            (0..len as u64)
-                .map(|i| self.mem.get(&(at + i)).copied().unwrap_or(0))
-                .collect()
-        }
-
-        // --- the fake VMM ---
-
         fn publish(&mut self) {
             let w = window();
-            let lcr = u64::from(self.vmm.lcr);
+            let lcr = u64::from(self.env.lcr);
             for (at, v) in [(w.lsr, 0x60), (w.lcr, lcr)] {
-                for i in 0..8 {
-                    self.mem.insert(at + i, (v >> (8 * i)) as u8);
-                }
+                self.load(at, &u64::to_le_bytes(v));
             }
         }
 
@@ -735,229 +684,13 @@ mod tests {
             let n = self.read(ring + RING_COUNT, 8).min(RING_CAPACITY);
             for i in 0..n {
                 let b = self.read(ring + RING_DATA + i, 1) as u8;
-                self.thr(b);
+                self.env.thr(b);
             }
-            for i in 0..8 {
-                self.mem.insert(ring + RING_COUNT + i, 0);
-            }
-        }
-
-        fn thr(&mut self, b: u8) {
-            if self.vmm.lcr & 0x80 != 0 {
-                self.vmm.divisor = b;
-            } else {
-                self.vmm.output.push(b);
-            }
-        }
-
-        fn port_in(&mut self, port: u16) -> u8 {
-            self.drain();
-            self.vmm.io_exits += 1;
-            let v = match port.wrapping_sub(COM1) {
-                5 => 0x60,
-                3 => self.vmm.lcr,
-                0 if self.vmm.lcr & 0x80 != 0 => self.vmm.divisor,
-                0..=7 => 0,
-                _ => 0xff,
-            };
-            self.publish();
-            v
+            self.load(ring + RING_COUNT, &[0; 8]);
         }
 
         fn port_out(&mut self, port: u16, v: u8) {
-            self.drain();
-            self.vmm.io_exits += 1;
-            match port.wrapping_sub(COM1) {
-                0 => self.thr(v),
-                3 => self.vmm.lcr = v,
-                1..=7 => {}
-                _ => self.vmm.other_ports.push((port, v)),
-            }
-            self.publish();
-        }
-
-        fn hypercall(&mut self) {
-            assert_eq!(self.get(Register::RAX), UART_FLUSH, "unknown hypercall");
-            self.vmm.flushes += 1;
-            self.drain();
-            self.set(Register::RAX, abi::vm::hypercall::OK);
-        }
-
-        // --- the CPU ---
-
-        fn push(&mut self, v: u64) {
-            let sp = self.get(Register::RSP).wrapping_sub(8);
-            self.set(Register::RSP, sp);
-            self.write(sp, 8, v);
-        }
-
-        fn pop(&mut self) -> u64 {
-            let sp = self.get(Register::RSP);
-            let v = self.read(sp, 8);
-            self.set(Register::RSP, sp.wrapping_add(8));
-            v
-        }
-
-        fn address(&self, insn: &Instruction, op: u32) -> u64 {
-            insn.virtual_address(op, 0, |r, _, _| match r {
-                Register::ES | Register::CS | Register::SS | Register::DS => Some(0),
-                r if r.is_gpr() => Some(self.get(r)),
-                _ => None,
-            })
-            .expect("address")
-        }
-
-        fn size(insn: &Instruction, op: u32) -> usize {
-            match insn.op_kind(op) {
-                OpKind::Register => insn.op_register(op).size(),
-                OpKind::Memory => insn.memory_size().size(),
-                _ => 0,
-            }
-        }
-
-        fn operand(&self, insn: &Instruction, op: u32) -> u64 {
-            match insn.op_kind(op) {
-                OpKind::Register => self.get(insn.op_register(op)),
-                OpKind::Memory => self.read(self.address(insn, op), insn.memory_size().size()),
-                _ => insn.immediate(op),
-            }
-        }
-
-        fn store(&mut self, insn: &Instruction, v: u64) {
-            match insn.op0_kind() {
-                OpKind::Register => self.set(insn.op0_register(), v),
-                _ => {
-                    let a = self.address(insn, 0);
-                    self.write(a, insn.memory_size().size(), v);
-                }
-            }
-        }
-
-        fn flags(&mut self, result: u64, size: usize, carry: Option<bool>, overflow: bool) {
-            let r = result & mask(size);
-            let mut f = self.rflags & !(PF | ZF | SF | OF);
-            if let Some(c) = carry {
-                f = (f & !CF) | if c { CF } else { 0 };
-            }
-            f |= if r == 0 { ZF } else { 0 };
-            f |= if r >> (8 * size - 1) & 1 != 0 { SF } else { 0 };
-            f |= if (r as u8).count_ones().is_multiple_of(2) {
-                PF
-            } else {
-                0
-            };
-            f |= if overflow { OF } else { 0 };
-            self.rflags = f;
-        }
-
-        fn sub_flags(&mut self, a: u64, b: u64, size: usize) -> u64 {
-            let m = mask(size);
-            let (a, b) = (a & m, b & m);
-            let r = a.wrapping_sub(b) & m;
-            let sign = 1 << (8 * size - 1);
-            let overflow = (a ^ b) & (a ^ r) & sign != 0;
-            self.flags(r, size, Some(a < b), overflow);
-            r
-        }
-
-        fn condition(&self, c: ConditionCode) -> bool {
-            let f = |bit| self.rflags & bit != 0;
-            match c {
-                ConditionCode::e => f(ZF),
-                ConditionCode::ne => !f(ZF),
-                ConditionCode::b => f(CF),
-                ConditionCode::ae => !f(CF),
-                c => panic!("condition {c:?} not supported"),
-            }
-        }
-
-        /// Runs from `pc` until `stop`; panics on anything it does not know.
-        fn run(&mut self, mut pc: u64, stop: u64) {
-            for _ in 0..10_000_000 {
-                if pc == stop {
-                    return;
-                }
-                self.steps += 1;
-                let bytes = self.bytes(pc, 15);
-                let insn = Decoder::with_ip(64, &bytes, pc, DecoderOptions::NONE).decode();
-                assert!(!insn.is_invalid(), "invalid instruction at {pc:#x}");
-                pc = insn.next_ip();
-                let size = Self::size(&insn, 0);
-                match insn.mnemonic() {
-                    Mnemonic::Nop | Mnemonic::Pause => {}
-                    Mnemonic::Lea => {
-                        let a = self.address(&insn, 1);
-                        self.set(insn.op0_register(), a);
-                    }
-                    Mnemonic::Mov | Mnemonic::Movzx => {
-                        let v = self.operand(&insn, 1);
-                        self.store(&insn, v);
-                    }
-                    Mnemonic::Push => {
-                        let v = self.get(insn.op0_register());
-                        self.push(v);
-                    }
-                    Mnemonic::Pop => {
-                        let v = self.pop();
-                        self.set(insn.op0_register(), v);
-                    }
-                    Mnemonic::Pushfq => self.push(self.rflags),
-                    Mnemonic::Popfq => self.rflags = self.pop(),
-                    Mnemonic::Cmp => {
-                        let (a, b) = (self.operand(&insn, 0), self.operand(&insn, 1));
-                        self.sub_flags(a, b, size);
-                    }
-                    Mnemonic::Dec => {
-                        let a = self.operand(&insn, 0);
-                        let carry = self.rflags & CF;
-                        let r = self.sub_flags(a, 1, size);
-                        self.rflags = (self.rflags & !CF) | carry;
-                        self.store(&insn, r);
-                    }
-                    Mnemonic::Inc => {
-                        let a = self.operand(&insn, 0) & mask(size);
-                        let r = a.wrapping_add(1) & mask(size);
-                        self.flags(r, size, None, r == 1 << (8 * size - 1));
-                        self.store(&insn, r);
-                    }
-                    Mnemonic::Add => {
-                        let m = mask(size);
-                        let (a, b) = (self.operand(&insn, 0) & m, self.operand(&insn, 1) & m);
-                        let r = a.wrapping_add(b) & m;
-                        let sign = 1 << (8 * size - 1);
-                        self.flags(r, size, Some(r < a), (a ^ r) & (b ^ r) & sign != 0);
-                        self.store(&insn, r);
-                    }
-                    Mnemonic::And | Mnemonic::Test => {
-                        let r = self.operand(&insn, 0) & self.operand(&insn, 1);
-                        self.flags(r, size, Some(false), false);
-                        if insn.mnemonic() == Mnemonic::And {
-                            self.store(&insn, r);
-                        }
-                    }
-                    Mnemonic::Je | Mnemonic::Jne | Mnemonic::Jb | Mnemonic::Jae => {
-                        if self.condition(insn.condition_code()) {
-                            pc = insn.near_branch_target();
-                        }
-                    }
-                    Mnemonic::Jmp => pc = insn.near_branch_target(),
-                    Mnemonic::In => {
-                        assert_eq!(insn.op0_register(), Register::AL);
-                        let port = self.operand(&insn, 1) as u16;
-                        let v = self.port_in(port);
-                        self.set(Register::AL, u64::from(v));
-                    }
-                    Mnemonic::Out => {
-                        assert_eq!(insn.op1_register(), Register::AL);
-                        let port = self.operand(&insn, 0) as u16;
-                        let v = self.get(Register::AL) as u8;
-                        self.port_out(port, v);
-                    }
-                    Mnemonic::Vmcall | Mnemonic::Vmmcall => self.hypercall(),
-                    m => panic!("test cpu: {m:?} at {:#x} not supported", insn.ip()),
-                }
-            }
-            panic!("the code does not reach {stop:#x}");
+            Vmm::port_out(self, port, v);
         }
 
         /// Runs grt's loop over `text`.
@@ -965,7 +698,7 @@ mod tests {
             self.load(TEXT, text);
             self.set(Register::R8, TEXT);
             self.set(Register::RCX, TEXT + text.len() as u64);
-            self.run(GRT_ENTRY, GRT_EXIT);
+            self.run_memory(GRT_ENTRY, GRT_EXIT);
         }
 
         /// Writes a stub and swaps the site, as the policy does with `VmPatch`.
@@ -1035,8 +768,8 @@ mod tests {
         let text = text();
         let mut plain = Cpu::new();
         plain.print(&text);
-        assert!(plain.vmm.output == text);
-        assert_eq!(plain.vmm.io_exits, 2 * text.len() as u64);
+        assert!(plain.env.output == text);
+        assert_eq!(plain.env.io_exits, 2 * text.len() as u64);
 
         let mut cpu = Cpu::new();
         let lsr = plan_at(&cpu, GRT_IN, 0).unwrap();
@@ -1076,16 +809,16 @@ mod tests {
             "no newline at the end".len() as u64
         );
         cpu.drain();
-        assert!(cpu.vmm.output == text);
+        assert!(cpu.env.output == text);
         // No port exit at all; a flush per line and per full ring.
-        assert_eq!(cpu.vmm.io_exits, 0);
+        assert_eq!(cpu.env.io_exits, 0);
         let lines = text.iter().filter(|&&b| b == b'\n').count() as u64;
-        assert_eq!(cpu.vmm.flushes, lines + 2);
+        assert_eq!(cpu.env.flushes, lines + 2);
         // The same registers and flags as the unpatched loop.
         assert_eq!(cpu.gpr, plain.gpr);
         assert_eq!(cpu.rflags, plain.rflags);
         check_writes(&cpu, sp);
-        assert!((cpu.vmm.flushes as f64) / (text.len() as f64) < 0.1);
+        assert!((cpu.env.flushes as f64) / (text.len() as f64) < 0.1);
     }
 
     #[test]
@@ -1097,15 +830,15 @@ mod tests {
         cpu.patch(&thr);
         // The guest sets DLAB (a real exit; the VMM publishes the LCR word).
         cpu.port_out(COM1 + 3, 0x83);
-        cpu.vmm.io_exits = 0;
+        cpu.env.io_exits = 0;
         cpu.print(b"\x0c");
-        assert_eq!(cpu.vmm.divisor, 0x0c);
-        assert!(cpu.vmm.output.is_empty());
-        assert_eq!((cpu.vmm.io_exits, cpu.vmm.flushes), (1, 0));
+        assert_eq!(cpu.env.divisor, 0x0c);
+        assert!(cpu.env.output.is_empty());
+        assert_eq!((cpu.env.io_exits, cpu.env.flushes), (1, 0));
         cpu.port_out(COM1 + 3, 0x03);
         cpu.print(b"ok\n");
-        assert_eq!(cpu.vmm.output, b"ok\n");
-        assert_eq!((cpu.vmm.io_exits, cpu.vmm.flushes), (2, 1));
+        assert_eq!(cpu.env.output, b"ok\n");
+        assert_eq!((cpu.env.io_exits, cpu.env.flushes), (2, 1));
     }
 
     #[test]
@@ -1124,7 +857,7 @@ mod tests {
         // Appended at 0xff0 mod the capacity, the count then 0x7f1; the VMM clamps it.
         assert_eq!(cpu.read(ring + RING_DATA + 0x7f0, 1), u64::from(b'z'));
         assert_eq!(cpu.read(ring + RING_COUNT, 8), 0x7f1);
-        assert_eq!(cpu.vmm.io_exits, 0);
+        assert_eq!(cpu.env.io_exits, 0);
     }
 
     /// Loads `code` at 0x10_0100 followed by a jump to 0x10_0f00, plans the site at
@@ -1162,16 +895,16 @@ mod tests {
                 x.set(Register::RSI, u64::from(port));
                 x.set(Register::RAX, u64::from(b'A'));
             }
-            c.run(0x10_0100, 0x10_0f00);
-            reference.run(0x10_0100, 0x10_0f00);
-            assert_eq!(c.vmm.io_exits, exits, "port {port:#x}");
+            c.run_memory(0x10_0100, 0x10_0f00);
+            reference.run_memory(0x10_0100, 0x10_0f00);
+            assert_eq!(c.env.io_exits, exits, "port {port:#x}");
             assert_eq!(c.read(window().ring + RING_COUNT, 8), out.len() as u64);
             c.drain();
-            assert_eq!(c.vmm.output, out);
+            assert_eq!(c.env.output, out);
             assert_eq!(c.gpr, reference.gpr);
             assert_eq!(c.rflags, reference.rflags);
             if port == 0x80 {
-                assert_eq!(c.vmm.other_ports, [(0x80, b'A')]);
+                assert_eq!(c.env.other_ports, [(0x80, b'A')]);
             }
         }
         // in al, dx ; mov ecx, ebx ; mov ebx, ecx: the LSR load, or the port when DX differs
@@ -1182,8 +915,8 @@ mod tests {
             let mut c = cpu.clone();
             c.set(Register::RDX, u64::from(port));
             let before = c.clone();
-            c.run(0x10_0100, 0x10_0f00);
-            assert_eq!(c.vmm.io_exits, exits);
+            c.run_memory(0x10_0100, 0x10_0f00);
+            assert_eq!(c.env.io_exits, exits);
             assert_eq!(c.get(Register::AL), al);
             assert_eq!(c.rflags, before.rflags);
             assert_eq!(c.get(Register::RCX), before.get(Register::EBX));
