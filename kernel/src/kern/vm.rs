@@ -612,6 +612,14 @@ pub fn vm_read(k: &mut Kernel, me: ThreadId, space: SpaceId, a: [u64; 6]) -> Res
 
 /// The Vm, address, linear flag and length of a `VmPatch` / `VmRead` call, the Vm capability
 /// checked for `right`.
+/// The Vm that capability `sel` of `space` names, if it holds `right`.
+fn vm_cap(k: &Kernel, space: SpaceId, sel: u64, right: Rights) -> Result<VmId, Status> {
+    match k.caps.lookup(space, sel, right).map_err(Status::from)? {
+        Obj::Vm(vm) => Ok(*vm),
+        _ => Err(Status::WrongKind),
+    }
+}
+
 fn guest_range(
     k: &Kernel,
     space: SpaceId,
@@ -619,10 +627,7 @@ fn guest_range(
     right: Rights,
 ) -> Result<(VmId, u64, bool, usize), Status> {
     let [vm_sel, address, len_flags, ..] = a;
-    let vm = match k.caps.lookup(space, vm_sel, right).map_err(Status::from)? {
-        Obj::Vm(vm) => *vm,
-        _ => return Err(Status::WrongKind),
-    };
+    let vm = vm_cap(k, space, vm_sel, right)?;
     let linear = len_flags & vmabi::PATCH_VIRTUAL != 0;
     let len = len_flags & !vmabi::PATCH_VIRTUAL;
     if len == 0 || len > virt::patch::MAX_PATCH as u64 {
@@ -691,14 +696,7 @@ fn locate(
 /// shadow-mode Vm.
 pub fn vm_window(k: &mut Kernel, space: SpaceId, a: [u64; 6]) -> Result<u64, Status> {
     let [vm_sel, gla, gpa, pages, ..] = a;
-    let vm = match k
-        .caps
-        .lookup(space, vm_sel, Rights::PATCH)
-        .map_err(Status::from)?
-    {
-        Obj::Vm(vm) => *vm,
-        _ => return Err(Status::WrongKind),
-    };
+    let vm = vm_cap(k, space, vm_sel, Rights::PATCH)?;
     let v = k.vms.get_mut(vm).ok_or(Status::BadSelector)?;
     let Vm { nested, shadow, .. } = v;
     let s = shadow.as_deref_mut().ok_or(Status::BadArgument)?;
@@ -747,14 +745,7 @@ pub fn vm_window(k: &mut Kernel, space: SpaceId, a: [u64; 6]) -> Result<u64, Sta
 /// (`abi::vm::dmp_op`); needs PATCH.
 pub fn vm_dmp(k: &mut Kernel, space: SpaceId, a: [u64; 6]) -> Result<u64, Status> {
     let [vm_sel, op, arg, ..] = a;
-    let vm = match k
-        .caps
-        .lookup(space, vm_sel, Rights::PATCH)
-        .map_err(Status::from)?
-    {
-        Obj::Vm(vm) => *vm,
-        _ => return Err(Status::WrongKind),
-    };
+    let vm = vm_cap(k, space, vm_sel, Rights::PATCH)?;
     // The view covers guest RAM: up to the end of the highest mapping, in 2 MiB steps.
     let top = k
         .vm_mappings
@@ -1083,15 +1074,18 @@ fn shadow_exit(k: &mut Kernel, t: ThreadId, e: &hw::HwExit) -> ShadowExit {
         HwReason::Invlpg => Exit::Invlpg,
         _ => return ShadowExit::NotShadow,
     };
-    if vm.shadow.is_none() {
+    let Some(forward) = vm.shadow.as_ref().map(|s| s.forward) else {
         return ShadowExit::NotShadow;
+    };
+    // The descriptor tables only where they are used (this is the exit path): a CR3 load
+    // publishes the IDTR, and while faults are forwarded a flush maps what delivery needs.
+    let tables = forward || matches!(e.exit, HwReason::Cr(_));
+    let mut groups = mtd::GPRS | mtd::RIP | mtd::SEGMENTS;
+    if tables {
+        groups |= mtd::TABLES;
     }
     let mut w = [0u64; word::COUNT];
-    vcpu.hw.read(
-        &vcpu.ctx.gprs,
-        mtd::GPRS | mtd::RIP | mtd::SEGMENTS | mtd::TABLES,
-        &mut w,
-    );
+    vcpu.hw.read(&vcpu.ctx.gprs, groups, &mut w);
     if reason == Exit::Hypercall && w[word::GPRS] >= vmabi::hypercall::VMM_FIRST {
         // The VMM's hypercalls (DMP device stubs) go to it as ordinary exits.
         return ShadowExit::NotShadow;
@@ -1105,7 +1099,9 @@ fn shadow_exit(k: &mut Kernel, t: ThreadId, e: &hw::HwExit) -> ShadowExit {
     let Some(shadow) = shadow.as_mut() else {
         return ShadowExit::NotShadow;
     };
-    shadow.idtr = (w[word::IDTR_BASE], w[word::IDTR_LIMIT]);
+    if tables {
+        shadow.idtr = (w[word::IDTR_BASE], w[word::IDTR_LIMIT]);
+    }
     match e.exit {
         HwReason::Exception { vector: 14 } => {
             let error = (e.exception >> 32) as u32;
