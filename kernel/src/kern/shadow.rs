@@ -466,11 +466,7 @@ impl Shadow {
             error & WRITE != 0
         };
         if refused || user {
-            self.stats.guest_faults += 1;
-            return FaultOutcome::InjectPageFault {
-                address: la,
-                error: (error & !virt::shadow::walk::ErrorCode::RESERVED) | 1,
-            };
+            return self.protection_fault(la, error);
         }
         let page = (la - w.gla) & !0xfff;
         let gpa = w.gpa + page;
@@ -484,6 +480,15 @@ impl Shadow {
             Install::Installed
         );
         FaultOutcome::Resume { flush, page: None }
+    }
+
+    /// The protection fault a present page the access may not make gives (window and view).
+    fn protection_fault(&mut self, la: u64, error: u32) -> FaultOutcome {
+        self.stats.guest_faults += 1;
+        FaultOutcome::InjectPageFault {
+            address: la,
+            error: (error & !virt::shadow::walk::ErrorCode::RESERVED) | 1,
+        }
     }
 
     /// A #PF inside the DMP view: supervisor reads get the guest-physical page (read-only, NX);
@@ -500,11 +505,7 @@ impl Shadow {
         const WRITE: u32 = 1 << 1;
         const FETCH: u32 = 1 << 4;
         if error & (WRITE | FETCH) != 0 || user {
-            self.stats.guest_faults += 1;
-            return FaultOutcome::InjectPageFault {
-                address: la,
-                error: (error & !virt::shadow::walk::ErrorCode::RESERVED) | 1,
-            };
+            return self.protection_fault(la, error);
         }
         let gpa = (la - v.gla) & !0xfff;
         if physical_to_host(nested, gpa).is_none() {

@@ -1123,14 +1123,7 @@ fn shadow_exit(k: &mut Kernel, t: ThreadId, e: &hw::HwExit) -> ShadowExit {
                     );
                 }
                 FaultOutcome::InjectGeneralProtection => inject_gp(&mut vcpu.hw),
-                FaultOutcome::MemoryFault { gpa, write } => {
-                    let access = if write {
-                        vmabi::access::WRITE
-                    } else {
-                        vmabi::access::READ
-                    };
-                    return ShadowExit::Deliver(Exit::MemoryFault, gpa, access);
-                }
+                FaultOutcome::MemoryFault { gpa, write } => return memory_fault(gpa, write),
             }
             ShadowExit::Handled
         }
@@ -1237,19 +1230,22 @@ fn forwarded_fault(
         FaultOutcome::InjectGeneralProtection => {
             w[g] = vmabi::hypercall::GUEST_FAULT;
         }
-        FaultOutcome::MemoryFault { gpa, write } => {
-            // Not RAM (MMIO or beyond): the VMM's business. The exit reports the stub's RIP.
-            let access = if write {
-                vmabi::access::WRITE
-            } else {
-                vmabi::access::READ
-            };
-            return ShadowExit::Deliver(Exit::MemoryFault, gpa, access);
-        }
+        // Not RAM (MMIO or beyond): the VMM's business. The exit reports the stub's RIP.
+        FaultOutcome::MemoryFault { gpa, write } => return memory_fault(gpa, write),
     }
     w[word::RIP] = w[word::RIP].wrapping_add(len);
     vcpu.hw.write(&mut vcpu.ctx.gprs, mtd::GPRS | mtd::RIP, w);
     ShadowExit::Handled
+}
+
+/// The VMM's memory-fault exit for guest-physical `gpa`.
+fn memory_fault(gpa: u64, write: bool) -> ShadowExit {
+    let access = if write {
+        vmabi::access::WRITE
+    } else {
+        vmabi::access::READ
+    };
+    ShadowExit::Deliver(Exit::MemoryFault, gpa, access)
 }
 
 /// MOV to CR`cr` of `value` by the guest (message words `w` hold its registers).
