@@ -107,10 +107,23 @@ pub enum Syscall {
     /// `VmDmp(vm, op, arg)`: DMP controls of a Vm (`crate::vm::dmp_op`: the guest-physical view,
     /// #PF forwarding); needs PATCH on the Vm.
     VmDmp = 26,
+    /// `which`: RDX = one kernel-memory figure ([`stats`]): the frame allocator's free frames,
+    /// the kernel heap's bytes in use, or the caller's own quota (used or limit). Global figures
+    /// are visible to every domain (a coarse covert channel this research kernel accepts; see
+    /// docs/abi.md); what they serve is the leak checks of the hostile experiments.
+    KernelStats = 27,
+}
+
+/// What [`Syscall::KernelStats`] reports.
+pub mod stats {
+    pub const FREE_FRAMES: u64 = 0;
+    pub const HEAP_USED: u64 = 1;
+    pub const QUOTA_USED: u64 = 2;
+    pub const QUOTA_LIMIT: u64 = 3;
 }
 
 /// Number of defined syscalls; every number at or above it returns `BadSyscall`.
-pub const COUNT: u64 = 27;
+pub const COUNT: u64 = 28;
 
 impl Syscall {
     pub const fn from_u64(v: u64) -> Option<Self> {
@@ -142,6 +155,7 @@ impl Syscall {
             24 => Self::VmWindow,
             25 => Self::VmRead,
             26 => Self::VmDmp,
+            27 => Self::KernelStats,
             _ => return None,
         })
     }

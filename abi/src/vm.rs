@@ -243,6 +243,10 @@ pub mod entry_error {
     pub const INVALID_GUEST_STATE: u64 = 1;
     /// The hardware reported a failure the kernel did not expect (VMfail, VMEXIT_INVALID).
     pub const HARDWARE: u64 = 2;
+    /// The kernel refused to enter: the hardware state would not confine the guest to its
+    /// Vm (shadow mode without the shadow root and long-mode paging loaded, or nested paging
+    /// off). Qualification 1 names the broken rule (`virt::confine::Breach`).
+    pub const UNCONFINED: u64 = 3;
 }
 
 /// Access bits of [`Exit::MemoryFault`] qualification 1.
@@ -307,6 +311,24 @@ pub mod mtd {
     pub const ALL: u64 = (1 << 7) - 1;
     /// Reply only: stop the vCPU for good (it never runs again).
     pub const STOP: u64 = 1 << 63;
+}
+
+/// The message words a reply with `mask` must carry: up to the highest group it names (the
+/// kernel refuses a shorter reply and never reads words beyond a reply's length).
+pub fn reply_len(mask: u64) -> usize {
+    let groups: [(u64, usize); 7] = [
+        (mtd::MSRS, word::DR7 + 1),
+        (mtd::INJECT, word::INTERRUPTIBILITY + 1),
+        (mtd::TABLES, word::IDTR_LIMIT + 1),
+        (mtd::SEGMENTS, word::SEGMENTS + 16),
+        (mtd::CONTROL, word::EFER + 1),
+        (mtd::RIP, word::RFLAGS + 1),
+        (mtd::GPRS, word::GPRS + 16),
+    ];
+    groups
+        .iter()
+        .find(|(bit, _)| mask & bit != 0)
+        .map_or(word::MASK + 1, |&(_, len)| len)
 }
 
 /// A segment register in the neutral form: `selector | attributes << 16 | limit << 32` in one

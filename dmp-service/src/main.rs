@@ -82,7 +82,10 @@ fn main(start: Start) -> ! {
         utcb.set_cap_recv(VM_BASE + guests.len() as u64);
         let badge = match utcb.reply_wait(ATTACH) {
             Ok(b) => b,
-            Err(_) => {
+            Err(e) => {
+                // Never send the refused reply again: an empty one (mask 0 for an exit) changes
+                // nothing and is always accepted, so the loop cannot spin on one caller.
+                rt::println!(&mut utcb, "dmp-service: reply refused ({e}); answering empty");
                 utcb.set_msg(0, &[]);
                 continue;
             }

@@ -199,8 +199,13 @@ impl Kernel {
     /// A caller's call ends without a reply.
     pub fn abort_call(&mut self, caller: ThreadId) {
         let faulted = self.threads.get(caller).is_some_and(|c| c.faulted);
+        let vcpu = self.threads.get(caller).is_some_and(|c| c.vcpu.is_some());
         if faulted {
             log::warn!("thread {caller:?}: fault handler gone; thread ended");
+            self.kill(caller);
+        } else if vcpu {
+            // An exit nobody answered must not be entered as if it had been handled.
+            crate::println!("kernel: vCPU {caller:?}: its exit handler is gone; vCPU stopped");
             self.kill(caller);
         } else {
             self.set_result(caller, Status::Aborted, 0);

@@ -226,6 +226,18 @@ impl Shadow {
     /// The VMM set the guest's control registers (start-up, or a reply with the control
     /// group): checks them, starts from empty shadow tables and returns the hardware values.
     pub fn load(&mut self, cr0: u64, cr3: u64, cr4: u64, efer: u64) -> Result<HwControl, CrError> {
+        self.preview(cr0, cr4, efer)?;
+        self.cr0 = cr0;
+        self.cr4 = cr4;
+        self.efer = efer;
+        self.cr3 = cr3;
+        self.flush();
+        Ok(self.hardware())
+    }
+
+    /// What [`Shadow::load`] would answer, changing nothing (the CR3 is the current root's;
+    /// the load may pick another frame, which the hardware checks do not care about).
+    pub fn preview(&self, cr0: u64, cr4: u64, efer: u64) -> Result<HwControl, CrError> {
         if cr0 & HIGH != 0 || cr4 & HIGH != 0 || cr4 & CR4_REFUSED != 0 {
             return Err(CrError::GeneralProtection);
         }
@@ -235,12 +247,20 @@ impl Shadow {
         if !long {
             return Err(CrError::Unsupported);
         }
-        self.cr0 = cr0;
-        self.cr4 = cr4;
-        self.efer = efer;
-        self.cr3 = cr3;
-        self.flush();
-        Ok(self.hardware())
+        Ok(HwControl {
+            cr0: cr0 | CR0_WP,
+            cr3: self.vtlb.root().unwrap_or(0),
+            cr4,
+        })
+    }
+
+    /// The root the hardware must run this Vm's vCPUs on: none until the VMM loaded a
+    /// long-mode control state (`load`), the vTLB's current root after.
+    pub fn hardware_root(&self) -> Option<u64> {
+        if self.cr0 & CR0_PG == 0 {
+            return None;
+        }
+        self.vtlb.root()
     }
 
     /// The guest's view of control register `cr` (MOV from CRn).

@@ -95,7 +95,21 @@ fn handle(
         Syscall::VmWindow => vm::vm_window(k, space, a),
         Syscall::VmRead => vm::vm_read(k, me, space, a),
         Syscall::VmDmp => vm::vm_dmp(k, space, a),
+        Syscall::KernelStats => kernel_stats(k, my_pd, a[0]),
     }
+}
+
+/// `kernel_stats(which)`: one figure of `abi::syscall::stats`.
+fn kernel_stats(k: &Kernel, my_pd: PdId, which: u64) -> Result<u64, Status> {
+    use abi::syscall::stats;
+    let quota = k.pds.get(my_pd).ok_or(Status::BadSelector)?.quota;
+    Ok(match which {
+        stats::FREE_FRAMES => crate::mem::frames::stats().0 as u64,
+        stats::HEAP_USED => crate::mem::heap::stats().0 as u64,
+        stats::QUOTA_USED => quota.used(),
+        stats::QUOTA_LIMIT => quota.limit(),
+        _ => return Err(Status::BadArgument),
+    })
 }
 
 /// Checks that `sel` is a free slot of `space` before an object is made for it.

@@ -15,6 +15,7 @@ use abi::utcb::{MsgTag, MSG_WORDS};
 use abi::vm::{self as vmabi, inject, mtd, word, Exit, EXIT_COUNT};
 use abi::{Rights, Status};
 use cap::SpaceId;
+use virt::confine::{self, Breach, Expected};
 use virt::decode;
 use virt::ept::Access;
 use virt::exit::{CrAccess, Exit as HwReason};
@@ -92,6 +93,8 @@ pub struct Vcpu {
     /// exits: before the next entry, apply the controls and map what the guest needs to take a
     /// fault (`Shadow::prefill_critical`).
     pub resync: bool,
+    /// The exit whose reply the vCPU waits for (or last waited for).
+    pub answering: Exit,
 }
 
 impl Drop for Vcpu {
@@ -358,6 +361,7 @@ pub fn create_vcpu(
         hypercalls: false,
         forwarding: false,
         resync: false,
+        answering: Exit::Startup,
     });
     let t = k.threads.insert(Thread {
         pd: my_pd,
@@ -857,7 +861,7 @@ pub fn ready_to_enter(k: &mut Kernel, t: ThreadId) -> bool {
     } else {
         None
     };
-    match synthetic {
+    let enter = match synthetic {
         Some(reason) => {
             vcpu.exit_tsc = crate::arch::cpu::rdtsc();
             deliver_exit(k, t, reason, 0, 0, 0);
@@ -873,6 +877,28 @@ pub fn ready_to_enter(k: &mut Kernel, t: ThreadId) -> bool {
             true
         }
         None => true,
+    };
+    if !enter {
+        return false;
+    }
+    match confinement(k, t) {
+        Ok(()) => true,
+        Err(breach) => {
+            // Never entered: the VMM learns why, as from a failed entry.
+            log::warn!("vm: vCPU {t:?} not entered: its state would not confine it ({breach:?})");
+            if let Some(vcpu) = k.threads.get_mut(t).and_then(|t| t.vcpu.as_mut()) {
+                vcpu.exit_tsc = crate::arch::cpu::rdtsc();
+            }
+            deliver_exit(
+                k,
+                t,
+                Exit::EntryFailure,
+                vmabi::entry_error::UNCONFINED,
+                breach as u64,
+                0,
+            );
+            false
+        }
     }
 }
 
@@ -915,6 +941,9 @@ fn deliver_profile(k: &mut Kernel, t: ThreadId) -> bool {
     msg.write(0, MsgTag::new(vmabi::EXIT_LABEL, count, false).0);
     for (i, w) in words[..count].iter().enumerate() {
         msg.write(8 + i, *w);
+    }
+    if let Some(vcpu) = k.threads.get_mut(t).and_then(|t| t.vcpu.as_mut()) {
+        vcpu.answering = Exit::Profile;
     }
     match ipc::send_exit(k, t, portal) {
         Ok(()) => true,
@@ -1399,6 +1428,21 @@ pub fn deliver_exit(k: &mut Kernel, t: ThreadId, reason: Exit, qual0: u64, qual1
         k.kill(t);
         return;
     };
+    // An exit carries the guest's state and its reply changes it: only the VMM that made
+    // the vCPU (its domain's threads) may serve it, never a portal it merely may call.
+    let own = k.threads.get(t).map(|x| x.pd);
+    let handler = k.portals.get(portal).map(|p| p.handler);
+    if handler.and_then(|h| k.threads.get(h)).map(|h| h.pd) != own {
+        crate::println!(
+            "kernel: vCPU {t:?}: the exit portal for {} belongs to another domain; vCPU stopped",
+            reason.name()
+        );
+        k.kill(t);
+        return;
+    }
+    if let Some(vcpu) = k.threads.get_mut(t).and_then(|t| t.vcpu.as_mut()) {
+        vcpu.answering = reason;
+    }
     if let Err(status) = ipc::send_exit(k, t, portal) {
         crate::println!("kernel: exit of vCPU {t:?} not delivered ({status}); vCPU stopped");
         k.kill(t);
@@ -1407,17 +1451,40 @@ pub fn deliver_exit(k: &mut Kernel, t: ThreadId, reason: Exit, qual0: u64, qual1
 
 /// The VMM answered an exit of vCPU `vcpu_t`: checks its reply (in `handler`'s UTCB) and writes
 /// it into the vCPU. `Ok(false)`: the reply asked to stop the vCPU.
+///
+/// Only the reply's own words are read (its tag's count); a reply shorter than the groups its
+/// mask names is refused. Everything is checked before anything is written: a refused reply
+/// leaves the vCPU and its shadow state as they were.
 pub fn finish_exit(k: &mut Kernel, handler: ThreadId, vcpu_t: ThreadId) -> Result<bool, Status> {
     let Some(reply) = k.threads.get(handler).map(|h| h.utcb) else {
         return Err(Status::NoPartner);
     };
+    let answering = k
+        .threads
+        .get(vcpu_t)
+        .and_then(|t| t.vcpu.as_ref())
+        .ok_or(Status::NoPartner)?
+        .answering;
+    if answering == Exit::Profile {
+        // A profile message carries no vCPU state, so its reply changes nothing (it may come
+        // from another domain: the DMP service).
+        return Ok(true);
+    }
+    let count = MsgTag(reply.read(0))
+        .words()
+        .ok_or(Status::BadArgument)?
+        .min(word::COUNT);
     let mut w = [0u64; word::COUNT];
-    for (i, slot) in w.iter_mut().enumerate() {
+    for (i, slot) in w.iter_mut().enumerate().take(count) {
         *slot = reply.read(8 + i);
     }
     let mask = w[word::MASK];
     if mask & mtd::STOP != 0 {
         return Ok(false);
+    }
+    if count < vmabi::reply_len(mask) {
+        log::warn!("vm: reply refused: {count} words for mask {mask:#x}");
+        return Err(Status::BadArgument);
     }
     let Kernel { threads, vms, .. } = k;
     let vcpu = threads
@@ -1430,31 +1497,43 @@ pub fn finish_exit(k: &mut Kernel, handler: ThreadId, vcpu_t: ThreadId) -> Resul
     };
     validate(vcpu, shadow.as_deref(), mask, &w)?;
     // Shadow mode: the VMM sets the guest's own control registers; the hardware gets the
-    // shadow root and the forced bits instead.
-    let mut hardware = None;
-    if let (Some(s), true) = (shadow, mask & mtd::CONTROL != 0) {
-        let c = match s.load(w[word::CR0], w[word::CR3], w[word::CR4], w[word::EFER]) {
-            Ok(c) => c,
-            Err(e) => {
-                log::warn!("vm: reply refused: shadow mode cannot run this state ({e:?})");
-                return Err(Status::BadArgument);
-            }
-        };
-        w[word::CR0] = c.cr0;
-        w[word::CR3] = c.cr3;
-        w[word::CR4] = c.cr4;
-        vcpu.hw.check(mask, &w).map_err(|e| {
-            log::warn!("vm: reply refused: {} (mask {mask:#x})", e.0);
-            Status::BadArgument
-        })?;
+    // shadow root and the forced bits instead. Checked on the values the hardware would get,
+    // committed only once everything passed.
+    let control = match (shadow, mask & mtd::CONTROL != 0) {
+        (Some(s), true) => {
+            let c = s
+                .preview(w[word::CR0], w[word::CR4], w[word::EFER])
+                .map_err(|e| {
+                    log::warn!("vm: reply refused: shadow mode cannot run this state ({e:?})");
+                    Status::BadArgument
+                })?;
+            let mut hardware = w;
+            hardware[word::CR0] = c.cr0;
+            hardware[word::CR3] = c.cr3;
+            hardware[word::CR4] = c.cr4;
+            vcpu.hw.check(mask, &hardware).map_err(|e| {
+                log::warn!("vm: reply refused: {} (mask {mask:#x})", e.0);
+                Status::BadArgument
+            })?;
+            Some(s)
+        }
+        _ => None,
+    };
+    let guest = w;
+    vcpu.hw.write(&mut vcpu.ctx.gprs, mask, &w);
+    if let Some(s) = control {
+        let c = s
+            .load(
+                guest[word::CR0],
+                guest[word::CR3],
+                guest[word::CR4],
+                guest[word::EFER],
+            )
+            .map_err(|_| Status::BadArgument)?;
         if let Some(n) = nested {
             s.publish(n);
         }
-        hardware = Some((c, s.cr0, s.cr4));
-    }
-    vcpu.hw.write(&mut vcpu.ctx.gprs, mask, &w);
-    if let Some((c, cr0, cr4)) = hardware {
-        vcpu.hw.shadow_control(c.cr0, c.cr3, c.cr4, cr0, cr4);
+        vcpu.hw.shadow_control(c.cr0, c.cr3, c.cr4, s.cr0, s.cr4);
         vcpu.hw.flush_on_entry();
     }
     if mask & mtd::INJECT != 0 {
@@ -1469,6 +1548,26 @@ pub fn finish_exit(k: &mut Kernel, handler: ThreadId, vcpu_t: ThreadId) -> Resul
         }
     }
     Ok(true)
+}
+
+/// The last check before vCPU `t` is entered: its hardware state confines the guest to its Vm
+/// (`virt::confine`), whatever its VMM replied or failed to reply.
+fn confinement(k: &Kernel, t: ThreadId) -> Result<(), Breach> {
+    let vcpu = k
+        .threads
+        .get(t)
+        .and_then(|t| t.vcpu.as_ref())
+        .ok_or(Breach::NestedOff)?;
+    let v = k.vms.get(vcpu.vm).ok_or(Breach::NestedOff)?;
+    let expected = match v.shadow.as_deref() {
+        Some(s) => Expected::Shadow {
+            root: s.hardware_root(),
+        },
+        None => Expected::Nested {
+            root: v.nested.root(),
+        },
+    };
+    confine::check(expected, &vcpu.hw.paging())
 }
 
 /// The guest's own CR0, CR3 and CR4 in message words that hold the hardware's.

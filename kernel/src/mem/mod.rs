@@ -4,7 +4,7 @@
 
 pub mod direct;
 pub mod frames;
-mod heap;
+pub mod heap;
 pub mod paging;
 
 use core::fmt;

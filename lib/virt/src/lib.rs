@@ -9,6 +9,7 @@
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
+pub mod confine;
 pub mod decode;
 pub mod ept;
 pub mod exit;

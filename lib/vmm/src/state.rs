@@ -105,24 +105,7 @@ impl VcpuState {
     }
 }
 
-/// Message words a reply with transfer mask `mask` must carry: up to the last word of the highest
-/// group it names (at least the mask word itself).
-pub fn reply_len(mask: u64) -> usize {
-    use abi::vm::mtd;
-    let groups: [(u64, usize); 7] = [
-        (mtd::MSRS, word::DR7 + 1),
-        (mtd::INJECT, word::INTERRUPTIBILITY + 1),
-        (mtd::TABLES, word::IDTR_LIMIT + 1),
-        (mtd::SEGMENTS, word::SEGMENTS + 16),
-        (mtd::CONTROL, word::EFER + 1),
-        (mtd::RIP, word::RFLAGS + 1),
-        (mtd::GPRS, word::GPRS + 16),
-    ];
-    groups
-        .iter()
-        .find(|(bit, _)| mask & bit != 0)
-        .map_or(word::MASK + 1, |&(_, len)| len)
-}
+pub use abi::vm::reply_len;
 
 #[cfg(test)]
 mod tests {

@@ -231,3 +231,9 @@ pub fn console_write(bytes: &[u8]) -> Result<u64, Error> {
 pub fn carve(src: Sel, dest: Sel, first: u64, count: u64) -> Result<(), Error> {
     safe(Syscall::Carve, [src, dest, first, count, 0, 0]).map(drop)
 }
+
+/// One kernel-memory figure (`abi::syscall::stats`): free frames, heap bytes in use, or this
+/// domain's quota (used, limit).
+pub fn kernel_stats(which: u64) -> Result<u64, Error> {
+    safe(Syscall::KernelStats, [which, 0, 0, 0, 0, 0])
+}

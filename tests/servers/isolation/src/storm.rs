@@ -103,7 +103,7 @@ const BOUNDARY_SELECTORS: [u64; 7] = [
 ];
 
 /// The defined syscalls the storm makes.
-pub const ALLOWED: [Syscall; 25] = [
+pub const ALLOWED: [Syscall; 26] = [
     Syscall::Call,
     Syscall::Reply,
     Syscall::ReplyWait,
@@ -129,6 +129,7 @@ pub const ALLOWED: [Syscall; 25] = [
     Syscall::VmWindow,
     Syscall::VmRead,
     Syscall::VmDmp,
+    Syscall::KernelStats,
 ];
 
 /// The generator.
@@ -266,6 +267,7 @@ impl Storm {
                 }
             }
             Syscall::Reply | Syscall::Yield | Syscall::ConsoleWrite => {}
+            Syscall::KernelStats => args[0] = self.rng.pick(&[0, 1, 2, 3, 4, u64::MAX]),
             Syscall::ThreadExit | Syscall::PowerOff => unreachable!("not in ALLOWED"),
         }
         Call {

@@ -306,6 +306,16 @@ impl HwVcpu {
         }
     }
 
+    /// The paging state the next entry would use: what decides whether the guest stays
+    /// inside its Vm (`virt::confine`).
+    pub fn paging(&self) -> virt::confine::HwPaging {
+        match self {
+            HwVcpu::Svm(v) => v.paging(),
+            HwVcpu::Vmx(v) => v.paging(),
+            HwVcpu::Empty => virt::confine::HwPaging::default(),
+        }
+    }
+
     /// The `abi::vm::other` kind of an exit the kernel forwards as `Exit::Other`.
     pub fn other_kind(&self, raw: u64) -> u64 {
         match self {

@@ -539,6 +539,19 @@ impl Vmcb {
         self.set8(TLB_CONTROL, 0);
     }
 
+    /// The paging state VMRUN would enter with (for `virt::confine::check`).
+    pub fn paging(&self) -> virt::confine::HwPaging {
+        let efer = self.get(S_EFER);
+        virt::confine::HwPaging {
+            nested_root: (self.get(NP_ENABLE) & 1 != 0).then(|| self.get(N_CR3)),
+            cr0: self.get(S_CR0),
+            cr3: self.get(S_CR3),
+            cr4: self.get(S_CR4),
+            efer,
+            long_mode: efer & (1 << 10) != 0,
+        }
+    }
+
     /// Checks the state VMRUN would see if the groups of `mask` were written from `w`
     /// (`virt::svm_state::check`), changing nothing.
     pub fn check(

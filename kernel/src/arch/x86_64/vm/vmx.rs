@@ -627,6 +627,27 @@ impl Vmcs {
         self.flush = true;
     }
 
+    /// The paging state the next VM entry would use (for `virt::confine::check`).
+    pub fn paging(&self) -> virt::confine::HwPaging {
+        self.load();
+        let proc = vmread(PROC_CONTROLS) as u32;
+        let secondary = if proc & PROC_SECONDARY != 0 {
+            vmread(SECONDARY_CONTROLS) as u32
+        } else {
+            0
+        };
+        let ept = secondary & SECONDARY_EPT != 0;
+        let entry = vmread(ENTRY_CONTROLS) as u32;
+        virt::confine::HwPaging {
+            nested_root: ept.then(|| vmread(EPT_POINTER) & !0xfff),
+            cr0: vmread(GUEST_CR0),
+            cr3: vmread(GUEST_CR3),
+            cr4: vmread(GUEST_CR4),
+            efer: vmread(GUEST_EFER),
+            long_mode: entry & ENTRY_IA32E != 0,
+        }
+    }
+
     pub fn shadow_control(
         &mut self,
         cr0: u64,
