@@ -85,7 +85,10 @@ fn main(start: Start) -> ! {
             Err(e) => {
                 // Never send the refused reply again: an empty one (mask 0 for an exit) changes
                 // nothing and is always accepted, so the loop cannot spin on one caller.
-                rt::println!(&mut utcb, "dmp-service: reply refused ({e}); answering empty");
+                rt::println!(
+                    &mut utcb,
+                    "dmp-service: reply refused ({e}); answering empty"
+                );
                 utcb.set_msg(0, &[]);
                 continue;
             }

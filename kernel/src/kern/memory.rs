@@ -116,7 +116,20 @@ pub fn map(k: &mut Kernel, space: SpaceId, args: [u64; 6]) -> Result<(), Status>
     if pages == 0 || last > total {
         return Err(Status::BadArgument);
     }
-    map_pages(k, pd, virt, base + first * PAGE, pages, rights)?;
+    // The record lives in the kernel heap: the domain mapped into pays for it first.
+    k.mappings.try_reserve(1).map_err(|_| Status::OutOfMemory)?;
+    k.pds
+        .get_mut(pd)
+        .ok_or(Status::BadSelector)?
+        .quota
+        .charge(cost::MAP_RECORD)
+        .map_err(Status::from)?;
+    if let Err(e) = map_pages(k, pd, virt, base + first * PAGE, pages, rights) {
+        if let Some(d) = k.pds.get_mut(pd) {
+            d.quota.release(cost::MAP_RECORD);
+        }
+        return Err(e);
+    }
     k.mappings.push(MapRecord {
         pd,
         virt,
@@ -139,9 +152,11 @@ pub fn unmap_through(k: &mut Kernel, space: SpaceId, sel: u64) {
         !through
     });
     for m in gone {
+        end_threads_on_unmapped_utcbs(k, m.pd, m.virt, m.pages);
         let Some(domain) = k.pds.get_mut(m.pd) else {
             continue;
         };
+        domain.quota.release(cost::MAP_RECORD);
         let mut tables = QuotaTables {
             quota: &mut domain.quota,
             frames: &mut domain.table_frames,
@@ -153,6 +168,28 @@ pub fn unmap_through(k: &mut Kernel, space: SpaceId, sel: u64) {
                 .unmap(&mut tables, m.virt + page * PAGE, PageSize::Size4K);
         }
         k.forget_loaded(m.pd);
+    }
+}
+
+/// The kernel keeps the frame of every thread's UTCB: a thread of `pd` whose UTCB page lies in
+/// the `pages` unmapped from `virt` ends, so the kernel never reads or writes memory its domain
+/// lost (the page may already belong to someone else).
+fn end_threads_on_unmapped_utcbs(k: &mut Kernel, pd: PdId, virt: u64, pages: u64) {
+    let Some(domain) = k.pds.get(pd) else { return };
+    let orphans: Vec<ThreadId> = domain
+        .threads
+        .iter()
+        .copied()
+        .filter(|t| {
+            k.threads
+                .get(*t)
+                .and_then(|t| t.utcb_page)
+                .is_some_and(|page| page.wrapping_sub(virt) < pages * PAGE)
+        })
+        .collect();
+    for t in orphans {
+        crate::println!("kernel: thread {t:?}: its UTCB page was unmapped; thread ended");
+        k.kill(t);
     }
 }
 

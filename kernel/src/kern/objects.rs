@@ -85,6 +85,9 @@ pub mod cost {
     pub const VM: u64 = 1024;
     /// The thread, its VMCB or VMCS, its message frame and FPU area.
     pub const VCPU: u64 = 3 * 4096;
+    /// One remembered mapping (`Map` or `VmMap`), which lives in the kernel heap until the
+    /// capability it was made through goes.
+    pub const MAP_RECORD: u64 = 64;
 }
 
 /// A protection domain: a capability space, an address space and an I/O-port space.
@@ -132,6 +135,9 @@ pub struct Thread {
     pub badge: u64,
     /// The domain whose quota paid for the thread (none for init's first thread).
     pub charged_to: Option<PdId>,
+    /// The user address of its UTCB page (None for vCPUs, whose message frame is the
+    /// kernel's): when that page is unmapped, the thread ends.
+    pub utcb_page: Option<u64>,
     /// Set for vCPUs: the guest side (see `kern::vm`).
     pub vcpu: Option<Box<super::vm::Vcpu>>,
 }

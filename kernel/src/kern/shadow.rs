@@ -490,11 +490,17 @@ impl Shadow {
         }
         let page = (la - w.gla) & !0xfff;
         let gpa = w.gpa + page;
-        let Some(hpa) = physical_to_host(nested, gpa) else {
+        let Some((hpa, access)) = nested.translate(&DirectTables, gpa) else {
             return FaultOutcome::MemoryFault { gpa, write: false };
         };
+        if error & WRITE != 0 && !access.write {
+            // A scratch page on read-only backing: the guest's write is refused like any
+            // write to a read-only supervisor page.
+            return self.protection_fault(la, error);
+        }
         self.stats.fills += 1;
-        let pte = (hpa & !0xfff) | PRESENT | ACCESSED | DIRTY | window_rights(w, la, self.efer);
+        let rights = window_rights(w, la, self.efer, access.write);
+        let pte = (hpa & !0xfff) | PRESENT | ACCESSED | DIRTY | rights;
         let flush = !matches!(
             self.vtlb.install(&mut ShadowFrames, la & !0xfff, pte),
             Install::Installed
@@ -617,11 +623,12 @@ impl Shadow {
         use virt::shadow::bits::{ACCESSED, DIRTY, PRESENT};
         let Some(w) = self.window else { return };
         for page in 0..w.pages {
-            let Some(hpa) = physical_to_host(nested, w.gpa + page * 4096) else {
+            let Some((hpa, access)) = nested.translate(&DirectTables, w.gpa + page * 4096) else {
                 continue;
             };
             let la = w.gla + page * 4096;
-            let pte = (hpa & !0xfff) | PRESENT | ACCESSED | DIRTY | window_rights(w, la, self.efer);
+            let rights = window_rights(w, la, self.efer, access.write);
+            let pte = (hpa & !0xfff) | PRESENT | ACCESSED | DIRTY | rights;
             self.vtlb.install(&mut ShadowFrames, la, pte);
         }
     }
@@ -633,7 +640,10 @@ impl Shadow {
             WINDOW_CR3, WINDOW_IDTR_BASE, WINDOW_IDTR_LIMIT, WINDOW_RESERVED_MASK,
             WINDOW_VIEW_BASE, WINDOW_VIEW_SIZE,
         };
-        let Some(hpa) = self.window.and_then(|w| physical_to_host(nested, w.gpa)) else {
+        let Some(hpa) = self
+            .window
+            .and_then(|w| physical_to_host_writable(nested, w.gpa))
+        else {
             return;
         };
         let width = u32::from(self.features.maxphyaddr).clamp(32, 52);
@@ -712,11 +722,20 @@ pub fn physical_to_host(nested: &NestedTables, gpa: u64) -> Option<u64> {
     nested.translate(&DirectTables, gpa).map(|(hpa, _)| hpa)
 }
 
+/// The host-physical address of guest-physical `gpa` for a kernel write: only where the
+/// mapping was made with WRITE (the kernel never writes through a read-only capability).
+pub fn physical_to_host_writable(nested: &NestedTables, gpa: u64) -> Option<u64> {
+    nested
+        .translate(&DirectTables, gpa)
+        .and_then(|(hpa, access)| access.write.then_some(hpa))
+}
+
 /// The rights of window page `la` beyond present-supervisor-read: scratch pages are writable
 /// and (with EFER.NXE) not executable.
-fn window_rights(w: Window, la: u64, efer: u64) -> u64 {
+/// Scratch pages on read-only backing stay read-only.
+fn window_rights(w: Window, la: u64, efer: u64, backing_writable: bool) -> u64 {
     use virt::shadow::bits::{NO_EXECUTE, WRITABLE};
-    if !w.writable(la) {
+    if !w.writable(la) || !backing_writable {
         return 0;
     }
     WRITABLE | if efer & EFER_NXE != 0 { NO_EXECUTE } else { 0 }
@@ -807,6 +826,7 @@ impl HostMemory for GuestRam<'_> {
         Some(Backing {
             hpa: hpa & !0xfff,
             writable: access.write,
+            executable: access.execute,
         })
     }
 
@@ -817,6 +837,7 @@ impl HostMemory for GuestRam<'_> {
                 out[i] = Some(Backing {
                     hpa,
                     writable: access.write,
+                    executable: access.execute,
                 });
             });
     }

@@ -266,6 +266,7 @@ pub fn spawn(
         faulted: false,
         badge: 0,
         charged_to: None,
+        utcb_page: Some(utcb),
         vcpu: None,
     });
     if let Some(thread) = k.threads.get_mut(t) {
@@ -420,6 +421,7 @@ pub fn destroy_pd(k: &mut Kernel, pd: PdId) {
     for t in threads {
         k.kill(t);
     }
+    destroy_charged_to(k, pd);
     let mut removed = Vec::new();
     let _ = k.caps.destroy_space(space, &mut |r| removed.push(r));
     settle_removed(k, removed);
@@ -433,6 +435,63 @@ pub fn destroy_pd(k: &mut Kernel, pd: PdId) {
             let mut quota = domain.quota;
             quota.release(quota.used());
             parent.quota.join(quota);
+        }
+    }
+}
+
+/// Destroys every object `pd`'s quota paid for, wherever its capabilities are: objects die with
+/// the quota that paid for them, so destroying a domain can never hand its parent back room
+/// that live objects still use. Capabilities to them elsewhere go stale (`BadSelector`).
+fn destroy_charged_to(k: &mut Kernel, pd: PdId) {
+    let mut children = Vec::new();
+    k.pds.for_each(|id, d| {
+        if d.parent == Some(pd) {
+            children.push(id);
+        }
+    });
+    for child in children {
+        destroy_pd(k, child);
+    }
+    let mut vms = Vec::new();
+    k.vms.for_each(|id, v| {
+        if v.owner == pd {
+            vms.push(id);
+        }
+    });
+    for v in vms {
+        vm::destroy_vm(k, v);
+    }
+    let mut threads = Vec::new();
+    k.threads.for_each(|id, t| {
+        if t.charged_to == Some(pd) {
+            threads.push(id);
+        }
+    });
+    for t in threads {
+        k.kill(t);
+    }
+    let mut portals = Vec::new();
+    k.portals.for_each(|id, p| {
+        if p.owner == pd {
+            portals.push(id);
+        }
+    });
+    for p in portals {
+        k.abort_portal_callers(p);
+        k.portals.remove(p);
+    }
+    let mut sems = Vec::new();
+    k.sems.for_each(|id, s| {
+        if s.owner == pd {
+            sems.push(id);
+        }
+    });
+    for s in sems {
+        if let Some(sem) = k.sems.remove(s) {
+            for w in sem.waiters {
+                k.set_result(w, Status::Aborted, 0);
+                k.wake(w);
+            }
         }
     }
 }

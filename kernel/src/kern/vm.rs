@@ -21,6 +21,7 @@ use virt::ept::Access;
 use virt::exit::{CrAccess, Exit as HwReason};
 use virt::nested::{Format, NestedError, NestedTables};
 use virt::profile::ExitProfile;
+use virt::tags::{Held, TagSpace};
 
 use super::memory::QuotaTables;
 use super::objects::{cost, Obj, PdId, State, Thread, ThreadId};
@@ -42,8 +43,6 @@ pub struct Vm {
     pub backend: Backend,
     pub nested: NestedTables,
     pub table_frames: Vec<u64>,
-    /// ASID (SVM) or VPID (VMX).
-    pub tag: u16,
     pub vcpus: Vec<ThreadId>,
     /// Shadow mode: the vTLB (the nested tables then only record where guest memory lives).
     pub shadow: Option<Box<Shadow>>,
@@ -95,6 +94,8 @@ pub struct Vcpu {
     pub resync: bool,
     /// The exit whose reply the vCPU waits for (or last waited for).
     pub answering: Exit,
+    /// Its ASID or VPID (renewed before an entry when its generation is over).
+    pub tag: Held,
 }
 
 impl Drop for Vcpu {
@@ -105,29 +106,20 @@ impl Drop for Vcpu {
     }
 }
 
-/// ASIDs/VPIDs in use (bit n = tag n; tag 0 is the host's).
-static TAGS: spin::Mutex<[u64; 64]> = spin::Mutex::new([1; 64]);
+/// The CPU's ASIDs/VPIDs, handed out in generations (`virt::tags`): never exhausted.
+static TAGS: spin::Mutex<Option<TagSpace>> = spin::Mutex::new(None);
 
-fn alloc_tag() -> Option<u16> {
-    let limit = match hw::backend() {
-        Some(Backend::Svm) => hw::svm::asid_count().min(4096),
-        _ => 4096,
-    } as usize;
+/// A tag for a vCPU holding `held`, and whether it is fresh (flush its entries before use).
+fn refresh_tag(held: Option<Held>) -> (Held, bool) {
     let mut tags = TAGS.lock();
-    for i in 1..limit {
-        if tags[i / 64] & (1 << (i % 64)) == 0 {
-            tags[i / 64] |= 1 << (i % 64);
-            return Some(i as u16);
-        }
-    }
-    None
-}
-
-fn free_tag(tag: u16) {
-    let i = usize::from(tag);
-    if i != 0 {
-        TAGS.lock()[i / 64] &= !(1 << (i % 64));
-    }
+    let space = tags.get_or_insert_with(|| {
+        let limit = match hw::backend() {
+            Some(Backend::Svm) => hw::svm::asid_count().min(4096),
+            _ => 4096,
+        };
+        TagSpace::new(limit as u16)
+    });
+    space.refresh(held)
 }
 
 fn lookup_pd(k: &Kernel, space: SpaceId, sel: u64) -> Result<PdId, Status> {
@@ -188,15 +180,10 @@ pub fn create_vm(k: &mut Kernel, space: SpaceId, a: [u64; 6]) -> Result<u64, Sta
     };
     let charged = cost::VM + if shadowed { shadow_cost() } else { 0 };
     charge(k, payer, charged)?;
-    let Some(tag) = alloc_tag() else {
-        release(k, payer, charged);
-        return Err(Status::OutOfMemory);
-    };
     let shadow = if shadowed {
         match Shadow::new() {
             Some(s) => Some(Box::new(s)),
             None => {
-                free_tag(tag);
                 release(k, payer, charged);
                 return Err(Status::OutOfMemory);
             }
@@ -220,7 +207,6 @@ pub fn create_vm(k: &mut Kernel, space: SpaceId, a: [u64; 6]) -> Result<u64, Sta
     let nested = match nested {
         Ok(n) => n,
         Err(_) => {
-            free_tag(tag);
             release(k, payer, charged);
             return Err(Status::QuotaExceeded);
         }
@@ -230,7 +216,6 @@ pub fn create_vm(k: &mut Kernel, space: SpaceId, a: [u64; 6]) -> Result<u64, Sta
         backend,
         nested,
         table_frames,
-        tag,
         vcpus: Vec::new(),
         shadow,
         profile: Box::new(ExitProfile::new(0)),
@@ -278,14 +263,17 @@ pub fn report_profile(k: &mut Kernel, vm: VmId) {
     }
 }
 
-/// Ends a Vm: its vCPUs, its nested tables, its tag; its quota goes back.
+/// Ends a Vm: its vCPUs, its nested tables; its quota goes back.
 pub fn destroy_vm(k: &mut Kernel, vm: VmId) {
     let Some(v) = k.vms.get(vm) else { return };
     for t in v.vcpus.clone() {
         k.kill(t);
     }
+    let before = k.vm_mappings.len();
     k.vm_mappings.retain(|m| m.vm != vm);
+    let records = (before - k.vm_mappings.len()) as u64;
     if let Some(v) = k.vms.remove(vm) {
+        release(k, v.owner, cost::MAP_RECORD * records);
         for frame in &v.table_frames {
             frames::free(*frame, 1);
         }
@@ -295,7 +283,6 @@ pub fn destroy_vm(k: &mut Kernel, vm: VmId) {
             v.owner,
             cost::VM + shadow + cost::PAGE_TABLE * v.table_frames.len() as u64,
         );
-        free_tag(v.tag);
     }
 }
 
@@ -313,11 +300,12 @@ pub fn create_vcpu(
     if priority > abi::syscall::MAX_PRIORITY || exit_base >= abi::CAP_SPACE_SLOTS {
         return Err(Status::BadArgument);
     }
-    let (backend, root, tag, count) = {
+    let (backend, root, count) = {
         let v = k.vms.get(vm).ok_or(Status::BadSelector)?;
         let root = (v.shadow.is_none()).then(|| v.nested.root());
-        (v.backend, root, v.tag, v.vcpus.len())
+        (v.backend, root, v.vcpus.len())
     };
+    let (tag, _) = refresh_tag(None);
     if count >= 1 {
         return Err(Status::BadArgument); // one vCPU per Vm: SMP guests are not supported yet
     }
@@ -330,7 +318,7 @@ pub fn create_vcpu(
         return fail(k, Status::OutOfMemory);
     };
     direct::zero_frame(message_frame);
-    let Some(hw) = HwVcpu::new(backend, root, tag) else {
+    let Some(hw) = HwVcpu::new(backend, root, tag.tag) else {
         frames::free(message_frame, 1);
         return fail(k, Status::OutOfMemory);
     };
@@ -362,6 +350,7 @@ pub fn create_vcpu(
         forwarding: false,
         resync: false,
         answering: Exit::Startup,
+        tag,
     });
     let t = k.threads.insert(Thread {
         pd: my_pd,
@@ -373,6 +362,7 @@ pub fn create_vcpu(
         faulted: false,
         badge: 0,
         charged_to: Some(payer),
+        utcb_page: None,
         vcpu: Some(vcpu),
     });
     if let Some(thread) = k.threads.get_mut(t) {
@@ -429,6 +419,12 @@ pub fn vm_map(k: &mut Kernel, space: SpaceId, a: [u64; 6]) -> Result<u64, Status
         execute: rights.contains(Rights::EXEC),
     };
     let owner = k.vms.get(vm).ok_or(Status::BadSelector)?.owner;
+    // The record that undoes this mapping lives in the kernel heap: the Vm's owner pays for it
+    // first, and the heap must have room (a refusal, never an allocation failure).
+    k.vm_mappings
+        .try_reserve(1)
+        .map_err(|_| Status::OutOfMemory)?;
+    charge(k, owner, cost::MAP_RECORD)?;
     let mut result = Ok(());
     {
         let Kernel { vms, pds, .. } = k;
@@ -460,7 +456,10 @@ pub fn vm_map(k: &mut Kernel, space: SpaceId, a: [u64; 6]) -> Result<u64, Status
         }
     }
     flush_vm(k, vm);
-    result?;
+    if let Err(e) = result {
+        release(k, owner, cost::MAP_RECORD);
+        return Err(e);
+    }
     k.vm_mappings.push(VmMapRecord {
         vm,
         gpa,
@@ -539,6 +538,7 @@ pub fn unmap_through(k: &mut Kernel, space: SpaceId, sel: u64) {
             let Some(domain) = pds.get_mut(v.owner) else {
                 continue;
             };
+            domain.quota.release(cost::MAP_RECORD);
             let mut tables = QuotaTables {
                 quota: &mut domain.quota,
                 frames: &mut v.table_frames,
@@ -691,8 +691,12 @@ fn locate(
         address
     };
     // The range lies in one page (checked above for `address`; the translation keeps the page
-    // offset), so one host page backs it.
+    // offset), so one host page backs it. A write needs the mapping's WRITE right: the kernel
+    // never writes through a read-only capability.
     let hpa = shadow::physical_to_host(&v.nested, gpa).ok_or(Status::BadAddress)?;
+    if writing.is_some() && shadow::physical_to_host_writable(&v.nested, gpa).is_none() {
+        return Err(Status::NoRights);
+    }
     Ok((hpa, moved))
 }
 
@@ -725,6 +729,9 @@ pub fn vm_window(k: &mut Kernel, space: SpaceId, a: [u64; 6]) -> Result<u64, Sta
         for i in 0..pages {
             let page = gpa.checked_add(i * PAGE).ok_or(Status::BadAddress)?;
             shadow::physical_to_host(nested, page).ok_or(Status::BadAddress)?;
+            // The kernel writes the window's words into its first page, and scratch pages are
+            // guest-writable: only memory mapped with WRITE may back a window.
+            shadow::physical_to_host_writable(nested, page).ok_or(Status::NoRights)?;
         }
         let window = shadow::Window {
             gla,
@@ -880,6 +887,13 @@ pub fn ready_to_enter(k: &mut Kernel, t: ThreadId) -> bool {
     };
     if !enter {
         return false;
+    }
+    if let Some(vcpu) = k.threads.get_mut(t).and_then(|t| t.vcpu.as_mut()) {
+        let (tag, fresh) = refresh_tag(Some(vcpu.tag));
+        if fresh {
+            vcpu.tag = tag;
+            vcpu.hw.retag(tag.tag);
+        }
     }
     match confinement(k, t) {
         Ok(()) => true,

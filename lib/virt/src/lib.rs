@@ -20,4 +20,5 @@ pub mod profile;
 pub mod reply;
 pub mod shadow;
 pub mod svm_state;
+pub mod tags;
 pub mod vmx_controls;

@@ -95,6 +95,8 @@ fn fill_failed(e: FillError, access: Access) -> Resolution {
             write: access.kind == AccessKind::Write,
         },
         FillError::ReadOnly { gpa } => Resolution::MemoryFault { gpa, write: true },
+        // A fetch from memory mapped without EXEC: the VMM's memory fault (as a read).
+        FillError::NotExecutable { gpa } => Resolution::MemoryFault { gpa, write: false },
     }
 }
 
@@ -281,6 +283,7 @@ mod tests {
         );
         let host = Host {
             limit: 0x2000_0000,
+            no_exec: Vec::new(),
             read_only: vec![0x8000],
         };
         assert_eq!(

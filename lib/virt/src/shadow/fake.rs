@@ -150,6 +150,8 @@ impl GuestPhys for Guest {
 pub struct Host {
     pub limit: u64,
     pub read_only: Vec<u64>,
+    /// Pages mapped without the EXEC right.
+    pub no_exec: Vec<u64>,
 }
 
 impl Host {
@@ -157,6 +159,7 @@ impl Host {
         Self {
             limit: RAM,
             read_only: Vec::new(),
+            no_exec: Vec::new(),
         }
     }
 }
@@ -166,6 +169,7 @@ impl HostMemory for Host {
         (gpa < self.limit).then(|| Backing {
             hpa: gpa + HOST_OFFSET,
             writable: !self.read_only.contains(&gpa),
+            executable: !self.no_exec.contains(&gpa),
         })
     }
 }

@@ -34,6 +34,8 @@ pub struct Backing {
     pub hpa: u64,
     /// The guest may write the frame (false for pages the VMM lent read-only).
     pub writable: bool,
+    /// The guest may execute from the frame (false for pages mapped without EXEC).
+    pub executable: bool,
 }
 
 /// Where guest-physical pages live on the host; the kernel implements it over the Vm's memory
@@ -87,6 +89,8 @@ pub enum FillError {
     NotBacked { gpa: u64 },
     /// The access is a write and the backing is read-only.
     ReadOnly { gpa: u64 },
+    /// The access is an instruction fetch and the backing is not executable.
+    NotExecutable { gpa: u64 },
 }
 
 /// The shadow leaf for the 4 KiB piece of the page holding `t.gpa`, given the walk `t` that
@@ -119,10 +123,21 @@ pub fn shadow_leaf(t: &Translation, access: Access, paging: &Paging, backing: Ba
     if user {
         pte |= USER;
     }
-    if !executable && paging.nxe {
+    // The backing's EXEC right as EPT/NPT would enforce it; expressible only with EFER.NXE
+    // (without it `fill` still refuses the fetch that would fill the leaf).
+    if (!executable || !backing.executable) && paging.nxe {
         pte |= NO_EXECUTE;
     }
     pte
+}
+
+/// The refusal of `access` to `backing` of guest page `gpa`, if the backing forbids it.
+fn refused(access: Access, backing: Backing, gpa: u64) -> Option<FillError> {
+    match access.kind {
+        AccessKind::Write if !backing.writable => Some(FillError::ReadOnly { gpa }),
+        AccessKind::Execute if !backing.executable => Some(FillError::NotExecutable { gpa }),
+        _ => None,
+    }
 }
 
 /// The fill for `la` after the walk `t` that `access` made: looks up the backing of the 4 KiB
@@ -136,8 +151,8 @@ pub fn fill(
 ) -> Result<Fill, FillError> {
     let gpa = t.gpa & !0xfff;
     let backing = host.backing(gpa).ok_or(FillError::NotBacked { gpa })?;
-    if access.kind == AccessKind::Write && !backing.writable {
-        return Err(FillError::ReadOnly { gpa });
+    if let Some(e) = refused(access, backing, gpa) {
+        return Err(e);
     }
     Ok(Fill {
         la: la & !0xfff,
@@ -169,17 +184,27 @@ pub fn fill_region(
         host.backing_region(t.gpa & !REGION, &mut backings);
     }
     let own = backings[fault].ok_or(FillError::NotBacked { gpa })?;
-    if access.kind == AccessKind::Write && !own.writable {
-        return Err(FillError::ReadOnly { gpa });
+    if let Some(e) = refused(access, own, gpa) {
+        return Err(e);
     }
-    // Every piece has the same rights but for the backing's address and writability: two
-    // templates instead of 512 leaf computations (this runs on every region fault).
-    let template = |writable| shadow_leaf(t, access, paging, Backing { hpa: 0, writable });
-    let (writable, read_only) = (template(true), template(false));
+    // Every piece has the same rights but for the backing's address, writability and EXEC
+    // right: four templates instead of 512 leaf computations (this runs on every region fault).
+    let template = |writable, executable| {
+        let b = Backing {
+            hpa: 0,
+            writable,
+            executable,
+        };
+        shadow_leaf(t, access, paging, b)
+    };
+    let templates = [
+        [template(false, false), template(false, true)],
+        [template(true, false), template(true, true)],
+    ];
     let mut ptes = [0; 512];
     for (pte, b) in ptes.iter_mut().zip(backings) {
         if let Some(b) = b {
-            *pte = (b.hpa & ADDR) | if b.writable { writable } else { read_only };
+            *pte = (b.hpa & ADDR) | templates[usize::from(b.writable)][usize::from(b.executable)];
         }
     }
     Ok(RegionFill {
@@ -373,6 +398,7 @@ mod tests {
         let t = walk(&g, &p, LA, Access::user(AccessKind::Read)).unwrap();
         let ro = Host {
             limit: 0x4000_0000,
+            no_exec: Vec::new(),
             read_only: vec![0x5000],
         };
         let f = fill(&ro, &t, LA, Access::user(AccessKind::Read), &p).unwrap();
@@ -383,6 +409,7 @@ mod tests {
         );
         let none = Host {
             limit: 0x5000,
+            no_exec: Vec::new(),
             read_only: Vec::new(),
         };
         assert_eq!(
@@ -441,6 +468,7 @@ mod tests {
         assert_ne!(g.get(g.entry(LA2M, 2)) & DIRTY, 0);
         let host = Host {
             limit: RAM,
+            no_exec: Vec::new(),
             read_only: vec![GPA2M + 0x7000],
         };
         let r = fill_region(&host, &t, LA2M + 0x5000, write, &p).unwrap();
@@ -458,6 +486,7 @@ mod tests {
         // Backed below GPA2M + 0x10_0000 only.
         let host = Host {
             limit: GPA2M + 0x10_0000,
+            no_exec: Vec::new(),
             read_only: Vec::new(),
         };
         let r = fill_region(&host, &t, la, read, &g.paging()).unwrap();
@@ -474,6 +503,7 @@ mod tests {
         let p = g.paging();
         let host = Host {
             limit: GPA2M + 0x4_0000,
+            no_exec: Vec::new(),
             read_only: vec![GPA2M + 0x3_f000],
         };
         assert_eq!(
@@ -519,6 +549,30 @@ mod tests {
     }
 
     #[test]
+    fn exec_right_of_the_backing_is_kept() {
+        let g = Guest::new();
+        g.map(LA, 0x5000, PageSize::Size4K, [OPEN; 3], WRITABLE | USER);
+        let host = Host {
+            no_exec: vec![0x5000],
+            ..Host::all()
+        };
+        let fetch = Access::user(AccessKind::Execute);
+        let t = walk(&g, &g.paging(), LA, fetch).unwrap();
+        assert_eq!(
+            fill(&host, &t, LA, fetch, &g.paging()),
+            Err(FillError::NotExecutable { gpa: 0x5000 })
+        );
+        assert_eq!(
+            fill_region(&host, &t, LA, fetch, &g.paging()).map(|r| r.la),
+            Err(FillError::NotExecutable { gpa: 0x5000 })
+        );
+        let read = Access::user(AccessKind::Read);
+        let t = walk(&g, &g.paging(), LA, read).unwrap();
+        let leaf = fill(&host, &t, LA, read, &g.paging()).unwrap().pte;
+        assert_eq!(leaf & NO_EXECUTE != 0, g.paging().nxe);
+    }
+
+    #[test]
     fn region_of_a_4k_page_holds_only_the_faulting_piece() {
         let g = Guest::new();
         g.map(LA, 0x5000, PageSize::Size4K, [OPEN; 3], WRITABLE | USER);
@@ -548,6 +602,7 @@ mod tests {
                 *b = Some(Backing {
                     hpa: 0x9_0000_0000 + gpa_2m + (i << 12),
                     writable: i % 2 == 0,
+                    executable: i % 3 != 0,
                 });
             }
         }
@@ -566,6 +621,12 @@ mod tests {
             r.ptes[2] & (ADDR | WRITABLE),
             (0x9_0000_0000 + GPA2M + 0x2000) | WRITABLE
         );
+        // The EXEC right per piece: pieces 0 and 3 were lent without it.
+        if g.paging().nxe {
+            assert_ne!(r.ptes[0] & NO_EXECUTE, 0);
+            assert_eq!(r.ptes[1] & NO_EXECUTE, 0);
+            assert_ne!(r.ptes[3] & NO_EXECUTE, 0);
+        }
         // The provided method asks backing for each page in order.
         let mut out = [None; 512];
         Host::all().backing_region(GPA2M, &mut out);

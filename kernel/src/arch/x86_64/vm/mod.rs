@@ -306,6 +306,16 @@ impl HwVcpu {
         }
     }
 
+    /// Runs the guest under ASID/VPID `tag` from the next entry on, which first drops every
+    /// TLB entry the tag may still hold from another guest.
+    pub fn retag(&mut self, tag: u16) {
+        match self {
+            HwVcpu::Svm(v) => v.retag(tag),
+            HwVcpu::Vmx(v) => v.retag(tag),
+            HwVcpu::Empty => {}
+        }
+    }
+
     /// The paging state the next entry would use: what decides whether the guest stays
     /// inside its Vm (`virt::confine`).
     pub fn paging(&self) -> virt::confine::HwPaging {

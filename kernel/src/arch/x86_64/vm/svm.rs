@@ -539,6 +539,12 @@ impl Vmcb {
         self.set8(TLB_CONTROL, 0);
     }
 
+    /// A new ASID; the next VMRUN flushes the whole TLB (the ASID's global entries too).
+    pub fn retag(&mut self, asid: u16) {
+        self.set32(GUEST_ASID, u32::from(asid));
+        self.set8(TLB_CONTROL, TLB_FLUSH_ALL);
+    }
+
     /// The paging state VMRUN would enter with (for `virt::confine::check`).
     pub fn paging(&self) -> virt::confine::HwPaging {
         let efer = self.get(S_EFER);

@@ -627,6 +627,16 @@ impl Vmcs {
         self.flush = true;
     }
 
+    /// A new VPID (nested mode; shadow mode runs without one). The next entry invalidates the
+    /// EPT context, which drops every mapping derived from it under any VPID.
+    pub fn retag(&mut self, vpid: u16) {
+        if !self.shadow {
+            self.load();
+            vmwrite(VPID, u64::from(vpid));
+        }
+        self.flush = true;
+    }
+
     /// The paging state the next VM entry would use (for `virt::confine::check`).
     pub fn paging(&self) -> virt::confine::HwPaging {
         self.load();
