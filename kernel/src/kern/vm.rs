@@ -153,6 +153,9 @@ fn check_free(k: &Kernel, space: SpaceId, sel: u64) -> Result<(), Status> {
 }
 
 fn charge(k: &mut Kernel, pd: PdId, bytes: u64) -> Result<(), Status> {
+    if !crate::mem::heap::has_room(bytes) {
+        return Err(Status::OutOfMemory);
+    }
     k.pds
         .get_mut(pd)
         .ok_or(Status::BadSelector)?

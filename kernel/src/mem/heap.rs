@@ -52,3 +52,15 @@ pub fn stats() -> (usize, usize) {
     let heap = HEAP.lock();
     (heap.stats_alloc_actual(), heap.stats_total_bytes())
 }
+
+/// Heap bytes kept free for the kernel's own work: no domain's request may eat into them.
+const RESERVE: usize = 2 << 20;
+
+/// Whether `bytes` more can be allocated for a domain and leave the reserve free. Every quota
+/// charge asks, so a kernel allocation failure is never reachable from user space, even when
+/// the quotas handed out add up to more than the heap.
+pub fn has_room(bytes: u64) -> bool {
+    let (used, total) = stats();
+    let wanted = usize::try_from(bytes).unwrap_or(usize::MAX);
+    total.saturating_sub(used) >= wanted.saturating_add(RESERVE)
+}
