@@ -240,6 +240,14 @@ fn is_vcpu(k: &Kernel, t: ThreadId) -> bool {
     k.threads.get(t).is_some_and(|x| x.vcpu.is_some())
 }
 
+/// Whether `portal`'s handler waits for a call now (a vCPU's call would be taken at once).
+pub fn receiving(k: &Kernel, portal: PortalId) -> bool {
+    k.portals
+        .get(portal)
+        .and_then(|p| k.threads.get(p.handler))
+        .is_some_and(|h| matches!(h.state, State::Receiving(_)))
+}
+
 /// Sends an exit message, already in vCPU `t`'s message frame, to `portal`.
 pub fn send_exit(k: &mut Kernel, t: ThreadId, portal: PortalId) -> Result<(), Status> {
     send(k, t, portal)

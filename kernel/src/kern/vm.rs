@@ -930,6 +930,15 @@ fn deliver_profile(k: &mut Kernel, t: ThreadId) -> bool {
         Ok(Obj::Portal(p)) => *p,
         _ => return false,
     };
+    // Offered, never queued: the profile portal may be another domain's (the DMP service),
+    // which may be busy with another guest and then waits on a different portal; a queued
+    // vCPU would wait for it forever. Profiles are cumulative, so a skipped one costs nothing.
+    if !ipc::receiving(k, portal) {
+        return false;
+    }
+    let Some(vcpu) = k.threads.get_mut(t).and_then(|t| t.vcpu.as_mut()) else {
+        return false;
+    };
     vcpu.profile_sequence += 1;
     let sequence = vcpu.profile_sequence;
     let Some(v) = k.vms.get(vcpu.vm) else {

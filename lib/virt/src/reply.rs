@@ -120,6 +120,10 @@ pub fn check_event(event: u64, protected: bool, interruptible: bool) -> Result<(
 }
 
 #[cfg(test)]
+#[path = "reply_props.rs"]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

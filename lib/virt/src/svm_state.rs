@@ -99,6 +99,10 @@ pub fn check(s: &GuestState) -> Result<(), StateError> {
 }
 
 #[cfg(test)]
+#[path = "svm_state_props.rs"]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
