@@ -117,10 +117,17 @@ pub enum Event {
         at_patch: u64,
         now: u64,
     },
+    /// The site cooled: measured (`Count`), or out of a full table of hottest sites whose
+    /// coldest entry bounds its count (`AtMost`).
     Held {
         rip: u64,
         at_patch: u64,
-        now: u64,
+        now: Evidence,
+    },
+    /// A rollback was decided but the bytes could not be swapped back.
+    RollbackFailed {
+        rip: u64,
+        why: String,
     },
     /// Gate 14 (at guest-linear `gate`) now points at the fault stub instead of `handler`, and
     /// the kernel no longer intercepts #PF (`exits` page-fault exits so far).
@@ -146,6 +153,16 @@ pub enum Event {
         at_install: u64,
         now: u64,
     },
+}
+
+/// What a profile says of a patched site's exits now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Evidence {
+    /// The site is in the profile with this count.
+    Count(u64),
+    /// The site left the profile's full table of hottest sites: its count is at most the
+    /// coldest entry's (Space-Saving, `virt::profile`).
+    AtMost(u64),
 }
 
 #[derive(Clone, Debug)]
@@ -211,6 +228,21 @@ fn read_code(rip: u64, guest: &mut impl GuestAccess) -> Result<Vec<u8>, String> 
         .read(rip, true, &mut code)
         .map_err(|e| format!("code unreadable ({e:?})"))?;
     Ok(code)
+}
+
+/// Reads the patched range back: a patch is claimed only once the guest's bytes are the new
+/// ones (a kernel or service that reports success without writing is caught here).
+fn confirm(address: u64, new: &[u8], guest: &mut impl GuestAccess) -> Result<(), String> {
+    let mut now = vec![0u8; new.len()];
+    guest
+        .read(address, true, &mut now)
+        .map_err(|e| format!("patched bytes unreadable ({e:?})"))?;
+    if now != new {
+        return Err(format!(
+            "patch did not take at {address:#x}: {now:02x?} read back"
+        ));
+    }
+    Ok(())
 }
 
 /// Page-fault exits of a profile: the exact per-reason count, or the hot sites' sum if that is
@@ -300,26 +332,39 @@ impl GuestPolicy {
         events: &mut Vec<Event>,
     ) {
         let slack = self.config.slack;
+        // A site missing from a full table has at most the coldest entry's count; missing from
+        // a table that is not full, it says nothing (the table is cumulative: a patched site
+        // leaves it only by eviction).
+        let full = batch.sites.len() >= abi::profile::MAX_SITES;
+        let coldest = batch.sites.iter().map(|s| s.count).min();
         for p in self.patches.iter_mut().filter(|p| p.live) {
-            let Some(now) = batch
+            let found = batch
                 .sites
                 .iter()
                 .find(|s| s.rip == p.rip && s.exit() == Some(p.reason))
-                .map(|s| s.count)
-            else {
-                // Out of the hottest sites: cold now.
+                .map(|s| s.count);
+            let (now, evidence) = match (found, full, coldest) {
+                (Some(n), _, _) => (n, Evidence::Count(n)),
+                (None, true, Some(m)) => (m, Evidence::AtMost(m)),
+                _ => continue,
+            };
+            if now <= p.count_at_patch + slack {
                 if !p.verified {
                     p.verified = true;
                     events.push(Event::Held {
                         rip: p.rip,
                         at_patch: p.count_at_patch,
-                        now: p.count_at_patch,
+                        now: evidence,
                     });
                 }
                 continue;
+            }
+            let Evidence::Count(now) = evidence else {
+                // Only a bound, and not a low one: wait for a profile that says more.
+                continue;
             };
-            if now > p.count_at_patch + slack {
-                if guest.patch(p.address, true, &p.new, &p.expected).is_ok() {
+            match guest.patch(p.address, true, &p.new, &p.expected) {
+                Ok(()) => {
                     p.live = false;
                     events.push(Event::RolledBack {
                         rip: p.rip,
@@ -327,13 +372,13 @@ impl GuestPolicy {
                         now,
                     });
                 }
-            } else if !p.verified {
-                p.verified = true;
-                events.push(Event::Held {
+                // Busy: retried with the next profile, silently; anything else is logged (and
+                // retried too: the patch stays live).
+                Err(Failure::Busy) => {}
+                Err(e) => events.push(Event::RollbackFailed {
                     rip: p.rip,
-                    at_patch: p.count_at_patch,
-                    now,
-                });
+                    why: format!("{e:?}"),
+                }),
             }
         }
     }
@@ -640,6 +685,7 @@ impl GuestPolicy {
             Err(Failure::Busy) => return Ok(None),
             Err(e) => return Err(format!("site not patched ({e:?})")),
         }
+        confirm(up.plan.site, &up.plan.new, guest)?;
         self.patches.push(Patch {
             rip,
             address: up.plan.site,
@@ -713,6 +759,7 @@ impl GuestPolicy {
             }
             Err(e) => return Err(format!("site not patched ({e:?})")),
         }
+        confirm(rip, &plan.new, guest)?;
         self.patches.push(Patch {
             rip,
             address: rip,
@@ -751,10 +798,25 @@ impl core::fmt::Display for Event {
                 f,
                 "rolled back {rip:#x}: still hot ({at_patch} exits at the patch, {now} now)"
             ),
-            Event::Held { rip, at_patch, now } => write!(
+            Event::Held {
+                rip,
+                at_patch,
+                now: Evidence::Count(now),
+            } => write!(
                 f,
                 "patch at {rip:#x} holds ({at_patch} exits at the patch, {now} now)"
             ),
+            Event::Held {
+                rip,
+                at_patch,
+                now: Evidence::AtMost(now),
+            } => write!(
+                f,
+                "patch at {rip:#x} holds ({at_patch} exits at the patch, at most {now} now: out of the hottest sites)"
+            ),
+            Event::RollbackFailed { rip, why } => {
+                write!(f, "rollback of {rip:#x} failed ({why}); retried")
+            }
             Event::ForwardingFaults {
                 gate,
                 handler,
@@ -810,6 +872,10 @@ mod tests {
         forwarding: bool,
         /// Every `VmDmp` call.
         controls: Vec<(u64, u64)>,
+        /// A lying kernel: patches answer Ok and change nothing.
+        lie: bool,
+        /// Patches refused from now on (a rollback that cannot happen).
+        refuse_patches: bool,
     }
 
     impl Fake {
@@ -865,6 +931,12 @@ mod tests {
         ) -> Result<(), Failure> {
             if linear && core::mem::take(&mut self.busy_once) {
                 return Err(Failure::Busy);
+            }
+            if self.refuse_patches {
+                return Err(Failure::Refused);
+            }
+            if self.lie {
+                return Ok(());
             }
             let pa = self.phys(address, linear);
             if self.get(pa, expected.len()) != expected {
@@ -957,7 +1029,16 @@ mod tests {
         assert_eq!(p.live(), 1);
         // The next profile shows (almost) no new exits there: the patch holds.
         let ev = p.on_profile(&batch(&[(Exit::ControlRegister, SITE, 5010)]), &mut g);
-        assert!(matches!(&ev[..], [Event::Held { now: 5010, .. }]), "{ev:?}");
+        assert!(
+            matches!(
+                &ev[..],
+                [Event::Held {
+                    now: Evidence::Count(5010),
+                    ..
+                }]
+            ),
+            "{ev:?}"
+        );
         assert_eq!(p.live(), 1);
     }
 
@@ -1108,10 +1189,77 @@ mod tests {
             matches!(&ev[..], [Event::ForwardingHeld { at_install: 5000, now: 0 }, Event::Patched { stub: s, .. }] if *s == stub + slots * SLOT),
             "{ev:?}"
         );
-        // Page faults stay quiet: nothing more to say about them (the cold patch holds).
+        // Page faults stay quiet: nothing more to say about them, nor about the patch, which a
+        // table that is not full no longer lists (no evidence either way).
         let ev = p.on_profile(&faults(5050), &mut g);
-        assert!(matches!(&ev[..], [Event::Held { .. }]), "{ev:?}");
+        assert!(ev.is_empty(), "{ev:?}");
         assert!(p.forwarding());
+    }
+
+    /// A full table of other sites, the coldest with `coldest` exits.
+    fn full_table(coldest: u64) -> ProfileBatch {
+        let sites: Vec<(Exit, u64, u64)> = (0..abi::profile::MAX_SITES as u64)
+            .map(|i| (Exit::Cpuid, 0x50_0000 + i, coldest + i))
+            .collect();
+        batch(&sites)
+    }
+
+    #[test]
+    fn holds_only_on_evidence() {
+        let mut g = Fake::default();
+        g.put(SITE, &CODE);
+        let mut p = GuestPolicy::new(config());
+        p.on_profile(&batch(&[(Exit::ControlRegister, SITE, 5000)]), &mut g);
+        // Missing from a table that is not full: no claim.
+        let ev = p.on_profile(&batch(&[(Exit::Cpuid, 0x50_0000, 7000)]), &mut g);
+        assert!(ev.is_empty(), "{ev:?}");
+        // Missing from a full table whose coldest entry is far above the patch's count: no
+        // claim, and no rollback on a mere bound either.
+        let ev = p.on_profile(&full_table(90_000), &mut g);
+        assert!(ev.is_empty(), "{ev:?}");
+        assert_eq!(p.live(), 1);
+        // Missing from a full table whose coldest entry is within the slack: holds, with the
+        // bound said as a bound.
+        let ev = p.on_profile(&full_table(5001), &mut g);
+        let [e @ Event::Held {
+            now: Evidence::AtMost(5001),
+            ..
+        }] = &ev[..]
+        else {
+            panic!("{ev:?}")
+        };
+        assert!(e.to_string().contains("at most 5001 now"), "{e}");
+    }
+
+    #[test]
+    fn a_patch_that_did_not_take_is_not_claimed() {
+        let mut g = Fake {
+            lie: true,
+            ..Fake::default()
+        };
+        g.put(SITE, &CODE);
+        let mut p = GuestPolicy::new(config());
+        let ev = p.on_profile(&batch(&[(Exit::ControlRegister, SITE, 5000)]), &mut g);
+        let [Event::NotPatched { why, .. }] = &ev[..] else {
+            panic!("{ev:?}")
+        };
+        assert!(why.contains("did not take"), "{why}");
+        assert_eq!(p.live(), 0);
+    }
+
+    #[test]
+    fn a_failed_rollback_is_said() {
+        let mut g = Fake::default();
+        g.put(SITE, &CODE);
+        let mut p = GuestPolicy::new(config());
+        p.on_profile(&batch(&[(Exit::ControlRegister, SITE, 5000)]), &mut g);
+        g.refuse_patches = true;
+        let ev = p.on_profile(&batch(&[(Exit::ControlRegister, SITE, 9000)]), &mut g);
+        assert!(
+            matches!(&ev[..], [Event::RollbackFailed { rip: SITE, .. }]),
+            "{ev:?}"
+        );
+        assert_eq!(p.live(), 1);
     }
 
     #[test]
