@@ -21,3 +21,25 @@ pub const BOCHS_SHUTDOWN_PORT: u16 = 0x8900;
 pub const SUCCESS_LINE: &str = "poweroff: success";
 /// Prefix of the last serial line of a system that failed; a reason follows.
 pub const FAILURE_LINE: &str = "poweroff: failure";
+
+/// Whether a line (from its first byte) would read as the kernel's power-off line. Only the
+/// kernel may print such a line: the serial driver marks every client line for which this holds,
+/// and the build tool accepts [`SUCCESS_LINE`] only as a whole line, so no server or guest can
+/// end a run with a success it did not have.
+pub fn imitates_poweroff(line: &[u8]) -> bool {
+    line.starts_with(b"poweroff:")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poweroff_imitations() {
+        assert!(imitates_poweroff(SUCCESS_LINE.as_bytes()));
+        assert!(imitates_poweroff(b"poweroff: failure whatever"));
+        assert!(imitates_poweroff(b"poweroff:"));
+        assert!(!imitates_poweroff(b"[guest] poweroff: success"));
+        assert!(!imitates_poweroff(b"poweroff"));
+    }
+}

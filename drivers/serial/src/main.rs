@@ -11,6 +11,10 @@
 //! semaphore and checks, with the UART's transmitter-empty interrupt, that the interrupt arrives;
 //! it prints the result (`serial: IRQ 4 delivered` or why not). Output stays polled: a line of
 //! log text is short, and polling keeps the driver simple. Nothing in the system reads input.
+//!
+//! Client text is written a line at a time ([`Lines`]): a line that would read as the kernel's
+//! power-off line (`abi::exit::imitates_poweroff`) gets `serial: forged ` in front, so only the
+//! kernel can end a run's transcript with `poweroff: success`.
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
@@ -60,8 +64,9 @@ fn main(start: Start) -> ! {
         com1.write_str("serial: cannot register the log portal\n");
         fail(&mut utcb, "register", e)
     }
+    let mut lines = Lines::new();
     let result = rt::ipc::serve(&mut utcb, LOG, RECV, |utcb, _badge| {
-        handle(utcb, &mut com1);
+        handle(utcb, &mut com1, &mut lines);
         Next::Reply
     });
     com1.write_str("serial: log portal gone; stopping\n");
@@ -95,7 +100,7 @@ fn check_irq(utcb: &mut Utcb, com1: &mut uart::Uart) {
 }
 
 /// Handles one request on `log`, leaving the reply in the UTCB.
-fn handle(utcb: &mut Utcb, com1: &mut uart::Uart) {
+fn handle(utcb: &mut Utcb, com1: &mut uart::Uart, lines: &mut Lines) {
     if utcb.cap_received() {
         let _ = syscall::revoke(RECV, true);
     }
@@ -103,7 +108,7 @@ fn handle(utcb: &mut Utcb, com1: &mut uart::Uart) {
         let mut buf: rt::wire::Buf = [0; rt::wire::MAX_BYTES];
         match utcb.payload::<&str>(&mut buf) {
             Ok(text) => {
-                com1.write_str(text);
+                lines.write(text, com1);
                 Status::Ok
             }
             Err(_) => Status::BadArgument,
@@ -112,6 +117,44 @@ fn handle(utcb: &mut Utcb, com1: &mut uart::Uart) {
         Status::BadArgument
     };
     utcb.set_status(status);
+}
+
+/// Client output, collected into whole lines before it reaches the UART (clients may send a
+/// line in pieces).
+struct Lines {
+    buf: [u8; LINE_MAX],
+    len: usize,
+}
+
+/// A longer line is written in pieces of this size (each judged as a line start).
+const LINE_MAX: usize = 512;
+
+impl Lines {
+    const fn new() -> Lines {
+        Lines {
+            buf: [0; LINE_MAX],
+            len: 0,
+        }
+    }
+
+    fn write(&mut self, text: &str, com1: &mut uart::Uart) {
+        for &byte in text.as_bytes() {
+            self.buf[self.len] = byte;
+            self.len += 1;
+            if byte == b'\n' || self.len == LINE_MAX {
+                self.flush(com1);
+            }
+        }
+    }
+
+    fn flush(&mut self, com1: &mut uart::Uart) {
+        let line = &self.buf[..self.len];
+        if abi::exit::imitates_poweroff(line) {
+            com1.write_bytes(b"serial: forged ");
+        }
+        com1.write_bytes(line);
+        self.len = 0;
+    }
 }
 
 fn fail(utcb: &mut Utcb, what: &str, error: rt::Error) -> ! {

@@ -79,7 +79,12 @@ impl Uart {
 
     /// Writes `text`, `\n` as `\r\n`.
     pub fn write_str(&mut self, text: &str) {
-        for &byte in text.as_bytes() {
+        self.write_bytes(text.as_bytes());
+    }
+
+    /// Writes `bytes`, `\n` as `\r\n`.
+    pub fn write_bytes(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
             if byte == b'\n' {
                 self.put(b'\r');
             }

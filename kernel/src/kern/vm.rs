@@ -84,6 +84,8 @@ pub struct Vcpu {
     /// the messages' sequence number.
     pub unprofiled: u64,
     pub profile_sequence: u64,
+    /// The exit TSC when the last profile was due.
+    pub profile_tsc: u64,
     /// The kernel answers this vCPU's DMP hypercalls (`VcpuOp::Hypercalls`).
     pub hypercalls: bool,
     /// The hardware lets the guest's #PF through (its Vm's `Shadow::forward`).
@@ -349,6 +351,7 @@ pub fn create_vcpu(
         guest_tsc: 0,
         unprofiled: 0,
         profile_sequence: 0,
+        profile_tsc: crate::arch::cpu::rdtsc(),
         hypercalls: false,
         forwarding: false,
         resync: false,
@@ -877,9 +880,14 @@ pub fn ready_to_enter(k: &mut Kernel, t: ThreadId) -> bool {
             deliver_exit(k, t, reason, 0, 0, 0);
             false
         }
-        // Every PROFILE_PERIOD exits, whether or not anyone takes the message.
-        None if vcpu.unprofiled >= vmabi::PROFILE_PERIOD => {
+        // Every PROFILE_PERIOD exits (or PROFILE_TSC_PERIOD ticks with an exit), whether or not
+        // anyone takes the message.
+        None if vcpu.unprofiled >= vmabi::PROFILE_PERIOD
+            || (vcpu.unprofiled > 0
+                && vcpu.exit_tsc.wrapping_sub(vcpu.profile_tsc) >= vmabi::PROFILE_TSC_PERIOD) =>
+        {
             vcpu.unprofiled = 0;
+            vcpu.profile_tsc = vcpu.exit_tsc;
             !deliver_profile(k, t)
         }
         None if vcpu.resync => {

@@ -670,9 +670,11 @@ impl Monitor {
             out.push_str(" none");
         }
         out.push_str(&format!("; ignored port accesses {}", self.ports.ignored()));
+        let uart = self.ports.uart_state();
         out.push_str(&format!(
-            "; uart output {} bytes",
-            self.ports.uart_state().output_bytes()
+            "; uart output {} bytes, fnv-1a {:#018x}",
+            uart.output_bytes(),
+            uart.output_digest()
         ));
         if self.uart_window.is_some() {
             out.push_str(&format!(

@@ -381,7 +381,7 @@ fn summary_counts() {
     let mut m = monitor();
     assert_eq!(
         m.summary(),
-        "exits: none; ignored port accesses 0; uart output 0 bytes"
+        "exits: none; ignored port accesses 0; uart output 0 bytes, fnv-1a 0xcbf29ce484222325"
     );
     run(&mut m, &exit_msg(Exit::Startup, |_| {}));
     run(&mut m, &exit_msg(Exit::Cpuid, |_| {}));
@@ -389,7 +389,7 @@ fn summary_counts() {
     run(&mut m, &io(0x3f8, 1, false, u64::from(b'a')));
     assert_eq!(
         m.summary(),
-        "exits: startup 1, cpuid 2, io 1; ignored port accesses 0; uart output 1 bytes"
+        "exits: startup 1, cpuid 2, io 1; ignored port accesses 0; uart output 1 bytes, fnv-1a 0xaf63dc4c8601ec8c"
     );
 }
 
@@ -546,7 +546,7 @@ fn flush_hypercall_drains_the_ring() {
     assert!(r.stops());
     assert!(m
         .summary()
-        .ends_with("uart output 16 bytes (15 through the DMP ring, 1 flush hypercalls)"));
+        .ends_with("uart output 16 bytes, fnv-1a 0x5d781583a6ef96cd (15 through the DMP ring, 1 flush hypercalls)"));
 }
 
 #[test]

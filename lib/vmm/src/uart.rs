@@ -63,7 +63,13 @@ pub struct Uart {
     line_len: usize,
     /// Bytes output so far (THR writes that were output, not divisor or loopback data).
     output: u64,
+    /// FNV-1a of those bytes: what came out, byte for byte, whatever path it took (port
+    /// writes or the DMP ring), to compare across memory modes.
+    digest: u64,
 }
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0100_0000_01b3;
 
 impl Default for Uart {
     fn default() -> Self {
@@ -87,6 +93,7 @@ impl Uart {
             line: [0; LINE_BYTES],
             line_len: 0,
             output: 0,
+            digest: FNV_OFFSET,
         }
     }
 
@@ -174,8 +181,14 @@ impl Uart {
         self.output
     }
 
+    /// FNV-1a over every byte output so far.
+    pub fn output_digest(&self) -> u64 {
+        self.digest
+    }
+
     fn output(&mut self, byte: u8) -> bool {
         self.output += 1;
+        self.digest = (self.digest ^ u64::from(byte)).wrapping_mul(FNV_PRIME);
         if byte == b'\n' {
             if self.pending_len > 0 && self.pending[self.pending_len - 1] == b'\r' {
                 self.pending_len -= 1;
@@ -325,6 +338,7 @@ mod tests {
         // Loopback output never reaches the console, and the window's LCR says so.
         assert!(!u.flush());
         assert_eq!(u.output_bytes(), 0);
+        assert_eq!(u.output_digest(), FNV_OFFSET);
         assert_eq!(u.window_lcr(), 0x83);
         u.write(reg::MCR, 0);
         assert_eq!(u.window_lcr(), 0x03);

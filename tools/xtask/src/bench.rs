@@ -154,10 +154,11 @@ pub fn command(args: &BenchArgs) -> Result<bool> {
     if wanted(BenchKind::Exits) {
         crate::bench_exits::run(&kernel, release)?;
     }
+    let mut ok = true;
     if wanted(BenchKind::Workloads) {
-        crate::bench_workloads::run(&kernel, release, args.backend)?;
+        ok &= crate::bench_workloads::run(&kernel, release, args.backend)?;
     }
-    Ok(true)
+    Ok(ok)
 }
 
 fn boot_bench(args: &BenchArgs, kernel: &std::path::Path, release: bool) -> Result<()> {

@@ -63,7 +63,11 @@ pub fn parse_uart_bytes(lines: &[&str], guest: &str) -> Option<u64> {
     let key = format!("vmm.{guest}: exits:");
     let line = lines.iter().find(|l| l.contains(&key))?;
     let rest = &line[line.find(KEY)? + KEY.len()..];
-    rest.split_whitespace().next()?.parse().ok()
+    rest.split_whitespace()
+        .next()?
+        .trim_end_matches(',')
+        .parse()
+        .ok()
 }
 
 /// `(guest, hypervisor)` ticks from the `; run: guest <G>, hypervisor <H>` end of the VMM's

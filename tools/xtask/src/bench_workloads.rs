@@ -357,7 +357,11 @@ pub fn from_transcript(
     let faults = parse_page_faults(lines);
     let uart_bytes = parse_uart_bytes(lines, guest);
     let split = parse_split(lines, guest);
+    let unproven = mode_unproven(mode, lines);
     let status = match (&checked, outcome) {
+        (Some(_), Outcome::Success) if unproven.is_some() => {
+            format!("failed: {}", unproven.unwrap_or_default())
+        }
         (Some((rounds, _)), Outcome::Success) if *rounds == workload.rounds => "ok".to_string(),
         (Some((rounds, _)), Outcome::Success) => format!(
             "failed: the guest ran {rounds} rounds, not {}",
@@ -393,6 +397,27 @@ pub fn from_transcript(
         wall_seconds: 0.0,
         transcript: None,
     }
+}
+
+/// Why the transcript does not prove that the run used `mode`, on the kernel's word (its
+/// `profile: vm=N shadow fills=…` line exists only for shadow-mode Vms) and, for `shadow+dmp`,
+/// the DMP service's (`dmp: vm0: attached`); None when it does.
+pub fn mode_unproven(mode: &Mode, lines: &[&str]) -> Option<String> {
+    let shadow = lines
+        .iter()
+        .any(|l| l.contains("profile: vm=") && l.contains(" shadow fills="));
+    match (mode.guest_mode, shadow) {
+        ("shadow", false) => {
+            return Some("the kernel never reported shadow paging for the guest".into())
+        }
+        ("nested", true) => return Some("the kernel reported shadow paging in nested mode".into()),
+        _ => {}
+    }
+    let dmp = !mode.servers.is_empty();
+    if dmp && !lines.iter().any(|l| l.contains("dmp: vm0: attached")) {
+        return Some("the DMP service never attached".into());
+    }
+    None
 }
 
 /// Whether the runs of one workload on one backend (one per mode) produced the same checksum:
@@ -611,8 +636,9 @@ fn boot_one(
     Ok(result)
 }
 
-/// Runs the benchmark with the kernel ELF `kernel` on every backend (or only `only`).
-pub fn run(kernel: &Path, release: bool, only: Option<Backend>) -> Result<()> {
+/// Runs the benchmark with the kernel ELF `kernel` on every backend (or only `only`); false when
+/// a run failed or the modes' checksums are not all equal.
+pub fn run(kernel: &Path, release: bool, only: Option<Backend>) -> Result<bool> {
     let started = Instant::now();
     let root = layout::root();
     let mut backends = Vec::new();
@@ -703,7 +729,18 @@ pub fn run(kernel: &Path, release: bool, only: Option<Backend>) -> Result<()> {
         layout::show(&svg),
         results.wall_seconds
     );
-    Ok(())
+    let failed = results.runs.iter().filter(|r| !r.ok()).count();
+    let disagree = results
+        .checksum_checks
+        .iter()
+        .filter(|c| c.agreement != Agreement::Equal)
+        .count();
+    if failed > 0 || disagree > 0 {
+        println!(
+            "bench: workloads: {failed} runs failed, {disagree} workloads without equal checksums in every mode"
+        );
+    }
+    Ok(failed == 0 && disagree == 0)
 }
 
 // ---------------------------------------------------------------------------------------------

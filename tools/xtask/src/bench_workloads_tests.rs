@@ -106,9 +106,44 @@ const PRINT_DMP: &[&str] = &[
     "vmm.print: exits: startup 1, cpuid 1, io 16400, hypercall 4900; ignored port accesses 0; \
      uart output 297000 bytes (280000 through the DMP ring, 4900 flush hypercalls)",
     "vmm.print: exit timing (tsc per exit): none; run: guest 100, hypervisor 200",
+    "dmp: vm0: attached (window 0xfffffffffff00000, 16 pages; region fills on)",
     "profile: vm=1 seq=0 exits=21500 startup=1 cpuid=1 io=16400 hypercall=4900 page-fault=198",
+    "profile: vm=1 shadow fills=20 guest-faults=0 cr3-loads=1 invlpgs=0 flushes=2",
     "poweroff: success",
 ];
+
+#[test]
+fn a_mode_counts_only_on_the_kernels_and_the_services_word() {
+    let print = *WORKLOADS.iter().find(|w| w.name == "print").unwrap();
+    let without = |needle: &str| -> Vec<&str> {
+        PRINT_DMP
+            .iter()
+            .copied()
+            .filter(|l| !l.contains(needle))
+            .collect()
+    };
+    // A silent fallback to nested paging: no shadow line from the kernel.
+    let nested = without("shadow fills=");
+    let run = from_transcript(&print, &MODES[2], Backend::Svm, &nested, &Outcome::Success);
+    assert!(
+        run.status.contains("never reported shadow paging"),
+        "{}",
+        run.status
+    );
+    // A DMP service that never attached.
+    let alone = without("attached");
+    let run = from_transcript(&print, &MODES[2], Backend::Svm, &alone, &Outcome::Success);
+    assert!(run.status.contains("never attached"), "{}", run.status);
+    // Shadow paging claimed by the kernel for a nested run.
+    let run = from_transcript(
+        &print,
+        &MODES[0],
+        Backend::Svm,
+        PRINT_DMP,
+        &Outcome::Success,
+    );
+    assert!(run.status.contains("in nested mode"), "{}", run.status);
+}
 
 #[test]
 fn exits_per_character() {

@@ -32,6 +32,19 @@ pub enum Command {
     Setup,
     /// Boot benchmark: time and instructions to the banner, kernel size.
     Bench(BenchArgs),
+    /// Apply each deliberate breakage of `tests/mutants.toml` in a scratch copy and check that
+    /// the tests it names catch it: `mutants: N caught, M survived`.
+    Mutate(MutateArgs),
+}
+
+#[derive(Args)]
+pub struct MutateArgs {
+    /// Only the mutants whose name contains SUBSTR.
+    #[arg(long, value_name = "SUBSTR")]
+    pub only: Option<String>,
+    /// List the mutants and check that each applies; run nothing.
+    #[arg(long)]
+    pub list: bool,
 }
 
 #[derive(Args)]

@@ -23,6 +23,7 @@ mod emulator;
 mod image;
 mod layout;
 mod manifest;
+mod mutate;
 mod outcome;
 mod pack;
 mod run;
@@ -49,6 +50,7 @@ fn main() -> ExitCode {
         Command::Image(args) => image::command(&args),
         Command::Setup => setup::command(),
         Command::Bench(args) => bench::command(&args),
+        Command::Mutate(args) => mutate::command(&args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

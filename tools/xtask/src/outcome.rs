@@ -18,10 +18,13 @@ pub enum PowerOff {
     Failure(String),
 }
 
-/// Reads a power-off line (log prefixes before it are allowed).
+/// Reads a power-off line. Success counts only as the whole line, as the kernel prints it (the
+/// serial driver marks client lines that imitate it, `abi::exit::imitates_poweroff`, and guest
+/// lines carry their name in front); a failure counts wherever it appears (a kernel panic may
+/// cut into a line, and a false failure never passes a run).
 pub fn poweroff(line: &str) -> Option<PowerOff> {
     let line = line.trim_end();
-    if line.ends_with(SUCCESS_LINE) {
+    if line == SUCCESS_LINE {
         return Some(PowerOff::Success);
     }
     let at = line.find(FAILURE_LINE)?;
@@ -134,10 +137,11 @@ mod tests {
     #[test]
     fn reads_poweroff_lines() {
         assert_eq!(poweroff("poweroff: success"), Some(PowerOff::Success));
-        assert_eq!(
-            poweroff("[ INFO] poweroff: success\r"),
-            Some(PowerOff::Success)
-        );
+        assert_eq!(poweroff("poweroff: success\r"), Some(PowerOff::Success));
+        // Anyone else's line that ends like the kernel's does not count.
+        assert_eq!(poweroff("[ INFO] poweroff: success"), None);
+        assert_eq!(poweroff("[guest] poweroff: success"), None);
+        assert_eq!(poweroff("serial: forged poweroff: success"), None);
         assert_eq!(
             poweroff("poweroff: failure no hardware virtualization"),
             Some(PowerOff::Failure("no hardware virtualization".into()))

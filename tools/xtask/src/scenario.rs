@@ -11,9 +11,11 @@
 //! expect = "success"         # or "failure"
 //! must_contain = ["SVM", "NPT"]
 //! must_not_contain = []
+//! in_order = ["first", "then"]  # each after the line of the one before (the order is the claim)
+//! counts = [{ text = "shadow fills=", count = 6 }]  # exactly 6 lines contain it (or `at_least`)
 //! timeout_secs = 60          # optional; default per emulator
-//! requires = ["init"]        # optional: workspace packages the system needs; while one is
-//!                            # missing the scenario is skipped ("servers not built yet")
+//! requires = ["init"]        # optional: workspace packages the system needs; a missing one
+//!                            # fails the scenario (a renamed or deleted crate is not a pass)
 //! ```
 
 use std::path::Path;
@@ -61,9 +63,22 @@ struct File {
     must_contain: Vec<String>,
     #[serde(default)]
     must_not_contain: Vec<String>,
+    #[serde(default)]
+    in_order: Vec<String>,
+    #[serde(default)]
+    counts: Vec<Count>,
     timeout_secs: Option<u64>,
     #[serde(default)]
     requires: Vec<String>,
+}
+
+/// A line count a transcript must have: exactly `count`, or at least `at_least`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Count {
+    pub text: String,
+    pub count: Option<usize>,
+    pub at_least: Option<usize>,
 }
 
 fn default_system() -> String {
@@ -83,6 +98,10 @@ pub struct Scenario {
     pub expect: Expect,
     pub must_contain: Vec<String>,
     pub must_not_contain: Vec<String>,
+    /// Lines that must appear in this order.
+    pub in_order: Vec<String>,
+    /// Exact numbers of lines containing a text.
+    pub counts: Vec<Count>,
     pub timeout: Duration,
     /// Workspace packages without which the scenario is skipped.
     pub requires: Vec<String>,
@@ -93,6 +112,13 @@ pub fn parse(source: &Source, name: &str) -> Result<Scenario> {
     let file: File = source.parse()?;
     if file.timeout_secs == Some(0) {
         return Err(source.error(None, "`timeout_secs` must be positive"));
+    }
+    if file
+        .counts
+        .iter()
+        .any(|c| c.count.is_some() == c.at_least.is_some())
+    {
+        return Err(source.error(None, "each of `counts` needs `count` or `at_least`"));
     }
     Ok(Scenario {
         name: name.to_string(),
@@ -107,6 +133,8 @@ pub fn parse(source: &Source, name: &str) -> Result<Scenario> {
         expect: file.expect,
         must_contain: file.must_contain,
         must_not_contain: file.must_not_contain,
+        in_order: file.in_order,
+        counts: file.counts,
         timeout: Duration::from_secs(
             file.timeout_secs
                 .unwrap_or_else(|| file.emulator.default_timeout()),
@@ -154,7 +182,38 @@ pub fn problems(scenario: &Scenario, outcome: &Outcome, transcript: &str) -> Vec
             problems.push(format!("unwanted `{needle}`"));
         }
     }
+    problems.extend(order_problem(&scenario.in_order, transcript));
+    for c in &scenario.counts {
+        let n = transcript
+            .lines()
+            .filter(|l| l.contains(c.text.as_str()))
+            .count();
+        if c.count.is_some_and(|want| n != want) || c.at_least.is_some_and(|least| n < least) {
+            let want = match (c.count, c.at_least) {
+                (Some(want), _) => format!("{want}"),
+                (None, Some(least)) => format!("at least {least}"),
+                (None, None) => String::new(),
+            };
+            problems.push(format!("{n} lines contain `{}`, expected {want}", c.text));
+        }
+    }
     problems
+}
+
+/// The first text of `order` not found on a line after the line of the one before it.
+fn order_problem(order: &[String], transcript: &str) -> Option<String> {
+    let mut lines = transcript.lines();
+    let mut previous: Option<&str> = None;
+    for needle in order {
+        if !lines.any(|l| l.contains(needle.as_str())) {
+            return Some(match previous {
+                Some(p) => format!("`{needle}` not found after `{p}`"),
+                None => format!("missing `{needle}`"),
+            });
+        }
+        previous = Some(needle);
+    }
+    None
 }
 
 #[cfg(test)]
@@ -167,6 +226,23 @@ mod tests {
             text: text.into(),
         };
         parse(&source, "x")
+    }
+
+    #[test]
+    fn order_and_counts_are_claims() {
+        let s = parse_text(
+            "description = \"d\"\nemulator = \"qemu\"\nbootloader = \"grub\"\nexpect = \"failure\"\nin_order = [\"a\", \"b\"]\ncounts = [{ text = \"x\", count = 2 }, { text = \"b\", at_least = 1 }]\n",
+        )
+        .unwrap();
+        let failure = Outcome::Failure("f".into());
+        assert!(problems(&s, &failure, "a\nx\nb\nx\n").is_empty());
+        let p = problems(&s, &failure, "b\na\nx\nx\n");
+        assert_eq!(p, ["`b` not found after `a`"]);
+        // Both on one line is not an order.
+        let p = problems(&s, &failure, "a b\nx\nx\n");
+        assert_eq!(p, ["`b` not found after `a`"]);
+        let p = problems(&s, &failure, "a\nb\nx x\n");
+        assert_eq!(p, ["1 lines contain `x`, expected 2"]);
     }
 
     #[test]

@@ -96,7 +96,7 @@ pub fn command(args: &TestArgs) -> Result<bool> {
         });
     }
 
-    // Scenarios whose packages do not exist yet are skipped; the others decide whether the
+    // Scenarios whose packages are missing fail; the others decide whether the
     // user-space crates must be built.
     let skips: Vec<Option<String>> = scenarios
         .iter()
@@ -191,7 +191,8 @@ pub fn command(args: &TestArgs) -> Result<bool> {
         let failed =
             |reason: &str| Row::single(&scenario_row(s), Status::Failed, Duration::ZERO, reason);
         let row = if let Some(reason) = skip {
-            Row::single(&scenario_row(s), Status::Skipped, Duration::ZERO, reason)
+            // A scenario whose crates are gone claims something nothing checks: a failure.
+            failed(&reason)
         } else if !kernel_ok {
             failed("the kernel did not build")
         } else if !user_ok && needs_servers(s) {
@@ -204,6 +205,18 @@ pub fn command(args: &TestArgs) -> Result<bool> {
         rows.push(announce(row));
     }
 
+    if rows.is_empty() {
+        // A filter that selects nothing tests nothing: say so and fail, never pass quietly.
+        rows.push(announce(Row::single(
+            "filter",
+            Status::Failed,
+            Duration::ZERO,
+            &format!(
+                "`--filter {}` selects no test item",
+                args.filter.as_deref().unwrap_or("")
+            ),
+        )));
+    }
     println!();
     print!("{}", summary::render(&rows, started.elapsed()));
     Ok(summary::totals(&rows).failed == 0)
@@ -235,7 +248,7 @@ fn starting(name: &str) {
     let _ = std::io::stdout().flush();
 }
 
-/// Why `scenario` is skipped: a package it `requires` is not in the workspace yet.
+/// Why `scenario` cannot run: a package it `requires` is not in the workspace.
 fn missing_packages(scenario: &Scenario, workspace: &Workspace) -> Option<String> {
     let missing: Vec<&str> = scenario
         .requires
@@ -245,7 +258,7 @@ fn missing_packages(scenario: &Scenario, workspace: &Workspace) -> Option<String
         .collect();
     (!missing.is_empty()).then(|| {
         format!(
-            "servers not built yet (no workspace package {})",
+            "required crates missing (no workspace package {})",
             missing
                 .iter()
                 .map(|p| format!("`{p}`"))

@@ -6,6 +6,9 @@
 //! hello: fnv-1a over 0..100000 = 0x...
 //! hello: done
 //! ```
+//!
+//! `done` (and exit 0) only when the checksum is the known one and the loader reported upper
+//! memory; otherwise `hello: FAILED: <why>` and exit 1.
 #![no_std]
 #![no_main]
 
@@ -25,10 +28,22 @@ fn main(boot: &grt::Boot) -> u8 {
         boot.protocol(),
         upper
     );
-    println!("hello: fnv-1a over 0..100000 = {:#018x}", checksum(100_000));
+    let sum = checksum(100_000);
+    println!("hello: fnv-1a over 0..100000 = {sum:#018x}");
+    if sum != EXPECTED_CHECKSUM {
+        println!("hello: FAILED: checksum {sum:#018x}, expected {EXPECTED_CHECKSUM:#018x}");
+        return 1;
+    }
+    if upper == 0 {
+        println!("hello: FAILED: the loader reported no upper memory");
+        return 1;
+    }
     println!("hello: done");
     grt::EXIT_SUCCESS
 }
+
+/// FNV-1a over 0..100000, computed once by hand (Python) for this check.
+const EXPECTED_CHECKSUM: u64 = 0x1179_66cd_58fb_f8e5;
 
 /// FNV-1a over the little-endian bytes of 0..n: some deterministic work with a known result.
 fn checksum(n: u32) -> u64 {

@@ -37,6 +37,17 @@ fn trap(
 ) -> Result<Fault, alloc::string::String> {
     let before = ctx.last_fault()?.count;
     let faulted = probe();
+    check_trap(ctx, expect, before, faulted)
+}
+
+/// Checks that a probe made after the handler counted `before` faults faulted exactly once, as
+/// `expect` says.
+fn check_trap(
+    ctx: &mut Ctx,
+    expect: Expect,
+    before: u64,
+    faulted: bool,
+) -> Result<Fault, alloc::string::String> {
     let fault = ctx.last_fault()?;
     let what = expect.what;
     ensure!(faulted, "{what}: no trap");
@@ -143,17 +154,40 @@ pub fn memory(ctx: &mut Ctx) -> Outcome {
     Ok("5 page faults reported and resumed".into())
 }
 
-/// (4) Port I/O without an I/O-port capability (the attacker has none) traps as #GP at the
-/// I/O instruction and reaches the fault handler.
+/// The attacker's I/O-port capability (manifest: the POST port 0x80 alone).
+const PORTS: abi::Sel = 52;
+
+/// (4) Port I/O outside the granted range traps as #GP at the I/O instruction and reaches the
+/// fault handler: a port of another server (COM1), and the ports right before and right after
+/// the attacker's own grant (0x80 alone), while the granted port works.
 pub fn ports(ctx: &mut Ctx) -> Outcome {
+    ok(
+        "get the granted port",
+        rt::bootstrap::get_resource(&mut ctx.utcb, "io_ports", PORTS),
+    )?;
     ctx.set_mode(mode::RESUME_AT, probe::recover_addr())?;
+    let before = ctx.last_fault()?.count;
+    ensure!(!probe::outb_post(), "out to the granted POST port faulted");
+    ensure!(
+        ctx.last_fault()?.count == before,
+        "the granted port reached the fault handler"
+    );
     for (what, rip, probe) in [
         (
             "in from COM1 (serial's port)",
             probe::inb_insn(),
             probe::inb_com1 as fn() -> bool,
         ),
-        ("out to the POST port", probe::outb_insn(), probe::outb_post),
+        (
+            "out to port 0x81, one past the grant",
+            probe::outb_insn(),
+            || probe::outb(probe::POST + 1),
+        ),
+        (
+            "out to port 0x7f, one before the grant",
+            probe::outb_insn(),
+            || probe::outb(probe::POST - 1),
+        ),
     ] {
         trap(
             ctx,
@@ -169,8 +203,10 @@ pub fn ports(ctx: &mut Ctx) -> Outcome {
         )?;
     }
     Ok(format!(
-        "2 #GP reported (ports {:#x}, {:#x})",
+        "3 #GP reported (ports {:#x}, {:#x}, {:#x}); granted {:#x} works",
         probe::COM1_DATA,
+        probe::POST + 1,
+        probe::POST - 1,
         probe::POST
     ))
 }
@@ -253,34 +289,102 @@ pub fn revoked_memory(ctx: &mut Ctx) -> Outcome {
         syscall::map(SCRATCH_COPY, SELF_PD, THROUGH_COPY, 0, 1, rw),
     )?;
     ctx.set_mode(mode::RESUME_AT, probe::recover_addr())?;
+    let before = ctx.last_fault()?.count;
+    // Both pages are read (and so in the TLB) right before the revoke, and read again right
+    // after it with no IPC between (an IPC switches address spaces, which would flush the
+    // TLB and hide a missing flush): only the kernel's own flush can make the read fault.
     ensure!(
         !probe::read(THROUGH_ORIGINAL) && !probe::read(THROUGH_COPY),
         "reading freshly mapped memory faulted"
     );
-    let removed = ok("revoke the copies", syscall::revoke(SCRATCH, false))?;
+    let removed = syscall::revoke(SCRATCH, false);
+    let faulted = probe::read(THROUGH_COPY);
+    let removed = ok("revoke the copies", removed)?;
     ensure!(
         removed == 1,
         "revoke removed {removed} capabilities, expected 1"
     );
     let not_present = Expect {
-        what: "read through the revoked copy",
+        what: "read through the revoked copy, right after the revoke",
         vector: PAGE_FAULT,
         rip: probe::read_insn(),
         address: Some(THROUGH_COPY),
         mask: PF_PRESENT | PF_WRITE | PF_USER | PF_FETCH,
         error: PF_USER,
     };
-    trap(ctx, not_present, || probe::read(THROUGH_COPY))?;
+    check_trap(ctx, not_present, before, faulted)?;
     ensure!(
         !probe::read(THROUGH_ORIGINAL),
         "memory mapped through the kept capability faulted"
     );
-    ok("revoke the capability", syscall::revoke(SCRATCH, true))?;
+    let before = ctx.last_fault()?.count;
+    ensure!(
+        !probe::read(THROUGH_ORIGINAL),
+        "memory mapped through the kept capability faulted"
+    );
+    let revoked = syscall::revoke(SCRATCH, true);
+    let faulted = probe::read(THROUGH_ORIGINAL);
+    ok("revoke the capability", revoked)?;
     let gone = Expect {
-        what: "read through the revoked capability",
+        what: "read through the revoked capability, right after the revoke",
         address: Some(THROUGH_ORIGINAL),
         ..not_present
     };
-    trap(ctx, gone, || probe::read(THROUGH_ORIGINAL))?;
-    Ok("2 mappings gone with their capabilities".into())
+    check_trap(ctx, gone, before, faulted)?;
+    Ok("2 mappings gone with their capabilities, each at the first access after its revoke".into())
+}
+
+/// Pages of scratch memory mapped through a read-only copy.
+const THROUGH_READ_ONLY: u64 = 0x0000_4444_0002_0000;
+const SCRATCH_READ_ONLY: abi::Sel = 53;
+
+/// (11) A capability with reduced rights maps with those rights only: a read-only copy of the
+/// scratch memory refuses a writable mapping (`NoRights`), maps read-only, and a write through
+/// that mapping traps as a protection fault.
+pub fn reduced_rights(ctx: &mut Ctx) -> Outcome {
+    use abi::{well_known::SELF_PD, Rights, Status};
+    ok(
+        "get scratch memory",
+        rt::bootstrap::get_resource(&mut ctx.utcb, "memory", SCRATCH),
+    )?;
+    ok(
+        "derive a read-only copy",
+        syscall::delegate(SCRATCH, SELF_PD, SCRATCH_READ_ONLY, Rights::READ),
+    )?;
+    let rw = Rights::READ | Rights::WRITE;
+    crate::refused(
+        "writable mapping through the read-only copy",
+        syscall::map(SCRATCH_READ_ONLY, SELF_PD, THROUGH_READ_ONLY, 0, 1, rw),
+        Status::NoRights,
+    )?;
+    ok(
+        "read-only mapping through the read-only copy",
+        syscall::map(
+            SCRATCH_READ_ONLY,
+            SELF_PD,
+            THROUGH_READ_ONLY,
+            0,
+            1,
+            Rights::READ,
+        ),
+    )?;
+    ctx.set_mode(mode::RESUME_AT, probe::recover_addr())?;
+    ensure!(
+        !probe::read(THROUGH_READ_ONLY),
+        "reading the read-only mapping faulted"
+    );
+    trap(
+        ctx,
+        Expect {
+            what: "write through the read-only mapping",
+            vector: PAGE_FAULT,
+            rip: probe::write_insn(),
+            address: Some(THROUGH_READ_ONLY),
+            mask: PF_PRESENT | PF_WRITE | PF_USER | PF_FETCH,
+            error: PF_PRESENT | PF_WRITE | PF_USER,
+        },
+        || probe::write(THROUGH_READ_ONLY),
+    )?;
+    ok("revoke the scratch memory", syscall::revoke(SCRATCH, true))?;
+    Ok("writable mapping refused (NoRights); a write through the read-only one traps".into())
 }

@@ -114,6 +114,14 @@ pub fn read_insn() -> u64 {
     probe_read as *const () as u64
 }
 
+/// Whether writing `addr` faulted (the value written is 0x5a5a). The faulting instruction is
+/// at [`write_insn`].
+pub fn write(addr: u64) -> bool {
+    // SAFETY: only used on this program's own scratch page mapped read-only, which holds
+    // nothing it relies on.
+    unsafe { probe_write(addr, 0x5a5a) == 1 }
+}
+
 /// Whether writing [`UNMAPPED`] faulted. The faulting instruction is at [`write_insn`].
 pub fn write_unmapped() -> bool {
     // SAFETY: nothing of this program lives at UNMAPPED, so even a write that works harms
@@ -156,6 +164,13 @@ pub fn inb_com1() -> bool {
 
 pub fn inb_insn() -> u64 {
     probe_inb_insn as *const () as u64
+}
+
+/// Whether writing 0 to `port` faulted (at [`outb_insn`]). Used on [`POST`] and its neighbours
+/// 0x7f (unassigned) and 0x81 (a DMA page register nothing here uses).
+pub fn outb(port: u16) -> bool {
+    // SAFETY: a zero to these ports changes nothing this system uses.
+    unsafe { probe_outb(u64::from(port)) == 1 }
 }
 
 /// Whether writing 0 to port [`POST`] faulted (at [`outb_insn`]).
