@@ -705,22 +705,45 @@ impl Vmcs {
     /// VMX rules the neutral checks do not cover: CR0/CR4 bits VMX fixes are taken care of by
     /// the masks; the SVM rules (reserved bits, long-mode consistency) apply to both.
     pub fn check(&self, mask: u64, w: &[u64; word::COUNT]) -> Result<(), BadState> {
-        if mask & mtd::CONTROL == 0 {
+        // The control registers and CS decide these rules: check whenever a reply changes
+        // either, on the state merged from the reply and the VMCS.
+        if mask & (mtd::CONTROL | mtd::SEGMENTS) == 0 {
             return Ok(());
         }
-        let (cr0, cr4, efer) = (w[word::CR0], w[word::CR4], w[word::EFER]);
+        self.load();
+        let (cr0, cr3, cr4, efer) = if mask & mtd::CONTROL != 0 {
+            (w[word::CR0], w[word::CR3], w[word::CR4], w[word::EFER])
+        } else {
+            (
+                vmread(GUEST_CR0),
+                vmread(GUEST_CR3),
+                vmread(GUEST_CR4),
+                vmread(GUEST_EFER),
+            )
+        };
+        let cs = if mask & mtd::SEGMENTS != 0 {
+            abi::vm::segment::attributes(w[word::SEGMENTS])
+        } else {
+            from_access_rights(vmread(GUEST_ACCESS[0]))
+        };
         if cr0 & CR0_PG != 0 && cr0 & CR0_PE == 0 {
             return Err(BadState("CR0.PG without CR0.PE"));
+        }
+        // Intel's EFER has SCE, LME, LMA and NXE only (SVME is AMD's): the rest is reserved
+        // and would fail the entry.
+        const EFER_DEFINED: u64 = 1 | (1 << 8) | (1 << 10) | (1 << 11);
+        if efer & !EFER_DEFINED != 0 {
+            return Err(BadState("EFER reserved bits"));
         }
         let state = virt::svm_state::GuestState {
             efer: efer | (1 << 12),
             cr0,
-            cr3: w[word::CR3],
+            cr3,
             cr4,
             dr6: 0,
             dr7: 0x400,
-            cs_long: false,
-            cs_default32: false,
+            cs_long: cs & abi::vm::segment::LONG != 0,
+            cs_default32: cs & abi::vm::segment::DB != 0,
             asid: 1,
             intercepts_vmrun: true,
         };
