@@ -76,3 +76,72 @@ impl ObjectKind {
         })
     }
 }
+
+/// `docs/abi.md` is the prose form of this crate: its tables must name what the crate defines.
+#[cfg(test)]
+mod docs_tests {
+    extern crate std;
+    use std::format;
+    use std::string::String;
+    use std::vec::Vec;
+
+    const DOC: &str = include_str!("../../docs/abi.md");
+
+    /// `(number, name)` of the table rows in the section headed `heading`.
+    fn rows(heading: &str) -> Vec<(u64, String)> {
+        let section = DOC
+            .split("\n## ")
+            .find(|s| s.starts_with(heading))
+            .unwrap_or_else(|| panic!("docs/abi.md has no section `{heading}`"));
+        section
+            .lines()
+            .filter_map(|l| {
+                let mut cells = l.split('|').map(str::trim).skip(1);
+                let nr = cells.next()?.parse().ok()?;
+                Some((nr, String::from(cells.next()?)))
+            })
+            .collect()
+    }
+
+    fn check(heading: &str, count: u64, name: impl Fn(u64) -> Option<String>) {
+        let table = rows(heading);
+        let numbers: Vec<u64> = table.iter().map(|(n, _)| *n).collect();
+        let expected: Vec<u64> = (0..count).collect();
+        assert_eq!(numbers, expected, "docs/abi.md `{heading}` rows");
+        for (nr, doc_name) in table {
+            assert_eq!(
+                name(nr).as_deref(),
+                Some(doc_name.as_str()),
+                "{heading} {nr}"
+            );
+        }
+        assert_eq!(
+            name(count),
+            None,
+            "{heading}: the crate defines more than the table"
+        );
+    }
+
+    #[test]
+    fn syscall_table_matches() {
+        use crate::syscall::{Syscall, COUNT};
+        check("Syscalls", COUNT, |n| {
+            Syscall::from_u64(n).map(|s| format!("{s:?}"))
+        });
+    }
+
+    #[test]
+    fn status_table_matches() {
+        check("Statuses", 15, |n| {
+            crate::Status::from_u64(n).map(|s| format!("{s:?}"))
+        });
+    }
+
+    #[test]
+    fn exit_table_matches() {
+        use crate::vm::{Exit, EXIT_COUNT};
+        check("VM exits", EXIT_COUNT, |n| {
+            Exit::from_u64(n).map(|e| format!("{e:?}"))
+        });
+    }
+}
