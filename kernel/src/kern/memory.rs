@@ -151,6 +151,7 @@ pub fn unmap_through(k: &mut Kernel, space: SpaceId, sel: u64) {
         }
         !through
     });
+    shrink(&mut k.mappings);
     for m in gone {
         end_threads_on_unmapped_utcbs(k, m.pd, m.virt, m.pages);
         let Some(domain) = k.pds.get_mut(m.pd) else {
@@ -168,6 +169,15 @@ pub fn unmap_through(k: &mut Kernel, space: SpaceId, sel: u64) {
                 .unmap(&mut tables, m.virt + page * PAGE, PageSize::Size4K);
         }
         k.forget_loaded(m.pd);
+    }
+}
+
+/// Gives a record vector's spare room back to the heap once it is mostly empty, so that a
+/// domain that made many records and revoked them does not leave the heap full of capacity
+/// nobody pays for.
+pub fn shrink<T>(records: &mut Vec<T>) {
+    if records.capacity() > 64 && records.len() < records.capacity() / 4 {
+        records.shrink_to(records.len() * 2);
     }
 }
 

@@ -58,7 +58,10 @@ fn handle(
             ipc::reply_wait(k, a[0]).map(|()| k.threads.get(me).map_or(0, |t| t.regs.rdx))
         }
         Syscall::CreatePd => create_pd(k, my_pd, space, a[0], a[1]),
-        Syscall::CreateThread => create_thread(k, my_pd, space, a),
+        Syscall::CreateThread => {
+            may_run_at(k, me, my_pd, a[4])?;
+            create_thread(k, my_pd, space, a)
+        }
         Syscall::CreatePortal => create_portal(k, my_pd, space, a[0], a[1], a[2]),
         Syscall::CreateSemaphore => create_semaphore(k, my_pd, space, a[0], a[1]),
         Syscall::Delegate => delegate(k, space, a),
@@ -88,7 +91,10 @@ fn handle(
         Syscall::ConsoleWrite => console_write(k, my_pd, a[0], a[1]),
         Syscall::Carve => memory::carve(k, space, me, [a[0], a[1], a[2], a[3]]).map(|()| 0),
         Syscall::CreateVm => vm::create_vm(k, space, a),
-        Syscall::CreateVcpu => vm::create_vcpu(k, my_pd, space, a),
+        Syscall::CreateVcpu => {
+            may_run_at(k, me, my_pd, a[3])?;
+            vm::create_vcpu(k, my_pd, space, a)
+        }
         Syscall::VmMap => vm::vm_map(k, space, a),
         Syscall::VcpuControl => vm::vcpu_control(k, space, a),
         Syscall::VmPatch => vm::vm_patch(k, me, space, a),
@@ -110,6 +116,17 @@ fn kernel_stats(k: &Kernel, my_pd: PdId, which: u64) -> Result<u64, Status> {
         stats::QUOTA_LIMIT => quota.limit(),
         _ => return Err(Status::BadArgument),
     })
+}
+
+/// A thread may make threads and vCPUs at most at its own priority (the root domain, which
+/// composes the system, at any): otherwise any server could starve every other domain by
+/// making a thread above them.
+fn may_run_at(k: &Kernel, me: ThreadId, my_pd: PdId, priority: u64) -> Result<(), Status> {
+    let mine = k.threads.get(me).map_or(0, |t| t.priority);
+    if k.root != Some(my_pd) && priority <= MAX_PRIORITY && priority > u64::from(mine) {
+        return Err(Status::NoRights);
+    }
+    Ok(())
 }
 
 /// Checks that `sel` is a free slot of `space` before an object is made for it.
@@ -429,6 +446,7 @@ pub fn destroy_pd(k: &mut Kernel, pd: PdId) {
     let _ = k.caps.destroy_space(space, &mut |r| removed.push(r));
     settle_removed(k, removed);
     k.mappings.retain(|m| m.pd != pd);
+    memory::shrink(&mut k.mappings);
     k.forget_loaded(pd);
     if let Some(domain) = k.pds.remove(pd) {
         for frame in &domain.table_frames {

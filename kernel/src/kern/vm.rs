@@ -277,6 +277,7 @@ pub fn destroy_vm(k: &mut Kernel, vm: VmId) {
     let before = k.vm_mappings.len();
     k.vm_mappings.retain(|m| m.vm != vm);
     let records = (before - k.vm_mappings.len()) as u64;
+    super::memory::shrink(&mut k.vm_mappings);
     if let Some(v) = k.vms.remove(vm) {
         release(k, v.owner, cost::MAP_RECORD * records);
         for frame in &v.table_frames {
@@ -537,6 +538,7 @@ pub fn unmap_through(k: &mut Kernel, space: SpaceId, sel: u64) {
         }
         !through
     });
+    super::memory::shrink(&mut k.vm_mappings);
     for m in gone {
         {
             let Kernel { vms, pds, .. } = &mut *k;

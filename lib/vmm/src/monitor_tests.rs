@@ -426,6 +426,12 @@ fn profile_messages_are_logged_and_change_nothing() {
         [Note::Log(text)] if text == "exit profile #2: 40000 exits; hottest page-fault at 0x8000002f (20000 exits)"
     ));
     assert_eq!(m.count(Exit::Profile), 1);
+    // Only profiles 1, 2, 4, 8, … are logged.
+    let mut third = batch.clone();
+    third.sequence = 3;
+    let r = run(&mut m, &profile_msg(&third));
+    assert!(r.notes.is_empty(), "{:?}", r.notes);
+    assert_eq!(m.count(Exit::Profile), 2);
 }
 
 #[test]

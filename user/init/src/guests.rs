@@ -85,5 +85,17 @@ fn end(state: &mut State, guest: usize, passed: bool, how: core::fmt::Arguments<
     let passed = ended.iter().filter(|&&p| p).count();
     let failed = ended.len() - passed;
     say!("guests: {passed} passed, {failed} failed");
-    let _ = syscall::power_off(failed == 0);
+    // A server that may power off decides when the system ends (it may still be at work): wait
+    // for its request unless it came already.
+    match state.power_off_request {
+        Some(request) => {
+            let _ = syscall::power_off(request && failed == 0);
+        }
+        None if state.has_power_off_server() => {
+            say!("init: the guests have ended; the system ends when a server powers it off");
+        }
+        None => {
+            let _ = syscall::power_off(failed == 0);
+        }
+    }
 }

@@ -287,15 +287,26 @@ fn resource(state: &mut State, index: usize, name: &str) -> Result<Sel, Status> 
     Ok(sel)
 }
 
-fn power_off(state: &State, index: usize, success: bool) -> Status {
+/// A server asks to end the system. While guests run, a successful request waits for them (the
+/// system then ends when the last one does, with success only if they all passed); a failure
+/// ends it at once.
+fn power_off(state: &mut State, index: usize, success: bool) -> Status {
     let server = &state.image.servers[index];
     if !server.power_off {
         say!("init: {} may not power off; refused", server.name);
         return Status::NoRights;
     }
+    let name = server.name.clone();
+    let guests = state.guests_ended();
+    if success && guests.is_none() {
+        say!("init: {name} asks to power off (success); waiting for the guests to end");
+        state.power_off_request = Some(true);
+        // The caller waits in its call; the last guest's end powers the system off.
+        return Status::Ok;
+    }
+    let success = success && guests.unwrap_or(true);
     say!(
-        "init: {} powers the system off ({})",
-        server.name,
+        "init: {name} powers the system off ({})",
         if success { "success" } else { "failure" }
     );
     let error = syscall::power_off(success);

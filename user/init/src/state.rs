@@ -135,6 +135,9 @@ pub struct State {
     pub progress: Vec<Progress>,
     pub registry: Vec<Registered>,
     pub resources: Vec<Resource>,
+    /// A server allowed to power off asked to, with this success, while guests still ran: the
+    /// system ends when the last guest does (see `guests::end`).
+    pub power_off_request: Option<bool>,
 }
 
 impl State {
@@ -151,7 +154,25 @@ impl State {
             progress: alloc::vec![Progress::Waiting; domains],
             registry: Vec::new(),
             resources: Vec::new(),
+            power_off_request: None,
         }
+    }
+
+    /// Whether a server of the manifest may power off: then the system ends only when it asks
+    /// (and every guest has ended), not when the last guest ends.
+    pub fn has_power_off_server(&self) -> bool {
+        self.image.servers[..self.servers]
+            .iter()
+            .any(|s| s.power_off)
+    }
+
+    /// Whether every guest has ended (true without guests), and whether all passed.
+    pub fn guests_ended(&self) -> Option<bool> {
+        let mut all = true;
+        for g in &self.guests {
+            all &= g.passed?;
+        }
+        Some(all)
     }
 
     /// The capability of `server.portal`, if that server registered it.

@@ -94,6 +94,8 @@ pub fn guest_done(utcb: &mut Utcb, outcome: u64, detail: u64) -> Result<(), Erro
 
 /// Asks init to end the system (`success` travels in word 0 as 1 or 0). Returns only if init
 /// refused (the manifest does not allow this server to power off) or could not be reached.
+/// While guests still run, init accepts a success and ends the system when the last guest ends
+/// (with success only if they all passed); the calling thread then ends.
 pub fn power_off(utcb: &mut Utcb, success: bool) -> Error {
     match utcb.call(
         well_known::BOOTSTRAP_PORTAL,
@@ -101,7 +103,12 @@ pub fn power_off(utcb: &mut Utcb, success: bool) -> Error {
         &[u64::from(success)],
     ) {
         Err(e) => e,
-        Ok(()) => utcb.reply_status().err().unwrap_or(Error::Protocol),
+        Ok(()) => match utcb.reply_status() {
+            Err(e) => e,
+            // Accepted, but guests still run: the system ends when the last one does. This
+            // thread has nothing left to do.
+            Ok(()) => crate::syscall::thread_exit(),
+        },
     }
 }
 
