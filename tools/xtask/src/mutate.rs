@@ -55,12 +55,12 @@ pub fn parse(source: &Source) -> Result<Vec<Mutant>> {
     let mut names = BTreeSet::new();
     for m in &file.mutant {
         if !names.insert(m.name.as_str()) {
-            return Err(source.error(None, &format!("mutant `{}` listed twice", m.name)));
+            return Err(source.error(None, format!("mutant `{}` listed twice", m.name)));
         }
         if m.tests.is_empty() || m.find == m.replace || m.find.is_empty() {
             return Err(source.error(
                 None,
-                &format!("mutant `{}` needs tests and a find text it changes", m.name),
+                format!("mutant `{}` needs tests and a find text it changes", m.name),
             ));
         }
     }

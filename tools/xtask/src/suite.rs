@@ -211,7 +211,7 @@ pub fn command(args: &TestArgs) -> Result<bool> {
             "filter",
             Status::Failed,
             Duration::ZERO,
-            &format!(
+            format!(
                 "`--filter {}` selects no test item",
                 args.filter.as_deref().unwrap_or("")
             ),
