@@ -16,6 +16,10 @@
 //! 5. reports the end to init (`GUEST_DONE`), logs a summary of the exits, and stays idle.
 //!
 //! Any failure before the guest runs ends it as `FAILED` with a log line saying why.
+//!
+//! A guest with `fuzz_replies = <seed>` is served by [`fuzz::serve`] instead: every reply goes
+//! through the seeded reply fuzzer (`vmm::fuzz`), and the guest is started again whenever it
+//! ends, until an exit cap (issue #11).
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
@@ -24,6 +28,7 @@ extern crate alloc;
 
 mod config;
 mod cpu;
+mod fuzz;
 mod memory;
 
 use alloc::boxed::Box;
@@ -35,6 +40,7 @@ use manifest::Guest;
 use rt::{bootstrap, log, syscall, Error, Start, Utcb};
 use vmm::image::{self, LoadError};
 use vmm::monitor::{failure, transfer_mask, End, Monitor, Note, Response};
+use vmm::state::VcpuState;
 use vmm::timing::ExitTiming;
 
 rt::entry!(main);
@@ -71,7 +77,7 @@ fn main(start: Start) -> ! {
     };
     let name: &'static str = Box::leak(guest.vmm_name().into_boxed_str());
     log::set_name(name);
-    let (mut monitor, mut ram) = match setup(&mut utcb, &guest, name) {
+    let mut set = match setup(&mut utcb, &guest, name) {
         Ok(set) => set,
         Err(fail) => {
             rt::println!(&mut utcb, "{name}: {fail}");
@@ -79,23 +85,44 @@ fn main(start: Start) -> ! {
             idle()
         }
     };
-    let mut timing = ExitTiming::default();
-    let end = serve(
-        &mut utcb,
-        &mut monitor,
-        &mut ram,
-        &mut timing,
-        &guest.name,
-        name,
-    );
-    rt::println!(&mut utcb, "{name}: {}", monitor.summary());
-    rt::println!(&mut utcb, "{name}: {}", timing.summary());
+    let end = match guest.fuzz_replies {
+        Some(seed) => {
+            let end = fuzz::serve(&mut utcb, &mut set, &guest, name, seed);
+            rt::println!(&mut utcb, "{name}: {}", set.monitor.summary());
+            end
+        }
+        None => {
+            let mut timing = ExitTiming::default();
+            let end = serve(
+                &mut utcb,
+                &mut set.monitor,
+                &mut set.ram,
+                &mut timing,
+                &guest.name,
+                name,
+            );
+            rt::println!(&mut utcb, "{name}: {}", set.monitor.summary());
+            rt::println!(&mut utcb, "{name}: {}", timing.summary());
+            end
+        }
+    };
     report(&mut utcb, name, end.outcome, end.detail);
     idle()
 }
 
+/// A guest set up to run: its monitor, its RAM (as the monitor reaches it, and as the loader
+/// writes it), its image and the initial vCPU state the loader gave.
+pub struct Set {
+    pub monitor: Monitor,
+    pub ram: memory::GuestRam,
+    /// The guest's RAM mapped in this server, for (re)loading the image.
+    pub memory: &'static mut [u8],
+    pub image: &'static [u8],
+    pub initial: VcpuState,
+}
+
 /// Why the guest could not be started.
-enum SetupError {
+pub enum SetupError {
     /// A syscall or bootstrap request failed.
     Step(&'static str, Error),
     Load(LoadError),
@@ -201,13 +228,35 @@ fn check_patching(utcb: &mut Utcb, ram: &mut [u8]) -> Result<(), SetupError> {
     Ok(())
 }
 
-/// Maps and loads the guest, creates its Vm, exit portals and vCPU; returns the monitor and the
-/// guest's RAM as the monitor reaches it.
-fn setup(
-    utcb: &mut Utcb,
+/// Loads the guest's image into its RAM and writes its secret; returns the initial state.
+pub fn load(memory: &mut [u8], image: &[u8], guest: &Guest) -> Result<image::Boot, SetupError> {
+    let boot = image::load(image, memory, &guest.cmdline).map_err(SetupError::Load)?;
+    let secret = vmm::layout::secret(&guest.name, cpu::rdtsc());
+    if !image::write_secret(memory, &secret) {
+        return Err(SetupError::Step("write secret", Error::Protocol));
+    }
+    Ok(boot)
+}
+
+/// A monitor for a guest that starts in `initial`, with the guest's DMP options.
+pub fn new_monitor(
     guest: &Guest,
-    name: &str,
-) -> Result<(Monitor, memory::GuestRam), SetupError> {
+    initial: VcpuState,
+    guest_ram: &mut memory::GuestRam,
+) -> Result<Monitor, SetupError> {
+    let mut monitor = Monitor::new(initial);
+    if guest.hypercalls || guest.dmp {
+        monitor.enable_vmm_hypercalls();
+    }
+    if guest.dmp && !monitor.enable_uart_window(vmm::dmp::UartWindow::layout(), guest_ram) {
+        return Err(SetupError::Step("dmp uart window", Error::Protocol));
+    }
+    Ok(monitor)
+}
+
+/// Maps and loads the guest, creates its Vm, exit portals and vCPU; returns the monitor, the
+/// guest's RAM and image.
+fn setup(utcb: &mut Utcb, guest: &Guest, name: &str) -> Result<Set, SetupError> {
     step(
         "get memory",
         bootstrap::get_resource(utcb, "memory", MEMORY),
@@ -218,11 +267,7 @@ fn setup(
         "map image",
         memory::map_image(IMAGE, image_len, image_offset),
     )?;
-    let boot = image::load(image, ram, &guest.cmdline).map_err(SetupError::Load)?;
-    let secret = vmm::layout::secret(&guest.name, cpu::rdtsc());
-    if !image::write_secret(ram, &secret) {
-        return Err(SetupError::Step("write secret", Error::Protocol));
-    }
+    let boot = load(ram, image, guest)?;
     let (mode, mode_name) = match guest.mode {
         manifest::MemoryMode::Nested => (vmabi::MemoryMode::Nested, "nested"),
         manifest::MemoryMode::Shadow => (vmabi::MemoryMode::Shadow, "shadow"),
@@ -288,15 +333,15 @@ fn setup(
             )?;
         }
     }
-    let mut monitor = Monitor::new(boot.state);
     let mut guest_ram = memory::GuestRam::new(guest.memory_bytes);
-    if guest.hypercalls || guest.dmp {
-        monitor.enable_vmm_hypercalls();
-    }
-    if guest.dmp && !monitor.enable_uart_window(vmm::dmp::UartWindow::layout(), &mut guest_ram) {
-        return Err(SetupError::Step("dmp uart window", Error::Protocol));
-    }
-    Ok((monitor, guest_ram))
+    let monitor = new_monitor(guest, boot.state, &mut guest_ram)?;
+    Ok(Set {
+        monitor,
+        ram: guest_ram,
+        memory: ram,
+        image,
+        initial: boot.state,
+    })
 }
 
 /// Serves the vCPU's exits until the guest ends; returns how.

@@ -104,6 +104,9 @@ pub enum Rule {
     /// A guest command line is longer than [`crate::GUEST_CMDLINE_MAX`] bytes or has a control
     /// character.
     GuestCmdline,
+    /// A guest with `fuzz_replies` whose `expect` is not [`crate::Expect::Any`] (how a fuzzed
+    /// guest ends is random).
+    FuzzedExpect,
 }
 
 /// One broken rule and where.
@@ -450,7 +453,8 @@ impl Problem {
             | Rule::GuestImage
             | Rule::GuestMemory
             | Rule::Vcpus
-            | Rule::GuestCmdline => format!("server `{name}`: {:?}", self.rule),
+            | Rule::GuestCmdline
+            | Rule::FuzzedExpect => format!("server `{name}`: {:?}", self.rule),
         }
     }
 }

@@ -69,6 +69,7 @@ pub enum GuestField {
     Cmdline,
     Priority,
     Expect,
+    FuzzReplies,
 }
 
 impl Guest {
@@ -183,6 +184,9 @@ impl SystemImage {
             if guest.priority > MAX_PRIORITY {
                 report(GuestField::Priority, Rule::Priority);
             }
+            if guest.fuzz_replies.is_some() && guest.expect != Expect::Any {
+                report(GuestField::FuzzReplies, Rule::FuzzedExpect);
+            }
         }
     }
 
@@ -216,6 +220,10 @@ impl SystemImage {
             Rule::Priority => format!(
                 "priority {} of guest `{name}` is above the highest, {MAX_PRIORITY}",
                 guest.priority
+            ),
+            Rule::FuzzedExpect => format!(
+                "guest `{name}` has its replies fuzzed (fuzz_replies), so how it ends is random: it needs expect = \"any\" (it has \"{}\")",
+                guest.expect
             ),
             _ => format!("guest `{name}`: {rule:?}"),
         }
@@ -257,9 +265,10 @@ pub fn config_bytes(words: &[u64]) -> Option<Vec<u8>> {
 
 impl Expect {
     /// Reads the manifest's `expect` text: `exit N` (N in 0..=255), `stopped`, `shutdown`,
-    /// `reset`.
+    /// `reset`, `any`.
     pub fn parse(text: &str) -> Option<Expect> {
         match text {
+            "any" => Some(Expect::Any),
             "stopped" => Some(Expect::Stopped),
             "shutdown" => Some(Expect::Shutdown),
             "reset" => Some(Expect::Reset),
@@ -282,6 +291,7 @@ impl Expect {
             Expect::Stopped => outcome == STOPPED,
             Expect::Shutdown => outcome == SHUTDOWN,
             Expect::Reset => outcome == RESET,
+            Expect::Any => true,
         }
     }
 }
@@ -293,6 +303,7 @@ impl core::fmt::Display for Expect {
             Expect::Stopped => f.write_str("stopped"),
             Expect::Shutdown => f.write_str("shutdown"),
             Expect::Reset => f.write_str("reset"),
+            Expect::Any => f.write_str("any"),
         }
     }
 }

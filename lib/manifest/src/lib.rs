@@ -38,7 +38,7 @@ pub use guests::{VMM_MEMORY, VMM_MODULE, VMM_PREFIX, VMM_QUOTA_BASE, VMM_QUOTA_P
 /// First bytes of an encoded image.
 pub const MAGIC: [u8; 4] = *b"dmpm";
 /// Format version written after [`MAGIC`]; bumped whenever a type below changes.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// Longest server or portal name in bytes. A server's name is its boot module's name, which the
 /// kernel hands to init in a 48-byte NUL-padded field.
 pub const NAME_MAX: usize = 47;
@@ -89,6 +89,12 @@ pub struct Guest {
     /// Shadow mode only: the guest's exit profiles go to the DMP service (`dmp-service.attach`),
     /// which may patch hot sites of the guest (`abi::dmp`).
     pub dmp: bool,
+    /// `fuzz_replies = <seed>` (issue #11): the guest's vmm-server passes every reply through
+    /// the seeded reply fuzzer (`vmm::fuzz::ReplyFuzzer`), which turns about one reply in three
+    /// into a hostile one, so that the kernel's reply checks and its last-moment confinement
+    /// check are hammered; the guest's end is then random, so such a guest must expect
+    /// [`Expect::Any`]. `None`: correct replies only. Any `u64` is a seed, 0 included.
+    pub fuzz_replies: Option<u64>,
 }
 
 impl Guest {
@@ -110,7 +116,8 @@ pub enum MemoryMode {
     Shadow,
 }
 
-/// How a guest is expected to end (`expect = "exit 0"`, `"stopped"`, `"shutdown"`, `"reset"`).
+/// How a guest is expected to end (`expect = "exit 0"`, `"stopped"`, `"shutdown"`, `"reset"`,
+/// `"any"`).
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expect {
     /// It writes this status to the exit port (0xf4).
@@ -121,6 +128,10 @@ pub enum Expect {
     Shutdown,
     /// It asks for a reset.
     Reset,
+    /// Whatever way it ends (its VMM reported an end, any outcome): for guests whose replies
+    /// are fuzzed (`fuzz_replies`), where the point is that the rest of the system survives.
+    /// A vmm-server that faults still fails its guest: that is not an end of the guest.
+    Any,
 }
 
 /// One server: a protection domain with one thread running the ELF in the boot module of the

@@ -360,6 +360,7 @@ fn guest(name: &str, memory_mib: u64) -> Guest {
         expect: Expect::Exit(0),
         hypercalls: false,
         dmp: false,
+        fuzz_replies: None,
     }
 }
 
@@ -520,6 +521,35 @@ fn each_guest_implies_a_vmm_server() {
 }
 
 #[test]
+fn fuzzed_guests_expect_any_and_round_trip() {
+    let mut image = with_guests();
+    image.guests[1].fuzz_replies = Some(0);
+    assert_eq!(rules(&image), [Rule::FuzzedExpect]);
+    assert_eq!(
+        image.check()[0].place,
+        Place::Guest {
+            guest: 1,
+            field: GuestField::FuzzReplies
+        }
+    );
+    assert_eq!(
+        image.check()[0].message(&image),
+        "guest `probe` has its replies fuzzed (fuzz_replies), so how it ends is random: it needs expect = \"any\" (it has \"exit 0\")"
+    );
+    image.guests[1].expect = Expect::Any;
+    image.guests[0].fuzz_replies = Some(u64::MAX);
+    image.guests[0].expect = Expect::Any;
+    assert!(image.check().is_empty(), "{:?}", image.check());
+    assert_eq!(SystemImage::decode(&image.encode()), Ok(image.clone()));
+    for guest in &image.guests {
+        assert_eq!(Guest::decode(&guest.encode()).as_ref(), Some(guest));
+    }
+    // `expect = "any"` without fuzzing is allowed (any end passes).
+    image.guests[0].fuzz_replies = None;
+    assert!(image.check().is_empty());
+}
+
+#[test]
 fn the_largest_config_fits_a_message() {
     let mut big = guest(&"g".repeat(GUEST_NAME_MAX), 1024);
     big.cmdline = "c".repeat(GUEST_CMDLINE_MAX);
@@ -527,6 +557,9 @@ fn the_largest_config_fits_a_message() {
     big.expect = Expect::Exit(255);
     big.priority = u8::MAX;
     big.vcpus = u8::MAX;
+    big.hypercalls = true;
+    big.dmp = true;
+    big.fuzz_replies = Some(u64::MAX);
     let bytes = big.encode();
     assert!(bytes.len() <= CONFIG_BYTES_MAX, "{}", bytes.len());
     let words = config_words(&bytes).unwrap();
@@ -562,12 +595,13 @@ fn expectations() {
         ("stopped", Expect::Stopped),
         ("shutdown", Expect::Shutdown),
         ("reset", Expect::Reset),
+        ("any", Expect::Any),
     ] {
         assert_eq!(Expect::parse(text), Some(expect));
         assert_eq!(expect.to_string(), text);
     }
     for bad in [
-        "exit", "exit ", "exit 256", "exit -1", "exit 0x1", "Stopped", "exit  1", "",
+        "exit", "exit ", "exit 256", "exit -1", "exit 0x1", "Stopped", "exit  1", "", "Any", "any ",
     ] {
         assert_eq!(Expect::parse(bad), None, "{bad}");
     }
@@ -578,6 +612,11 @@ fn expectations() {
     assert!(Expect::Shutdown.met_by(SHUTDOWN, 0));
     assert!(Expect::Reset.met_by(RESET, 0));
     assert!(!Expect::Reset.met_by(FAILED, 0));
+    for outcome in [EXITED, STOPPED, SHUTDOWN, RESET, FAILED, 0, 42, u64::MAX] {
+        for detail in [0, 1, 255, 0x1234, u64::MAX] {
+            assert!(Expect::Any.met_by(outcome, detail), "{outcome} {detail}");
+        }
+    }
     assert_eq!(outcome_text(EXITED, 3), "exited 3");
     assert_eq!(outcome_text(STOPPED, 0x1000), "stopped at 0x1000");
     assert_eq!(outcome_text(FAILED, 2), "failed (code 2)");

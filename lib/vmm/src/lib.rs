@@ -12,7 +12,9 @@
 //! - [`dmp`]: the VMM's half of patched UART output (the DMP window's UART words and output
 //!   ring, `abi::dmp::uart`) and [`dmp::GuestMemory`], how the monitor reaches guest RAM;
 //! - [`state`]: the vCPU state as `abi::vm::word` message words;
-//! - [`timing`]: where each exit's time goes (kernel path, VMM handler), for the exit benchmark.
+//! - [`timing`]: where each exit's time goes (kernel path, VMM handler), for the exit benchmark;
+//! - [`fuzz`]: the seeded reply fuzzer of guests with `fuzz_replies` (issue #11), hostile
+//!   replies for the kernel's reply and confinement checks.
 //!
 //! `docs/guests.md` describes what a guest sees.
 #![cfg_attr(not(test), no_std)]
@@ -24,6 +26,7 @@ pub mod boot;
 pub mod cpuid;
 pub mod dmp;
 pub mod elf;
+pub mod fuzz;
 pub mod image;
 pub mod info;
 pub mod layout;

@@ -29,7 +29,10 @@
 //! mode = "nested"             # or "shadow"; default "nested"
 //! cmdline = "greeting=hi"     # at most 200 bytes; default ""
 //! priority = 10               # of its vmm-server and vCPU; default 10
-//! expect = "exit 0"           # or "exit N", "stopped", "shutdown", "reset"; default "exit 0"
+//! expect = "exit 0"           # or "exit N", "stopped", "shutdown", "reset", "any"; default "exit 0"
+//! hypercalls = false          # shadow mode only: the kernel answers the DMP hypercalls
+//! dmp = false                 # shadow mode only: attach to the DMP service
+//! fuzz_replies = 7            # optional: fuzz the VMM's replies with this seed (needs expect = "any")
 //! ```
 //!
 //! `[system] ram = "1G"` sets the emulated machine's RAM (default [`DEFAULT_RAM`] MiB); the

@@ -85,12 +85,15 @@ pub struct GuestEntry {
     mode: Option<Spanned<String>>,
     cmdline: Option<Spanned<String>>,
     priority: Option<Spanned<i64>>,
-    /// `"exit N"` (default `"exit 0"`), `"stopped"`, `"shutdown"`, `"reset"`.
+    /// `"exit N"` (default `"exit 0"`), `"stopped"`, `"shutdown"`, `"reset"`, `"any"`.
     expect: Option<Spanned<String>>,
     /// DMP hypercalls answered by the kernel (shadow mode only; default false).
     hypercalls: Option<Spanned<bool>>,
     /// Exit profiles to the DMP service, which may patch the guest (shadow mode only).
     dmp: Option<Spanned<bool>>,
+    /// The seed of the reply fuzzer (issue #11): a non-negative integer (0 is a seed); the
+    /// guest then needs `expect = "any"`.
+    fuzz_replies: Option<Spanned<i64>>,
 }
 
 /// A guest's priority when the manifest gives none.
@@ -134,6 +137,7 @@ pub struct GuestSpans {
     cmdline: Option<Range<usize>>,
     priority: Option<Range<usize>>,
     expect: Option<Range<usize>>,
+    fuzz_replies: Option<Range<usize>>,
 }
 
 #[derive(Debug, Default)]
@@ -192,6 +196,7 @@ impl Spans {
             GuestField::Cmdline => g.cmdline.clone(),
             GuestField::Priority => g.priority.clone(),
             GuestField::Expect => g.expect.clone(),
+            GuestField::FuzzReplies => g.fuzz_replies.clone(),
         }
         .unwrap_or_else(|| g.name.clone())
     }
@@ -248,6 +253,7 @@ pub fn compile(file: &File, workspace: Option<&Workspace>) -> Compiled {
             cmdline: entry.cmdline.as_ref().map(Spanned::span),
             priority: entry.priority.as_ref().map(Spanned::span),
             expect: entry.expect.as_ref().map(Spanned::span),
+            fuzz_replies: entry.fuzz_replies.as_ref().map(Spanned::span),
         });
     }
     Compiled {
@@ -355,13 +361,25 @@ fn compile_guest(entry: &GuestEntry, errors: &mut Vec<(Range<usize>, String)>) -
             errors.push((
                 text.span(),
                 format!(
-                    "expect `{}` of guest `{name}` is none of \"exit N\" (N from 0 to 255), \"stopped\", \"shutdown\", \"reset\"",
+                    "expect `{}` of guest `{name}` is none of \"exit N\" (N from 0 to 255), \"stopped\", \"shutdown\", \"reset\", \"any\"",
                     text.get_ref()
                 ),
             ));
             Expect::Exit(0)
         }),
     };
+    let fuzz_replies = entry.fuzz_replies.as_ref().map(|seed| {
+        u64::try_from(*seed.get_ref()).unwrap_or_else(|_| {
+            errors.push((
+                seed.span(),
+                format!(
+                    "fuzz_replies {} of guest `{name}` is not a seed: a non-negative integer (0 is one)",
+                    seed.get_ref()
+                ),
+            ));
+            0
+        })
+    });
     Guest {
         image: Guest::module_name(&name),
         memory_bytes: entry.memory.get_ref().0,
@@ -376,6 +394,7 @@ fn compile_guest(entry: &GuestEntry, errors: &mut Vec<(Range<usize>, String)>) -
         expect,
         hypercalls,
         dmp,
+        fuzz_replies,
         name,
     }
 }

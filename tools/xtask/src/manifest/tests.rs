@@ -491,8 +491,24 @@ fn guests_compile_with_defaults() {
     assert_eq!(probe.mode, manifest::MemoryMode::Shadow);
     assert_eq!(probe.priority, 12);
     assert_eq!(probe.expect, manifest::Expect::Stopped);
+    assert_eq!((hello.fuzz_replies, probe.fuzz_replies), (None, None));
     let decoded = SystemImage::decode(&system.image.encode()).unwrap();
     assert_eq!(decoded, system.image);
+    // A fuzzed guest: any seed from 0 on, with `expect = "any"`.
+    for seed in [0, 1, i64::MAX as u64] {
+        let (text, _) = guests_edit(
+            "expect = \"stopped\"",
+            &format!("expect = \"any\"\nfuzz_replies = {seed}"),
+        );
+        let system = parse_text(&text, "t").unwrap();
+        let probe = &system.image.guests[1];
+        assert_eq!(probe.fuzz_replies, Some(seed));
+        assert_eq!(probe.expect, manifest::Expect::Any);
+        assert_eq!(
+            SystemImage::decode(&system.image.encode()).unwrap(),
+            system.image
+        );
+    }
     // Without servers, guests still need init.
     let alone = "[system]\nname = \"t\"\nram = \"256M\"\n\n[[guest]]\nname = \"g\"\nimage = \"hello\"\nmemory = \"2M\"\n";
     let system = parse_text(alone, "t").unwrap();
@@ -518,6 +534,10 @@ fn guest_field_errors_are_located() {
         ("name = \"probe2\"", "name = \"hello\"", "two guests are named `hello` (see line"),
         ("name = \"probe2\"", "name = \"a.b\"", "guest name `a.b` must be 1 to 41 characters"),
         ("expect = \"stopped\"", "expect = \"stopped\"\nsecret = 1", "unknown field `secret`"),
+        ("expect = \"stopped\"", "expect = \"any\"\nfuzz_replies = -1", "fuzz_replies -1 of guest `probe2` is not a seed: a non-negative integer (0 is one)"),
+        ("expect = \"stopped\"", "expect = \"any\"\nfuzz_replies = \"7\"", "invalid type: string \"7\""),
+        ("expect = \"stopped\"", "expect = \"stopped\"\nfuzz_replies = 7", "guest `probe2` has its replies fuzzed (fuzz_replies), so how it ends is random: it needs expect = \"any\" (it has \"stopped\")"),
+        ("expect = \"stopped\"", "expect = \"Any\"", "expect `Any` of guest `probe2` is none of"),
     ] {
         let (text, line) = guests_edit(from, to);
         let err = error(&text);
