@@ -22,6 +22,9 @@ pub use syscall::Syscall;
 /// A capability selector: an index into a protection domain's capability space.
 pub type Sel = u64;
 
+/// Size of a page (the only page size the ABI speaks of; larger mappings are runs of pages).
+pub const PAGE_SIZE: u64 = 4096;
+
 /// Number of selectors in every capability space.
 pub const CAP_SPACE_SLOTS: u64 = 1024;
 

@@ -12,17 +12,11 @@ use bootinfo::BootInfo;
 use spin::Once;
 
 use crate::arch::{self, cpu, power};
+use crate::mem::KernelImage;
 use crate::{klog, mem, selftest};
 
 /// The boot information, copied into kernel memory before anything else is allocated.
 static BOOT_INFO: Once<BootInfo> = Once::new();
-
-/// Where the kernel image lies, as the loader placed it.
-#[derive(Clone, Copy, Debug)]
-pub struct KernelImage {
-    pub phys_base: u64,
-    pub virt_base: u64,
-}
 
 /// The boot path's hand-over: boot information and the kernel's placement. The boot path has
 /// already told `mem::direct` how its loader maps physical memory.

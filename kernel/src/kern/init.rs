@@ -3,37 +3,39 @@
 //! capabilities (see `abi::boot`), and runs it.
 
 use abi::boot::{self, sel, BootModule, BootPage};
+use abi::PAGE_SIZE;
 use abi::{well_known, Rights};
 use bootinfo::BootInfo;
 use cap::Quota;
 use elf::endian::AnyEndian;
 use elf::ElfBytes;
 
-use super::objects::{Obj, PdId};
-use super::{memory, syscalls, with_kernel, Kernel};
+use super::ids::PdId;
+use super::obj::Obj;
+use super::state::{init_state, with_kernel, Kernel};
+use super::{memory, syscalls};
 use crate::arch::power;
 use crate::mem::{direct, frames};
 
-const PAGE: u64 = 4096;
 /// Priority of init's thread: above every server, so that bootstrap requests are served at once.
 const INIT_PRIORITY: u8 = 30;
 
-/// Loads and runs init if the boot modules hold one; returns otherwise.
-pub fn start_init(info: &BootInfo) {
+/// Loads init if the boot modules hold one; returns whether it did.
+pub fn load_init(info: &BootInfo) -> bool {
     let Some(init_index) = info
         .modules
         .iter()
         .position(|m| m.name.as_str() == boot::INIT_MODULE)
     else {
-        return;
+        return false;
     };
-    super::init_state();
+    init_state();
     let result = with_kernel(|k| load(k, info, init_index));
     if let Err(why) = result {
         power::fail(format_args!("init: {why}"));
     }
     log::info!("init: started");
-    super::enter_user_mode()
+    true
 }
 
 fn load(k: &mut Kernel, info: &BootInfo, init_index: usize) -> Result<(), &'static str> {
@@ -41,7 +43,7 @@ fn load(k: &mut Kernel, info: &BootInfo, init_index: usize) -> Result<(), &'stat
     // Init's kernel-memory quota: what the kernel heap can really back (objects live there), at
     // most a quarter of free memory, so that no quota promises memory the heap does not have.
     // The pool of pages it hands out to servers is another quarter of free memory.
-    let quota = Quota::new((crate::mem::heap_free_bytes() / 2).min(free as u64 / 4 * PAGE));
+    let quota = Quota::new((crate::mem::heap_free_bytes() / 2).min(free as u64 / 4 * PAGE_SIZE));
     let pd = syscalls::new_pd(k, None, quota).map_err(|_| "no memory for the root domain")?;
     k.root = Some(pd);
     let space = k.pds.get(pd).ok_or("root domain vanished")?.space;
@@ -51,7 +53,7 @@ fn load(k: &mut Kernel, info: &BootInfo, init_index: usize) -> Result<(), &'stat
         .ok_or("init module outside the direct map")?;
     let entry = load_elf(k, pd, image)?;
 
-    let stack_base = boot::INIT_STACK_TOP - boot::INIT_STACK_PAGES * PAGE;
+    let stack_base = boot::INIT_STACK_TOP - boot::INIT_STACK_PAGES * PAGE_SIZE;
     map_fresh(
         k,
         pd,
@@ -79,8 +81,8 @@ fn load(k: &mut Kernel, info: &BootInfo, init_index: usize) -> Result<(), &'stat
 
     let mut next = boot::MODULES_ADDR;
     for (i, m) in info.modules.iter().enumerate().take(boot::MAX_BOOT_MODULES) {
-        let first = m.start & !(PAGE - 1);
-        let pages = (m.start + m.len).div_ceil(PAGE) - first / PAGE;
+        let first = m.start & !(PAGE_SIZE - 1);
+        let pages = (m.start + m.len).div_ceil(PAGE_SIZE) - first / PAGE_SIZE;
         memory::map_pages(k, pd, next, first, pages, Rights::READ)
             .map_err(|_| "cannot map a boot module")?;
         let module_sel = sel::FIRST_MODULE + i as u64;
@@ -99,7 +101,7 @@ fn load(k: &mut Kernel, info: &BootInfo, init_index: usize) -> Result<(), &'stat
         entry.len = m.len;
         entry.sel = module_sel;
         page.module_count += 1;
-        next += pages * PAGE;
+        next += pages * PAGE_SIZE;
     }
 
     let pool_pages = largest_pool(free as u64 / 4);
@@ -159,7 +161,7 @@ fn load(k: &mut Kernel, info: &BootInfo, init_index: usize) -> Result<(), &'stat
     log::info!(
         "init: entry {entry:#x}, {} modules, pool {} MiB, quota {} KiB",
         page.module_count,
-        (pool_pages * PAGE) >> 20,
+        (pool_pages * PAGE_SIZE) >> 20,
         page.quota >> 10
     );
     Ok(())
@@ -194,7 +196,7 @@ fn map_fresh(
     rights: Rights,
 ) -> Result<u64, &'static str> {
     let phys = frames::alloc(pages as usize).ok_or("out of memory loading init")?;
-    direct::zero(phys, pages * PAGE).ok_or("frames outside the direct map")?;
+    direct::zero(phys, pages * PAGE_SIZE).ok_or("frames outside the direct map")?;
     memory::map_pages(k, pd, virt, phys, pages, rights).map_err(|_| "cannot map init's memory")?;
     Ok(phys)
 }
@@ -208,7 +210,7 @@ fn load_elf(k: &mut Kernel, pd: PdId, image: &[u8]) -> Result<u64, &'static str>
     }
     let segments = file.segments().ok_or("init has no program headers")?;
     for ph in segments.iter().filter(|ph| ph.p_type == elf::abi::PT_LOAD) {
-        let start = ph.p_vaddr & !(PAGE - 1);
+        let start = ph.p_vaddr & !(PAGE_SIZE - 1);
         let end = ph
             .p_vaddr
             .checked_add(ph.p_memsz)
@@ -216,7 +218,7 @@ fn load_elf(k: &mut Kernel, pd: PdId, image: &[u8]) -> Result<u64, &'static str>
         if end > memory::USER_END || ph.p_filesz > ph.p_memsz {
             return Err("init segment outside user space");
         }
-        let pages = end.div_ceil(PAGE) - start / PAGE;
+        let pages = end.div_ceil(PAGE_SIZE) - start / PAGE_SIZE;
         let file_end = ph
             .p_offset
             .checked_add(ph.p_filesz)

@@ -7,8 +7,9 @@
 use abi::utcb::{MsgTag, Utcb, FAULT_LABEL, MSG_WORDS, RESUME_LABEL};
 use abi::{Rights, Status};
 
-use super::objects::{Obj, PortalId, State, ThreadId};
-use super::Kernel;
+use super::ids::{PortalId, ThreadId};
+use super::state::Kernel;
+use super::thread::State;
 use crate::mem::direct;
 
 // Word offsets of UTCB fields (the UTCB is `#[repr(C)]` of u64s).
@@ -98,14 +99,7 @@ pub fn call(k: &mut Kernel, portal_sel: u64) -> Result<(), Status> {
         return Err(Status::BadArgument);
     }
     let space = pd_space(k, caller).ok_or(Status::NoPartner)?;
-    let portal = match k
-        .caps
-        .lookup(space, portal_sel, Rights::CALL)
-        .map_err(Status::from)?
-    {
-        Obj::Portal(p) => *p,
-        _ => return Err(Status::WrongKind),
-    };
+    let portal: PortalId = k.lookup(space, portal_sel, Rights::CALL)?;
     send(k, caller, portal)
 }
 
@@ -136,8 +130,13 @@ fn send(k: &mut Kernel, caller: ThreadId, portal: PortalId) -> Result<(), Status
     Ok(())
 }
 
+/// How a reply to a vCPU's exit is checked and written back (`reply::finish_exit`, passed in by
+/// the syscall layer so that IPC does not depend on the VM code): `Ok(true)` resumes the vCPU,
+/// `Ok(false)` ends it, an error refuses the reply and the handler still serves the vCPU.
+pub type AnswerExit = fn(&mut Kernel, ThreadId, ThreadId) -> Result<bool, Status>;
+
 /// Replies to the caller the current thread serves, if any. Returns the caller.
-fn reply_to_caller(k: &mut Kernel) -> Result<Option<ThreadId>, Status> {
+fn reply_to_caller(k: &mut Kernel, answer_exit: AnswerExit) -> Result<Option<ThreadId>, Status> {
     let me = k.current();
     let Some(caller) = k.threads.get_mut(me).and_then(|t| t.serving.take()) else {
         return Ok(None);
@@ -150,7 +149,7 @@ fn reply_to_caller(k: &mut Kernel) -> Result<Option<ThreadId>, Status> {
         return Ok(Some(caller));
     }
     if c.vcpu.is_some() {
-        match super::vm::finish_exit(k, me, caller) {
+        match answer_exit(k, me, caller) {
             Ok(true) => {
                 if let Some(c) = k.threads.get_mut(caller) {
                     c.state = State::Ready;
@@ -179,8 +178,8 @@ fn reply_to_caller(k: &mut Kernel) -> Result<Option<ThreadId>, Status> {
 }
 
 /// `reply()`.
-pub fn reply(k: &mut Kernel) -> Result<(), Status> {
-    match reply_to_caller(k)? {
+pub fn reply(k: &mut Kernel, answer_exit: AnswerExit) -> Result<(), Status> {
+    match reply_to_caller(k, answer_exit)? {
         Some(caller) => {
             if k.threads
                 .get(caller)
@@ -195,17 +194,15 @@ pub fn reply(k: &mut Kernel) -> Result<(), Status> {
 }
 
 /// `reply_wait(portal)`: reply if serving, then take the next call or wait for one.
-pub fn reply_wait(k: &mut Kernel, portal_sel: u64) -> Result<(), Status> {
+pub fn reply_wait(k: &mut Kernel, portal_sel: u64, answer_exit: AnswerExit) -> Result<(), Status> {
     let me = k.current();
     let space = pd_space(k, me).ok_or(Status::NoPartner)?;
-    let portal = match k.caps.get(space, portal_sel).map_err(Status::from)?.0 {
-        Obj::Portal(p) => *p,
-        _ => return Err(Status::WrongKind),
-    };
+    // Receiving needs no right: only the portal's bound handler may (checked next).
+    let portal: PortalId = k.lookup(space, portal_sel, Rights::NONE)?;
     if k.portals.get(portal).map(|p| p.handler) != Some(me) {
         return Err(Status::NoRights); // only the bound handler receives on a portal
     }
-    let replied = reply_to_caller(k)?;
+    let replied = reply_to_caller(k, answer_exit)?;
     // Take the next queued caller whose message can be delivered, if any, right away; a caller
     // whose message cannot travel (bad tag or capability) gets the reason and is skipped.
     while let Some(caller) = k
@@ -266,18 +263,10 @@ pub fn deliver_fault(k: &mut Kernel, vector: u64, address: u64) {
         thread.badge,
         thread.pd,
     );
-    let portal = k
-        .pds
-        .get(pd)
-        .and_then(|p| {
-            k.caps
-                .lookup(p.space, abi::well_known::FAULT_PORTAL, Rights::CALL)
-                .ok()
-        })
-        .and_then(|o| match o {
-            Obj::Portal(p) => Some(*p),
-            _ => None,
-        });
+    let portal = k.pds.get(pd).and_then(|p| {
+        k.lookup::<PortalId>(p.space, abi::well_known::FAULT_PORTAL, Rights::CALL)
+            .ok()
+    });
     let Some(portal) = portal else {
         crate::println!(
             "kernel: thread {t:?} faulted (vector {vector}, error {error:#x}, rip {rip:#x}, address {address:#x}) with no fault handler; thread ended"

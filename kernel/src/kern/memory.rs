@@ -4,18 +4,22 @@
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 
+use abi::PAGE_SIZE;
 use abi::{Rights, Status};
 use cap::{Quota, SpaceId};
 use mem::paging::{Flags, PageSize, TableMemory};
 
-use super::objects::{cost, MapRecord, Obj, PdId, ThreadId};
-use super::Kernel;
+use super::cost;
+use super::ids::{PdId, ThreadId};
+use super::obj::Obj;
+use super::obj::{MemoryRange, PortRange};
+use super::records::MapRecord;
+use super::state::Kernel;
 use crate::arch::gdt::IO_BITMAP_BYTES;
 use crate::mem::{direct, frames};
 
 /// Highest user address + 1 (the lower canonical half).
 pub const USER_END: u64 = 0x0000_8000_0000_0000;
-const PAGE: u64 = 4096;
 
 /// Page-table frames for a domain, charged to its quota.
 pub struct QuotaTables<'a> {
@@ -59,9 +63,9 @@ pub fn map_pages(
     pages: u64,
     rights: Rights,
 ) -> Result<(), Status> {
-    let len = pages.checked_mul(PAGE).ok_or(Status::BadArgument)?;
+    let len = pages.checked_mul(PAGE_SIZE).ok_or(Status::BadArgument)?;
     let end = virt.checked_add(len).ok_or(Status::BadAddress)?;
-    if !virt.is_multiple_of(PAGE) || end > USER_END || pages == 0 {
+    if !virt.is_multiple_of(PAGE_SIZE) || end > USER_END || pages == 0 {
         return Err(Status::BadAddress);
     }
     if rights.contains(Rights::WRITE) && rights.contains(Rights::EXEC) {
@@ -96,22 +100,8 @@ pub fn map(k: &mut Kernel, space: SpaceId, args: [u64; 6]) -> Result<(), Status>
     if !mappable.contains(rights) || !rights.contains(Rights::READ) {
         return Err(Status::BadArgument);
     }
-    let (base, total) = match k
-        .caps
-        .lookup(space, mem_sel, rights)
-        .map_err(Status::from)?
-    {
-        Obj::Memory { base, pages } => (*base, *pages),
-        _ => return Err(Status::WrongKind),
-    };
-    let pd = match k
-        .caps
-        .lookup(space, pd_sel, Rights::CONTROL)
-        .map_err(Status::from)?
-    {
-        Obj::Pd(pd) => *pd,
-        _ => return Err(Status::WrongKind),
-    };
+    let MemoryRange { base, pages: total } = k.lookup(space, mem_sel, rights)?;
+    let pd: PdId = k.lookup(space, pd_sel, Rights::CONTROL)?;
     let last = first.checked_add(pages).ok_or(Status::BadArgument)?;
     if pages == 0 || last > total {
         return Err(Status::BadArgument);
@@ -124,7 +114,7 @@ pub fn map(k: &mut Kernel, space: SpaceId, args: [u64; 6]) -> Result<(), Status>
         .quota
         .charge(cost::MAP_RECORD)
         .map_err(Status::from)?;
-    if let Err(e) = map_pages(k, pd, virt, base + first * PAGE, pages, rights) {
+    if let Err(e) = map_pages(k, pd, virt, base + first * PAGE_SIZE, pages, rights) {
         if let Some(d) = k.pds.get_mut(pd) {
             d.quota.release(cost::MAP_RECORD);
         }
@@ -166,7 +156,7 @@ pub fn unmap_through(k: &mut Kernel, space: SpaceId, sel: u64) {
             // A page can only be missing if the domain is being torn down; nothing to undo then.
             let _ = domain
                 .aspace
-                .unmap(&mut tables, m.virt + page * PAGE, PageSize::Size4K);
+                .unmap(&mut tables, m.virt + page * PAGE_SIZE, PageSize::Size4K);
         }
         k.forget_loaded(m.pd);
     }
@@ -194,7 +184,7 @@ fn end_threads_on_unmapped_utcbs(k: &mut Kernel, pd: PdId, virt: u64, pages: u64
             k.threads
                 .get(*t)
                 .and_then(|t| t.utcb_page)
-                .is_some_and(|page| page.wrapping_sub(virt) < pages * PAGE)
+                .is_some_and(|page| page.wrapping_sub(virt) < pages * PAGE_SIZE)
         })
         .collect();
     for t in orphans {
@@ -218,7 +208,7 @@ pub fn carve(
     let end = first.checked_add(count).ok_or(Status::BadArgument)?;
     let carved = match *object {
         Obj::Memory { base, pages } if count > 0 && end <= pages => Obj::Memory {
-            base: base + first * PAGE,
+            base: base + first * PAGE_SIZE,
             pages: count,
         },
         Obj::IoPorts { base, count: n } if count > 0 && end <= u64::from(n) => Obj::IoPorts {
@@ -248,7 +238,7 @@ pub fn after_cap_insert_pd(k: &mut Kernel, pd: PdId, sel: u64) {
     let Some(space) = k.pds.get(pd).map(|d| d.space) else {
         return;
     };
-    if let Ok((Obj::IoPorts { .. }, _)) = k.caps.get(space, sel) {
+    if k.lookup::<PortRange>(space, sel, Rights::NONE).is_ok() {
         rebuild_io_bitmap(k, pd);
     }
 }

@@ -41,20 +41,24 @@ struct Slot<T> {
     value: Option<T>,
 }
 
-pub struct Slab<T> {
+/// A table of `T`s whose ids are `Id<K>` (`K` a marker kind of `ids`, so that object types can
+/// name each other's ids without naming each other).
+pub struct Slab<T, K> {
     slots: Vec<Slot<T>>,
     free: Vec<u32>,
+    _kind: PhantomData<fn() -> K>,
 }
 
-impl<T> Slab<T> {
+impl<T, K> Slab<T, K> {
     pub const fn new() -> Self {
         Slab {
             slots: Vec::new(),
             free: Vec::new(),
+            _kind: PhantomData,
         }
     }
 
-    pub fn insert(&mut self, value: T) -> Id<T> {
+    pub fn insert(&mut self, value: T) -> Id<K> {
         if let Some(index) = self.free.pop() {
             let slot = &mut self.slots[index as usize];
             slot.value = Some(value);
@@ -76,7 +80,7 @@ impl<T> Slab<T> {
         }
     }
 
-    pub fn get(&self, id: Id<T>) -> Option<&T> {
+    pub fn get(&self, id: Id<K>) -> Option<&T> {
         let slot = self.slots.get(id.index as usize)?;
         if slot.generation != id.generation {
             return None;
@@ -84,7 +88,7 @@ impl<T> Slab<T> {
         slot.value.as_ref()
     }
 
-    pub fn get_mut(&mut self, id: Id<T>) -> Option<&mut T> {
+    pub fn get_mut(&mut self, id: Id<K>) -> Option<&mut T> {
         let slot = self.slots.get_mut(id.index as usize)?;
         if slot.generation != id.generation {
             return None;
@@ -92,7 +96,7 @@ impl<T> Slab<T> {
         slot.value.as_mut()
     }
 
-    pub fn remove(&mut self, id: Id<T>) -> Option<T> {
+    pub fn remove(&mut self, id: Id<K>) -> Option<T> {
         let slot = self.slots.get_mut(id.index as usize)?;
         if slot.generation != id.generation {
             return None;
@@ -103,7 +107,7 @@ impl<T> Slab<T> {
         Some(value)
     }
 
-    pub fn for_each(&self, mut f: impl FnMut(Id<T>, &T)) {
+    pub fn for_each(&self, mut f: impl FnMut(Id<K>, &T)) {
         for (index, slot) in self.slots.iter().enumerate() {
             if let Some(value) = &slot.value {
                 let id = Id {

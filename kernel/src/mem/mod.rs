@@ -13,7 +13,6 @@ use bootinfo::BootInfo;
 use mem::map::{self, PhysRange};
 
 use crate::arch;
-use crate::boot::KernelImage;
 
 /// Memory never handed to the allocator: real-mode structures, BIOS data, the first MiB.
 const LOW_MEMORY: PhysRange = PhysRange {
@@ -55,6 +54,13 @@ impl From<mem::paging::MapError> for MemError {
     fn from(e: mem::paging::MapError) -> Self {
         MemError::Paging(e)
     }
+}
+
+/// Where the kernel image lies, as the loader placed it.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelImage {
+    pub phys_base: u64,
+    pub virt_base: u64,
 }
 
 /// Takes over physical memory: validates modules against the kernel image, hands usable memory

@@ -8,9 +8,9 @@ use bootinfo::{BootInfo, RegionKind};
 use mem::paging::{AddressSpace, Flags, PageSize, TableMemory, Translation};
 use spin::Mutex;
 
+use super::KernelImage;
 use super::{direct, frames, MemError};
 use crate::arch;
-use crate::boot::KernelImage;
 
 /// Device mappings are placed here, one after another.
 const MMIO_BASE: u64 = 0xffff_ff00_0000_0000;

@@ -7,8 +7,11 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Once;
 use x86::msr::{rdmsr, wrmsr};
 
-use super::trap::{SPURIOUS_VECTOR, TIMER_VECTOR};
 use crate::mem;
+
+/// The local APIC timer's vector, and the spurious-interrupt vector.
+pub const TIMER_VECTOR: u8 = 0x20;
+pub const SPURIOUS_VECTOR: u8 = 0xff;
 
 const IA32_APIC_BASE: u32 = 0x1b;
 const APIC_GLOBAL_ENABLE: u64 = 1 << 11;

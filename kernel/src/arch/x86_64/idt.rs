@@ -9,9 +9,9 @@ use x86::dtables::{lidt, DescriptorTablePointer};
 use x86::segmentation::{BuildDescriptor, DescriptorBuilder, GateDescriptorBuilder};
 use x86::Ring;
 
+use super::apic::{SPURIOUS_VECTOR, TIMER_VECTOR};
 use super::gdt;
 use super::pic::IRQ_BASE;
-use super::trap::{SPURIOUS_VECTOR, TIMER_VECTOR};
 
 global_asm!(include_str!("trap_entry.s"));
 

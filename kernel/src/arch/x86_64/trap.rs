@@ -9,8 +9,7 @@ use x86::controlregs::{cr0, cr2, cr3, cr4};
 use super::{apic, pic, power, stacks};
 use crate::println;
 
-pub const TIMER_VECTOR: u8 = 0x20;
-pub const SPURIOUS_VECTOR: u8 = 0xff;
+pub use super::apic::{SPURIOUS_VECTOR, TIMER_VECTOR};
 
 /// What the entry stubs push, lowest address first. A user thread's saved registers have the
 /// same layout (the stubs build it in the thread object, see `trap_entry.s`).

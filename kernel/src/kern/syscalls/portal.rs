@@ -1,0 +1,45 @@
+//! Portals: `create_portal`.
+
+use alloc::collections::VecDeque;
+
+use abi::{Rights, Status};
+use cap::SpaceId;
+
+use crate::kern::cost;
+use crate::kern::ids::PdId;
+use crate::kern::ids::ThreadId;
+use crate::kern::obj::Obj;
+use crate::kern::portal::Portal;
+use crate::kern::state::Kernel;
+
+pub fn create_portal(
+    k: &mut Kernel,
+    my_pd: PdId,
+    space: SpaceId,
+    dest: u64,
+    handler_sel: u64,
+    badge: u64,
+) -> Result<u64, Status> {
+    k.check_free(space, dest)?;
+    let handler: ThreadId = k.lookup(space, handler_sel, Rights::CONTROL)?;
+    // The handler must belong to the creating domain: a portal runs code of its creator only.
+    if k.threads.get(handler).map(|t| t.pd) != Some(my_pd) {
+        return Err(Status::BadArgument);
+    }
+    k.charge(my_pd, cost::PORTAL)?;
+    let portal = k.portals.insert(Portal {
+        handler,
+        badge,
+        callers: VecDeque::new(),
+        owner: my_pd,
+    });
+    if let Err(e) = k
+        .caps
+        .insert_original(space, dest, Obj::Portal(portal), Rights::ALL)
+    {
+        k.portals.remove(portal);
+        k.release(my_pd, cost::PORTAL);
+        return Err(e.into());
+    }
+    Ok(0)
+}
