@@ -10,7 +10,7 @@ use super::ids::ThreadId;
 use super::state::Kernel;
 use super::vcpu::Vcpu;
 use super::vm::Vm;
-use crate::arch::vm::{self as hw, Backend};
+use crate::arch::vm::{self as hw};
 
 /// The CPU's ASIDs/VPIDs, handed out in generations (`virt::tags`): never exhausted.
 static TAGS: spin::Mutex<Option<TagSpace>> = spin::Mutex::new(None);
@@ -18,13 +18,7 @@ static TAGS: spin::Mutex<Option<TagSpace>> = spin::Mutex::new(None);
 /// A tag for a vCPU holding `held`, and whether it is fresh (flush its entries before use).
 pub fn refresh_tag(held: Option<Held>) -> (Held, bool) {
     let mut tags = TAGS.lock();
-    let space = tags.get_or_insert_with(|| {
-        let limit = match hw::backend() {
-            Some(Backend::Svm) => hw::svm::asid_count().min(4096),
-            _ => 4096,
-        };
-        TagSpace::new(limit as u16)
-    });
+    let space = tags.get_or_insert_with(|| TagSpace::new(hw::tag_count().min(4096) as u16));
     space.refresh(held)
 }
 

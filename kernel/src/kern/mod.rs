@@ -100,12 +100,7 @@ impl Kernel {
 /// Waits with interrupts enabled until a thread is ready.
 fn idle() -> ! {
     loop {
-        // SAFETY: enabling interrupts only to halt; the timer handler (ring 0) counts ticks.
-        unsafe {
-            x86::irq::enable();
-            x86::halt();
-            x86::irq::disable();
-        }
+        arch::cpu::wait_for_interrupt();
         let ready = {
             let mut guard = KERNEL.lock();
             let kernel = guard.as_mut().expect("kernel state");
@@ -142,8 +137,7 @@ pub fn on_user_trap(frame: &mut TrapFrame) -> ! {
         arch::pic::interrupt(irq);
         run_and_resume(|_| {});
     }
-    // SAFETY: reading CR2 has no side effects.
-    let address = unsafe { x86::controlregs::cr2() } as u64;
+    let address = arch::cpu::page_fault_address();
     run_and_resume(|k| ipc::deliver_fault(k, vector, address))
 }
 

@@ -245,7 +245,7 @@ impl Kernel {
             if let Some(domain) = self.pds.get(pd) {
                 // SAFETY: the root frame of a live domain's page tables, whose upper half is the
                 // kernel's own (copied at creation), so the kernel keeps running after the switch.
-                unsafe { x86::controlregs::cr3_write(domain.aspace.root()) };
+                unsafe { crate::mem::paging::load_space(domain.aspace.root()) };
                 gdt::load_io_bitmap(domain.io_bitmap.as_deref());
                 self.loaded_pd = Some(pd);
             }

@@ -186,6 +186,17 @@ pub fn load_kernel_space() {
     }
 }
 
+/// Switches to the address space whose top-level table is `root`.
+///
+/// # Safety
+///
+/// `root` is the top-level table of a live address space whose upper half is the kernel's own
+/// (`share_kernel_half`), so the kernel keeps running after the switch.
+pub unsafe fn load_space(root: u64) {
+    // SAFETY: as the caller guarantees.
+    unsafe { x86::controlregs::cr3_write(root) };
+}
+
 /// How the address space `space` translates `virt`.
 pub fn translate_in(space: &AddressSpace, virt: u64) -> Option<Translation> {
     space.translate(&KernelTables { allocated: 0 }, virt)

@@ -138,3 +138,20 @@ pub fn rdtsc() -> u64 {
     // SAFETY: RDTSC has no side effects; CR4.TSD is clear in ring 0.
     unsafe { core::arch::x86_64::_rdtsc() }
 }
+
+/// Halts with interrupts enabled until one arrives, then disables them again (the idle loop:
+/// the timer and IRQ handlers run in ring 0 and return here).
+pub fn wait_for_interrupt() {
+    // SAFETY: enabling interrupts only to halt; the kernel's own handlers take them.
+    unsafe {
+        x86::irq::enable();
+        x86::halt();
+        x86::irq::disable();
+    }
+}
+
+/// The faulting linear address of the last page fault.
+pub fn page_fault_address() -> u64 {
+    // SAFETY: reading CR2 has no side effects.
+    unsafe { x86::controlregs::cr2() as u64 }
+}

@@ -10,10 +10,10 @@ use abi::PAGE_SIZE;
 use abi::{Rights, Status};
 use cap::SpaceId;
 use virt::ept::Access;
-use virt::nested::{Format, NestedError, NestedTables};
+use virt::nested::{NestedError, NestedTables};
 use virt::profile::ExitProfile;
 
-use crate::arch::vm::{self as hw, Backend};
+use crate::arch::vm::{self as hw};
 use crate::kern::cost;
 use crate::kern::exit::guest_view;
 use crate::kern::ids::{PdId, ThreadId, VmId};
@@ -54,10 +54,7 @@ pub fn create_vm(k: &mut Kernel, space: SpaceId, a: [u64; 6]) -> Result<u64, Sta
     } else {
         None
     };
-    let format = match backend {
-        Backend::Svm => Format::Npt,
-        Backend::Vmx => Format::Ept,
-    };
+    let format = backend.nested_format();
     let mut table_frames = Vec::new();
     let nested = {
         let domain = k.pds.get_mut(payer).ok_or(Status::BadSelector)?;

@@ -2,7 +2,7 @@
 //! vCPU's hardware state (an SVM VMCB or a VMX VMCS), moving guest state between that and the
 //! neutral message words of `abi::vm::word`, entering the guest, and reading why it exited.
 //!
-//! The kernel proper (`kern::vm`) decides what an exit means; this module only speaks to the
+//! The kernel proper (`kern::exit`, `kern::reply`) decides what an exit means; this module only speaks to the
 //! hardware. Entry and exit go through `entry.s`: an entry never returns, an exit restarts the
 //! kernel on its stack in [`vm_exited`].
 
@@ -31,6 +31,25 @@ impl Backend {
             Backend::Svm => abi::vm::Backend::Svm,
             Backend::Vmx => abi::vm::Backend::Vmx,
         }
+    }
+}
+
+impl Backend {
+    /// The nested page-table format of this backend (NPT or EPT).
+    pub fn nested_format(self) -> virt::nested::Format {
+        match self {
+            Backend::Svm => virt::nested::Format::Npt,
+            Backend::Vmx => virt::nested::Format::Ept,
+        }
+    }
+}
+
+/// How many ASIDs (SVM) or VPIDs (VMX) guests can use; the kernel recycles them in generations.
+pub fn tag_count() -> u32 {
+    match backend() {
+        Some(Backend::Svm) => svm::asid_count(),
+        // VPIDs are 16 bits wide; VPID 0 is the host's.
+        _ => 0xffff,
     }
 }
 
@@ -148,6 +167,58 @@ pub struct HwExit {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BadState(pub &'static str);
 
+/// What each backend does for one vCPU: SVM's VMCB (`svm::Vmcb`) and VMX's VMCS
+/// (`vmx::Vmcs`) implement it; the kernel reaches them through [`HwVcpu`].
+pub trait VendorVcpu {
+    /// Copies the groups `mask` names into message words.
+    fn read(&self, gprs: &Gprs, mask: u64, out: &mut [u64; word::COUNT]);
+    /// Writes the groups `mask` names from message words, after the kernel checked them.
+    fn write(&mut self, gprs: &mut Gprs, mask: u64, w: &[u64; word::COUNT]);
+    /// Queues `event` (abi::vm::inject form, error code `error`) for the next entry.
+    fn inject(&mut self, event: u64, error: u64);
+    /// Asks for (or stops asking for) an exit when the guest can take an interrupt.
+    fn request_window(&mut self, on: bool);
+    /// Shadow mode: the control registers the hardware runs with (`cr3` the shadow root) and,
+    /// where the hardware has read shadows (VMX), what guest reads of CR0 and CR4 return.
+    fn shadow_control(&mut self, cr0: u64, cr3: u64, cr4: u64, visible_cr0: u64, visible_cr4: u64);
+    /// The guest's CR2 from the next entry on (a #PF the kernel injects).
+    fn set_cr2(&mut self, value: u64);
+    /// Shadow mode: intercept #PF or let the guest's IDT take it (DMP fault forwarding).
+    fn intercept_page_faults(&mut self, on: bool);
+    /// Drops the hardware TLB's translation of guest-linear `la` (a shadow leaf changed). VMX
+    /// runs shadow mode without VPID, so every entry flushes the guest's translations anyway.
+    fn invalidate_page(&mut self, _la: u64) {}
+    /// Makes the next entry flush the guest's TLB entries (its nested mappings changed).
+    fn flush_on_entry(&mut self);
+    /// The last exit.
+    fn exit(&self, gprs: &Gprs) -> HwExit;
+    /// Bookkeeping right after an exit (one-shot flush requests are done).
+    fn entered(&mut self);
+    /// Queues the event the last exit interrupted (if any) for the next entry; the VMM's reply
+    /// may replace it.
+    fn redeliver(&mut self);
+    /// Checks the state the next entry would see if the groups of `mask` were written from `w`.
+    fn check(&self, mask: u64, w: &[u64; word::COUNT]) -> Result<(), BadState>;
+    /// Runs the guest under ASID/VPID `tag` from the next entry on, which first drops every
+    /// TLB entry the tag may still hold from another guest.
+    fn retag(&mut self, tag: u16);
+    /// The paging state the next entry would use (`virt::confine`).
+    fn paging(&self) -> virt::confine::HwPaging;
+    /// The `abi::vm::other` kind of an exit the kernel forwards as `Exit::Other`.
+    fn other_kind(&self, raw: u64) -> u64;
+    /// Runs the guest.
+    ///
+    /// # Safety
+    ///
+    /// The hardware structure, its nested tables and `gprs` stay allocated until the exit is
+    /// handled.
+    unsafe fn run(&mut self, gprs: &mut Gprs) -> !;
+    /// Returns the hardware structures to the frame allocator.
+    fn free(self)
+    where
+        Self: Sized;
+}
+
 /// One vCPU's hardware state.
 pub enum HwVcpu {
     Svm(svm::Vmcb),
@@ -167,101 +238,80 @@ impl HwVcpu {
         }
     }
 
-    /// Copies the groups `mask` names into message words.
+    /// The backend's vCPU (None once freed).
+    pub fn vendor(&self) -> Option<&dyn VendorVcpu> {
+        match self {
+            HwVcpu::Svm(v) => Some(v),
+            HwVcpu::Vmx(v) => Some(v),
+            HwVcpu::Empty => None,
+        }
+    }
+
+    pub fn vendor_mut(&mut self) -> Option<&mut dyn VendorVcpu> {
+        match self {
+            HwVcpu::Svm(v) => Some(v),
+            HwVcpu::Vmx(v) => Some(v),
+            HwVcpu::Empty => None,
+        }
+    }
+
     pub fn read(&self, gprs: &Gprs, mask: u64, out: &mut [u64; word::COUNT]) {
-        match self {
-            HwVcpu::Svm(v) => v.read(gprs, mask, out),
-            HwVcpu::Vmx(v) => v.read(gprs, mask, out),
-            HwVcpu::Empty => {}
+        if let Some(v) = self.vendor() {
+            v.read(gprs, mask, out);
         }
     }
 
-    /// Writes the groups `mask` names from message words, after `kern::vm` validated them.
     pub fn write(&mut self, gprs: &mut Gprs, mask: u64, words: &[u64; word::COUNT]) {
-        match self {
-            HwVcpu::Svm(v) => v.write(gprs, mask, words),
-            HwVcpu::Vmx(v) => v.write(gprs, mask, words),
-            HwVcpu::Empty => {}
+        if let Some(v) = self.vendor_mut() {
+            v.write(gprs, mask, words);
         }
     }
 
-    /// Queues `event` (abi::vm::inject form, error code `error`) for the next entry.
     pub fn inject(&mut self, event: u64, error: u64) {
-        match self {
-            HwVcpu::Svm(v) => v.inject(event, error),
-            HwVcpu::Vmx(v) => v.inject(event, error),
-            HwVcpu::Empty => {}
+        if let Some(v) = self.vendor_mut() {
+            v.inject(event, error);
         }
     }
 
-    /// Asks for (or stops asking for) an exit when the guest can take an interrupt.
     pub fn request_window(&mut self, on: bool) {
-        match self {
-            HwVcpu::Svm(v) => v.request_window(on),
-            HwVcpu::Vmx(v) => v.request_window(on),
-            HwVcpu::Empty => {}
+        if let Some(v) = self.vendor_mut() {
+            v.request_window(on);
         }
     }
 
-    /// Shadow mode: the control registers the hardware runs with (`cr3` the shadow root) and,
-    /// where the hardware has read shadows (VMX), what guest reads of CR0 and CR4 return.
-    pub fn shadow_control(
-        &mut self,
-        cr0: u64,
-        cr3: u64,
-        cr4: u64,
-        visible_cr0: u64,
-        visible_cr4: u64,
-    ) {
-        match self {
-            HwVcpu::Svm(v) => v.shadow_control(cr0, cr3, cr4),
-            HwVcpu::Vmx(v) => v.shadow_control(cr0, cr3, cr4, visible_cr0, visible_cr4),
-            HwVcpu::Empty => {}
+    pub fn shadow_control(&mut self, cr0: u64, cr3: u64, cr4: u64, vis_cr0: u64, vis_cr4: u64) {
+        if let Some(v) = self.vendor_mut() {
+            v.shadow_control(cr0, cr3, cr4, vis_cr0, vis_cr4);
         }
     }
 
-    /// The guest's CR2 from the next entry on (a #PF the kernel injects).
     pub fn set_cr2(&mut self, value: u64) {
-        match self {
-            HwVcpu::Svm(v) => v.set_cr2(value),
-            HwVcpu::Vmx(v) => v.set_cr2(value),
-            HwVcpu::Empty => {}
+        if let Some(v) = self.vendor_mut() {
+            v.set_cr2(value);
         }
     }
 
-    /// Shadow mode: intercept #PF or let the guest's IDT take it (DMP fault forwarding).
     pub fn intercept_page_faults(&mut self, on: bool) {
-        match self {
-            HwVcpu::Svm(v) => v.intercept_page_faults(on),
-            HwVcpu::Vmx(v) => v.intercept_page_faults(on),
-            HwVcpu::Empty => {}
+        if let Some(v) = self.vendor_mut() {
+            v.intercept_page_faults(on);
         }
     }
 
-    /// Drops the hardware TLB's translation of guest-linear `la` (a shadow leaf changed).
     pub fn invalidate_page(&mut self, la: u64) {
-        match self {
-            HwVcpu::Svm(v) => v.invalidate_page(la),
-            // Shadow mode runs without VPID: every VM entry flushes the guest's translations.
-            HwVcpu::Vmx(_) | HwVcpu::Empty => {}
+        if let Some(v) = self.vendor_mut() {
+            v.invalidate_page(la);
         }
     }
 
-    /// Makes the next entry flush the guest's TLB entries (its nested mappings changed).
     pub fn flush_on_entry(&mut self) {
-        match self {
-            HwVcpu::Svm(v) => v.flush_on_entry(),
-            HwVcpu::Vmx(v) => v.flush_on_entry(),
-            HwVcpu::Empty => {}
+        if let Some(v) = self.vendor_mut() {
+            v.flush_on_entry();
         }
     }
 
-    /// The last exit.
     pub fn exit(&self, gprs: &Gprs) -> HwExit {
-        match self {
-            HwVcpu::Svm(v) => v.exit(gprs),
-            HwVcpu::Vmx(v) => v.exit(gprs),
-            HwVcpu::Empty => HwExit {
+        self.vendor().map_or(
+            HwExit {
                 exit: virt::exit::Exit::Unknown { reason: 0 },
                 raw: 0,
                 info1: 0,
@@ -270,69 +320,40 @@ impl HwVcpu {
                 exception: 0,
                 address: None,
             },
-        }
+            |v| v.exit(gprs),
+        )
     }
 
-    /// Bookkeeping right after an exit (one-shot flush requests are done).
     pub fn after_exit(&mut self) {
-        match self {
-            HwVcpu::Svm(v) => v.entered(),
-            HwVcpu::Vmx(v) => v.entered(),
-            HwVcpu::Empty => {}
+        if let Some(v) = self.vendor_mut() {
+            v.entered();
         }
     }
 
-    /// Queues the event the last exit interrupted (if any) for the next entry; the VMM's reply
-    /// may replace it.
     pub fn redeliver(&mut self) {
-        match self {
-            HwVcpu::Svm(v) => v.redeliver(),
-            HwVcpu::Vmx(v) => {
-                let (event, error) = v.interrupted_event().unwrap_or((0, 0));
-                v.inject(event, error);
-            }
-            HwVcpu::Empty => {}
+        if let Some(v) = self.vendor_mut() {
+            v.redeliver();
         }
     }
 
-    /// Checks the state the next entry would see if the groups of `mask` were written from `w`.
     pub fn check(&self, mask: u64, w: &[u64; word::COUNT]) -> Result<(), BadState> {
-        match self {
-            HwVcpu::Svm(v) => v
-                .check(mask, w)
-                .map_err(|_| BadState("SVM guest-state check")),
-            HwVcpu::Vmx(v) => v.check(mask, w),
-            HwVcpu::Empty => Err(BadState("vCPU gone")),
-        }
+        self.vendor()
+            .map_or(Err(BadState("vCPU gone")), |v| v.check(mask, w))
     }
 
-    /// Runs the guest under ASID/VPID `tag` from the next entry on, which first drops every
-    /// TLB entry the tag may still hold from another guest.
     pub fn retag(&mut self, tag: u16) {
-        match self {
-            HwVcpu::Svm(v) => v.retag(tag),
-            HwVcpu::Vmx(v) => v.retag(tag),
-            HwVcpu::Empty => {}
+        if let Some(v) = self.vendor_mut() {
+            v.retag(tag);
         }
     }
 
-    /// The paging state the next entry would use: what decides whether the guest stays
-    /// inside its Vm (`virt::confine`).
     pub fn paging(&self) -> virt::confine::HwPaging {
-        match self {
-            HwVcpu::Svm(v) => v.paging(),
-            HwVcpu::Vmx(v) => v.paging(),
-            HwVcpu::Empty => virt::confine::HwPaging::default(),
-        }
+        self.vendor().map_or_else(Default::default, |v| v.paging())
     }
 
-    /// The `abi::vm::other` kind of an exit the kernel forwards as `Exit::Other`.
     pub fn other_kind(&self, raw: u64) -> u64 {
-        match self {
-            HwVcpu::Svm(_) => svm::other_kind(raw),
-            HwVcpu::Vmx(_) => vmx::other_kind(raw),
-            HwVcpu::Empty => abi::vm::other::UNKNOWN,
-        }
+        self.vendor()
+            .map_or(abi::vm::other::UNKNOWN, |v| v.other_kind(raw))
     }
 
     /// Returns the hardware structures to the frame allocator.
@@ -362,12 +383,10 @@ pub struct RunContext {
 pub unsafe fn enter(hw: &mut HwVcpu, ctx: &mut RunContext) -> ! {
     load_fpu(&ctx.fpu);
     ctx.entry_tsc = super::cpu::rdtsc();
-    match hw {
+    match hw.vendor_mut() {
         // SAFETY: as the caller guarantees.
-        HwVcpu::Svm(v) => unsafe { v.run(&mut ctx.gprs) },
-        // SAFETY: as the caller guarantees.
-        HwVcpu::Vmx(v) => unsafe { v.run(&mut ctx.gprs) },
-        HwVcpu::Empty => panic!("entering a freed vCPU"),
+        Some(v) => unsafe { v.run(&mut ctx.gprs) },
+        None => panic!("entering a freed vCPU"),
     }
 }
 

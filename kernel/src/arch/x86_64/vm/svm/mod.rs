@@ -1,0 +1,220 @@
+//! AMD SVM: the VMCB of each vCPU, the host save area, the shared I/O and MSR permission maps,
+//! ASIDs and their flushes, event injection and the virtual-interrupt window.
+//!
+//! Offsets follow the AMD APM vol. 2, appendix B ("Layout of VMCB"). The VMCB is reached
+//! through the kernel's direct map; nothing else touches it while the kernel runs.
+
+mod vmcb;
+
+pub use vmcb::Vmcb;
+
+use abi::vm::{mtd, word, SEGMENT_ORDER};
+use spin::Once;
+use virt::exit::{decode_svm, Exit};
+use x86::msr::{rdmsr, wrmsr};
+
+use super::{Gprs, HwExit, RAX, RSP};
+use crate::mem::{direct, frames};
+
+const EFER: u32 = 0xc000_0080;
+const EFER_SVME: u64 = 1 << 12;
+const VM_HSAVE_PA: u32 = 0xc001_0117;
+
+// Control area.
+const INTERCEPT_CR: usize = 0x000;
+const INTERCEPT_DR: usize = 0x004;
+const INTERCEPT_EXCEPTIONS: usize = 0x008;
+const INTERCEPT_MISC1: usize = 0x00c;
+const INTERCEPT_MISC2: usize = 0x010;
+const IOPM_BASE: usize = 0x040;
+const MSRPM_BASE: usize = 0x048;
+const GUEST_ASID: usize = 0x058;
+const TLB_CONTROL: usize = 0x05c;
+const VINTR: usize = 0x060;
+const INTERRUPT_SHADOW: usize = 0x068;
+const EXIT_CODE: usize = 0x070;
+const EXIT_INFO1: usize = 0x078;
+const EXIT_INFO2: usize = 0x080;
+const EXIT_INT_INFO: usize = 0x088;
+const NP_ENABLE: usize = 0x090;
+const EVENT_INJ: usize = 0x0a8;
+const N_CR3: usize = 0x0b0;
+const CLEAN_BITS: usize = 0x0c0;
+const NEXT_RIP: usize = 0x0c8;
+// State save area.
+const SEGMENT_OFFSETS: [usize; 8] = [0x410, 0x420, 0x430, 0x400, 0x440, 0x450, 0x490, 0x470]; // CS SS DS ES FS GS TR LDTR
+const GDTR: usize = 0x460;
+const IDTR: usize = 0x480;
+const CPL: usize = 0x4cb;
+const S_EFER: usize = 0x4d0;
+const S_CR4: usize = 0x548;
+const S_CR3: usize = 0x550;
+const S_CR0: usize = 0x558;
+const S_DR7: usize = 0x560;
+const S_DR6: usize = 0x568;
+const S_RFLAGS: usize = 0x570;
+const S_RIP: usize = 0x578;
+const S_RSP: usize = 0x5d8;
+const S_RAX: usize = 0x5f8;
+const S_SYSENTER_CS: usize = 0x628;
+const S_SYSENTER_ESP: usize = 0x630;
+const S_SYSENTER_EIP: usize = 0x638;
+const S_CR2: usize = 0x640;
+const S_G_PAT: usize = 0x668;
+
+// Intercept bits.
+const MISC1_INTR: u32 = 1 << 0;
+const MISC1_NMI: u32 = 1 << 1;
+const MISC1_SMI: u32 = 1 << 2;
+const MISC1_INIT: u32 = 1 << 3;
+const MISC1_VINTR: u32 = 1 << 4;
+const MISC1_RDPMC: u32 = 1 << 15;
+const MISC1_CPUID: u32 = 1 << 18;
+const MISC1_INVD: u32 = 1 << 22;
+const MISC1_HLT: u32 = 1 << 24;
+const MISC1_INVLPG: u32 = 1 << 25;
+const MISC1_IOIO: u32 = 1 << 27;
+const MISC1_MSR: u32 = 1 << 28;
+const MISC1_SHUTDOWN: u32 = 1 << 31;
+/// VMRUN, VMMCALL, VMLOAD, VMSAVE, STGI, CLGI, SKINIT, MONITOR, MWAIT, MWAIT_CONDITIONAL,
+/// XSETBV.
+const MISC2_ALWAYS: u32 = 0x7f | (1 << 10) | (1 << 11) | (1 << 12) | (1 << 13);
+/// DR0-DR7 reads and writes: the kernel never uses debug registers, so the guest may not see
+/// or set the host's.
+const DR_ALL: u32 = 0x00ff_00ff;
+/// #DB and #AC: a guest could otherwise hang the CPU in an endless chain of them.
+const EXCEPTIONS_REFLECTED: u32 = (1 << 1) | (1 << 17);
+/// Shadow mode: reads and writes of CR0, CR3 and CR4 (the guest's own values live in the
+/// kernel's vTLB; SVM has no read shadows).
+const SHADOW_CR: u32 = 0b1_1001 | (0b1_1001 << 16);
+/// Shadow mode: #PF.
+const SHADOW_EXCEPTIONS: u32 = 1 << 14;
+
+const V_IRQ: u64 = 1 << 8;
+const V_IGN_TPR: u64 = 1 << 20;
+const V_INTR_MASKING: u64 = 1 << 24;
+const TLB_FLUSH_ALL: u8 = 1;
+const TLB_FLUSH_GUEST: u8 = 3;
+/// The power-on PAT.
+const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
+
+/// Frames shared by every vCPU: the host save area, the host VMCB for VMSAVE/VMLOAD of host
+/// state, and the permission maps.
+struct Shared {
+    host_vmcb: u64,
+    iopm: u64,
+    msrpm: u64,
+    nrip_save: bool,
+    /// EXITINFO1 holds the INVLPG operand (decode assists).
+    decode_assists: bool,
+}
+
+static SHARED: Once<Shared> = Once::new();
+
+/// MSRs the guest reads and writes directly: each is part of the state VMLOAD/VMSAVE or the VMCB
+/// switch, so it never shows the host's value.
+const PASSTHROUGH_MSRS: [u32; 10] = [
+    0xc000_0100, // FS_BASE
+    0xc000_0101, // GS_BASE
+    0xc000_0102, // KERNEL_GS_BASE
+    0xc000_0081, // STAR
+    0xc000_0082, // LSTAR
+    0xc000_0083, // CSTAR
+    0xc000_0084, // SFMASK
+    0x174,       // SYSENTER_CS
+    0x175,       // SYSENTER_ESP
+    0x176,       // SYSENTER_EIP
+];
+
+fn alloc_zeroed(count: usize) -> Option<u64> {
+    let base = frames::alloc(count)?;
+    for i in 0..count as u64 {
+        direct::zero_frame(base + i * 4096);
+    }
+    Some(base)
+}
+
+fn fill(base: u64, count: usize, byte: u8) {
+    let word = u64::from_ne_bytes([byte; 8]);
+    for f in 0..count as u64 {
+        for i in 0..512 {
+            direct::write_word(base + f * 4096, i, word);
+        }
+    }
+}
+
+/// Clears the two intercept bits of `msr` in the MSR permission map.
+fn pass_msr(msrpm: u64, msr: u32) {
+    let (range_base, first) = match msr {
+        0..=0x1fff => (0u64, 0u32),
+        0xc000_0000..=0xc000_1fff => (0x800, 0xc000_0000),
+        0xc001_0000..=0xc001_1fff => (0x1000, 0xc001_0000),
+        _ => return,
+    };
+    let bit = u64::from(msr - first) * 2;
+    let byte = range_base + bit / 8;
+    let frame = msrpm + (byte / 4096) * 4096;
+    let index = ((byte % 4096) / 8) as usize;
+    let shift = (byte % 8) * 8 + bit % 8;
+    let w = direct::read_word(frame, index);
+    direct::write_word(frame, index, w & !(0b11 << shift));
+}
+
+/// Enables SVM on this CPU and builds the shared structures.
+pub fn init() -> Result<(), &'static str> {
+    let svm = x86::cpuid::CpuId::new()
+        .get_svm_info()
+        .ok_or("CPUID has no SVM leaf")?;
+    let host_save = alloc_zeroed(1).ok_or("no memory for the host save area")?;
+    let host_vmcb = alloc_zeroed(1).ok_or("no memory for the host VMCB")?;
+    let iopm = alloc_zeroed(3).ok_or("no memory for the I/O permission map")?;
+    let msrpm = alloc_zeroed(2).ok_or("no memory for the MSR permission map")?;
+    fill(iopm, 3, 0xff);
+    fill(msrpm, 2, 0xff);
+    for msr in PASSTHROUGH_MSRS {
+        pass_msr(msrpm, msr);
+    }
+    // SAFETY: CPUID reported SVM and firmware has not disabled it (checked by the caller);
+    // setting EFER.SVME enables the SVM instructions, and VM_HSAVE_PA gets a page the kernel
+    // owns for good.
+    unsafe {
+        wrmsr(EFER, rdmsr(EFER) | EFER_SVME);
+        wrmsr(VM_HSAVE_PA, host_save);
+    }
+    SHARED.call_once(|| Shared {
+        host_vmcb,
+        iopm,
+        msrpm,
+        nrip_save: svm.has_nrip(),
+        decode_assists: svm.has_decode_assists(),
+    });
+    log::info!(
+        "svm: {} ASIDs, NRIP save {}, decode assists {}",
+        svm.supported_asids(),
+        if svm.has_nrip() { "yes" } else { "no" },
+        if svm.has_decode_assists() {
+            "yes"
+        } else {
+            "no"
+        }
+    );
+    Ok(())
+}
+
+/// Number of ASIDs (ASID 0 is the host's).
+pub fn asid_count() -> u32 {
+    x86::cpuid::CpuId::new()
+        .get_svm_info()
+        .map_or(0, |s| s.supported_asids())
+}
+
+/// The `abi::vm::other` kind of an SVM exit code.
+pub fn other_kind(code: u64) -> u64 {
+    use abi::vm::other;
+    match code {
+        0x20..=0x3f => other::DEBUG_REGISTER,
+        0x76 => other::INVD,
+        0x8d => other::XSETBV,
+        _ => other::UNKNOWN,
+    }
+}
