@@ -271,7 +271,7 @@ pub fn deliver_fault(k: &mut Kernel, vector: u64, address: u64) {
         .get(pd)
         .and_then(|p| {
             k.caps
-                .lookup(p.space, abi::well_known::FAULT_PORTAL, Rights::CALL)
+                .lookup(p.space, abi::well_known::FAULT_PORTAL.raw(), Rights::CALL)
                 .ok()
         })
         .and_then(|o| match o {

@@ -114,6 +114,7 @@ fn kernel_stats(k: &Kernel, my_pd: PdId, which: u64) -> Result<u64, Status> {
         stats::HEAP_USED => crate::mem::heap::stats().0 as u64,
         stats::QUOTA_USED => quota.used(),
         stats::QUOTA_LIMIT => quota.limit(),
+        stats::VIRT_BACKEND => crate::arch::vm::backend().map_or(0, |b| b.abi() as u64),
         _ => return Err(Status::BadArgument),
     })
 }
