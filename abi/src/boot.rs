@@ -27,13 +27,13 @@ pub const INIT_STACK_PAGES: u64 = 16;
 pub mod sel {
     use crate::Sel;
     /// Memory capability over the pool of free RAM the kernel gives init (READ|WRITE|GRANT).
-    pub const FREE_MEMORY: Sel = 3;
+    pub const FREE_MEMORY: Sel = Sel::new(3);
     /// I/O-port capability over all 65536 ports (CALL|GRANT).
-    pub const ALL_IO_PORTS: Sel = 4;
+    pub const ALL_IO_PORTS: Sel = Sel::new(4);
     /// First of [`super::IRQ_COUNT`] IRQ capabilities, one per legacy IRQ line (CALL|GRANT).
-    pub const FIRST_IRQ: Sel = 5;
+    pub const FIRST_IRQ: Sel = Sel::new(5);
     /// First boot-module memory capability; module `i` is at `FIRST_MODULE + i`.
-    pub const FIRST_MODULE: Sel = 32;
+    pub const FIRST_MODULE: Sel = Sel::new(32);
 }
 
 /// Legacy IRQ lines offered as capabilities.
@@ -86,4 +86,4 @@ pub struct BootPage {
 
 pub const BOOT_PAGE_MAGIC: u64 = 0x646d_7068_7662_6f6f; // "dmphvboo"
 
-const _: () = assert!(core::mem::size_of::<BootPage>() <= 4096);
+const _: () = assert!(core::mem::size_of::<BootPage>() as u64 <= crate::PAGE_SIZE);

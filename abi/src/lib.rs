@@ -8,6 +8,7 @@ pub mod boot;
 pub mod bootstrap;
 pub mod dmp;
 pub mod exit;
+pub mod log;
 pub mod profile;
 pub mod rights;
 pub mod status;
@@ -20,9 +21,49 @@ pub use status::Status;
 pub use syscall::Syscall;
 
 /// A capability selector: an index into a protection domain's capability space.
-pub type Sel = u64;
+///
+/// A plain number on the wire (one syscall argument register, one UTCB word); the type keeps
+/// selectors apart from counts, addresses and badges in the code that handles them. Any value is
+/// a `Sel`: the kernel checks it against the capability space ([`CAP_SPACE_SLOTS`]) and answers
+/// `BadSelector` when it is out of range or empty. `Debug` and `Display` print the bare number,
+/// as the `u64` it replaces did.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct Sel(u64);
 
-/// Size of a page (the only page size the ABI speaks of; larger mappings are runs of pages).
+impl Sel {
+    /// The selector with index `raw`.
+    pub const fn new(raw: u64) -> Sel {
+        Sel(raw)
+    }
+
+    /// The index, as it travels in a register or message word.
+    pub const fn raw(self) -> u64 {
+        self.0
+    }
+
+    /// The selector `n` slots after this one (the `n`-th of a range starting here). Wraps at
+    /// `u64::MAX` rather than panicking: a wrapped selector is out of range, and the kernel
+    /// refuses it.
+    pub const fn offset(self, n: u64) -> Sel {
+        Sel(self.0.wrapping_add(n))
+    }
+}
+
+impl core::fmt::Debug for Sel {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl core::fmt::Display for Sel {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+/// Bytes in a page: the unit of `Map`, `VmMap`, `Carve` on memory and every page-granular
+/// address of this ABI (4 KiB pages only).
 pub const PAGE_SIZE: u64 = 4096;
 
 /// Number of selectors in every capability space.
@@ -33,17 +74,17 @@ pub const CAP_SPACE_SLOTS: u64 = 1024;
 pub mod well_known {
     use super::Sel;
     /// The protection domain itself (rights as delegated by its creator).
-    pub const SELF_PD: Sel = 0;
+    pub const SELF_PD: Sel = Sel::new(0);
     /// The thread that runs the domain's entry point.
-    pub const SELF_THREAD: Sel = 1;
+    pub const SELF_THREAD: Sel = Sel::new(1);
     /// The portal that receives the domain's faults (empty if its creator gave none). The kernel
     /// sends fault messages there; a user `Call` with `utcb::FAULT_LABEL` is refused, so a fault
     /// message is always the kernel's.
-    pub const FAULT_PORTAL: Sel = 2;
+    pub const FAULT_PORTAL: Sel = Sel::new(2);
     /// Servers started by init: init's bootstrap portal (see `crate::bootstrap`).
-    pub const BOOTSTRAP_PORTAL: Sel = 15;
+    pub const BOOTSTRAP_PORTAL: Sel = Sel::new(15);
     /// First selector free for the domain's own use.
-    pub const FIRST_FREE: Sel = 16;
+    pub const FIRST_FREE: Sel = Sel::new(16);
 }
 
 /// Kinds of kernel object a capability can name.

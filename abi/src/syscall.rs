@@ -8,6 +8,10 @@
 //! A new thread starts at its entry point with RSP = its stack top, RDI = the user address of its
 //! UTCB and RSI = 0 (init: RSI = [`crate::boot::BOOT_PAGE_ADDR`]); other registers are zero and
 //! interrupts are enabled.
+//!
+//! [`args`] names each call's arguments: one view per syscall, with `to_regs` / `from_regs`.
+
+pub mod args;
 
 /// Syscall numbers. Arguments are listed as `name: meaning`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +124,9 @@ pub mod stats {
     pub const HEAP_USED: u64 = 1;
     pub const QUOTA_USED: u64 = 2;
     pub const QUOTA_LIMIT: u64 = 3;
+    /// The hardware-virtualization backend the kernel runs guests with: 0 none, else a
+    /// [`crate::vm::Backend`] value (1 SVM, 2 VMX); see [`crate::vm::Backend::from_stat`].
+    pub const VIRT_BACKEND: u64 = 4;
 }
 
 /// Number of defined syscalls; every number at or above it returns `BadSyscall`.

@@ -458,6 +458,16 @@ pub enum MemoryMode {
     Shadow = 1,
 }
 
+impl MemoryMode {
+    pub const fn from_u64(v: u64) -> Option<Self> {
+        match v {
+            0 => Some(Self::Nested),
+            1 => Some(Self::Shadow),
+            _ => None,
+        }
+    }
+}
+
 /// Operations of [`crate::Syscall::VcpuControl`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u64)]
@@ -471,17 +481,72 @@ pub enum VcpuOp {
     Hypercalls = 2,
 }
 
+impl VcpuOp {
+    pub const fn from_u64(v: u64) -> Option<Self> {
+        match v {
+            0 => Some(Self::SetMask),
+            1 => Some(Self::Recall),
+            2 => Some(Self::Hypercalls),
+            _ => None,
+        }
+    }
+}
+
 /// Guest-physical addresses a Vm can map: below 512 GiB (one top-level nested table entry's
 /// reach is enough for the guests this system runs, and it bounds the tables a VMM can make the
 /// kernel build).
 pub const GUEST_PHYS_LIMIT: u64 = 1 << 39;
 
-/// Which backend the kernel uses (the `Lookup` value of a Vm capability's object, bits 16..23).
+/// Which backend the kernel uses (the `Lookup` value of a Vm capability's object, bits 16..23,
+/// and `KernelStats` [`crate::syscall::stats::VIRT_BACKEND`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Backend {
+    /// AMD SVM.
     Svm = 1,
+    /// Intel VMX.
     Vmx = 2,
+}
+
+impl Backend {
+    /// The backend a `KernelStats` [`crate::syscall::stats::VIRT_BACKEND`] figure names; `None`
+    /// for 0 (no usable virtualization) and for values this ABI does not define.
+    pub const fn from_stat(v: u64) -> Option<Self> {
+        match v {
+            1 => Some(Self::Svm),
+            2 => Some(Self::Vmx),
+            _ => None,
+        }
+    }
+
+    /// The instruction a guest of this backend makes hypercalls with.
+    pub const fn hypercall_insn(self) -> HypercallInsn {
+        match self {
+            Self::Svm => HypercallInsn::Vmmcall,
+            Self::Vmx => HypercallInsn::Vmcall,
+        }
+    }
+}
+
+/// The hypercall instruction of a virtualization backend ([`Backend::hypercall_insn`]): what
+/// DMP stubs and guests call the kernel's [`hypercall`]s (or the VMM) with. Executing the other
+/// vendor's instruction raises #UD in the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HypercallInsn {
+    /// Intel VMX: `vmcall` (`0F 01 C1`).
+    Vmcall,
+    /// AMD SVM: `vmmcall` (`0F 01 D9`).
+    Vmmcall,
+}
+
+impl HypercallInsn {
+    /// The instruction's encoding.
+    pub const fn bytes(self) -> [u8; 3] {
+        match self {
+            Self::Vmcall => [0x0f, 0x01, 0xc1],
+            Self::Vmmcall => [0x0f, 0x01, 0xd9],
+        }
+    }
 }
 
 #[cfg(test)]

@@ -38,9 +38,9 @@ rt::entry!(main, heap = 4 * 1024 * 1024);
 /// The `attach` portal.
 const ATTACH: Sel = well_known::FIRST_FREE;
 /// Guests' Vm capabilities: `VM_BASE + guest`.
-const VM_BASE: Sel = 64;
+const VM_BASE: Sel = Sel::new(64);
 /// Guests' profile portals: `PROFILE_BASE + guest`.
-const PROFILE_BASE: Sel = 128;
+const PROFILE_BASE: Sel = Sel::new(128);
 /// Most guests the service takes.
 const MAX_GUESTS: usize = 32;
 /// Badges: the attach portal's, and `PROFILE_BADGE + guest` for profile portals.
@@ -64,8 +64,8 @@ struct Guest {
 fn main(start: Start) -> ! {
     let mut utcb = start.utcb;
     log::set_name("dmp-service");
-    if bootstrap::get(&mut utcb, "serial.log", well_known::FIRST_FREE + 1).is_ok() {
-        log::set_portal(well_known::FIRST_FREE + 1);
+    if bootstrap::get(&mut utcb, "serial.log", well_known::FIRST_FREE.offset(1)).is_ok() {
+        log::set_portal(well_known::FIRST_FREE.offset(1));
     }
     let ready = syscall::create_portal(ATTACH, well_known::SELF_THREAD, ATTACH_BADGE)
         .and_then(|()| bootstrap::register(&mut utcb, "attach", ATTACH));
@@ -79,7 +79,7 @@ fn main(start: Start) -> ! {
     let mut guests: Vec<Guest> = Vec::new();
     utcb.set_msg(0, &[]);
     loop {
-        utcb.set_cap_recv(VM_BASE + guests.len() as u64);
+        utcb.set_cap_recv(VM_BASE.offset(guests.len() as u64));
         let badge = match utcb.reply_wait(ATTACH) {
             Ok(b) => b,
             Err(e) => {
@@ -123,7 +123,7 @@ fn attach(utcb: &mut Utcb, guests: &mut Vec<Guest>) {
         view_base: VIEW_BASE,
         call: hypercall_insn(),
     };
-    let portal = PROFILE_BASE + n as u64;
+    let portal = PROFILE_BASE.offset(n as u64);
     if let Err(e) =
         syscall::create_portal(portal, well_known::SELF_THREAD, PROFILE_BADGE + n as u64)
     {
@@ -134,7 +134,7 @@ fn attach(utcb: &mut Utcb, guests: &mut Vec<Guest>) {
     // Hidden faults on the guest's large pages fill 2 MiB at once: a guest kernel's direct map
     // then costs one exit per 2 MiB instead of one per page it touches.
     // The window's last page is the stubs' scratch (the fault stub's last-fault word).
-    let vm = VM_BASE + n as u64;
+    let vm = VM_BASE.offset(n as u64);
     let regions = match rt::vm::vm_dmp(vm, abi::vm::dmp_op::REGION_FILLS, 1)
         .and_then(|()| rt::vm::vm_dmp(vm, abi::vm::dmp_op::SCRATCH, abi::dmp::WINDOW_SCRATCH_PAGES))
     {
@@ -142,7 +142,7 @@ fn attach(utcb: &mut Utcb, guests: &mut Vec<Guest>) {
         Err(_) => "refused",
     };
     guests.push(Guest {
-        vm: VM_BASE + n as u64,
+        vm: VM_BASE.offset(n as u64),
         policy: GuestPolicy::new(config),
     });
     rt::println!(

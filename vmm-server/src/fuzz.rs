@@ -58,8 +58,8 @@ pub const RECALL_TICKS: u64 = 20;
 /// and is started again.
 pub const STUCK_RECALLS: u32 = 2;
 /// The watchdog thread and the semaphore it naps on.
-const WATCHDOG: Sel = well_known::FIRST_FREE + 8;
-const NAP: Sel = well_known::FIRST_FREE + 9;
+const WATCHDOG: Sel = well_known::FIRST_FREE.offset(8);
+const NAP: Sel = well_known::FIRST_FREE.offset(9);
 static WATCHDOG_MEM: thread::ThreadMem<8192> = thread::ThreadMem::new();
 /// Set when the guest has ended: the watchdog stops.
 static DONE: AtomicBool = AtomicBool::new(false);

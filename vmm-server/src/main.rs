@@ -48,18 +48,18 @@ rt::entry!(main);
 /// The serial driver's `log` portal.
 const LOG: Sel = well_known::FIRST_FREE;
 /// The guest's RAM and image.
-const MEMORY: Sel = well_known::FIRST_FREE + 1;
-const IMAGE: Sel = well_known::FIRST_FREE + 2;
-const VM: Sel = well_known::FIRST_FREE + 3;
-const VCPU: Sel = well_known::FIRST_FREE + 4;
+const MEMORY: Sel = well_known::FIRST_FREE.offset(1);
+const IMAGE: Sel = well_known::FIRST_FREE.offset(2);
+const VM: Sel = well_known::FIRST_FREE.offset(3);
+const VCPU: Sel = well_known::FIRST_FREE.offset(4);
 /// The semaphore the server idles on once its guest has ended.
-const IDLE: Sel = well_known::FIRST_FREE + 5;
+const IDLE: Sel = well_known::FIRST_FREE.offset(5);
 /// Where a capability sent to an exit portal would land (the kernel sends none).
-const RECV: Sel = well_known::FIRST_FREE + 6;
+const RECV: Sel = well_known::FIRST_FREE.offset(6);
 /// The DMP service's `attach` portal (guests with `dmp = true`).
-const DMP: Sel = well_known::FIRST_FREE + 7;
+const DMP: Sel = well_known::FIRST_FREE.offset(7);
 /// The exit portals: `EXIT_BASE + reason`.
-const EXIT_BASE: Sel = 32;
+const EXIT_BASE: Sel = Sel::new(32);
 
 fn main(start: Start) -> ! {
     let mut utcb = start.utcb;
@@ -167,7 +167,7 @@ fn attach_dmp(utcb: &mut Utcb, name: &str) -> Result<bool, SetupError> {
     words[abi::dmp::attach::WINDOW_PAGES] = DMP_WINDOW_PAGES;
     utcb.set_msg(abi::dmp::ATTACH, &words);
     utcb.attach_cap(VM, Rights::READ.union(Rights::PATCH));
-    utcb.set_cap_recv(EXIT_BASE + Exit::Profile as u64);
+    utcb.set_cap_recv(EXIT_BASE.offset(Exit::Profile as u64));
     step("dmp attach", utcb.call_msg(DMP))?;
     step("dmp attach", utcb.reply_status())?;
     if !utcb.cap_received() {
@@ -314,7 +314,7 @@ fn setup(utcb: &mut Utcb, guest: &Guest, name: &str) -> Result<Set, SetupError> 
         }
         step(
             "create exit portal",
-            syscall::create_portal(EXIT_BASE + reason, well_known::SELF_THREAD, reason),
+            syscall::create_portal(EXIT_BASE.offset(reason), well_known::SELF_THREAD, reason),
         )?;
     }
     let priority = u64::from(guest.priority);

@@ -30,14 +30,14 @@ rt::entry!(main, heap = 16 * 1024);
 /// The I/O-port capability over COM1.
 const PORTS: abi::Sel = well_known::FIRST_FREE;
 /// The `log` portal.
-const LOG: abi::Sel = well_known::FIRST_FREE + 1;
+const LOG: abi::Sel = well_known::FIRST_FREE.offset(1);
 /// Where a capability sent to `log` would land (clients send none; it is dropped).
-const RECV: abi::Sel = well_known::FIRST_FREE + 2;
+const RECV: abi::Sel = well_known::FIRST_FREE.offset(2);
 /// Badge of the `log` portal.
 const LOG_BADGE: u64 = 1;
 /// The IRQ capability and the semaphore it signals.
-const IRQ: abi::Sel = well_known::FIRST_FREE + 3;
-const IRQ_SEM: abi::Sel = well_known::FIRST_FREE + 4;
+const IRQ: abi::Sel = well_known::FIRST_FREE.offset(3);
+const IRQ_SEM: abi::Sel = well_known::FIRST_FREE.offset(4);
 /// COM1's legacy IRQ line.
 const COM1_IRQ: u8 = 4;
 /// Timer ticks to wait for the interrupt before reporting that it did not come.

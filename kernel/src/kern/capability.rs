@@ -1,7 +1,7 @@
 //! The one way syscalls reach objects through capabilities: a typed lookup (kind and rights, or
 //! a [`Status`]), the free-slot check before an object is made, and quota charges.
 
-use abi::{Rights, Status};
+use abi::{Rights, Sel, Status};
 use cap::SpaceId;
 
 use super::ids::PdId;
@@ -11,14 +11,17 @@ use super::state::Kernel;
 impl Kernel {
     /// The object of kind `K` at `sel` in `space`, if the capability holds every right in
     /// `rights`. Rights are checked before the kind (`NoRights` wins over `WrongKind`).
-    pub fn lookup<K: Kind>(&self, space: SpaceId, sel: u64, rights: Rights) -> Result<K, Status> {
-        let object = self.caps.lookup(space, sel, rights).map_err(Status::from)?;
+    pub fn lookup<K: Kind>(&self, space: SpaceId, sel: Sel, rights: Rights) -> Result<K, Status> {
+        let object = self
+            .caps
+            .lookup(space, sel.raw(), rights)
+            .map_err(Status::from)?;
         K::from_obj(object).ok_or(Status::WrongKind)
     }
 
     /// Checks that `sel` is a free slot of `space` before an object is made for it.
-    pub fn check_free(&self, space: SpaceId, sel: u64) -> Result<(), Status> {
-        match self.caps.get(space, sel) {
+    pub fn check_free(&self, space: SpaceId, sel: Sel) -> Result<(), Status> {
+        match self.caps.get(space, sel.raw()) {
             Err(cap::CapError::Empty) => Ok(()),
             Ok(_) => Err(Status::SelectorInUse),
             Err(e) => Err(e.into()),

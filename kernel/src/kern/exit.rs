@@ -15,6 +15,7 @@ use super::shadow::Shadow;
 use super::shadow_exit::{shadow_exit, ShadowExit};
 use super::state::Kernel;
 use crate::arch::vm::{self as hw};
+use abi::Sel;
 
 /// A vCPU of `vm` ended: the kernel prints the Vm's exit profile (by reason, hottest sites,
 /// shadow-paging counts) as `profile:` lines, which the build tool reads.
@@ -48,7 +49,7 @@ pub fn deliver_profile(k: &mut Kernel, t: ThreadId) -> bool {
         return false;
     };
     let (space, sel) = (vcpu.exit_space, vcpu.exit_base + Exit::Profile as u64);
-    let Ok(portal) = k.lookup::<PortalId>(space, sel, Rights::CALL) else {
+    let Ok(portal) = k.lookup::<PortalId>(space, Sel::new(sel), Rights::CALL) else {
         return false;
     };
     // Offered, never queued: the profile portal may be another domain's (the DMP service),
@@ -244,7 +245,7 @@ pub fn deliver_exit(k: &mut Kernel, t: ThreadId, reason: Exit, qual0: u64, qual1
     for (i, w) in words.iter().enumerate() {
         msg.write(8 + i, *w);
     }
-    let Ok(portal) = k.lookup::<PortalId>(space, sel, Rights::CALL) else {
+    let Ok(portal) = k.lookup::<PortalId>(space, Sel::new(sel), Rights::CALL) else {
         crate::println!(
             "kernel: vCPU {t:?} has no exit portal for {}; vCPU stopped",
             reason.name()

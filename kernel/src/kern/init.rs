@@ -72,7 +72,7 @@ fn load(k: &mut Kernel, info: &BootInfo, init_index: usize) -> Result<(), &'stat
             name: [0; 48],
             addr: 0,
             len: 0,
-            sel: 0,
+            sel: abi::Sel::new(0),
         }; boot::MAX_BOOT_MODULES],
         cmdline: [0; 256],
     };
@@ -85,11 +85,11 @@ fn load(k: &mut Kernel, info: &BootInfo, init_index: usize) -> Result<(), &'stat
         let pages = (m.start + m.len).div_ceil(PAGE_SIZE) - first / PAGE_SIZE;
         memory::map_pages(k, pd, next, first, pages, Rights::READ)
             .map_err(|_| "cannot map a boot module")?;
-        let module_sel = sel::FIRST_MODULE + i as u64;
+        let module_sel = sel::FIRST_MODULE.offset(i as u64);
         k.caps
             .insert_original(
                 space,
-                module_sel,
+                module_sel.raw(),
                 Obj::Memory { base: first, pages },
                 Rights::READ | Rights::GRANT,
             )
@@ -115,7 +115,7 @@ fn load(k: &mut Kernel, info: &BootInfo, init_index: usize) -> Result<(), &'stat
     };
     insert(
         k,
-        sel::FREE_MEMORY,
+        sel::FREE_MEMORY.raw(),
         Obj::Memory {
             base: pool,
             pages: pool_pages,
@@ -124,23 +124,23 @@ fn load(k: &mut Kernel, info: &BootInfo, init_index: usize) -> Result<(), &'stat
     )?;
     insert(
         k,
-        sel::ALL_IO_PORTS,
+        sel::ALL_IO_PORTS.raw(),
         Obj::IoPorts {
             base: 0,
             count: 65536,
         },
         Rights::CALL | Rights::GRANT,
     )?;
-    memory::after_cap_insert_pd(k, pd, sel::ALL_IO_PORTS);
+    memory::after_cap_insert_pd(k, pd, sel::ALL_IO_PORTS.raw());
     for irq in 0..boot::IRQ_COUNT {
         insert(
             k,
-            sel::FIRST_IRQ + irq,
+            sel::FIRST_IRQ.offset(irq).raw(),
             Obj::Irq(irq as u8),
             Rights::CALL | Rights::GRANT,
         )?;
     }
-    insert(k, well_known::SELF_PD, Obj::Pd(pd), Rights::ALL)?;
+    insert(k, well_known::SELF_PD.raw(), Obj::Pd(pd), Rights::ALL)?;
 
     page.quota = k.pds.get(pd).map_or(0, |d| d.quota.available());
     let boot_frame = map_fresh(k, pd, boot::BOOT_PAGE_ADDR, 1, Rights::READ)?;
@@ -157,7 +157,12 @@ fn load(k: &mut Kernel, info: &BootInfo, init_index: usize) -> Result<(), &'stat
         boot::BOOT_PAGE_ADDR,
     )
     .ok_or("init's UTCB is outside the direct map")?;
-    insert(k, well_known::SELF_THREAD, Obj::Thread(thread), Rights::ALL)?;
+    insert(
+        k,
+        well_known::SELF_THREAD.raw(),
+        Obj::Thread(thread),
+        Rights::ALL,
+    )?;
     log::info!(
         "init: entry {entry:#x}, {} modules, pool {} MiB, quota {} KiB",
         page.module_count,

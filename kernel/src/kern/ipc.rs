@@ -5,7 +5,7 @@
 //! when the tag says so, delegated from the sender's space into the receiver's `cap_recv` slot.
 
 use abi::utcb::{MsgTag, Utcb, FAULT_LABEL, MSG_WORDS, RESUME_LABEL};
-use abi::{Rights, Status};
+use abi::{Rights, Sel, Status};
 
 use super::ids::{PortalId, ThreadId};
 use super::state::Kernel;
@@ -90,7 +90,7 @@ fn deliver(k: &mut Kernel, caller: ThreadId, portal: PortalId) -> Result<(), Sta
 }
 
 /// `call(portal)` from the current thread.
-pub fn call(k: &mut Kernel, portal_sel: u64) -> Result<(), Status> {
+pub fn call(k: &mut Kernel, portal_sel: Sel) -> Result<(), Status> {
     let caller = k.current();
     // Fault messages come from the kernel only, so a handler can trust them.
     let frame = utcb(k, caller).ok_or(Status::NoPartner)?;
@@ -194,7 +194,7 @@ pub fn reply(k: &mut Kernel, answer_exit: AnswerExit) -> Result<(), Status> {
 }
 
 /// `reply_wait(portal)`: reply if serving, then take the next call or wait for one.
-pub fn reply_wait(k: &mut Kernel, portal_sel: u64, answer_exit: AnswerExit) -> Result<(), Status> {
+pub fn reply_wait(k: &mut Kernel, portal_sel: Sel, answer_exit: AnswerExit) -> Result<(), Status> {
     let me = k.current();
     let space = pd_space(k, me).ok_or(Status::NoPartner)?;
     // Receiving needs no right: only the portal's bound handler may (checked next).

@@ -17,6 +17,8 @@ use super::records::MapRecord;
 use super::state::Kernel;
 use crate::arch::gdt::IO_BITMAP_BYTES;
 use crate::mem::{direct, frames};
+use abi::syscall::args;
+use abi::Sel;
 
 /// Highest user address + 1 (the lower canonical half).
 pub const USER_END: u64 = 0x0000_8000_0000_0000;
@@ -93,9 +95,16 @@ pub fn map_pages(
 }
 
 /// `map(mem, pd, virt, first_page, pages, rights)`.
-pub fn map(k: &mut Kernel, space: SpaceId, args: [u64; 6]) -> Result<(), Status> {
-    let [mem_sel, pd_sel, virt, first, pages, rights] = args;
-    let rights = Rights::from_bits(rights).ok_or(Status::BadArgument)?;
+pub fn map(k: &mut Kernel, space: SpaceId, a: args::Map) -> Result<(), Status> {
+    let args::Map {
+        mem: mem_sel,
+        pd: pd_sel,
+        virt,
+        first_page: first,
+        pages,
+        rights,
+    } = a;
+    let rights = rights.get()?;
     let mappable = Rights::READ | Rights::WRITE | Rights::EXEC;
     if !mappable.contains(rights) || !rights.contains(Rights::READ) {
         return Err(Status::BadArgument);
@@ -125,7 +134,7 @@ pub fn map(k: &mut Kernel, space: SpaceId, args: [u64; 6]) -> Result<(), Status>
         virt,
         pages,
         space,
-        sel: mem_sel,
+        sel: mem_sel.raw(),
     });
     Ok(())
 }
@@ -198,10 +207,15 @@ pub fn carve(
     k: &mut Kernel,
     space: SpaceId,
     owner: ThreadId,
-    args: [u64; 4],
+    a: args::Carve,
 ) -> Result<(), Status> {
-    let [src, dest, first, count] = args;
-    let (object, rights) = k.caps.get(space, src).map_err(Status::from)?;
+    let args::Carve {
+        src,
+        dest,
+        first,
+        count,
+    } = a;
+    let (object, rights) = k.caps.get(space, src.raw()).map_err(Status::from)?;
     if !rights.contains(Rights::GRANT) {
         return Err(Status::NoRights);
     }
@@ -219,9 +233,9 @@ pub fn carve(
         _ => return Err(Status::WrongKind),
     };
     k.caps
-        .derive(space, src, space, dest, carved, rights)
+        .derive(space, src.raw(), space, dest.raw(), carved, rights)
         .map_err(Status::from)?;
-    after_cap_insert(k, owner, dest);
+    after_cap_insert(k, owner, dest.raw());
     Ok(())
 }
 
@@ -238,7 +252,9 @@ pub fn after_cap_insert_pd(k: &mut Kernel, pd: PdId, sel: u64) {
     let Some(space) = k.pds.get(pd).map(|d| d.space) else {
         return;
     };
-    if k.lookup::<PortRange>(space, sel, Rights::NONE).is_ok() {
+    if k.lookup::<PortRange>(space, Sel::new(sel), Rights::NONE)
+        .is_ok()
+    {
         rebuild_io_bitmap(k, pd);
     }
 }

@@ -55,7 +55,7 @@ pub fn handler_main(start: Start) -> ! {
                 let sel = lock()
                     .as_mut()
                     .and_then(|s| s.sels.alloc())
-                    .unwrap_or(abi::CAP_SPACE_SLOTS);
+                    .unwrap_or(Sel::new(abi::CAP_SPACE_SLOTS));
                 landing = Some(sel);
                 sel
             }
@@ -259,7 +259,7 @@ fn resource(state: &mut State, index: usize, name: &str) -> Result<Sel, Status> 
         if !server.irqs.contains(&line) || u64::from(line) >= abi::boot::IRQ_COUNT {
             return Err(Status::NoRights);
         }
-        return Ok(FIRST_IRQ + u64::from(line));
+        return Ok(FIRST_IRQ.offset(u64::from(line)));
     }
     let range = match name {
         "io_ports" => 0,

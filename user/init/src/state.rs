@@ -21,9 +21,9 @@ use crate::memory::Memory;
 pub const MAX_SERVERS: usize = abi::boot::MAX_BOOT_MODULES - 2;
 
 /// First of the eight selectors each server's objects take in init's space.
-const PER_SERVER_BASE: Sel = 64;
+const PER_SERVER_BASE: Sel = Sel::new(64);
 /// First selector handed out dynamically (registered portals, carved resources, landing slots).
-const DYNAMIC_BASE: Sel = PER_SERVER_BASE + 8 * MAX_SERVERS as Sel;
+const DYNAMIC_BASE: Sel = PER_SERVER_BASE.offset(8 * MAX_SERVERS as u64);
 
 /// Init's selectors for server `index`'s objects.
 #[derive(Clone, Copy)]
@@ -42,13 +42,13 @@ pub struct ServerSels {
 
 impl ServerSels {
     pub const fn of(index: usize) -> ServerSels {
-        let base = PER_SERVER_BASE + 8 * index as Sel;
+        let base = PER_SERVER_BASE.offset(8 * index as u64);
         ServerSels {
             pd: base,
-            mem: base + 1,
-            portal: base + 2,
-            handler: base + 3,
-            thread: base + 4,
+            mem: base.offset(1),
+            portal: base.offset(2),
+            handler: base.offset(3),
+            thread: base.offset(4),
         }
     }
 }
@@ -72,11 +72,12 @@ impl Sels {
         if let Some(sel) = self.free.pop() {
             return Some(sel);
         }
-        if self.next >= abi::CAP_SPACE_SLOTS {
+        if self.next.raw() >= abi::CAP_SPACE_SLOTS {
             return None;
         }
-        self.next += 1;
-        Some(self.next - 1)
+        let sel = self.next;
+        self.next = sel.offset(1);
+        Some(sel)
     }
 
     /// Returns a selector whose slot is empty again.

@@ -83,12 +83,12 @@ impl Utcb {
 
     /// Where a received capability lands.
     pub fn cap_recv(&self) -> Sel {
-        self.page().cap_recv
+        Sel::new(self.page().cap_recv)
     }
 
     /// Sets where a received capability lands (a free selector of this domain).
     pub fn set_cap_recv(&mut self, sel: Sel) {
-        self.page_mut().cap_recv = sel;
+        self.page_mut().cap_recv = sel.raw();
     }
 
     /// Makes the message `label` with `words` (at most [`MSG_WORDS`]; more are cut), no
@@ -135,7 +135,7 @@ impl Utcb {
     pub fn attach_cap(&mut self, sel: Sel, rights: Rights) {
         let tag = self.tag();
         let page = self.page_mut();
-        page.cap_send = sel;
+        page.cap_send = sel.raw();
         page.cap_send_rights = u64::from(rights.0);
         page.tag = MsgTag::new(tag.label(), tag.words().unwrap_or(0), true);
     }

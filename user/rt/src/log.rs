@@ -1,6 +1,6 @@
 //! Text output through the serial driver.
 //!
-//! The serial driver's `log` portal takes label [`WRITE`] with a postcard `&str` payload
+//! The serial driver's `log` portal (protocol `abi::log`) takes label [`WRITE`] with a postcard `&str` payload
 //! (`uwire` layout) and answers with a status in word 0. The driver adds nothing to the text, so
 //! servers start their lines with their own name. Text longer than one message is sent in
 //! pieces of at most [`uwire::MAX_STR_BYTES`], split at character boundaries.
@@ -16,8 +16,8 @@ use abi::Sel;
 
 use crate::{syscall, Error, Utcb};
 
-/// The `log` portal's only operation: write the payload text.
-pub const WRITE: u64 = 1;
+/// The `log` portal's only operation: write the payload text (`abi::log`).
+pub use abi::log::WRITE;
 
 const NO_PORTAL: u64 = u64::MAX;
 static PORTAL: AtomicU64 = AtomicU64::new(NO_PORTAL);
@@ -26,14 +26,14 @@ static NAME_LEN: AtomicUsize = AtomicUsize::new(0);
 
 /// Sends all further text to the `log` portal at `sel`.
 pub fn set_portal(sel: Sel) {
-    PORTAL.store(sel, Ordering::Release);
+    PORTAL.store(sel.raw(), Ordering::Release);
 }
 
 /// The log portal, once set.
 pub fn portal() -> Option<Sel> {
     match PORTAL.load(Ordering::Acquire) {
         NO_PORTAL => None,
-        sel => Some(sel),
+        sel => Some(Sel::new(sel)),
     }
 }
 

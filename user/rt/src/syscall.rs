@@ -7,7 +7,7 @@
 //! The IPC calls ([`call`], [`reply`], [`reply_wait`]) take the thread's [`Utcb`] mutably,
 //! because the kernel rewrites the message area during them; no borrow of it can be live.
 
-use abi::syscall::Syscall;
+use abi::syscall::args::{self, Word};
 use abi::{ObjectKind, Rights, Sel};
 
 use crate::ipc::Utcb;
@@ -47,19 +47,35 @@ pub unsafe fn raw(number: u64, args: [u64; 6]) -> (u64, u64) {
     (status, value)
 }
 
+/// Enters the kernel with the syscall of argument view `args`; returns (RAX, RDX).
+///
+/// # Safety
+///
+/// As for [`raw`].
+pub unsafe fn raw_args<A: args::Args>(args: &A) -> (u64, u64) {
+    // SAFETY: the caller upholds `raw`'s contract for this call.
+    unsafe { raw(A::SYSCALL as u64, args.to_regs()) }
+}
+
 /// A syscall whose effects cannot break the caller's memory safety; returns RDX.
-fn safe(call: Syscall, args: [u64; 6]) -> Result<u64, Error> {
-    // SAFETY: only called below for calls that cannot end the thread, start code in the
-    // caller's domain or rewrite the UTCB (those have their own wrappers).
-    let (status, value) = unsafe { raw(call as u64, args) };
+fn safe<A: args::Args>(args: A) -> Result<u64, Error> {
+    // SAFETY: only called below (and in `crate::vm`) for calls that cannot end the thread, start
+    // code in the caller's domain or rewrite the UTCB (those have their own wrappers).
+    let (status, value) = unsafe { raw_args(&args) };
     Error::from_kernel(status).map(|()| value)
+}
+
+/// [`safe`] for the other modules of the runtime: `A` must be a call that cannot end the
+/// thread, start code in the caller's domain or rewrite the UTCB.
+pub(crate) fn checked<A: args::Args>(args: A) -> Result<u64, Error> {
+    safe(args)
 }
 
 /// Sends the UTCB's message to `portal`'s handler and waits; the reply replaces the message.
 pub fn call(utcb: &mut Utcb, portal: Sel) -> Result<(), Error> {
     let _ = utcb; // the kernel uses the thread's registered UTCB, which this borrow guards
                   // SAFETY: Call rewrites only the UTCB, which is mutably borrowed here.
-    let (status, _) = unsafe { raw(Syscall::Call as u64, [portal, 0, 0, 0, 0, 0]) };
+    let (status, _) = unsafe { raw_args(&args::Call { portal }) };
     Error::from_kernel(status)
 }
 
@@ -67,7 +83,7 @@ pub fn call(utcb: &mut Utcb, portal: Sel) -> Result<(), Error> {
 pub fn reply(utcb: &mut Utcb) -> Result<(), Error> {
     let _ = utcb;
     // SAFETY: Reply reads the UTCB, which is mutably borrowed here.
-    let (status, _) = unsafe { raw(Syscall::Reply as u64, [0; 6]) };
+    let (status, _) = unsafe { raw_args(&args::Reply {}) };
     Error::from_kernel(status)
 }
 
@@ -76,13 +92,13 @@ pub fn reply(utcb: &mut Utcb) -> Result<(), Error> {
 pub fn reply_wait(utcb: &mut Utcb, portal: Sel) -> Result<u64, Error> {
     let _ = utcb;
     // SAFETY: ReplyWait rewrites only the UTCB, which is mutably borrowed here.
-    let (status, badge) = unsafe { raw(Syscall::ReplyWait as u64, [portal, 0, 0, 0, 0, 0]) };
+    let (status, badge) = unsafe { raw_args(&args::ReplyWait { portal }) };
     Error::from_kernel(status).map(|()| badge)
 }
 
 /// Creates a protection domain at `dest`, moving `quota` bytes of kernel-memory quota to it.
 pub fn create_pd(dest: Sel, quota: u64) -> Result<(), Error> {
-    safe(Syscall::CreatePd, [dest, quota, 0, 0, 0, 0]).map(drop)
+    safe(args::CreatePd { dest, quota }).map(drop)
 }
 
 /// Creates and starts a thread in domain `pd` at `entry` with RSP = `stack_top` (16-aligned)
@@ -103,10 +119,14 @@ pub unsafe fn create_thread(
 ) -> Result<(), Error> {
     // SAFETY: the caller guarantees that the new thread's code, stack and UTCB are sound.
     let (status, _) = unsafe {
-        raw(
-            Syscall::CreateThread as u64,
-            [dest, pd, entry, stack_top, priority, utcb],
-        )
+        raw_args(&args::CreateThread {
+            dest,
+            pd,
+            entry,
+            stack_top,
+            priority,
+            utcb,
+        })
     };
     Error::from_kernel(status)
 }
@@ -114,27 +134,37 @@ pub unsafe fn create_thread(
 /// Creates a portal at `dest` served by thread `handler` (of the caller's domain, CONTROL);
 /// calls deliver `badge`.
 pub fn create_portal(dest: Sel, handler: Sel, badge: u64) -> Result<(), Error> {
-    safe(Syscall::CreatePortal, [dest, handler, badge, 0, 0, 0]).map(drop)
+    safe(args::CreatePortal {
+        dest,
+        handler,
+        badge,
+    })
+    .map(drop)
 }
 
 /// Creates a counting semaphore at `dest`.
 pub fn create_semaphore(dest: Sel, initial: u64) -> Result<(), Error> {
-    safe(Syscall::CreateSemaphore, [dest, initial, 0, 0, 0, 0]).map(drop)
+    safe(args::CreateSemaphore { dest, initial }).map(drop)
 }
 
 /// Copies capability `src` into domain `pd`'s space at `dest` with `rights`.
 pub fn delegate(src: Sel, pd: Sel, dest: Sel, rights: Rights) -> Result<(), Error> {
-    safe(
-        Syscall::Delegate,
-        [src, pd, dest, u64::from(rights.0), 0, 0],
-    )
+    safe(args::Delegate {
+        src,
+        pd,
+        dest,
+        rights: Word::new(rights),
+    })
     .map(drop)
 }
 
 /// Removes everything derived from `sel` (and `sel` itself with `include_self`); returns how
 /// many capabilities went.
 pub fn revoke(sel: Sel, include_self: bool) -> Result<u64, Error> {
-    safe(Syscall::Revoke, [sel, u64::from(include_self), 0, 0, 0, 0])
+    safe(args::Revoke {
+        sel,
+        include_self: Word::new(include_self),
+    })
 }
 
 /// What [`lookup`] reports about a capability.
@@ -153,7 +183,7 @@ impl CapInfo {
 
 /// The kind and rights of the capability at `sel`.
 pub fn lookup(sel: Sel) -> Result<CapInfo, Error> {
-    let value = safe(Syscall::Lookup, [sel, 0, 0, 0, 0, 0])?;
+    let value = safe(args::Lookup { sel })?;
     Ok(CapInfo {
         kind_raw: value as u8,
         rights: Rights((value >> 8) as u8),
@@ -162,12 +192,12 @@ pub fn lookup(sel: Sel) -> Result<CapInfo, Error> {
 
 /// Signals semaphore `sem`.
 pub fn sem_up(sem: Sel) -> Result<(), Error> {
-    safe(Syscall::SemUp, [sem, 0, 0, 0, 0, 0]).map(drop)
+    safe(args::SemUp { sem }).map(drop)
 }
 
 /// Waits on semaphore `sem`, at most `timeout_ticks` timer ticks (0: forever).
 pub fn sem_down(sem: Sel, timeout_ticks: u64) -> Result<(), Error> {
-    safe(Syscall::SemDown, [sem, timeout_ticks, 0, 0, 0, 0]).map(drop)
+    safe(args::SemDown { sem, timeout_ticks }).map(drop)
 }
 
 /// Maps `pages` pages of memory capability `mem`, from its page `first_page` on, into domain
@@ -181,28 +211,32 @@ pub fn map(
     pages: u64,
     rights: Rights,
 ) -> Result<(), Error> {
-    safe(
-        Syscall::Map,
-        [mem, pd, virt, first_page, pages, u64::from(rights.0)],
-    )
+    safe(args::Map {
+        mem,
+        pd,
+        virt,
+        first_page,
+        pages,
+        rights: Word::new(rights),
+    })
     .map(drop)
 }
 
 /// Gives up the rest of the time slice (to threads of the same priority).
 pub fn yield_now() {
-    let _ = safe(Syscall::Yield, [0; 6]);
+    let _ = safe(args::Yield {});
 }
 
 /// Signals `sem` whenever IRQ `irq` fires.
 pub fn irq_bind(irq: Sel, sem: Sel) -> Result<(), Error> {
-    safe(Syscall::IrqBind, [irq, sem, 0, 0, 0, 0]).map(drop)
+    safe(args::IrqBind { irq, sem }).map(drop)
 }
 
 /// Ends the calling thread.
 pub fn thread_exit() -> ! {
     // SAFETY: ending the thread is what the caller asks for; `-> !` keeps it from continuing.
     unsafe {
-        raw(Syscall::ThreadExit as u64, [0; 6]);
+        raw_args(&args::ThreadExit {});
     }
     // The kernel never returns from ThreadExit; should it, stop here anyway.
     loop {
@@ -212,7 +246,9 @@ pub fn thread_exit() -> ! {
 
 /// Ends the system (root domain only); returns only if the kernel refused.
 pub fn power_off(success: bool) -> Error {
-    match safe(Syscall::PowerOff, [u64::from(!success), 0, 0, 0, 0, 0]) {
+    match safe(args::PowerOff {
+        status: u64::from(!success),
+    }) {
         Err(e) => e,
         Ok(_) => Error::Unknown(0),
     }
@@ -220,20 +256,26 @@ pub fn power_off(success: bool) -> Error {
 
 /// Writes `bytes` to the kernel console (root domain only, at most 4096 bytes a call).
 pub fn console_write(bytes: &[u8]) -> Result<u64, Error> {
-    safe(
-        Syscall::ConsoleWrite,
-        [bytes.as_ptr() as u64, bytes.len() as u64, 0, 0, 0, 0],
-    )
+    safe(args::ConsoleWrite {
+        ptr: bytes.as_ptr() as u64,
+        len: bytes.len() as u64,
+    })
 }
 
 /// Creates at `dest` a capability over pages (Memory) or ports (IoPorts) `first ..
 /// first + count` of `src`.
 pub fn carve(src: Sel, dest: Sel, first: u64, count: u64) -> Result<(), Error> {
-    safe(Syscall::Carve, [src, dest, first, count, 0, 0]).map(drop)
+    safe(args::Carve {
+        src,
+        dest,
+        first,
+        count,
+    })
+    .map(drop)
 }
 
 /// One kernel-memory figure (`abi::syscall::stats`): free frames, heap bytes in use, or this
 /// domain's quota (used, limit).
 pub fn kernel_stats(which: u64) -> Result<u64, Error> {
-    safe(Syscall::KernelStats, [which, 0, 0, 0, 0, 0])
+    safe(args::KernelStats { which })
 }

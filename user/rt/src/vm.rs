@@ -2,23 +2,24 @@
 //! memory mapping and vCPU control. Exit messages arrive as ordinary calls on the exit portals;
 //! [`crate::Utcb::words`] gives the words that `abi::vm::word` names.
 
-use abi::syscall::Syscall;
+use abi::syscall::args::{self, len_flags, Word};
 use abi::vm::{MemoryMode, VcpuOp};
 use abi::{Rights, Sel};
 
-use crate::syscall::raw;
+// These syscalls create objects, change a Vm's guest-physical mappings or a vCPU's settings, or
+// read guest bytes into the UTCB (`VmRead`, under a `&mut Utcb`): none of them touches the
+// caller's memory, threads or a borrowed UTCB.
+use crate::syscall::checked;
 use crate::Error;
-
-fn checked(call: Syscall, args: [u64; 6]) -> Result<u64, Error> {
-    // SAFETY: these syscalls create objects, change a Vm's guest-physical mappings or a vCPU's
-    // settings; none of them touches the caller's memory, threads or UTCB.
-    let (status, value) = unsafe { raw(call as u64, args) };
-    Error::from_kernel(status).map(|()| value)
-}
 
 /// Creates a Vm at `dest` in memory mode `mode`, paid from domain `pd`.
 pub fn create_vm(dest: Sel, pd: Sel, mode: MemoryMode) -> Result<(), Error> {
-    checked(Syscall::CreateVm, [dest, pd, mode as u64, 0, 0, 0]).map(drop)
+    checked(args::CreateVm {
+        dest,
+        pd,
+        mode: Word::new(mode),
+    })
+    .map(drop)
 }
 
 /// Creates a vCPU of `vm` at `dest`, paid from `pd`, running at `priority`; its exits call the
@@ -30,7 +31,14 @@ pub fn create_vcpu(
     priority: u64,
     exit_base: Sel,
 ) -> Result<(), Error> {
-    checked(Syscall::CreateVcpu, [dest, vm, pd, priority, exit_base, 0]).map(drop)
+    checked(args::CreateVcpu {
+        dest,
+        vm,
+        pd,
+        priority,
+        exit_base,
+    })
+    .map(drop)
 }
 
 /// Maps `pages` pages of memory capability `mem` from page `first_page` into `vm` at
@@ -43,28 +51,36 @@ pub fn vm_map(
     gpa: u64,
     rights: Rights,
 ) -> Result<(), Error> {
-    checked(
-        Syscall::VmMap,
-        [vm, mem, first_page, pages, gpa, u64::from(rights.0)],
-    )
+    checked(args::VmMap {
+        vm,
+        mem,
+        first_page,
+        pages,
+        gpa,
+        rights: Word::new(rights),
+    })
     .map(drop)
 }
 
 /// Sets the register groups (`abi::vm::mtd`) that exit messages for `reason` carry.
 pub fn vcpu_set_mask(vcpu: Sel, reason: abi::vm::Exit, mask: u64) -> Result<(), Error> {
-    checked(
-        Syscall::VcpuControl,
-        [vcpu, VcpuOp::SetMask as u64, reason as u64, mask, 0, 0],
-    )
+    checked(args::VcpuControl {
+        vcpu,
+        op: Word::new(VcpuOp::SetMask),
+        a: reason as u64,
+        b: mask,
+    })
     .map(drop)
 }
 
 /// Makes `vcpu` exit with `Exit::Recall` before it runs guest code again.
 pub fn vcpu_recall(vcpu: Sel) -> Result<(), Error> {
-    checked(
-        Syscall::VcpuControl,
-        [vcpu, VcpuOp::Recall as u64, 0, 0, 0, 0],
-    )
+    checked(args::VcpuControl {
+        vcpu,
+        op: Word::new(VcpuOp::Recall),
+        a: 0,
+        b: 0,
+    })
     .map(drop)
 }
 
@@ -105,22 +121,26 @@ pub fn vm_patch_moving(
         words[8 + i / 8] |= u64::from(*b) << (8 * (i % 8));
     }
     utcb.set_msg(0, &words);
-    let flags = if linear { abi::vm::PATCH_VIRTUAL } else { 0 };
     let (from, to) = moving.unwrap_or((0, 0));
-    checked(
-        Syscall::VmPatch,
-        [vm, address, len as u64 | flags, from, to, 0],
-    )
+    checked(args::VmPatch {
+        vm,
+        address,
+        len_flags: len_flags(len as u64, linear),
+        from,
+        to,
+    })
     .map(drop)
 }
 
 /// Makes the kernel answer the DMP hypercalls of shadow-mode `vcpu` itself (`on`), or deliver
 /// VMMCALL/VMCALL to the VMM again.
 pub fn vcpu_hypercalls(vcpu: Sel, on: bool) -> Result<(), Error> {
-    checked(
-        Syscall::VcpuControl,
-        [vcpu, VcpuOp::Hypercalls as u64, u64::from(on), 0, 0, 0],
-    )
+    checked(args::VcpuControl {
+        vcpu,
+        op: Word::new(VcpuOp::Hypercalls),
+        a: u64::from(on),
+        b: 0,
+    })
     .map(drop)
 }
 
@@ -128,12 +148,18 @@ pub fn vcpu_hypercalls(vcpu: Sel, on: bool) -> Result<(), Error> {
 /// shown (read and execute, supervisor only) as the guest-physical pages from `physical`;
 /// `pages` = 0 removes it.
 pub fn vm_window(vm: Sel, linear: u64, physical: u64, pages: u64) -> Result<(), Error> {
-    checked(Syscall::VmWindow, [vm, linear, physical, pages, 0, 0]).map(drop)
+    checked(args::VmWindow {
+        vm,
+        linear,
+        physical,
+        pages,
+    })
+    .map(drop)
 }
 
 /// `VmDmp`: DMP control `op` (`abi::vm::dmp_op`) of Vm `vm` with argument `arg` (needs PATCH).
 pub fn vm_dmp(vm: Sel, op: u64, arg: u64) -> Result<(), Error> {
-    checked(Syscall::VmDmp, [vm, op, arg, 0, 0, 0]).map(drop)
+    checked(args::VmDmp { vm, op, arg }).map(drop)
 }
 
 /// `VmRead`: `out.len()` (1-64) guest bytes at `address` of Vm `vm` (guest-linear when
@@ -149,8 +175,11 @@ pub fn vm_read(
     if len == 0 || len > 64 {
         return Err(Error::Kernel(abi::Status::BadArgument));
     }
-    let flags = if linear { abi::vm::PATCH_VIRTUAL } else { 0 };
-    checked(Syscall::VmRead, [vm, address, len as u64 | flags, 0, 0, 0])?;
+    checked(args::VmRead {
+        vm,
+        address,
+        len_flags: len_flags(len as u64, linear),
+    })?;
     for (i, b) in out.iter_mut().enumerate() {
         *b = (utcb.word(i / 8) >> (8 * (i % 8))) as u8;
     }

@@ -9,6 +9,7 @@ mod thread;
 mod vcpu;
 mod vm;
 
+use abi::syscall::args::{self, Args};
 use abi::syscall::Syscall;
 use abi::Status;
 use cap::SpaceId;
@@ -61,31 +62,35 @@ fn handle(
     a: [u64; 6],
 ) -> Result<u64, Status> {
     match call {
-        Syscall::Call => ipc::call(k, a[0]).map(|()| 0),
+        Syscall::Call => ipc::call(k, view::<args::Call>(a).portal).map(|()| 0),
         Syscall::Reply => ipc::reply(k, reply::finish_exit).map(|()| 0),
-        Syscall::ReplyWait => ipc::reply_wait(k, a[0], reply::finish_exit)
-            .map(|()| k.threads.get(me).map_or(0, |t| t.regs.rdx)),
-        Syscall::CreatePd => pd::create_pd(k, my_pd, space, a[0], a[1]),
-        Syscall::CreateThread => {
-            thread::may_run_at(k, me, my_pd, a[4])?;
-            thread::create_thread(k, my_pd, space, a)
+        Syscall::ReplyWait => {
+            ipc::reply_wait(k, view::<args::ReplyWait>(a).portal, reply::finish_exit)
+                .map(|()| k.threads.get(me).map_or(0, |t| t.regs.rdx))
         }
-        Syscall::CreatePortal => portal::create_portal(k, my_pd, space, a[0], a[1], a[2]),
-        Syscall::CreateSemaphore => semaphore::create_semaphore(k, my_pd, space, a[0], a[1]),
-        Syscall::Delegate => capability::delegate(k, space, a),
-        Syscall::Revoke => capability::revoke(k, space, a[0], a[1]),
+        Syscall::CreatePd => pd::create_pd(k, my_pd, space, view(a)),
+        Syscall::CreateThread => {
+            let v: args::CreateThread = view(a);
+            thread::may_run_at(k, me, my_pd, v.priority)?;
+            thread::create_thread(k, my_pd, space, v)
+        }
+        Syscall::CreatePortal => portal::create_portal(k, my_pd, space, view(a)),
+        Syscall::CreateSemaphore => semaphore::create_semaphore(k, my_pd, space, view(a)),
+        Syscall::Delegate => capability::delegate(k, space, view(a)),
+        Syscall::Revoke => capability::revoke(k, space, view(a)),
         Syscall::Lookup => {
-            let (object, rights) = k.caps.get(space, a[0]).map_err(Status::from)?;
+            let sel = view::<args::Lookup>(a).sel;
+            let (object, rights) = k.caps.get(space, sel.raw()).map_err(Status::from)?;
             Ok(object.kind() as u64 | (u64::from(rights.0) << 8))
         }
-        Syscall::SemUp => semaphore::sem_up(k, space, a[0]),
-        Syscall::SemDown => semaphore::sem_down(k, me, space, a[0], a[1]),
-        Syscall::Map => memory::map(k, space, a).map(|()| 0),
+        Syscall::SemUp => semaphore::sem_up(k, space, view(a)),
+        Syscall::SemDown => semaphore::sem_down(k, me, space, view(a)),
+        Syscall::Map => memory::map(k, space, view(a)).map(|()| 0),
         Syscall::Yield => {
             k.yield_current();
             Ok(0)
         }
-        Syscall::IrqBind => semaphore::irq_bind(k, space, a[0], a[1]),
+        Syscall::IrqBind => semaphore::irq_bind(k, space, view(a)),
         Syscall::ThreadExit => {
             k.kill(me);
             Ok(0)
@@ -94,23 +99,30 @@ fn handle(
             if k.root != Some(my_pd) {
                 return Err(Status::NoRights);
             }
-            power_off(a[0] == 0)
+            power_off(view::<args::PowerOff>(a).status == 0)
         }
-        Syscall::ConsoleWrite => console_write(k, my_pd, a[0], a[1]),
-        Syscall::Carve => memory::carve(k, space, me, [a[0], a[1], a[2], a[3]]).map(|()| 0),
-        Syscall::CreateVm => vm::create_vm(k, space, a),
+        Syscall::ConsoleWrite => console_write(k, my_pd, view(a)),
+        Syscall::Carve => memory::carve(k, space, me, view(a)).map(|()| 0),
+        Syscall::CreateVm => vm::create_vm(k, space, view(a)),
         Syscall::CreateVcpu => {
-            thread::may_run_at(k, me, my_pd, a[3])?;
-            vcpu::create_vcpu(k, my_pd, space, a)
+            let v: args::CreateVcpu = view(a);
+            thread::may_run_at(k, me, my_pd, v.priority)?;
+            vcpu::create_vcpu(k, my_pd, space, v)
         }
-        Syscall::VmMap => vm::vm_map(k, space, a),
-        Syscall::VcpuControl => vcpu::vcpu_control(k, space, a),
-        Syscall::VmPatch => vm::vm_patch(k, me, space, a),
-        Syscall::VmWindow => vm::vm_window(k, space, a),
-        Syscall::VmRead => vm::vm_read(k, me, space, a),
-        Syscall::VmDmp => vm::vm_dmp(k, space, a),
-        Syscall::KernelStats => kernel_stats(k, my_pd, a[0]),
+        Syscall::VmMap => vm::vm_map(k, space, view(a)),
+        Syscall::VcpuControl => vcpu::vcpu_control(k, space, view(a)),
+        Syscall::VmPatch => vm::vm_patch(k, me, space, view(a)),
+        Syscall::VmWindow => vm::vm_window(k, space, view(a)),
+        Syscall::VmRead => vm::vm_read(k, me, space, view(a)),
+        Syscall::VmDmp => vm::vm_dmp(k, space, view(a)),
+        Syscall::KernelStats => kernel_stats(k, my_pd, view::<args::KernelStats>(a).which),
     }
+}
+
+/// Decodes the argument registers as syscall `A`'s view (`abi::syscall::args`): decode once,
+/// then invoke with named, typed arguments.
+fn view<A: Args>(a: [u64; 6]) -> A {
+    A::from_regs(a)
 }
 
 /// `kernel_stats(which)`: one figure of `abi::syscall::stats`.
@@ -122,13 +134,18 @@ fn kernel_stats(k: &Kernel, my_pd: PdId, which: u64) -> Result<u64, Status> {
         stats::HEAP_USED => crate::mem::heap::stats().0 as u64,
         stats::QUOTA_USED => quota.used(),
         stats::QUOTA_LIMIT => quota.limit(),
+        stats::VIRT_BACKEND => crate::arch::vm::backend().map_or(0, |b| b.abi() as u64),
         _ => return Err(Status::BadArgument),
     })
 }
 
 /// `console_write(ptr, len)` for the root domain: the bytes are read through the domain's page
 /// tables, page by page, and must be user-readable.
-fn console_write(k: &mut Kernel, my_pd: PdId, ptr: u64, len: u64) -> Result<u64, Status> {
+fn console_write(
+    k: &mut Kernel,
+    my_pd: PdId,
+    args::ConsoleWrite { ptr, len }: args::ConsoleWrite,
+) -> Result<u64, Status> {
     if k.root != Some(my_pd) {
         return Err(Status::NoRights);
     }

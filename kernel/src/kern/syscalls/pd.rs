@@ -12,6 +12,7 @@ use crate::kern::obj::Obj;
 use crate::kern::pd::Pd;
 use crate::kern::state::Kernel;
 use crate::kern::teardown::destroy_pd;
+use abi::syscall::args;
 
 /// Creates a domain whose quota is split off `parent`'s; its original capability goes to
 /// `parent`'s `dest`.
@@ -45,8 +46,7 @@ pub fn create_pd(
     k: &mut Kernel,
     my_pd: PdId,
     space: SpaceId,
-    dest: u64,
-    quota: u64,
+    args::CreatePd { dest, quota }: args::CreatePd,
 ) -> Result<u64, Status> {
     k.check_free(space, dest)?;
     let total = quota.checked_add(cost::PD).ok_or(Status::QuotaExceeded)?;
@@ -62,7 +62,7 @@ pub fn create_pd(
     let pd = new_pd(k, Some(my_pd), child_quota)?;
     if let Err(e) = k
         .caps
-        .insert_original(space, dest, Obj::Pd(pd), Rights::ALL)
+        .insert_original(space, dest.raw(), Obj::Pd(pd), Rights::ALL)
     {
         destroy_pd(k, pd);
         return Err(e.into());

@@ -11,14 +11,17 @@ use crate::kern::ids::ThreadId;
 use crate::kern::obj::Obj;
 use crate::kern::portal::Portal;
 use crate::kern::state::Kernel;
+use abi::syscall::args;
 
 pub fn create_portal(
     k: &mut Kernel,
     my_pd: PdId,
     space: SpaceId,
-    dest: u64,
-    handler_sel: u64,
-    badge: u64,
+    args::CreatePortal {
+        dest,
+        handler: handler_sel,
+        badge,
+    }: args::CreatePortal,
 ) -> Result<u64, Status> {
     k.check_free(space, dest)?;
     let handler: ThreadId = k.lookup(space, handler_sel, Rights::CONTROL)?;
@@ -35,7 +38,7 @@ pub fn create_portal(
     });
     if let Err(e) = k
         .caps
-        .insert_original(space, dest, Obj::Portal(portal), Rights::ALL)
+        .insert_original(space, dest.raw(), Obj::Portal(portal), Rights::ALL)
     {
         k.portals.remove(portal);
         k.release(my_pd, cost::PORTAL);

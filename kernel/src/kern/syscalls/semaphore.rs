@@ -14,13 +14,13 @@ use crate::kern::obj::Obj;
 use crate::kern::semaphore::Semaphore;
 use crate::kern::state::Kernel;
 use crate::kern::thread::State;
+use abi::syscall::args;
 
 pub fn create_semaphore(
     k: &mut Kernel,
     my_pd: PdId,
     space: SpaceId,
-    dest: u64,
-    initial: u64,
+    args::CreateSemaphore { dest, initial }: args::CreateSemaphore,
 ) -> Result<u64, Status> {
     k.check_free(space, dest)?;
     k.charge(my_pd, cost::SEMAPHORE)?;
@@ -31,7 +31,7 @@ pub fn create_semaphore(
     });
     if let Err(e) = k
         .caps
-        .insert_original(space, dest, Obj::Semaphore(sem), Rights::ALL)
+        .insert_original(space, dest.raw(), Obj::Semaphore(sem), Rights::ALL)
     {
         k.sems.remove(sem);
         k.release(my_pd, cost::SEMAPHORE);
@@ -40,7 +40,11 @@ pub fn create_semaphore(
     Ok(0)
 }
 
-pub fn sem_up(k: &mut Kernel, space: SpaceId, sel: u64) -> Result<u64, Status> {
+pub fn sem_up(
+    k: &mut Kernel,
+    space: SpaceId,
+    args::SemUp { sem: sel }: args::SemUp,
+) -> Result<u64, Status> {
     let sem: SemId = k.lookup(space, sel, Rights::WRITE)?;
     k.signal(sem);
     Ok(0)
@@ -50,8 +54,10 @@ pub fn sem_down(
     k: &mut Kernel,
     me: ThreadId,
     space: SpaceId,
-    sel: u64,
-    timeout: u64,
+    args::SemDown {
+        sem: sel,
+        timeout_ticks: timeout,
+    }: args::SemDown,
 ) -> Result<u64, Status> {
     let sem: SemId = k.lookup(space, sel, Rights::READ)?;
     let s = k.sems.get_mut(sem).ok_or(Status::BadSelector)?;
@@ -70,7 +76,14 @@ pub fn sem_down(
 
 /// `irq_bind(irq, sem)`: the IRQ line signals the semaphore from now on (needs CALL on the IRQ
 /// and WRITE on the semaphore). A later bind of the same line replaces the earlier one.
-pub fn irq_bind(k: &mut Kernel, space: SpaceId, irq_sel: u64, sem_sel: u64) -> Result<u64, Status> {
+pub fn irq_bind(
+    k: &mut Kernel,
+    space: SpaceId,
+    args::IrqBind {
+        irq: irq_sel,
+        sem: sem_sel,
+    }: args::IrqBind,
+) -> Result<u64, Status> {
     let IrqLine(irq) = k.lookup(space, irq_sel, Rights::CALL)?;
     let sem: SemId = k.lookup(space, sem_sel, Rights::WRITE)?;
     k.bind_irq(irq, sem);

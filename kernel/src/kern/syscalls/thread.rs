@@ -13,6 +13,7 @@ use crate::kern::memory::USER_END;
 use crate::kern::obj::Obj;
 use crate::kern::state::Kernel;
 use crate::kern::thread::{State, Thread};
+use abi::syscall::args;
 
 /// A thread may make threads and vCPUs at most at its own priority (the root domain, which
 /// composes the system, at any): otherwise any server could starve every other domain by
@@ -29,9 +30,16 @@ pub fn create_thread(
     k: &mut Kernel,
     my_pd: PdId,
     space: SpaceId,
-    a: [u64; 6],
+    a: args::CreateThread,
 ) -> Result<u64, Status> {
-    let [dest, pd_sel, entry, stack_top, priority, utcb] = a;
+    let args::CreateThread {
+        dest,
+        pd: pd_sel,
+        entry,
+        stack_top,
+        priority,
+        utcb,
+    } = a;
     k.check_free(space, dest)?;
     let pd = k.lookup::<PdId>(space, pd_sel, Rights::CONTROL)?;
     if priority > MAX_PRIORITY {
@@ -63,7 +71,7 @@ pub fn create_thread(
     }
     if let Err(e) = k
         .caps
-        .insert_original(space, dest, Obj::Thread(t), Rights::ALL)
+        .insert_original(space, dest.raw(), Obj::Thread(t), Rights::ALL)
     {
         k.kill(t);
         k.release(my_pd, cost::THREAD);

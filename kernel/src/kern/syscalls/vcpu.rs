@@ -2,7 +2,7 @@
 
 use alloc::boxed::Box;
 
-use abi::vm::{self as vmabi, mtd, Exit, EXIT_COUNT};
+use abi::vm::{mtd, Exit, EXIT_COUNT};
 use abi::{Rights, Status};
 use cap::SpaceId;
 
@@ -16,19 +16,27 @@ use crate::kern::state::Kernel;
 use crate::kern::thread::{State, Thread};
 use crate::kern::vcpu::Vcpu;
 use crate::mem::{direct, frames};
+use abi::syscall::args;
+use abi::vm::VcpuOp;
 
 /// `create_vcpu(dest, vm, pd, priority, exit_base)`.
 pub fn create_vcpu(
     k: &mut Kernel,
     my_pd: PdId,
     space: SpaceId,
-    a: [u64; 6],
+    a: args::CreateVcpu,
 ) -> Result<u64, Status> {
-    let [dest, vm_sel, pd_sel, priority, exit_base, _] = a;
+    let args::CreateVcpu {
+        dest,
+        vm: vm_sel,
+        pd: pd_sel,
+        priority,
+        exit_base,
+    } = a;
     k.check_free(space, dest)?;
     let vm = k.lookup::<VmId>(space, vm_sel, Rights::CONTROL)?;
     let payer = k.lookup::<PdId>(space, pd_sel, Rights::CONTROL)?;
-    if priority > abi::syscall::MAX_PRIORITY || exit_base >= abi::CAP_SPACE_SLOTS {
+    if priority > abi::syscall::MAX_PRIORITY || exit_base.raw() >= abi::CAP_SPACE_SLOTS {
         return Err(Status::BadArgument);
     }
     let (backend, root, count) = {
@@ -67,7 +75,7 @@ pub fn create_vcpu(
             entry_tsc: 0,
         },
         exit_space: space,
-        exit_base,
+        exit_base: exit_base.raw(),
         masks: [mtd::ALL; EXIT_COUNT as usize],
         message_frame,
         started: false,
@@ -108,7 +116,7 @@ pub fn create_vcpu(
     }
     if let Err(e) = k
         .caps
-        .insert_original(space, dest, Obj::Vcpu(t), Rights::ALL)
+        .insert_original(space, dest.raw(), Obj::Vcpu(t), Rights::ALL)
     {
         k.kill(t);
         return Err(e.into());
@@ -118,30 +126,34 @@ pub fn create_vcpu(
 }
 
 /// `vcpu_control(vcpu, op, a, b)`.
-pub fn vcpu_control(k: &mut Kernel, space: SpaceId, a: [u64; 6]) -> Result<u64, Status> {
-    let [vcpu_sel, op, x, y, ..] = a;
+pub fn vcpu_control(k: &mut Kernel, space: SpaceId, a: args::VcpuControl) -> Result<u64, Status> {
+    let args::VcpuControl {
+        vcpu: vcpu_sel,
+        op,
+        a: x,
+        b: y,
+    } = a;
     let VcpuRef(t) = k.lookup(space, vcpu_sel, Rights::CONTROL)?;
     let vcpu = k
         .threads
         .get_mut(t)
         .and_then(|t| t.vcpu.as_mut())
         .ok_or(Status::BadSelector)?;
-    match op {
-        o if o == vmabi::VcpuOp::SetMask as u64 => {
+    match op.get()? {
+        VcpuOp::SetMask => {
             if x >= EXIT_COUNT || y & !mtd::ALL != 0 {
                 return Err(Status::BadArgument);
             }
             vcpu.masks[x as usize] = y;
         }
-        o if o == vmabi::VcpuOp::Recall as u64 => vcpu.recall = true,
-        o if o == vmabi::VcpuOp::Hypercalls as u64 => {
+        VcpuOp::Recall => vcpu.recall = true,
+        VcpuOp::Hypercalls => {
             let shadowed = k.vms.get(vcpu.vm).is_some_and(|v| v.shadow.is_some());
             if x > 1 || (x == 1 && !shadowed) {
                 return Err(Status::BadArgument);
             }
             vcpu.hypercalls = x == 1;
         }
-        _ => return Err(Status::BadArgument),
     }
     Ok(0)
 }

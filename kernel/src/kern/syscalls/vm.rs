@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 use abi::utcb::MsgTag;
 use abi::vm::{self as vmabi, mtd, word};
 use abi::PAGE_SIZE;
-use abi::{Rights, Status};
+use abi::{Rights, Sel, Status};
 use cap::SpaceId;
 use virt::ept::Access;
 use virt::nested::{NestedError, NestedTables};
@@ -26,20 +26,25 @@ use crate::kern::state::Kernel;
 use crate::kern::teardown::{destroy_vm, flush_vm, shadow_cost};
 use crate::kern::vm::Vm;
 use crate::mem::direct;
+use abi::syscall::args;
+use abi::vm::MemoryMode;
 
 /// Most pages one `VmMap` call maps (bounds the time the kernel spends in one call).
 const MAX_MAP_PAGES: u64 = 1 << 18;
 
 /// `create_vm(dest, pd, mode)`.
-pub fn create_vm(k: &mut Kernel, space: SpaceId, a: [u64; 6]) -> Result<u64, Status> {
-    let [dest, pd_sel, mode, ..] = a;
+pub fn create_vm(k: &mut Kernel, space: SpaceId, a: args::CreateVm) -> Result<u64, Status> {
+    let args::CreateVm {
+        dest,
+        pd: pd_sel,
+        mode,
+    } = a;
     k.check_free(space, dest)?;
     let payer = k.lookup::<PdId>(space, pd_sel, Rights::CONTROL)?;
     let backend = hw::backend().ok_or(Status::BadArgument)?;
-    let shadowed = match mode {
-        m if m == vmabi::MemoryMode::Nested as u64 => false,
-        m if m == vmabi::MemoryMode::Shadow as u64 => true,
-        _ => return Err(Status::BadArgument),
+    let shadowed = match mode.get()? {
+        MemoryMode::Nested => false,
+        MemoryMode::Shadow => true,
     };
     let charged = cost::VM + if shadowed { shadow_cost() } else { 0 };
     k.charge(payer, charged)?;
@@ -85,7 +90,7 @@ pub fn create_vm(k: &mut Kernel, space: SpaceId, a: [u64; 6]) -> Result<u64, Sta
     }
     if let Err(e) = k
         .caps
-        .insert_original(space, dest, Obj::Vm(vm), Rights::ALL)
+        .insert_original(space, dest.raw(), Obj::Vm(vm), Rights::ALL)
     {
         destroy_vm(k, vm);
         return Err(e.into());
@@ -94,9 +99,16 @@ pub fn create_vm(k: &mut Kernel, space: SpaceId, a: [u64; 6]) -> Result<u64, Sta
 }
 
 /// `vm_map(vm, mem, first_page, pages, gpa, rights)`.
-pub fn vm_map(k: &mut Kernel, space: SpaceId, a: [u64; 6]) -> Result<u64, Status> {
-    let [vm_sel, mem_sel, first, pages, gpa, rights] = a;
-    let rights = Rights::from_bits(rights).ok_or(Status::BadArgument)?;
+pub fn vm_map(k: &mut Kernel, space: SpaceId, a: args::VmMap) -> Result<u64, Status> {
+    let args::VmMap {
+        vm: vm_sel,
+        mem: mem_sel,
+        first_page: first,
+        pages,
+        gpa,
+        rights,
+    } = a;
+    let rights = rights.get()?;
     let mappable = Rights::READ | Rights::WRITE | Rights::EXEC;
     if !mappable.contains(rights) || !rights.contains(Rights::READ) {
         return Err(Status::BadArgument);
@@ -166,15 +178,21 @@ pub fn vm_map(k: &mut Kernel, space: SpaceId, a: [u64; 6]) -> Result<u64, Status
         gpa,
         pages,
         space,
-        sel: mem_sel,
+        sel: mem_sel.raw(),
     });
     Ok(0)
 }
 
 /// `vm_patch(vm, address, len | flags)`: compare-and-swap of guest bytes (see
 /// `abi::syscall::Syscall::VmPatch`); the expected and new bytes are in the caller's UTCB.
-pub fn vm_patch(k: &mut Kernel, me: ThreadId, space: SpaceId, a: [u64; 6]) -> Result<u64, Status> {
-    let (vm, address, linear, len) = guest_range(k, space, a, Rights::PATCH)?;
+pub fn vm_patch(
+    k: &mut Kernel,
+    me: ThreadId,
+    space: SpaceId,
+    a: args::VmPatch,
+) -> Result<u64, Status> {
+    let (vm, address, linear, len) =
+        guest_range(k, space, (a.vm, a.address, a.len_flags), Rights::PATCH)?;
     let utcb = k.threads.get(me).ok_or(Status::BadSelector)?.utcb;
     let mut expected = [0u8; virt::patch::MAX_PATCH];
     let mut new = [0u8; virt::patch::MAX_PATCH];
@@ -182,7 +200,7 @@ pub fn vm_patch(k: &mut Kernel, me: ThreadId, space: SpaceId, a: [u64; 6]) -> Re
         expected[8 * i..8 * i + 8].copy_from_slice(&utcb.read(8 + i).to_le_bytes());
         new[8 * i..8 * i + 8].copy_from_slice(&utcb.read(16 + i).to_le_bytes());
     }
-    let (from, to) = (a[3], a[4]);
+    let (from, to) = (a.from, a.to);
     let movable = if from == 0 {
         None
     } else {
@@ -218,8 +236,14 @@ pub fn vm_patch(k: &mut Kernel, me: ThreadId, space: SpaceId, a: [u64; 6]) -> Re
 }
 
 /// `vm_read(vm, address, len | flags)`: guest bytes into the caller's UTCB words 0-7.
-pub fn vm_read(k: &mut Kernel, me: ThreadId, space: SpaceId, a: [u64; 6]) -> Result<u64, Status> {
-    let (vm, address, linear, len) = guest_range(k, space, a, Rights::READ)?;
+pub fn vm_read(
+    k: &mut Kernel,
+    me: ThreadId,
+    space: SpaceId,
+    a: args::VmRead,
+) -> Result<u64, Status> {
+    let (vm, address, linear, len) =
+        guest_range(k, space, (a.vm, a.address, a.len_flags), Rights::READ)?;
     let (hpa, _) = locate(k, vm, address, linear, len, None)?;
     let current = direct::bytes(hpa, len).ok_or(Status::BadAddress)?;
     let mut bytes = [0u8; virt::patch::MAX_PATCH];
@@ -237,10 +261,9 @@ pub fn vm_read(k: &mut Kernel, me: ThreadId, space: SpaceId, a: [u64; 6]) -> Res
 fn guest_range(
     k: &Kernel,
     space: SpaceId,
-    a: [u64; 6],
+    (vm_sel, address, len_flags): (Sel, u64, u64),
     right: Rights,
 ) -> Result<(VmId, u64, bool, usize), Status> {
-    let [vm_sel, address, len_flags, ..] = a;
     let vm = k.lookup::<VmId>(space, vm_sel, right)?;
     let linear = len_flags & vmabi::PATCH_VIRTUAL != 0;
     let len = len_flags & !vmabi::PATCH_VIRTUAL;
@@ -312,8 +335,13 @@ fn locate(
 
 /// `vm_window(vm, linear, physical, pages)`: sets (or with 0 pages removes) the DMP window of a
 /// shadow-mode Vm.
-pub fn vm_window(k: &mut Kernel, space: SpaceId, a: [u64; 6]) -> Result<u64, Status> {
-    let [vm_sel, gla, gpa, pages, ..] = a;
+pub fn vm_window(k: &mut Kernel, space: SpaceId, a: args::VmWindow) -> Result<u64, Status> {
+    let args::VmWindow {
+        vm: vm_sel,
+        linear: gla,
+        physical: gpa,
+        pages,
+    } = a;
     let vm = k.lookup::<VmId>(space, vm_sel, Rights::PATCH)?;
     let v = k.vms.get_mut(vm).ok_or(Status::BadSelector)?;
     let Vm { nested, shadow, .. } = v;
@@ -366,8 +394,12 @@ pub fn vm_window(k: &mut Kernel, space: SpaceId, a: [u64; 6]) -> Result<u64, Sta
 
 /// `VmDmp(vm, op, arg)`: the DMP view and #PF forwarding of a shadow-mode Vm
 /// (`abi::vm::dmp_op`); needs PATCH.
-pub fn vm_dmp(k: &mut Kernel, space: SpaceId, a: [u64; 6]) -> Result<u64, Status> {
-    let [vm_sel, op, arg, ..] = a;
+pub fn vm_dmp(k: &mut Kernel, space: SpaceId, a: args::VmDmp) -> Result<u64, Status> {
+    let args::VmDmp {
+        vm: vm_sel,
+        op,
+        arg,
+    } = a;
     let vm = k.lookup::<VmId>(space, vm_sel, Rights::PATCH)?;
     // The view covers guest RAM: up to the end of the highest mapping, in 2 MiB steps.
     let top = k

@@ -13,6 +13,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use abi::utcb::MSG_WORDS;
 use abi::vm::{mtd, word, Exit, EXIT_LABEL};
+use abi::Sel;
 use alloc::format;
 use alloc::string::String;
 use rt::{syscall, thread, Error, Start};
@@ -115,11 +116,11 @@ pub fn start_proxy() -> Result<(), String> {
         PROXY_THREAD,
         PRIORITY,
         proxy_main,
-        crate::EXIT_BASE,
+        crate::EXIT_BASE.raw(),
     )
     .map_err(|e| format!("start the exit proxy: {e}"))?;
     for reason in 0..abi::vm::EXIT_COUNT {
-        syscall::create_portal(crate::EXIT_BASE + reason, PROXY_THREAD, reason)
+        syscall::create_portal(crate::EXIT_BASE.offset(reason), PROXY_THREAD, reason)
             .map_err(|e| format!("create exit portal {reason}: {e}"))?;
     }
     Ok(())
@@ -127,7 +128,7 @@ pub fn start_proxy() -> Result<(), String> {
 
 fn proxy_main(start: Start) -> ! {
     let mut utcb = start.utcb;
-    let portal = start.arg;
+    let portal = Sel::new(start.arg);
     // The portals are made right after this thread; wait for the one it waits on.
     while syscall::lookup(portal).is_err() {
         syscall::yield_now();

@@ -16,18 +16,18 @@ use crate::mem::{self, page, ALIAS_VA, PAGE};
 use crate::vcpu::{self, remove, run_nested, start, status_of, vm_with_page, NESTED_GPA};
 use crate::{ensure, ok, refused, sleep, Ctx, Outcome, ECHO, EXIT_BASE, LOG, PRIORITY, SCRATCH};
 
-const VM: Sel = 140;
-const VM2: Sel = 141;
-const MEM: Sel = 142;
-const MEM2: Sel = 143;
-const RO: Sel = 144;
-const SPARE: Sel = 145;
-const VCPU: Sel = 146;
-const VCPU2: Sel = 147;
-const CHILD: Sel = 148;
-const SEM: Sel = 149;
-const PORTAL: Sel = 150;
-const HELPER: Sel = 151;
+const VM: Sel = Sel::new(140);
+const VM2: Sel = Sel::new(141);
+const MEM: Sel = Sel::new(142);
+const MEM2: Sel = Sel::new(143);
+const RO: Sel = Sel::new(144);
+const SPARE: Sel = Sel::new(145);
+const VCPU: Sel = Sel::new(146);
+const VCPU2: Sel = Sel::new(147);
+const CHILD: Sel = Sel::new(148);
+const SEM: Sel = Sel::new(149);
+const PORTAL: Sel = Sel::new(150);
+const HELPER: Sel = Sel::new(151);
 
 fn rw() -> Rights {
     Rights::READ | Rights::WRITE
@@ -264,8 +264,12 @@ pub fn vm_cap_reduced_rights(ctx: &mut Ctx) -> Outcome {
 fn raw_vm_read(vm_sel: Sel, address: u64, len: u64) -> Result<u64, Error> {
     #[allow(unsafe_code)]
     // SAFETY: VmRead writes only the calling thread's UTCB, which no borrow spans here.
-    let (status, value) =
-        unsafe { syscall::raw(Syscall::VmRead as u64, [vm_sel, address, len, 0, 0, 0]) };
+    let (status, value) = unsafe {
+        syscall::raw(
+            Syscall::VmRead as u64,
+            [vm_sel.raw(), address, len, 0, 0, 0],
+        )
+    };
     Error::from_kernel(status).map(|()| value)
 }
 
@@ -387,7 +391,7 @@ static HELPER_RESULT: AtomicU64 = AtomicU64::new(0);
 
 /// Waits on semaphore `arg` forever, records how the wait ended, and ends.
 fn helper_main(start: Start) -> ! {
-    let code = match syscall::sem_down(start.arg, 0) {
+    let code = match syscall::sem_down(Sel::new(start.arg), 0) {
         Ok(()) => 0,
         Err(Error::Kernel(s)) => s as u64,
         Err(_) => 0xff,
@@ -523,7 +527,7 @@ pub fn stale_caps(ctx: &mut Ctx) -> Outcome {
         let mem = &HELPER_MEM[(ctx.round as usize - 1).min(1)];
         ok(
             "start the helper",
-            thread::spawn(mem, HELPER, PRIORITY, helper_main, SEM),
+            thread::spawn(mem, HELPER, PRIORITY, helper_main, SEM.raw()),
         )?;
         ok(
             "portal of the helper",

@@ -23,14 +23,15 @@ use crate::mem::page;
 use crate::vcpu::{self, remove};
 use crate::{ensure, ok, Ctx, Outcome, ECHO, EXIT_BASE, SCRATCH};
 
-/// Where the garbage may create objects (and the fixed garbage objects live).
-const ZONE: core::ops::Range<Sel> = 600..640;
-const G_VM: Sel = 600;
-const G_SVM: Sel = 601;
-const G_MEM: Sel = 602;
-const G_VCPU: Sel = 603;
-/// Empty selectors (exit bases whose portals do not exist).
-const EMPTY: core::ops::Range<Sel> = 700..760;
+/// Where the garbage may create objects (and the fixed garbage objects live), as raw selector
+/// words (the garbage makes raw syscalls).
+const ZONE: core::ops::Range<u64> = 600..640;
+const G_VM: Sel = Sel::new(600);
+const G_SVM: Sel = Sel::new(601);
+const G_MEM: Sel = Sel::new(602);
+const G_VCPU: Sel = Sel::new(603);
+/// Empty selectors (exit bases whose portals do not exist), raw.
+const EMPTY: core::ops::Range<u64> = 700..760;
 
 /// xorshift64*.
 struct Rng(u64);
@@ -57,7 +58,7 @@ impl Rng {
     fn sel(&mut self) -> u64 {
         match self.below(10) {
             0..=5 => ZONE.start + self.below(ZONE.end - ZONE.start),
-            6 => self.pick(&[G_VM, G_SVM, G_VCPU, G_MEM]),
+            6 => self.pick(&[G_VM, G_SVM, G_VCPU, G_MEM].map(Sel::raw)),
             7 => self.below(1100),
             8 => self.next(),
             _ => self.pick(&[0, 1, 15, 1023, 1024, u64::MAX]),
@@ -72,8 +73,8 @@ impl Rng {
     /// A memory capability: never the scratch capability.
     fn mem(&mut self) -> u64 {
         let s = self.sel();
-        if s == SCRATCH {
-            G_MEM
+        if s == SCRATCH.raw() {
+            G_MEM.raw()
         } else {
             s
         }
@@ -84,21 +85,21 @@ impl Rng {
         if self.below(3) == 0 {
             self.sel()
         } else {
-            self.pick(&[G_VM, G_SVM])
+            self.pick(&[G_VM, G_SVM].map(Sel::raw))
         }
     }
 
     fn pd(&mut self) -> u64 {
         match self.below(4) {
-            0 | 1 => well_known::SELF_PD,
+            0 | 1 => well_known::SELF_PD.raw(),
             2 => self.sel(),
-            _ => G_VM,
+            _ => G_VM.raw(),
         }
     }
 
     fn exit_base(&mut self) -> u64 {
         match self.below(5) {
-            0 | 1 => EXIT_BASE,
+            0 | 1 => EXIT_BASE.raw(),
             2 => EMPTY.start + self.below(EMPTY.end - EMPTY.start - 18),
             3 => self.pick(&[1023, 1024, 5000]),
             _ => self.next(),
@@ -294,7 +295,7 @@ pub fn garbage(ctx: &mut Ctx) -> Outcome {
     }
     crate::sleep(5);
     for sel in ZONE.clone().rev() {
-        let _ = syscall::revoke(sel, true);
+        let _ = syscall::revoke(Sel::new(sel), true);
     }
     crate::sleep(2);
     AUTO_STOP.store(false, Ordering::Release);

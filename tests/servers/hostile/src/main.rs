@@ -53,25 +53,25 @@ pub const PRIORITY: u8 = 10;
 /// The scratch memory (`GET_RESOURCE "memory"`).
 pub const SCRATCH: Sel = well_known::FIRST_FREE;
 /// The echo portal (served by [`threads::echo_main`]) and its thread.
-pub const ECHO: Sel = 17;
-pub const ECHO_THREAD: Sel = 18;
+pub const ECHO: Sel = Sel::new(17);
+pub const ECHO_THREAD: Sel = Sel::new(18);
 /// The exit proxy thread ([`exits`]).
-pub const PROXY_THREAD: Sel = 19;
+pub const PROXY_THREAD: Sel = Sel::new(19);
 /// A semaphore nobody signals: timed sleeps.
-pub const SLEEP: Sel = 20;
+pub const SLEEP: Sel = Sel::new(20);
 /// The proxy signals EXIT_SEM when it has an exit for the main thread, and waits on REPLY_SEM.
-pub const EXIT_SEM: Sel = 21;
-pub const REPLY_SEM: Sel = 22;
+pub const EXIT_SEM: Sel = Sel::new(21);
+pub const REPLY_SEM: Sel = Sel::new(22);
 /// Where capabilities sent to the proxy or the echo thread land (none are sent).
-pub const RECV_PROXY: Sel = 23;
-pub const RECV_ECHO: Sel = 24;
+pub const RECV_PROXY: Sel = Sel::new(23);
+pub const RECV_ECHO: Sel = Sel::new(24);
 /// The proxy signals SCRIPT_SEM when it has made a run by itself ([`exits::scripted_run`]).
-pub const SCRIPT_SEM: Sel = 25;
+pub const SCRIPT_SEM: Sel = Sel::new(25);
 /// `serial.log`, placed right below the exit portals: a vCPU whose `exit_base` is LOG has the
 /// serial driver's portal as its Startup portal and this server's exit portals for the rest.
-pub const LOG: Sel = 31;
+pub const LOG: Sel = Sel::new(31);
 /// The exit portals, `EXIT_BASE + reason` (badge = reason), bound to the proxy thread.
-pub const EXIT_BASE: Sel = 32;
+pub const EXIT_BASE: Sel = Sel::new(32);
 
 /// What an experiment returns: a note on success, the reason on failure.
 pub type Outcome = Result<String, String>;

@@ -12,12 +12,12 @@ use crate::mem::page;
 use crate::vcpu::{remove, NESTED_GPA};
 use crate::{ensure, ok, stat, Ctx, Outcome, SCRATCH};
 
-const VM: Sel = 110;
-const MEM: Sel = 111;
-const WARM: Sel = 112;
-const CHILD: Sel = 113;
+const VM: Sel = Sel::new(110);
+const MEM: Sel = Sel::new(111);
+const WARM: Sel = Sel::new(112);
+const CHILD: Sel = Sel::new(113);
 /// destroy-child-quota keeps one (stale) Vm capability per round from here.
-const CHILD_VMS: Sel = 120;
+const CHILD_VMS: Sel = Sel::new(120);
 /// Quota moved to each child.
 const CHILD_QUOTA: u64 = 64 * 1024;
 
@@ -105,7 +105,7 @@ pub fn destroy_child_quota(ctx: &mut Ctx) -> Outcome {
     let mut kept: Vec<Sel> = Vec::new();
     let result = (|| {
         for r in 0..rounds {
-            let vm_sel = CHILD_VMS + r;
+            let vm_sel = CHILD_VMS.offset(r);
             ok("create child", syscall::create_pd(CHILD, CHILD_QUOTA))?;
             ok(
                 "create vm paid by the child",

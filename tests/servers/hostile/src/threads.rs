@@ -20,14 +20,14 @@ static ECHO_MEM: thread::ThreadMem<{ 8 * 1024 }> = thread::ThreadMem::new();
 
 /// Starts the echo thread and its portal.
 pub fn start_echo() -> Result<(), String> {
-    thread::spawn(&ECHO_MEM, ECHO_THREAD, PRIORITY, echo_main, ECHO)
+    thread::spawn(&ECHO_MEM, ECHO_THREAD, PRIORITY, echo_main, ECHO.raw())
         .map_err(|e| format!("start the echo thread: {e}"))?;
     syscall::create_portal(ECHO, ECHO_THREAD, 0).map_err(|e| format!("create the echo portal: {e}"))
 }
 
 fn echo_main(start: Start) -> ! {
     let mut utcb = start.utcb;
-    let portal = start.arg;
+    let portal = Sel::new(start.arg);
     while syscall::lookup(portal).is_err() {
         syscall::yield_now();
     }
@@ -65,7 +65,7 @@ mod looping {
         "    lock inc qword ptr [rip + {calls}]",
         "    jmp 2b",
         ".popsection",
-        echo = const ECHO,
+        echo = const ECHO.raw(),
         calls = sym CALLS,
     );
 }
@@ -79,8 +79,8 @@ extern "C" {
 struct Stack([u8; 4096]);
 static LOOP_STACK: Stack = Stack([0; 4096]);
 
-const LOOPER: Sel = 160;
-const MEM: Sel = 161;
+const LOOPER: Sel = Sel::new(160);
+const MEM: Sel = Sel::new(161);
 /// A pattern whose first word is a valid message tag (36 words, no capability, label
 /// 0x2424_2424_2424), so that a kernel still using the page would accept it as a message.
 const PATTERN: u8 = 0x24;

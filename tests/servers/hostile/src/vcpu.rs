@@ -28,18 +28,18 @@ pub const CODE_GPA: u64 = 0x1000;
 pub const CODE: [u8; 5] = [0xe6, 0x80, 0xf4, 0xeb, 0xfb];
 
 /// Selectors of the vCPU experiments.
-pub const VM: Sel = 100;
-pub const VCPU: Sel = 101;
-pub const MEM: Sel = 102;
-pub const VCPU2: Sel = 103;
+pub const VM: Sel = Sel::new(100);
+pub const VCPU: Sel = Sel::new(101);
+pub const MEM: Sel = Sel::new(102);
+pub const VCPU2: Sel = Sel::new(103);
 /// A second set of exit portals (handler death): EXIT2 is bound to a helper thread, the rest
 /// to the proxy.
-const EXIT2: Sel = 70;
-const HELPER: Sel = 104;
+const EXIT2: Sel = Sel::new(70);
+const HELPER: Sel = Sel::new(104);
 /// The ASID experiment's Vms.
-const ASID_VMS: Sel = 200;
+const ASID_VMS: Sel = Sel::new(200);
 /// The last selector of the space, for exit-base-edge.
-const LAST: Sel = abi::CAP_SPACE_SLOTS - 1;
+const LAST: Sel = Sel::new(abi::CAP_SPACE_SLOTS - 1);
 
 /// Whether the kernel runs VMX: the CPU vendor (the kernel uses VMX on Intel, SVM on AMD).
 #[allow(unsafe_code)]
@@ -278,7 +278,7 @@ pub fn asid_exhaustion(ctx: &mut Ctx) -> Outcome {
     let result = (|| {
         ok("carve", syscall::carve(SCRATCH, MEM, page::NESTED, 1))?;
         for i in 0..n {
-            let sel = ASID_VMS + i;
+            let sel = ASID_VMS.offset(i);
             vm::create_vm(sel, well_known::SELF_PD, MemoryMode::Nested)
                 .map_err(|e| format!("creating Vm {} of {n} refused: {e}", i + 1))?;
             made += 1;
@@ -289,7 +289,7 @@ pub fn asid_exhaustion(ctx: &mut Ctx) -> Outcome {
         }
         for pass in 1..=2 {
             for i in 0..n {
-                let sel = ASID_VMS + i;
+                let sel = ASID_VMS.offset(i);
                 let step = exits::scripted_run(ctx, real_mode(NESTED_RIP), || {
                     vm::create_vcpu(
                         VCPU,
@@ -310,7 +310,7 @@ pub fn asid_exhaustion(ctx: &mut Ctx) -> Outcome {
         Ok::<(), String>(())
     })();
     for i in 0..made {
-        let _ = syscall::revoke(ASID_VMS + i, true);
+        let _ = syscall::revoke(ASID_VMS.offset(i), true);
     }
     remove(&[VCPU, MEM]);
     result?;
@@ -351,7 +351,7 @@ pub fn exit_base_edge(ctx: &mut Ctx) -> Outcome {
                 VM,
                 well_known::SELF_PD,
                 u64::from(PRIORITY),
-                abi::CAP_SPACE_SLOTS,
+                Sel::new(abi::CAP_SPACE_SLOTS),
             ),
             Status::BadArgument,
         )?;
@@ -515,7 +515,7 @@ static HELPER_GOT: AtomicU64 = AtomicU64::new(0);
 /// The helper of handler-death: takes one call on its portal (`arg`) and ends without replying.
 fn helper_main(start: Start) -> ! {
     let mut utcb = start.utcb;
-    let portal = start.arg;
+    let portal = Sel::new(start.arg);
     while syscall::lookup(portal).is_err() {
         syscall::yield_now();
     }
@@ -538,12 +538,12 @@ pub fn unconfined_handler_death(ctx: &mut Ctx) -> Outcome {
         let mem = &HELPER_MEM[(ctx.round as usize - 1).min(1)];
         ok(
             "start the helper",
-            thread::spawn(mem, HELPER, PRIORITY, helper_main, EXIT2),
+            thread::spawn(mem, HELPER, PRIORITY, helper_main, EXIT2.raw()),
         )?;
         for reason in 1..vmabi::EXIT_COUNT {
             ok(
                 "create exit portal",
-                syscall::create_portal(EXIT2 + reason, PROXY_THREAD, reason),
+                syscall::create_portal(EXIT2.offset(reason), PROXY_THREAD, reason),
             )?;
         }
         ok("helper's portal", syscall::create_portal(EXIT2, HELPER, 0))?;
@@ -569,9 +569,9 @@ pub fn unconfined_handler_death(ctx: &mut Ctx) -> Outcome {
         ))
     })();
     exits::settle(ctx);
-    let mut sels = [0; vmabi::EXIT_COUNT as usize];
+    let mut sels = [Sel::new(0); vmabi::EXIT_COUNT as usize];
     for (i, s) in sels.iter_mut().enumerate() {
-        *s = EXIT2 + i as u64;
+        *s = EXIT2.offset(i as u64);
     }
     remove(&sels);
     remove(&[VCPU, HELPER, VM, MEM]);

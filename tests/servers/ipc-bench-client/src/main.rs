@@ -12,9 +12,9 @@ use rt::{bootstrap, log, Start};
 rt::entry!(main, heap = 16 * 1024);
 
 const LOG: Sel = well_known::FIRST_FREE;
-const PING: Sel = well_known::FIRST_FREE + 1;
+const PING: Sel = well_known::FIRST_FREE.offset(1);
 /// A selector the client never fills.
-const EMPTY: Sel = well_known::FIRST_FREE + 100;
+const EMPTY: Sel = well_known::FIRST_FREE.offset(100);
 const WARM_UP: u64 = 1_000;
 const ROUND_TRIPS: u64 = 100_000;
 

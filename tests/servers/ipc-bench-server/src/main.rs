@@ -11,8 +11,8 @@ use rt::{bootstrap, log, syscall, Start};
 rt::entry!(main, heap = 16 * 1024);
 
 const LOG: Sel = well_known::FIRST_FREE;
-const PING: Sel = well_known::FIRST_FREE + 1;
-const NO_CAP: Sel = well_known::FIRST_FREE + 2;
+const PING: Sel = well_known::FIRST_FREE.offset(1);
+const NO_CAP: Sel = well_known::FIRST_FREE.offset(2);
 
 fn main(start: Start) -> ! {
     let mut utcb = start.utcb;

@@ -12,10 +12,10 @@ use rt::{bootstrap, syscall, Error};
 use crate::{ensure, ok, refused, Ctx, Outcome, GO};
 
 /// A selector this program never fills.
-const EMPTY: Sel = 60;
+const EMPTY: Sel = Sel::new(60);
 /// Slots the quota experiment may fill: everything free below the storm's zones, and the
 /// storm's never-filled zone (the storm runs later).
-pub const QUOTA_SELS: [core::ops::Range<Sel>; 2] = [80..512, 768..1024];
+pub const QUOTA_SELS: [core::ops::Range<u64>; 2] = [80..512, 768..1024];
 
 /// (1) 100 echo round trips, then a call that carries a semaphore capability, which the target
 /// must find at its landing slot with exactly the rights sent.
@@ -28,7 +28,7 @@ pub fn ping_pong(ctx: &mut Ctx) -> Outcome {
             "round trip {i}: sent {sent:?}, got label {label:#x} words {words:?}"
         );
     }
-    const SEM: Sel = 20;
+    const SEM: Sel = Sel::new(20);
     ok("create semaphore", syscall::create_semaphore(SEM, 0))?;
     let rights = Rights::READ | Rights::WRITE;
     ctx.utcb.set_msg(proto::ECHO, &[7]);
@@ -60,7 +60,7 @@ pub fn no_capability(ctx: &mut Ctx) -> Outcome {
     )?;
     refused(
         "call on a selector beyond the space",
-        ctx.utcb.call(abi::CAP_SPACE_SLOTS + 5, 1, &[]),
+        ctx.utcb.call(Sel::new(abi::CAP_SPACE_SLOTS + 5), 1, &[]),
         Status::BadSelector,
     )?;
     refused(
@@ -69,8 +69,8 @@ pub fn no_capability(ctx: &mut Ctx) -> Outcome {
         Status::WrongKind,
     )?;
 
-    const PORTAL: Sel = 21;
-    const NO_CALL: Sel = 22;
+    const PORTAL: Sel = Sel::new(21);
+    const NO_CALL: Sel = Sel::new(22);
     ok(
         "create own portal",
         syscall::create_portal(PORTAL, well_known::SELF_THREAD, 99),
@@ -95,7 +95,7 @@ pub fn no_capability(ctx: &mut Ctx) -> Outcome {
     let _ = syscall::revoke(PORTAL, true);
     result?;
 
-    const GOT: Sel = 23;
+    const GOT: Sel = Sel::new(23);
     let got = bootstrap::get(&mut ctx.utcb, "isolation-target.faults", GOT);
     if got.is_ok() {
         let _ = syscall::revoke(GOT, true);
@@ -115,10 +115,10 @@ pub fn no_capability(ctx: &mut Ctx) -> Outcome {
 /// (5) Delegation keeps or drops rights, never adds them; a capability without GRANT cannot
 /// be passed on, by delegation or through IPC; rights are enforced on use.
 pub fn rights(ctx: &mut Ctx) -> Outcome {
-    const SEM: Sel = 30;
-    const READ_GRANT: Sel = 31;
-    const READ_ONLY: Sel = 32;
-    const DEST: Sel = 33;
+    const SEM: Sel = Sel::new(30);
+    const READ_GRANT: Sel = Sel::new(31);
+    const READ_ONLY: Sel = Sel::new(32);
+    const DEST: Sel = Sel::new(33);
     ok("create semaphore", syscall::create_semaphore(SEM, 0))?;
     let result = (|| {
         let me = well_known::SELF_PD;
@@ -181,10 +181,10 @@ pub fn rights(ctx: &mut Ctx) -> Outcome {
 /// derivations removes all of them (lookups and uses fail, the target's copy is gone too), and
 /// SEM itself keeps working.
 pub fn revoke(ctx: &mut Ctx) -> Outcome {
-    const SEM: Sel = 40;
-    const A: Sel = 41;
-    const B: Sel = 42;
-    const C: Sel = 43;
+    const SEM: Sel = Sel::new(40);
+    const A: Sel = Sel::new(41);
+    const B: Sel = Sel::new(42);
+    const C: Sel = Sel::new(43);
     ok("create semaphore", syscall::create_semaphore(SEM, 1))?;
     let result = (|| {
         let me = well_known::SELF_PD;
@@ -251,7 +251,7 @@ pub fn revoke(ctx: &mut Ctx) -> Outcome {
 pub fn quota(ctx: &mut Ctx) -> Outcome {
     let mut made: Vec<Sel> = Vec::new();
     let mut refusal = None;
-    for sel in QUOTA_SELS.iter().cloned().flatten() {
+    for sel in QUOTA_SELS.iter().cloned().flatten().map(Sel::new) {
         match syscall::create_semaphore(sel, 0) {
             Ok(()) => made.push(sel),
             Err(e) => {

@@ -155,7 +155,7 @@ pub fn memory(ctx: &mut Ctx) -> Outcome {
 }
 
 /// The attacker's I/O-port capability (manifest: the POST port 0x80 alone).
-const PORTS: abi::Sel = 52;
+const PORTS: abi::Sel = abi::Sel::new(52);
 
 /// (4) Port I/O outside the granted range traps as #GP at the I/O instruction and reaches the
 /// fault handler: a port of another server (COM1), and the ports right before and right after
@@ -258,8 +258,8 @@ pub fn fault_loop(ctx: &mut Ctx) -> Outcome {
 }
 
 /// The scratch memory capability from init and a copy derived from it.
-const SCRATCH: abi::Sel = 50;
-const SCRATCH_COPY: abi::Sel = 51;
+const SCRATCH: abi::Sel = abi::Sel::new(50);
+const SCRATCH_COPY: abi::Sel = abi::Sel::new(51);
 /// Where the two are mapped (one page each).
 const THROUGH_ORIGINAL: u64 = 0x0000_4444_0000_0000;
 const THROUGH_COPY: u64 = 0x0000_4444_0001_0000;
@@ -336,7 +336,7 @@ pub fn revoked_memory(ctx: &mut Ctx) -> Outcome {
 
 /// Pages of scratch memory mapped through a read-only copy.
 const THROUGH_READ_ONLY: u64 = 0x0000_4444_0002_0000;
-const SCRATCH_READ_ONLY: abi::Sel = 53;
+const SCRATCH_READ_ONLY: abi::Sel = abi::Sel::new(53);
 
 /// (11) A capability with reduced rights maps with those rights only: a read-only copy of the
 /// scratch memory refuses a writable mapping (`NoRights`), maps read-only, and a write through

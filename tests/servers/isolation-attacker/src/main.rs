@@ -39,11 +39,11 @@ pub const PRIORITY: u8 = 10;
 /// `serial.log`.
 const LOG: Sel = well_known::FIRST_FREE;
 /// `isolation-target.echo`.
-pub const ECHO: Sel = well_known::FIRST_FREE + 1;
+pub const ECHO: Sel = well_known::FIRST_FREE.offset(1);
 /// The semaphore that releases the looping thread.
-pub const GO: Sel = well_known::FIRST_FREE + 2;
+pub const GO: Sel = well_known::FIRST_FREE.offset(2);
 /// The looping thread.
-pub const LOOPER: Sel = well_known::FIRST_FREE + 3;
+pub const LOOPER: Sel = well_known::FIRST_FREE.offset(3);
 
 static LOOPER_MEM: thread::ThreadMem<{ 8 * 1024 }> = thread::ThreadMem::new();
 

@@ -8,7 +8,7 @@ use alloc::format;
 use alloc::vec::Vec;
 
 use abi::syscall::COUNT;
-use abi::Status;
+use abi::{Sel, Status};
 use isolation::proto::{self, mode};
 use isolation::storm::{Storm, MIN_CALLS, ZONE_A};
 use rt::syscall;
@@ -28,7 +28,9 @@ pub fn storm(ctx: &mut Ctx) -> Outcome {
         "isolation: syscall storm: seed {seed:#018x}, {MIN_CALLS} calls"
     );
 
-    let own: Vec<_> = (0..ZONE_A.start).map(syscall::lookup).collect();
+    let own: Vec<_> = (0..ZONE_A.start)
+        .map(|s| syscall::lookup(Sel::new(s)))
+        .collect();
     let mut storm = Storm::new(seed);
     let mut by_status = [0u64; 13];
     let (mut unknown, mut not_bad_syscall) = (0u64, 0u64);
@@ -58,11 +60,11 @@ pub fn storm(ctx: &mut Ctx) -> Outcome {
     }
     // Remove what the storm made (objects in zone A, and what was derived from them).
     for sel in ZONE_A {
-        let _ = syscall::revoke(sel, true);
+        let _ = syscall::revoke(Sel::new(sel), true);
     }
     let changed: Vec<u64> = (0..ZONE_A.start)
         .zip(&own)
-        .filter(|&(sel, before)| syscall::lookup(sel) != *before)
+        .filter(|&(sel, before)| syscall::lookup(Sel::new(sel)) != *before)
         .map(|(sel, _)| sel)
         .collect();
     let echo = ctx.echo(proto::ECHO, &[99]);

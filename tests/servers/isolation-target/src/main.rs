@@ -19,13 +19,13 @@ use rt::{bootstrap, log, syscall, thread, Error, Start, Utcb};
 rt::entry!(main, heap = 16 * 1024);
 
 const LOG: Sel = well_known::FIRST_FREE;
-const ECHO: Sel = well_known::FIRST_FREE + 1;
-const FAULTS: Sel = well_known::FIRST_FREE + 2;
-const FAULT_THREAD: Sel = well_known::FIRST_FREE + 3;
+const ECHO: Sel = well_known::FIRST_FREE.offset(1);
+const FAULTS: Sel = well_known::FIRST_FREE.offset(2);
+const FAULT_THREAD: Sel = well_known::FIRST_FREE.offset(3);
 /// The two landing slots of `echo` (see `serve_echo`).
-const RECV_A: Sel = well_known::FIRST_FREE + 4;
-const RECV_B: Sel = well_known::FIRST_FREE + 5;
-const FAULT_RECV: Sel = well_known::FIRST_FREE + 6;
+const RECV_A: Sel = well_known::FIRST_FREE.offset(4);
+const RECV_B: Sel = well_known::FIRST_FREE.offset(5);
+const FAULT_RECV: Sel = well_known::FIRST_FREE.offset(6);
 const ECHO_BADGE: u64 = 1;
 const FAULTS_BADGE: u64 = 2;
 /// Priority of the fault thread: the target's own in `manifests/isolation.toml` (a thread
