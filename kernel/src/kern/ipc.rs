@@ -132,11 +132,16 @@ fn send(k: &mut Kernel, caller: ThreadId, portal: PortalId) -> Result<(), Status
 
 /// How a reply to a vCPU's exit is checked and written back (`reply::finish_exit`, passed in by
 /// the syscall layer so that IPC does not depend on the VM code): `Ok(true)` resumes the vCPU,
-/// `Ok(false)` ends it, an error refuses the reply and the handler still serves the vCPU.
-pub type AnswerExit = fn(&mut Kernel, ThreadId, ThreadId) -> Result<bool, Status>;
+/// `Ok(false)` ends it, an error refuses the reply and the handler still serves the vCPU. A
+/// generic parameter, not a function pointer, so the call stays direct on the reply path.
+pub trait AnswerExit: FnOnce(&mut Kernel, ThreadId, ThreadId) -> Result<bool, Status> {}
+impl<F: FnOnce(&mut Kernel, ThreadId, ThreadId) -> Result<bool, Status>> AnswerExit for F {}
 
 /// Replies to the caller the current thread serves, if any. Returns the caller.
-fn reply_to_caller(k: &mut Kernel, answer_exit: AnswerExit) -> Result<Option<ThreadId>, Status> {
+fn reply_to_caller(
+    k: &mut Kernel,
+    answer_exit: impl AnswerExit,
+) -> Result<Option<ThreadId>, Status> {
     let me = k.current();
     let Some(caller) = k.threads.get_mut(me).and_then(|t| t.serving.take()) else {
         return Ok(None);
@@ -178,7 +183,7 @@ fn reply_to_caller(k: &mut Kernel, answer_exit: AnswerExit) -> Result<Option<Thr
 }
 
 /// `reply()`.
-pub fn reply(k: &mut Kernel, answer_exit: AnswerExit) -> Result<(), Status> {
+pub fn reply(k: &mut Kernel, answer_exit: impl AnswerExit) -> Result<(), Status> {
     match reply_to_caller(k, answer_exit)? {
         Some(caller) => {
             if k.threads
@@ -194,7 +199,11 @@ pub fn reply(k: &mut Kernel, answer_exit: AnswerExit) -> Result<(), Status> {
 }
 
 /// `reply_wait(portal)`: reply if serving, then take the next call or wait for one.
-pub fn reply_wait(k: &mut Kernel, portal_sel: Sel, answer_exit: AnswerExit) -> Result<(), Status> {
+pub fn reply_wait(
+    k: &mut Kernel,
+    portal_sel: Sel,
+    answer_exit: impl AnswerExit,
+) -> Result<(), Status> {
     let me = k.current();
     let space = pd_space(k, me).ok_or(Status::NoPartner)?;
     // Receiving needs no right: only the portal's bound handler may (checked next).

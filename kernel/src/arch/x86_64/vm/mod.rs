@@ -168,7 +168,8 @@ pub struct HwExit {
 pub struct BadState(pub &'static str);
 
 /// What each backend does for one vCPU: SVM's VMCB (`svm::Vmcb`) and VMX's VMCS
-/// (`vmx::Vmcs`) implement it; the kernel reaches them through [`HwVcpu`].
+/// (`vmx::Vmcs`) implement it; the kernel reaches them through [`HwVcpu`], which dispatches
+/// statically.
 pub trait VendorVcpu {
     /// Copies the groups `mask` names into message words.
     fn read(&self, gprs: &Gprs, mask: u64, out: &mut [u64; word::COUNT]);
@@ -219,7 +220,20 @@ pub trait VendorVcpu {
         Self: Sized;
 }
 
-/// One vCPU's hardware state.
+/// Calls `$call` on the backend's vCPU (`$v` bound to the VMCB or VMCS), or gives `$empty`
+/// once the vCPU is freed. A `match`, not a trait object: the exit and reply paths stay direct,
+/// inlinable calls.
+macro_rules! vendor {
+    ($hw:expr, $v:ident => $call:expr, $empty:expr) => {
+        match $hw {
+            HwVcpu::Svm($v) => $call,
+            HwVcpu::Vmx($v) => $call,
+            HwVcpu::Empty => $empty,
+        }
+    };
+}
+
+/// One vCPU's hardware state: the backend's [`VendorVcpu`].
 pub enum HwVcpu {
     Svm(svm::Vmcb),
     Vmx(vmx::Vmcs),
@@ -238,79 +252,46 @@ impl HwVcpu {
         }
     }
 
-    /// The backend's vCPU (None once freed).
-    pub fn vendor(&self) -> Option<&dyn VendorVcpu> {
-        match self {
-            HwVcpu::Svm(v) => Some(v),
-            HwVcpu::Vmx(v) => Some(v),
-            HwVcpu::Empty => None,
-        }
-    }
-
-    pub fn vendor_mut(&mut self) -> Option<&mut dyn VendorVcpu> {
-        match self {
-            HwVcpu::Svm(v) => Some(v),
-            HwVcpu::Vmx(v) => Some(v),
-            HwVcpu::Empty => None,
-        }
-    }
-
     pub fn read(&self, gprs: &Gprs, mask: u64, out: &mut [u64; word::COUNT]) {
-        if let Some(v) = self.vendor() {
-            v.read(gprs, mask, out);
-        }
+        vendor!(self, v => v.read(gprs, mask, out), ())
     }
 
     pub fn write(&mut self, gprs: &mut Gprs, mask: u64, words: &[u64; word::COUNT]) {
-        if let Some(v) = self.vendor_mut() {
-            v.write(gprs, mask, words);
-        }
+        vendor!(self, v => v.write(gprs, mask, words), ())
     }
 
     pub fn inject(&mut self, event: u64, error: u64) {
-        if let Some(v) = self.vendor_mut() {
-            v.inject(event, error);
-        }
+        vendor!(self, v => v.inject(event, error), ())
     }
 
     pub fn request_window(&mut self, on: bool) {
-        if let Some(v) = self.vendor_mut() {
-            v.request_window(on);
-        }
+        vendor!(self, v => v.request_window(on), ())
     }
 
     pub fn shadow_control(&mut self, cr0: u64, cr3: u64, cr4: u64, vis_cr0: u64, vis_cr4: u64) {
-        if let Some(v) = self.vendor_mut() {
-            v.shadow_control(cr0, cr3, cr4, vis_cr0, vis_cr4);
-        }
+        vendor!(self, v => v.shadow_control(cr0, cr3, cr4, vis_cr0, vis_cr4), ())
     }
 
     pub fn set_cr2(&mut self, value: u64) {
-        if let Some(v) = self.vendor_mut() {
-            v.set_cr2(value);
-        }
+        vendor!(self, v => v.set_cr2(value), ())
     }
 
     pub fn intercept_page_faults(&mut self, on: bool) {
-        if let Some(v) = self.vendor_mut() {
-            v.intercept_page_faults(on);
-        }
+        vendor!(self, v => v.intercept_page_faults(on), ())
     }
 
     pub fn invalidate_page(&mut self, la: u64) {
-        if let Some(v) = self.vendor_mut() {
-            v.invalidate_page(la);
-        }
+        vendor!(self, v => v.invalidate_page(la), ())
     }
 
     pub fn flush_on_entry(&mut self) {
-        if let Some(v) = self.vendor_mut() {
-            v.flush_on_entry();
-        }
+        vendor!(self, v => v.flush_on_entry(), ())
     }
 
     pub fn exit(&self, gprs: &Gprs) -> HwExit {
-        self.vendor().map_or(
+        vendor!(
+            self,
+            v => v.exit(gprs),
             HwExit {
                 exit: virt::exit::Exit::Unknown { reason: 0 },
                 raw: 0,
@@ -319,41 +300,32 @@ impl HwVcpu {
                 instruction_len: 0,
                 exception: 0,
                 address: None,
-            },
-            |v| v.exit(gprs),
+            }
         )
     }
 
     pub fn after_exit(&mut self) {
-        if let Some(v) = self.vendor_mut() {
-            v.entered();
-        }
+        vendor!(self, v => v.entered(), ())
     }
 
     pub fn redeliver(&mut self) {
-        if let Some(v) = self.vendor_mut() {
-            v.redeliver();
-        }
+        vendor!(self, v => v.redeliver(), ())
     }
 
     pub fn check(&self, mask: u64, w: &[u64; word::COUNT]) -> Result<(), BadState> {
-        self.vendor()
-            .map_or(Err(BadState("vCPU gone")), |v| v.check(mask, w))
+        vendor!(self, v => v.check(mask, w), Err(BadState("vCPU gone")))
     }
 
     pub fn retag(&mut self, tag: u16) {
-        if let Some(v) = self.vendor_mut() {
-            v.retag(tag);
-        }
+        vendor!(self, v => v.retag(tag), ())
     }
 
     pub fn paging(&self) -> virt::confine::HwPaging {
-        self.vendor().map_or_else(Default::default, |v| v.paging())
+        vendor!(self, v => v.paging(), virt::confine::HwPaging::default())
     }
 
     pub fn other_kind(&self, raw: u64) -> u64 {
-        self.vendor()
-            .map_or(abi::vm::other::UNKNOWN, |v| v.other_kind(raw))
+        vendor!(self, v => v.other_kind(raw), abi::vm::other::UNKNOWN)
     }
 
     /// Returns the hardware structures to the frame allocator.
@@ -383,11 +355,8 @@ pub struct RunContext {
 pub unsafe fn enter(hw: &mut HwVcpu, ctx: &mut RunContext) -> ! {
     load_fpu(&ctx.fpu);
     ctx.entry_tsc = super::cpu::rdtsc();
-    match hw.vendor_mut() {
-        // SAFETY: as the caller guarantees.
-        Some(v) => unsafe { v.run(&mut ctx.gprs) },
-        None => panic!("entering a freed vCPU"),
-    }
+    // SAFETY: as the caller guarantees.
+    vendor!(hw, v => unsafe { v.run(&mut ctx.gprs) }, panic!("entering a freed vCPU"))
 }
 
 /// Called by `entry.s` after every exit, on a fresh kernel stack.
