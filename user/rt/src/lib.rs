@@ -13,19 +13,28 @@
 //!   console for init, the only domain allowed to use it).
 //! - [`bootstrap`]: the client side of `abi::bootstrap` (register, get, get_resource, power off).
 //! - [`thread`]: more threads in the caller's own domain, over static stacks.
+//! - Safe forms of what servers would otherwise do with `unsafe`: [`mem::Mapping`] (a fresh
+//!   mapping as an owned range that hands out slices), [`boot`] (init's boot page and modules),
+//!   [`io::Port`] (port I/O on granted ports), [`cpu::rdtsc`], and
+//!   [`syscall::ChildPd::start_thread`] (a thread in a domain the caller created). Servers and
+//!   init `forbid(unsafe_code)`.
 //! - A panic prints a best-effort message through the log portal and ends the thread.
 //!
-//! `unsafe` lives in `start`, `syscall::raw`, the UTCB accessors, the heap arena and `thread`;
-//! each use says why it is sound.
+//! `unsafe` lives in `start`, `syscall::raw`, the UTCB accessors, the heap arena, `thread`,
+//! `mem`, `boot`, `io` and `cpu`; each use says why it is sound.
 #![no_std]
 
 extern crate alloc;
 
+pub mod boot;
 pub mod bootstrap;
+pub mod cpu;
 mod error;
 pub mod heap;
+pub mod io;
 pub mod ipc;
 pub mod log;
+pub mod mem;
 mod panic;
 mod start;
 pub mod syscall;
@@ -66,7 +75,6 @@ macro_rules! entry {
     ($main:path, heap = $size:expr) => {
         static __RT_HEAP: $crate::heap::Arena<{ $size }> = $crate::heap::Arena::new();
 
-        #[allow(unsafe_code)]
         #[no_mangle]
         fn __rt_main(start: $crate::Start) -> ! {
             $crate::heap::init(&__RT_HEAP);
