@@ -277,7 +277,7 @@ fn setup(utcb: &mut Utcb, guest: &Guest, name: &str) -> Result<Set, SetupError> 
         guest.memory_bytes >> 20,
         boot.entry
     );
-    let pages = guest.memory_bytes / 4096;
+    let pages = guest.memory_bytes / abi::PAGE_SIZE;
     let rights = Rights::READ.union(Rights::WRITE).union(Rights::EXEC);
     step(
         "create vm",
@@ -288,7 +288,7 @@ fn setup(utcb: &mut Utcb, guest: &Guest, name: &str) -> Result<Set, SetupError> 
     if guest.hypercalls || guest.dmp {
         use vmm::layout::{DMP_WINDOW_LINEAR, DMP_WINDOW_PAGES, DMP_WINDOW_PHYSICAL};
         let window =
-            DMP_WINDOW_PHYSICAL as usize..(DMP_WINDOW_PHYSICAL + DMP_WINDOW_PAGES * 4096) as usize;
+            DMP_WINDOW_PHYSICAL as usize..(DMP_WINDOW_PHYSICAL + DMP_WINDOW_PAGES * abi::PAGE_SIZE) as usize;
         if let Some(bytes) = guest_ram.bytes_mut().get_mut(window) {
             bytes.fill(0);
         }

@@ -41,7 +41,7 @@ use state::{lock, GuestRun, State, MAX_SERVERS};
 rt::entry!(main);
 
 /// Size of a page.
-pub const PAGE: u64 = 4096;
+pub use abi::PAGE_SIZE as PAGE;
 /// The priority the kernel gives init's first thread (`kernel/src/kern/init.rs`; not part of the
 /// ABI), used for init's other threads too: above the servers, so requests are served at once.
 pub const INIT_PRIORITY: u8 = 30;

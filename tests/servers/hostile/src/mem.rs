@@ -11,7 +11,7 @@ use rt::syscall;
 
 use crate::SCRATCH;
 
-pub const PAGE: u64 = 4096;
+pub use abi::PAGE_SIZE as PAGE;
 /// Pages of scratch memory the experiments use (the manifest gives at least this many).
 pub const SCRATCH_PAGES: u64 = 16;
 /// Where the scratch memory is mapped (far above the program, heap, stack and UTCB).
