@@ -287,8 +287,8 @@ fn setup(utcb: &mut Utcb, guest: &Guest, name: &str) -> Result<Set, SetupError> 
     check_patching(utcb, guest_ram.bytes_mut())?;
     if guest.hypercalls || guest.dmp {
         use vmm::layout::{DMP_WINDOW_LINEAR, DMP_WINDOW_PAGES, DMP_WINDOW_PHYSICAL};
-        let window =
-            DMP_WINDOW_PHYSICAL as usize..(DMP_WINDOW_PHYSICAL + DMP_WINDOW_PAGES * abi::PAGE_SIZE) as usize;
+        let window = DMP_WINDOW_PHYSICAL as usize
+            ..(DMP_WINDOW_PHYSICAL + DMP_WINDOW_PAGES * abi::PAGE_SIZE) as usize;
         if let Some(bytes) = guest_ram.bytes_mut().get_mut(window) {
             bytes.fill(0);
         }
