@@ -64,9 +64,10 @@ pub struct Start {
 /// rt::entry!(main, heap = 64 * 1024);
 /// ```
 ///
-/// The expansion defines the symbol `__rt_main` that the runtime's `_start` calls, so a crate
-/// using it cannot `forbid(unsafe_code)` (the `no_mangle` attribute counts as unsafe code); use
-/// `deny(unsafe_code)`, which the expansion allows for that one item.
+/// The expansion defines the symbol `__rt_main` (`no_mangle`) that the runtime's `_start`
+/// calls. The `unsafe_code` lint does not report code expanded from another crate's macro, so a
+/// crate using it may `forbid(unsafe_code)`; the symbol's signature is the runtime's to keep
+/// right, not the server's.
 #[macro_export]
 macro_rules! entry {
     ($main:path) => {
