@@ -20,17 +20,16 @@
 //! portal).
 #![no_std]
 #![no_main]
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 
 use alloc::vec::Vec;
 
 use abi::profile::{unpack_words, ProfileBatch, MAX_ENCODED_LEN};
-use abi::vm::{word, Exit, EXIT_LABEL, PROFILE_WORDS};
+use abi::vm::{word, Backend, Exit, HypercallInsn, EXIT_LABEL, PROFILE_WORDS};
 use abi::{well_known, Rights, Sel, Status};
 use dmp::policy::{Config, Failure, GuestAccess, GuestPolicy};
-use dmp::replacement::HypercallInsn;
 use rt::{bootstrap, log, syscall, Error, Start, Utcb};
 
 rt::entry!(main, heap = 4 * 1024 * 1024);
@@ -113,6 +112,14 @@ fn attach(utcb: &mut Utcb, guests: &mut Vec<Guest>) {
         utcb.set_status(Status::BadArgument);
         return;
     }
+    let Some(call) = hypercall_insn() else {
+        rt::println!(
+            utcb,
+            "dmp-service: the kernel runs no guests; vm{n} not attached"
+        );
+        utcb.set_status(Status::BadArgument);
+        return;
+    };
     use abi::dmp::attach::*;
     let config = Config {
         threshold: THRESHOLD,
@@ -121,7 +128,7 @@ fn attach(utcb: &mut Utcb, guests: &mut Vec<Guest>) {
         window_physical: utcb.word(WINDOW_PHYSICAL),
         window_pages: utcb.word(WINDOW_PAGES),
         view_base: VIEW_BASE,
-        call: hypercall_insn(),
+        call,
     };
     let portal = PROFILE_BASE.offset(n as u64);
     if let Err(e) =
@@ -175,18 +182,11 @@ fn profile(utcb: &mut Utcb, guests: &mut [Guest], n: usize) {
     utcb.set_msg(0, &[0]);
 }
 
-/// The hypercall instruction of this machine, which the guests share: VMMCALL on AMD (and
-/// Hygon) SVM, VMCALL on Intel VMX.
-fn hypercall_insn() -> HypercallInsn {
-    let id = core::arch::x86_64::__cpuid(0);
-    let mut vendor = [0u8; 12];
-    for (i, r) in [id.ebx, id.edx, id.ecx].into_iter().enumerate() {
-        vendor[4 * i..4 * i + 4].copy_from_slice(&r.to_le_bytes());
-    }
-    match &vendor {
-        b"AuthenticAMD" | b"HygonGenuine" => HypercallInsn::Vmmcall,
-        _ => HypercallInsn::Vmcall,
-    }
+/// The hypercall instruction of the guests, which share the kernel's virtualization backend:
+/// the kernel says which it is (`KernelStats` `VIRT_BACKEND`); `None` if it runs no guests.
+fn hypercall_insn() -> Option<HypercallInsn> {
+    let backend = syscall::kernel_stats(abi::syscall::stats::VIRT_BACKEND).ok()?;
+    Backend::from_stat(backend).map(Backend::hypercall_insn)
 }
 
 /// The guest through the kernel: `VmRead`, `VmPatch` and `VmDmp` on its Vm capability.

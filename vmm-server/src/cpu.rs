@@ -8,9 +8,4 @@ pub fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
 }
 
 /// The host's time-stamp counter.
-#[allow(unsafe_code)]
-pub fn rdtsc() -> u64 {
-    // SAFETY: RDTSC only reads the time-stamp counter; the kernel leaves CR4.TSD clear, so it
-    // works in ring 3, and it touches no memory.
-    unsafe { core::arch::x86_64::_rdtsc() }
-}
+pub use rt::cpu::rdtsc;

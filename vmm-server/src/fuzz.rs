@@ -43,7 +43,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use abi::bootstrap::outcome;
 use abi::utcb::MSG_WORDS;
-use abi::vm::{mtd, reply_len, word, Exit, EXIT_LABEL};
+use abi::vm::{mtd, reply_len, word, Backend, Exit, EXIT_LABEL};
 use abi::{well_known, Sel, Status};
 use manifest::{outcome_text, Guest};
 use rt::{syscall, thread, Error, Start, Utcb};
@@ -94,13 +94,15 @@ pub const LOG_LINES: u64 = 24;
 /// Restarts of the guest announced with a line (then only counted).
 const REBOOT_LINES: u64 = 8;
 
-/// The exit cap, the fuzzer's policy and the backend's name, from the host's CPUID. On SVM
+/// The exit cap, the fuzzer's policy and the backend's name, from the kernel's backend
+/// (`KernelStats` `VIRT_BACKEND`). On SVM
 /// (QEMU) the policy spares QEMU the two states it cannot take (`vmm::fuzz::Policy`: CPL > 0
 /// with an unusable TR aborts QEMU; a nested-mode guest out of long mode can hang it); on VMX
 /// (Bochs) every reply that writes RFLAGS sets IF, without which Bochs lets a looping guest
 /// starve the system.
 fn backend(guest: &Guest) -> (u64, Policy, &'static str) {
-    let svm = cpu::cpuid(0x8000_0001, 0)[2] & (1 << 2) != 0;
+    let backend = syscall::kernel_stats(abi::syscall::stats::VIRT_BACKEND).ok();
+    let svm = backend.and_then(Backend::from_stat) == Some(Backend::Svm);
     if svm {
         let policy = Policy {
             keep_paging_mode: guest.mode == manifest::MemoryMode::Nested,
@@ -307,7 +309,7 @@ fn run(
 
 /// Loads the image again and starts a new monitor from its initial state.
 fn restart(set: &mut Set, guest: &Guest) -> Result<(), SetupError> {
-    let boot = load(set.memory, set.image, guest)?;
+    let boot = load(set.ram.bytes_mut(), set.image, guest)?;
     set.initial = boot.state;
     set.monitor = new_monitor(guest, boot.state, &mut set.ram)?;
     Ok(())

@@ -22,7 +22,7 @@
 //! ends, until an exit cap (issue #11).
 #![no_std]
 #![no_main]
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 
@@ -115,8 +115,6 @@ fn main(start: Start) -> ! {
 pub struct Set {
     pub monitor: Monitor,
     pub ram: memory::GuestRam,
-    /// The guest's RAM mapped in this server, for (re)loading the image.
-    pub memory: &'static mut [u8],
     pub image: &'static [u8],
     pub initial: VcpuState,
 }
@@ -262,12 +260,12 @@ fn setup(utcb: &mut Utcb, guest: &Guest, name: &str) -> Result<Set, SetupError> 
         bootstrap::get_resource(utcb, "memory", MEMORY),
     )?;
     let (image_len, image_offset) = step("get image", config::image(utcb, IMAGE))?;
-    let ram = step("map memory", memory::map_ram(MEMORY, guest.memory_bytes))?;
+    let mut guest_ram = step("map memory", memory::map_ram(MEMORY, guest.memory_bytes))?;
     let image = step(
         "map image",
         memory::map_image(IMAGE, image_len, image_offset),
     )?;
-    let boot = load(ram, image, guest)?;
+    let boot = load(guest_ram.bytes_mut(), image, guest)?;
     let (mode, mode_name) = match guest.mode {
         manifest::MemoryMode::Nested => (vmabi::MemoryMode::Nested, "nested"),
         manifest::MemoryMode::Shadow => (vmabi::MemoryMode::Shadow, "shadow"),
@@ -279,19 +277,19 @@ fn setup(utcb: &mut Utcb, guest: &Guest, name: &str) -> Result<Set, SetupError> 
         guest.memory_bytes >> 20,
         boot.entry
     );
-    let pages = guest.memory_bytes / 4096;
+    let pages = guest.memory_bytes / abi::PAGE_SIZE;
     let rights = Rights::READ.union(Rights::WRITE).union(Rights::EXEC);
     step(
         "create vm",
         rt::vm::create_vm(VM, well_known::SELF_PD, mode),
     )?;
     step("map vm", rt::vm::vm_map(VM, MEMORY, 0, pages, 0, rights))?;
-    check_patching(utcb, ram)?;
+    check_patching(utcb, guest_ram.bytes_mut())?;
     if guest.hypercalls || guest.dmp {
         use vmm::layout::{DMP_WINDOW_LINEAR, DMP_WINDOW_PAGES, DMP_WINDOW_PHYSICAL};
-        let window =
-            DMP_WINDOW_PHYSICAL as usize..(DMP_WINDOW_PHYSICAL + DMP_WINDOW_PAGES * 4096) as usize;
-        if let Some(bytes) = ram.get_mut(window) {
+        let window = DMP_WINDOW_PHYSICAL as usize
+            ..(DMP_WINDOW_PHYSICAL + DMP_WINDOW_PAGES * abi::PAGE_SIZE) as usize;
+        if let Some(bytes) = guest_ram.bytes_mut().get_mut(window) {
             bytes.fill(0);
         }
         step(
@@ -333,12 +331,10 @@ fn setup(utcb: &mut Utcb, guest: &Guest, name: &str) -> Result<Set, SetupError> 
             )?;
         }
     }
-    let mut guest_ram = memory::GuestRam::new(guest.memory_bytes);
     let monitor = new_monitor(guest, boot.state, &mut guest_ram)?;
     Ok(Set {
         monitor,
         ram: guest_ram,
-        memory: ram,
         image,
         initial: boot.state,
     })

@@ -318,7 +318,7 @@ views! {
         vm: Sel,
         /// Guest-physical, or guest-linear with [`PATCH_VIRTUAL`] in `len_flags`.
         address: u64,
-        /// The length (1-64) ORed with the flags; see [`VmPatch::len`], [`VmPatch::linear`].
+        /// The length (1-64) ORed with the flags; see [`VmPatch::length`], [`VmPatch::linear`].
         len_flags: u64,
         /// Guest-linear RIP a vCPU may stand at inside the range (0: none) ...
         from: u64,
@@ -368,7 +368,7 @@ pub const fn len_flags(len: u64, linear: bool) -> u64 {
 
 impl VmPatch {
     /// The byte count without the flags (the kernel checks its range).
-    pub const fn len(&self) -> u64 {
+    pub const fn length(&self) -> u64 {
         self.len_flags & !PATCH_VIRTUAL
     }
 
@@ -380,7 +380,7 @@ impl VmPatch {
 
 impl VmRead {
     /// The byte count without the flags (the kernel checks its range).
-    pub const fn len(&self) -> u64 {
+    pub const fn length(&self) -> u64 {
         self.len_flags & !PATCH_VIRTUAL
     }
 
@@ -543,8 +543,8 @@ mod tests {
             Ok(VcpuOp::Hypercalls)
         );
         let r = VmRead::from_regs([1, 0x1000, len_flags(8, true), 0, 0, 0]);
-        assert_eq!((r.len(), r.linear()), (8, true));
+        assert_eq!((r.length(), r.linear()), (8, true));
         let p = VmPatch::from_regs([1, 0x1000, 64, 0, 0, 0]);
-        assert_eq!((p.len(), p.linear()), (64, false));
+        assert_eq!((p.length(), p.linear()), (64, false));
     }
 }

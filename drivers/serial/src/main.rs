@@ -3,7 +3,7 @@
 //! It obtains its ports from init (`GET_RESOURCE "io_ports"`, which the manifest grants; the
 //! kernel opens the ports of an I/O-port capability in the holder's I/O bitmap), initialises
 //! the 16550 UART at [`uart::COM1`], creates its `log` portal, registers it, and then serves
-//! `rt::log::WRITE` requests forever: the payload is a postcard `&str`, written as it is (the
+//! `abi::log::WRITE` requests forever: the payload is a postcard `&str`, written as it is (the
 //! clients put their own names in front), with `\n` sent as `\r\n`. The reply's word 0 is the
 //! status: `Ok`, or `BadArgument` for an unknown label or a payload that is not a string.
 //!
@@ -17,7 +17,7 @@
 //! kernel can end a run's transcript with `poweroff: success`.
 #![no_std]
 #![no_main]
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 mod uart;
 
@@ -104,7 +104,7 @@ fn handle(utcb: &mut Utcb, com1: &mut uart::Uart, lines: &mut Lines) {
     if utcb.cap_received() {
         let _ = syscall::revoke(RECV, true);
     }
-    let status = if utcb.label() == log::WRITE {
+    let status = if utcb.label() == abi::log::WRITE {
         let mut buf: rt::wire::Buf = [0; rt::wire::MAX_BYTES];
         match utcb.payload::<&str>(&mut buf) {
             Ok(text) => {

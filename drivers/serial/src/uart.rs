@@ -1,7 +1,7 @@
 //! The 16550 UART, polled for output; its transmitter-empty interrupt is used once at start to
-//! check that IRQ delivery works. The only `unsafe` of the driver: port I/O on ports the driver
-//! owns.
-#![allow(unsafe_code)]
+//! check that IRQ delivery works, through `rt::io::Port` on the ports the driver was granted.
+
+use rt::io::Port;
 
 /// COM1's base port.
 pub const COM1: u16 = 0x3f8;
@@ -26,24 +26,23 @@ const LSR_THR_EMPTY: u8 = 0x20;
 const SPIN_LIMIT: u32 = 100_000;
 
 pub struct Uart {
-    base: u16,
+    base: Port,
 }
 
 impl Uart {
     /// The UART at `base`, whose eight ports this domain holds.
     pub fn new(base: u16) -> Uart {
-        Uart { base }
+        Uart {
+            base: Port::new(base),
+        }
     }
 
     fn out(&mut self, reg: u16, value: u8) {
-        // SAFETY: the driver holds the I/O-port capability over the UART's eight ports (the
-        // kernel traps any other port), and programming the UART affects no memory.
-        unsafe { x86::io::outb(self.base + reg, value) }
+        self.base.offset(reg).write_u8(value);
     }
 
     fn read(&mut self, reg: u16) -> u8 {
-        // SAFETY: as in `out`; reading the line status has no side effect.
-        unsafe { x86::io::inb(self.base + reg) }
+        self.base.offset(reg).read_u8()
     }
 
     /// 115200 baud, 8N1, FIFOs on, interrupts off (but routed to the IRQ line).

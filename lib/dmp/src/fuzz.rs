@@ -254,7 +254,7 @@ fn random_page_table_stores_round_trip() {
         assert_eq!(cpu.run(&stub.code, stub.address), plan.resume());
         assert_eq!(
             cpu.hypercalls,
-            [[replacement::HYPERCALL_PTE_WRITE, addr, value, len as u64]],
+            [[abi::vm::hypercall::PTE_WRITE, addr, value, len as u64]],
             "{bytes:02x?}"
         );
         // RAX's top half is cleared by the displaced `mov eax, eax`; the rest is restored

@@ -24,8 +24,8 @@ use crate::classify::{Bitness, Site, Unpatchable};
 pub const JMP_REL32_LEN: usize = 5;
 /// The most bytes one `VmPatch` swaps.
 pub const MAX_PATCH_LEN: usize = 64;
-/// A patch never crosses a boundary of this size.
-pub const PAGE_SIZE: u64 = 4096;
+/// A patch never crosses a boundary of this size (`abi::PAGE_SIZE`).
+pub use abi::PAGE_SIZE;
 
 /// `jmp rel32`'s opcode.
 const JMP_REL32: u8 = 0xe9;

@@ -1,28 +1,29 @@
 //! What the stub runs instead of the hot instruction, and the hypercall ABI those sequences use.
 //!
-//! # Hypercall ABI (guest stub → hypervisor)
+//! # Hypercalls (guest stub → kernel)
 //!
-//! One `vmcall` (Intel) or `vmmcall` (AMD) instruction, registers as in KVM's convention:
+//! One `vmcall` (Intel) or `vmmcall` (AMD) instruction ([`HypercallInsn`], which is
+//! `abi::vm::HypercallInsn`), numbers from `abi::vm::hypercall` (the one place they are defined):
 //!
 //! | register | holds |
 //! |---|---|
-//! | RAX (EAX) | the hypercall number: [`HYPERCALL_INVLPG`], [`HYPERCALL_PTE_WRITE`], [`HYPERCALL_FLUSH_QUEUE`]; on return, a status (0 = done) |
+//! | RAX (EAX) | the hypercall number; on return, a status (0 = done) |
 //! | RBX (EBX) | argument 0: the guest-linear address concerned |
-//! | RCX (ECX) | argument 1: the value to store (zero-extended) |
-//! | RDX (EDX) | argument 2: the width of the store in bytes (1, 2, 4 or 8) |
+//! | RCX (ECX) | argument 1 |
+//! | RDX (EDX) | argument 2 |
 //!
-//! | number | operation | arguments |
-//! |---|---|---|
-//! | [`HYPERCALL_INVLPG`] = 1 | what `invlpg [RBX]` does | RBX = linear address |
-//! | [`HYPERCALL_PTE_WRITE`] = 2 | store RCX (RDX bytes) at linear address RBX, which holds a guest page-table entry, and update the shadow tables | RBX, RCX, RDX |
-//! | [`HYPERCALL_FLUSH_QUEUE`] = 3 | apply the queued page-table writes of the Vm's DMP region | none |
+//! [`invlpg`] calls `hypercall::INVLPG` with RBX = the linear address, as the kernel takes it;
+//! it is what the policy installs. [`page_table_write`] (number `PTE_WRITE`: RBX = linear
+//! address, RCX = value, RDX = width) and [`flush_queue`] (number `QUEUE`, no arguments) are
+//! sequences of an earlier design whose arguments differ from what the kernel's `PTE_WRITE`
+//! (RCX = the entry's guest-physical address, RDX = value) and `QUEUE` (RBX = queue, RCX =
+//! count) take: the policy does not install them, and they stay only as tested building blocks.
 //!
 //! The hypervisor writes RAX only; the stub saves and restores RAX, RBX, RCX, RDX and the flags
 //! around the call, so the guest sees no register change but the replaced instruction's own. In
 //! 64-bit code the stub first moves RSP 128 bytes down so that its pushes cannot clobber a
 //! System V red zone below the interrupted code's RSP; operands addressed through RSP are
-//! adjusted for that and the pushes. This module is the one place these numbers live until they
-//! move into the `abi` crate.
+//! adjusted for that and the pushes.
 //!
 //! Linear addresses are computed with `lea`, which ignores segments: operands with an FS or GS
 //! override (whose base is not zero in 64-bit code) are refused, and 32-bit code is assumed to
@@ -33,14 +34,10 @@ use alloc::vec::Vec;
 use core::fmt;
 use iced_x86::{Code, IcedError, Instruction, MemoryOperand, Register};
 
+use abi::vm::hypercall;
+
 use crate::classify::{Bitness, MemOperand, Site, SiteKind, StoreValue, Width};
 
-/// Invalidate one page: RBX = guest-linear address.
-pub const HYPERCALL_INVLPG: u64 = 1;
-/// Write a page-table entry: RBX = guest-linear address, RCX = value, RDX = width in bytes.
-pub const HYPERCALL_PTE_WRITE: u64 = 2;
-/// Apply the queued page-table writes of the DMP region: no arguments.
-pub const HYPERCALL_FLUSH_QUEUE: u64 = 3;
 /// Register of the hypercall number (and of the returned status).
 pub const REG_NUMBER: Register = Register::RAX;
 /// Register of argument 0 (the linear address).
@@ -52,14 +49,9 @@ pub const REG_WIDTH: Register = Register::RDX;
 /// Bytes below RSP a 64-bit stub leaves alone (the System V red zone).
 pub const RED_ZONE: u64 = 128;
 
-/// The hypercall instruction of the machine's virtualization extension.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HypercallInsn {
-    /// Intel VMX: `vmcall` (`0F 01 C1`).
-    Vmcall,
-    /// AMD SVM: `vmmcall` (`0F 01 D9`).
-    Vmmcall,
-}
+/// The hypercall instruction of the machine's virtualization backend (defined in `abi`, where
+/// `Backend::hypercall_insn` chooses it).
+pub use abi::vm::HypercallInsn;
 
 /// Why no replacement sequence was built.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -129,7 +121,7 @@ pub fn cr3_read(site: &Site, cr3_field: u64) -> Result<Vec<Instruction>> {
     Ok(vec![insn])
 }
 
-/// Replacement for `invlpg m`: [`HYPERCALL_INVLPG`] with the operand's linear address.
+/// Replacement for `invlpg m`: `hypercall::INVLPG` with the operand's linear address.
 pub fn invlpg(site: &Site, call: HypercallInsn) -> Result<Vec<Instruction>> {
     let SiteKind::Invlpg { mem } = site.kind else {
         return Err(ReplacementError::WrongKind);
@@ -137,12 +129,12 @@ pub fn invlpg(site: &Site, call: HypercallInsn) -> Result<Vec<Instruction>> {
     let mut s = Seq::new(site.bitness);
     s.save()?;
     s.address(&mem)?;
-    s.call(HYPERCALL_INVLPG, call)?;
+    s.call(hypercall::INVLPG, call)?;
     s.restore()?;
     Ok(s.out)
 }
 
-/// Replacement for a page-table store: [`HYPERCALL_PTE_WRITE`] with the store's linear address,
+/// Replacement for a page-table store: `hypercall::PTE_WRITE` with the store's linear address,
 /// value and width.
 pub fn page_table_write(site: &Site, call: HypercallInsn) -> Result<Vec<Instruction>> {
     let SiteKind::PageTableWrite { width, mem, value } = site.kind else {
@@ -158,17 +150,17 @@ pub fn page_table_write(site: &Site, call: HypercallInsn) -> Result<Vec<Instruct
     s.address(&mem)?;
     s.value(value, width)?;
     s.mov_imm32(s.reg(REG_WIDTH), u32::from(width.bytes()))?;
-    s.call(HYPERCALL_PTE_WRITE, call)?;
+    s.call(hypercall::PTE_WRITE, call)?;
     s.restore()?;
     Ok(s.out)
 }
 
-/// A [`HYPERCALL_FLUSH_QUEUE`] with every register preserved (a stub may append it to another
+/// A `hypercall::QUEUE` with every register preserved (a stub may append it to another
 /// replacement, or a whole stub may consist of it).
 pub fn flush_queue(bitness: Bitness, call: HypercallInsn) -> Result<Vec<Instruction>> {
     let mut s = Seq::new(bitness);
     s.save()?;
-    s.call(HYPERCALL_FLUSH_QUEUE, call)?;
+    s.call(hypercall::QUEUE, call)?;
     s.restore()?;
     Ok(s.out)
 }

@@ -281,7 +281,7 @@ mod tests {
             assert_eq!(
                 cpu.hypercalls,
                 [[
-                    replacement::HYPERCALL_INVLPG,
+                    abi::vm::hypercall::INVLPG,
                     expect,
                     cpu.get(Register::RCX),
                     cpu.get(Register::RDX)
@@ -328,7 +328,7 @@ mod tests {
         run(&stub, &mut cpu, &changed);
         assert_eq!(cpu.hypercalls.len(), 1);
         let [n, a, v, w] = cpu.hypercalls[0];
-        assert_eq!(n, replacement::HYPERCALL_PTE_WRITE);
+        assert_eq!(n, abi::vm::hypercall::PTE_WRITE);
         assert_eq!((a, v, w), (addr, value, len as u64), "{code:02x?}");
         (a, v, w)
     }
@@ -425,10 +425,7 @@ mod tests {
             let numbers: Vec<u64> = cpu.hypercalls.iter().map(|h| h[0]).collect();
             assert_eq!(
                 numbers,
-                [
-                    replacement::HYPERCALL_INVLPG,
-                    replacement::HYPERCALL_FLUSH_QUEUE
-                ]
+                [abi::vm::hypercall::INVLPG, abi::vm::hypercall::QUEUE]
             );
             let width = match bits {
                 Bitness::Bits64 => rax,

@@ -44,8 +44,8 @@ pub const VERSION: u8 = 3;
 pub const NAME_MAX: usize = 47;
 /// Boot-module names that every system with servers uses already, so no server may take them.
 pub const RESERVED_NAMES: [&str; 2] = [abi::boot::INIT_MODULE, abi::boot::MANIFEST_MODULE];
-/// Size of the pages that [`Server::memory_pages`] counts.
-pub const PAGE_SIZE: u64 = 4096;
+/// Size of the pages that [`Server::memory_pages`] counts (`abi::PAGE_SIZE`).
+pub use abi::PAGE_SIZE;
 /// Legacy IRQ lines a server may be given (`0..IRQ_LINES`).
 pub const IRQ_LINES: u8 = abi::boot::IRQ_COUNT as u8;
 /// Highest server priority.

@@ -8,7 +8,9 @@ use core::fmt;
 
 use bootinfo::{MemoryRegion, RegionKind};
 
-/// The size of a small page and of a physical frame.
+/// The size of a small page and of a physical frame: the hardware's, which this page-table
+/// library defines itself (it sits below the kernel/user ABI and does not depend on `abi`); a
+/// test checks that it equals `abi::PAGE_SIZE`.
 pub const PAGE_SIZE: u64 = 4096;
 /// Most usable ranges [`usable_ranges`] returns.
 pub const MAX_USABLE: usize = 128;

@@ -30,7 +30,7 @@
 /// The longest instruction the CPU accepts, in bytes.
 pub const MAX_LEN: usize = 15;
 
-const PAGE_SIZE: u64 = 4096;
+use abi::PAGE_SIZE;
 
 /// The code the guest runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

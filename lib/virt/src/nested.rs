@@ -30,7 +30,7 @@ pub enum NestedError {
 }
 
 const LEVELS: usize = 4;
-const PAGE: u64 = 4096;
+use abi::PAGE_SIZE as PAGE;
 const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 
 // NPT entry bits (x86-64 page-table format).

@@ -8,7 +8,7 @@
 
 /// Most bytes one patch changes (a 5-byte jump plus the instructions it displaces fit easily).
 pub const MAX_PATCH: usize = 64;
-const PAGE: u64 = 4096;
+use abi::PAGE_SIZE as PAGE;
 
 /// Why a patch is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

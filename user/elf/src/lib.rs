@@ -18,8 +18,8 @@
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
-/// Size of a page.
-pub const PAGE_SIZE: u64 = 4096;
+/// Size of a page (`abi::PAGE_SIZE`).
+pub use abi::PAGE_SIZE;
 /// First address above the user half (user addresses are below it).
 pub const USER_END: u64 = 0x0000_8000_0000_0000;
 /// Loadable segments an executable may have.

@@ -19,11 +19,10 @@
 //! console.
 #![no_std]
 #![no_main]
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 
-mod boot;
 mod console;
 mod guests;
 mod load;
@@ -35,28 +34,28 @@ mod state;
 use abi::boot::{BootPage, MANIFEST_MODULE};
 use alloc::vec::Vec;
 use manifest::SystemImage;
-use rt::{syscall, Start};
+use rt::{boot, syscall, Start};
 
 use state::{lock, GuestRun, State, MAX_SERVERS};
 
 rt::entry!(main);
 
 /// Size of a page.
-pub const PAGE: u64 = 4096;
+pub use abi::PAGE_SIZE as PAGE;
 /// The priority the kernel gives init's first thread (`kernel/src/kern/init.rs`; not part of the
 /// ABI), used for init's other threads too: above the servers, so requests are served at once.
 pub const INIT_PRIORITY: u8 = 30;
 
-fn main(start: Start) -> ! {
+fn main(_start: Start) -> ! {
     rt::log::set_name("init");
-    let page = match boot::boot_page(start.arg) {
+    let page = match boot::boot_page() {
         Ok(page) => page,
         Err(e) => fatal(format_args!("no usable boot page ({e:?})")),
     };
     let Some(module) = boot::find(page, MANIFEST_MODULE) else {
         fatal(format_args!("no `{MANIFEST_MODULE}` boot module"))
     };
-    let Some(bytes) = boot::bytes(module) else {
+    let Some(bytes) = module.bytes() else {
         fatal(format_args!(
             "the manifest module lies outside the user half"
         ))
@@ -125,7 +124,7 @@ fn main(start: Start) -> ! {
 
 /// Each guest's image module, or the name of the one that is missing.
 fn guest_images(
-    page: &BootPage,
+    page: &'static BootPage,
     image: &SystemImage,
 ) -> Result<Vec<GuestRun>, alloc::string::String> {
     image
@@ -133,6 +132,7 @@ fn guest_images(
         .iter()
         .map(|guest| {
             let module = boot::find(page, &guest.image).ok_or_else(|| guest.image.clone())?;
+            let module = module.entry();
             Ok(GuestRun {
                 image_sel: module.sel,
                 image_len: module.len,

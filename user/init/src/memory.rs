@@ -3,7 +3,8 @@
 //! mapping them into a server.
 
 use abi::boot::sel::FREE_MEMORY;
-use abi::{well_known, Rights, Sel};
+use abi::{Rights, Sel};
+use rt::mem::Mapping;
 use rt::{syscall, Error};
 
 use crate::PAGE;
@@ -83,26 +84,14 @@ impl Memory {
                 Error::Kernel(abi::Status::BadArgument),
             ))?;
         let addr = self.next_scratch;
-        syscall::map(
-            mem,
-            well_known::SELF_PD,
-            addr,
-            0,
-            pages,
-            Rights::READ | Rights::WRITE,
-        )
-        .map_err(|e| MemoryError::Sys("map scratch", e))?;
+        let mapping = Mapping::new(mem, addr, 0, pages, Rights::READ | Rights::WRITE)
+            .map_err(|e| MemoryError::Sys("map scratch", e))?;
         self.next_scratch = addr + len + PAGE;
-        let window = window(addr, len as usize);
+        // A writable mapping always leaks as writable.
+        let window = mapping
+            .leak_mut()
+            .map_err(|_| MemoryError::Sys("map scratch", Error::Protocol))?;
         window.fill(0);
         Ok(window)
     }
-}
-
-#[allow(unsafe_code)]
-fn window(addr: u64, len: usize) -> &'static mut [u8] {
-    // SAFETY: `addr .. addr + len` was just mapped readable and writable into init's own space
-    // at an address never used before (scratch addresses only grow), so nothing else refers to
-    // it; the mapping is never removed.
-    unsafe { core::slice::from_raw_parts_mut(addr as *mut u8, len) }
 }

@@ -17,11 +17,12 @@ use alloc::string::String;
 
 use abi::boot::BootPage;
 use abi::{well_known, Rights, Sel, Status};
-use rt::{syscall, thread, Error};
+use rt::syscall::ChildPd;
+use rt::{boot, syscall, thread, Error};
 
 use crate::load::{self, STACK_TOP, UTCB_ADDR};
 use crate::state::{Progress, ServerSels, State};
-use crate::{boot, say, serve, INIT_PRIORITY};
+use crate::{say, serve, INIT_PRIORITY};
 
 /// Stack of each of init's bootstrap handler threads.
 const HANDLER_STACK: usize = 16 * 1024;
@@ -42,13 +43,14 @@ fn give(src: Sel, pd: Sel, dest: Sel, rights: Rights) -> Result<(), Error> {
 }
 
 /// Loads server `index` and sets up its bootstrap portal; it is not started yet.
-pub fn prepare(state: &mut State, page: &BootPage, index: usize) -> Result<(), String> {
+pub fn prepare(state: &mut State, page: &'static BootPage, index: usize) -> Result<(), String> {
     let server = &state.image.servers[index];
     let sels = ServerSels::of(index);
     let module = boot::find(page, state.module_of(index))
         .ok_or_else(|| format!("no boot module `{}`", state.module_of(index)))?;
-    let bytes = boot::bytes(module).ok_or("boot module outside the user half")?;
-    syscall::create_pd(sels.pd, server.quota).map_err(|e| format!("create domain: {e}"))?;
+    let bytes = module.bytes().ok_or("boot module outside the user half")?;
+    let pd = syscall::create_child_pd(sels.pd, server.quota)
+        .map_err(|e| format!("create domain: {e}"))?;
     give(sels.pd, sels.pd, well_known::SELF_PD, SELF_RIGHTS)
         .map_err(|e| format!("give its domain: {e}"))?;
     let loaded = load::load(
@@ -94,6 +96,7 @@ pub fn prepare(state: &mut State, page: &BootPage, index: usize) -> Result<(), S
     );
     state.progress[index] = Progress::Loaded {
         entry: loaded.entry,
+        pd,
     };
     Ok(())
 }
@@ -101,7 +104,7 @@ pub fn prepare(state: &mut State, page: &BootPage, index: usize) -> Result<(), S
 /// Starts every loaded server whose fault handler (if any) is registered.
 pub fn start_ready(state: &mut State) -> Result<(), String> {
     for index in 0..state.image.servers.len() {
-        let Progress::Loaded { entry } = state.progress[index] else {
+        let Progress::Loaded { entry, pd } = state.progress[index] else {
             continue;
         };
         let server = &state.image.servers[index];
@@ -112,32 +115,33 @@ pub fn start_ready(state: &mut State) -> Result<(), String> {
                 None => continue,
             },
         };
-        start(state, index, entry, handler)
+        start(state, index, pd, entry, handler)
             .map_err(|e| format!("cannot start {}: {e}", state.image.servers[index].name))?;
     }
     Ok(())
 }
 
-fn start(state: &mut State, index: usize, entry: u64, fault: Option<Sel>) -> Result<(), String> {
+fn start(
+    state: &mut State,
+    index: usize,
+    pd: ChildPd,
+    entry: u64,
+    fault: Option<Sel>,
+) -> Result<(), String> {
     let server = &state.image.servers[index];
     let sels = ServerSels::of(index);
     if let Some(portal) = fault {
         syscall::delegate(portal, sels.pd, well_known::FAULT_PORTAL, Rights::CALL)
             .map_err(|e| format!("give its fault portal: {e}"))?;
     }
-    // SAFETY: `sels.pd` is the server's new domain, not init's: the thread runs the server's own
-    // code, stack and UTCB, which `load` mapped there.
-    #[allow(unsafe_code)]
-    unsafe {
-        syscall::create_thread(
-            sels.thread,
-            sels.pd,
-            entry,
-            STACK_TOP,
-            u64::from(server.priority),
-            UTCB_ADDR,
-        )
-    }
+    // The thread runs the server's own code, stack and UTCB, which `load` mapped in its domain.
+    pd.start_thread(
+        sels.thread,
+        entry,
+        STACK_TOP,
+        u64::from(server.priority),
+        UTCB_ADDR,
+    )
     .map_err(|e| format!("create its thread: {e}"))?;
     // The kernel does not fill SELF_THREAD (abi::well_known says it does), so init gives it.
     // A server below init's priority (30) has not run yet; one at 30 or 31 may run first and

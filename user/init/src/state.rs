@@ -94,6 +94,8 @@ pub enum Progress {
     /// Loaded; starts once its fault handler's portal is registered.
     Loaded {
         entry: u64,
+        /// Its domain, which init created.
+        pd: rt::syscall::ChildPd,
     },
     Running,
 }

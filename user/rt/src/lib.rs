@@ -13,19 +13,28 @@
 //!   console for init, the only domain allowed to use it).
 //! - [`bootstrap`]: the client side of `abi::bootstrap` (register, get, get_resource, power off).
 //! - [`thread`]: more threads in the caller's own domain, over static stacks.
+//! - Safe forms of what servers would otherwise do with `unsafe`: [`mem::Mapping`] (a fresh
+//!   mapping as an owned range that hands out slices), [`boot`] (init's boot page and modules),
+//!   [`io::Port`] (port I/O on granted ports), [`cpu::rdtsc`], and
+//!   [`syscall::ChildPd::start_thread`] (a thread in a domain the caller created). Servers and
+//!   init `forbid(unsafe_code)`.
 //! - A panic prints a best-effort message through the log portal and ends the thread.
 //!
-//! `unsafe` lives in `start`, `syscall::raw`, the UTCB accessors, the heap arena and `thread`;
-//! each use says why it is sound.
+//! `unsafe` lives in `start`, `syscall::raw`, the UTCB accessors, the heap arena, `thread`,
+//! `mem`, `boot`, `io` and `cpu`; each use says why it is sound.
 #![no_std]
 
 extern crate alloc;
 
+pub mod boot;
 pub mod bootstrap;
+pub mod cpu;
 mod error;
 pub mod heap;
+pub mod io;
 pub mod ipc;
 pub mod log;
+pub mod mem;
 mod panic;
 mod start;
 pub mod syscall;
@@ -55,9 +64,10 @@ pub struct Start {
 /// rt::entry!(main, heap = 64 * 1024);
 /// ```
 ///
-/// The expansion defines the symbol `__rt_main` that the runtime's `_start` calls, so a crate
-/// using it cannot `forbid(unsafe_code)` (the `no_mangle` attribute counts as unsafe code); use
-/// `deny(unsafe_code)`, which the expansion allows for that one item.
+/// The expansion defines the symbol `__rt_main` (`no_mangle`) that the runtime's `_start`
+/// calls. The `unsafe_code` lint does not report code expanded from another crate's macro, so a
+/// crate using it may `forbid(unsafe_code)`; the symbol's signature is the runtime's to keep
+/// right, not the server's.
 #[macro_export]
 macro_rules! entry {
     ($main:path) => {
@@ -66,7 +76,6 @@ macro_rules! entry {
     ($main:path, heap = $size:expr) => {
         static __RT_HEAP: $crate::heap::Arena<{ $size }> = $crate::heap::Arena::new();
 
-        #[allow(unsafe_code)]
         #[no_mangle]
         fn __rt_main(start: $crate::Start) -> ! {
             $crate::heap::init(&__RT_HEAP);

@@ -43,6 +43,7 @@ extern "Rust" {
 
 extern "C" fn rt_start(utcb: u64, arg: u64) -> ! {
     thread::set_main_utcb(utcb);
+    crate::boot::set_first_arg(arg);
     // SAFETY: the kernel passes this thread's mapped UTCB page; this is its only handle.
     let utcb = unsafe { Utcb::from_addr(utcb) };
     // SAFETY: `__rt_main` is the server's `entry!` function, a safe Rust fn with this signature.

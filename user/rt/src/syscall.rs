@@ -131,6 +131,43 @@ pub unsafe fn create_thread(
     Error::from_kernel(status)
 }
 
+/// A protection domain the caller created with [`create_child_pd`]: never the caller's own, so
+/// starting a thread in it cannot run code in the caller's address space.
+///
+/// It names the domain through its selector; the caller must not revoke that selector and put
+/// a capability to another domain (its own) there while it keeps the `ChildPd` (init, the one
+/// user, never revokes a domain it created).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChildPd(Sel);
+
+impl ChildPd {
+    /// The domain's selector.
+    pub fn sel(self) -> Sel {
+        self.0
+    }
+
+    /// Creates and starts a thread in this domain at `entry` with RSP = `stack_top` and its
+    /// UTCB at the page `utcb` of the domain ([`create_thread`]).
+    pub fn start_thread(
+        self,
+        dest: Sel,
+        entry: u64,
+        stack_top: u64,
+        priority: u64,
+        utcb: u64,
+    ) -> Result<(), Error> {
+        // SAFETY: `self.0` names a domain `create_child_pd` created (see the type's contract),
+        // not the caller's: the thread runs in that domain's address space, on its stack and
+        // UTCB, and cannot touch the caller's memory.
+        unsafe { create_thread(dest, self.0, entry, stack_top, priority, utcb) }
+    }
+}
+
+/// [`create_pd`] for a domain the caller will start threads in.
+pub fn create_child_pd(dest: Sel, quota: u64) -> Result<ChildPd, Error> {
+    create_pd(dest, quota).map(|()| ChildPd(dest))
+}
+
 /// Creates a portal at `dest` served by thread `handler` (of the caller's domain, CONTROL);
 /// calls deliver `badge`.
 pub fn create_portal(dest: Sel, handler: Sel, badge: u64) -> Result<(), Error> {

@@ -393,3 +393,9 @@ fn matches_a_brute_force_model() {
         }
     }
 }
+
+/// The hardware page size this library defines is the ABI's unit of mapping.
+#[test]
+fn page_size_is_the_abis() {
+    assert_eq!(PAGE_SIZE, abi::PAGE_SIZE);
+}

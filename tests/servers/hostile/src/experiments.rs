@@ -3,7 +3,6 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use abi::syscall::Syscall;
 use abi::vm::{dmp_op, Exit, MemoryMode, GUEST_PHYS_LIMIT};
 use abi::{well_known, Rights, Sel, Status};
 use alloc::format;
@@ -262,14 +261,7 @@ pub fn vm_cap_reduced_rights(ctx: &mut Ctx) -> Outcome {
 
 /// Raw `VmRead` (the runtime's wrapper refuses bad lengths before the kernel sees them).
 fn raw_vm_read(vm_sel: Sel, address: u64, len: u64) -> Result<u64, Error> {
-    #[allow(unsafe_code)]
-    // SAFETY: VmRead writes only the calling thread's UTCB, which no borrow spans here.
-    let (status, value) = unsafe {
-        syscall::raw(
-            Syscall::VmRead as u64,
-            [vm_sel.raw(), address, len, 0, 0, 0],
-        )
-    };
+    let (status, value) = crate::raw::vm_read(vm_sel, address, len);
     Error::from_kernel(status).map(|()| value)
 }
 

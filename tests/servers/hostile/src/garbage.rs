@@ -218,19 +218,9 @@ fn args(rng: &mut Rng, call: Syscall) -> [u64; 6] {
     }
 }
 
-#[allow(unsafe_code)]
-fn rdtsc() -> u64 {
-    // SAFETY: RDTSC has no side effects (a CR4.TSD fault would stop this thread, not corrupt
-    // anything; this kernel leaves TSD clear).
-    #[allow(unused_unsafe)]
-    unsafe {
-        core::arch::x86_64::_rdtsc()
-    }
-}
-
 pub fn garbage(ctx: &mut Ctx) -> Outcome {
     let calls = ctx.scale.garbage_calls;
-    let seed = rdtsc() ^ 0x005e_ed0f_bad0_c0de;
+    let seed = rt::cpu::rdtsc() ^ 0x005e_ed0f_bad0_c0de;
     let seed = if seed == 0 { 1 } else { seed };
     rt::println!(
         &mut ctx.utcb,
@@ -275,12 +265,7 @@ pub fn garbage(ctx: &mut Ctx) -> Outcome {
                 core::array::from_fn(|_| if rng.below(2) == 0 { 0 } else { rng.next() });
             ctx.utcb.set_msg(0, &words);
         }
-        #[allow(unsafe_code)]
-        // SAFETY: the VM syscalls change Vms, vCPUs and guest memory only; the generator never
-        // names the scratch capability as memory, so guest memory here is the garbage page or
-        // nothing of this program's. VmRead and VmPatch use the calling thread's UTCB, which no
-        // borrow spans here.
-        let (status, _) = unsafe { syscall::raw(call as u64, a) };
+        let (status, _) = crate::raw::garbage_call(call, a);
         match Status::from_u64(status) {
             Some(s) => by_status[s as usize] += 1,
             None => {

@@ -33,6 +33,8 @@ mod experiments;
 mod garbage;
 mod mem;
 mod quota;
+#[allow(unsafe_code)]
+mod raw;
 mod threads;
 mod vcpu;
 

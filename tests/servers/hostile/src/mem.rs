@@ -1,8 +1,8 @@
 //! The scratch memory (the manifest's `scratch`), mapped read/write at [`SCRATCH_VA`]: pages the
 //! experiments carve sub-capabilities from, map into Vms and into this server again, and read
 //! back. Every access goes through volatile byte copies, because the kernel (`VmPatch`, IPC into
-//! a UTCB) may write these pages behind the compiler's back. This module holds the server's only
-//! `unsafe` memory accesses.
+//! a UTCB) may write these pages behind the compiler's back (the accesses themselves are in
+//! [`crate::raw`]).
 
 use abi::{well_known, Rights};
 use alloc::format;
@@ -11,7 +11,7 @@ use rt::syscall;
 
 use crate::SCRATCH;
 
-pub const PAGE: u64 = 4096;
+pub use abi::PAGE_SIZE as PAGE;
 /// Pages of scratch memory the experiments use (the manifest gives at least this many).
 pub const SCRATCH_PAGES: u64 = 16;
 /// Where the scratch memory is mapped (far above the program, heap, stack and UTCB).
@@ -57,22 +57,15 @@ fn addr(page: u64, offset: usize) -> usize {
 }
 
 /// Writes `bytes` at `offset` of scratch page `page` (within the page).
-#[allow(unsafe_code)]
 pub fn write(page: u64, offset: usize, bytes: &[u8]) {
     for (i, b) in bytes.iter().enumerate() {
-        let at = addr(page, offset + i);
-        // SAFETY: `at` lies in the scratch memory that `map_scratch` mapped read/write for the
-        // whole run (checked by `addr`); nothing else of this program lives there.
-        unsafe { core::ptr::write_volatile(at as *mut u8, *b) };
+        crate::raw::write_scratch(addr(page, offset + i), *b);
     }
 }
 
 /// Reads byte `offset` of scratch page `page`.
-#[allow(unsafe_code)]
 pub fn read(page: u64, offset: usize) -> u8 {
-    let at = addr(page, offset);
-    // SAFETY: as for `write`.
-    unsafe { core::ptr::read_volatile(at as *const u8) }
+    crate::raw::read_scratch(addr(page, offset))
 }
 
 /// Fills scratch page `page` with `byte`.
@@ -96,8 +89,6 @@ pub fn differ(page: u64, byte: u8) -> (usize, Option<usize>) {
 }
 
 /// Reads byte `offset` of a page mapped at user address `va` by an experiment.
-#[allow(unsafe_code)]
 pub fn read_at(va: u64) -> u8 {
-    // SAFETY: the caller mapped `va` readable just before and keeps it mapped for this read.
-    unsafe { core::ptr::read_volatile(va as *const u8) }
+    crate::raw::read_at(va)
 }

@@ -10,6 +10,7 @@ use alloc::string::String;
 use rt::{syscall, thread, Start};
 
 use crate::mem::{self, page, ALIAS_VA};
+use crate::raw;
 use crate::vcpu::remove;
 use crate::{ensure, ok, sleep, Ctx, Outcome, ECHO, ECHO_THREAD, PRIORITY, RECV_ECHO, SCRATCH};
 
@@ -47,38 +48,6 @@ fn echo_main(start: Start) -> ! {
 /// Calls the looping thread has made.
 pub static CALLS: AtomicU64 = AtomicU64::new(0);
 
-// The looping thread: `Call(ECHO)` forever, counting returns, never touching its UTCB or its
-// stack from user mode (its UTCB page is unmapped under it).
-#[allow(unsafe_code)]
-mod looping {
-    use super::CALLS;
-    use crate::ECHO;
-
-    core::arch::global_asm!(
-        ".pushsection .text.hostile_call_loop, \"ax\", @progbits",
-        ".global hostile_call_loop",
-        "hostile_call_loop:",
-        "2:",
-        "    xor eax, eax",
-        "    mov edi, {echo}",
-        "    syscall",
-        "    lock inc qword ptr [rip + {calls}]",
-        "    jmp 2b",
-        ".popsection",
-        echo = const ECHO.raw(),
-        calls = sym CALLS,
-    );
-}
-
-extern "C" {
-    fn hostile_call_loop();
-}
-
-/// A stack for the looping thread (it uses none, but the kernel wants one).
-#[repr(C, align(4096))]
-struct Stack([u8; 4096]);
-static LOOP_STACK: Stack = Stack([0; 4096]);
-
 const LOOPER: Sel = Sel::new(160);
 const MEM: Sel = Sel::new(161);
 /// A pattern whose first word is a valid message tag (36 words, no capability, label
@@ -106,21 +75,7 @@ pub fn utcb_after_revoke(ctx: &mut Ctx) -> Outcome {
                 Rights::READ | Rights::WRITE,
             ),
         )?;
-        let stack_top = core::ptr::addr_of!(LOOP_STACK) as u64 + 4096;
-        #[allow(unsafe_code)]
-        // SAFETY: the new thread runs `hostile_call_loop`, which makes Call syscalls and
-        // increments an atomic counter, touching neither its stack nor its UTCB from user mode;
-        // its UTCB page is the scratch page's second mapping, which nothing else uses as a UTCB.
-        let made = unsafe {
-            syscall::create_thread(
-                LOOPER,
-                well_known::SELF_PD,
-                hostile_call_loop as *const () as u64,
-                stack_top,
-                u64::from(PRIORITY),
-                ALIAS_VA,
-            )
-        };
+        let made = raw::start_call_loop(LOOPER, u64::from(PRIORITY), ALIAS_VA);
         ok("create the looping thread", made)?;
         let mut waited = 0;
         while CALLS.load(Ordering::Acquire) < 3 && waited < ctx.scale.expected {

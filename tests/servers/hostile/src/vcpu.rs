@@ -41,14 +41,10 @@ const ASID_VMS: Sel = Sel::new(200);
 /// The last selector of the space, for exit-base-edge.
 const LAST: Sel = Sel::new(abi::CAP_SPACE_SLOTS - 1);
 
-/// Whether the kernel runs VMX: the CPU vendor (the kernel uses VMX on Intel, SVM on AMD).
-#[allow(unsafe_code)]
+/// Whether the kernel runs VMX (`KernelStats` `VIRT_BACKEND`).
 pub fn backend_is_vmx() -> bool {
-    // SAFETY: CPUID leaf 0 exists on every x86-64 CPU and has no side effects.
-    #[allow(unused_unsafe)]
-    let r = unsafe { core::arch::x86_64::__cpuid(0) };
-    // "GenuineIntel": EBX = "Genu".
-    r.ebx == u32::from_le_bytes(*b"Genu")
+    let backend = syscall::kernel_stats(abi::syscall::stats::VIRT_BACKEND).ok();
+    backend.and_then(vmabi::Backend::from_stat) == Some(vmabi::Backend::Vmx)
 }
 
 /// A real-mode reply (every group) that starts the guest at `rip`.

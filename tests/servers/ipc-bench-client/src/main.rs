@@ -4,7 +4,7 @@
 //! IPC path and exit, twice. `cargo xtask bench` reads the `ipcbench:` line.
 #![no_std]
 #![no_main]
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 use abi::{well_known, Sel};
 use rt::{bootstrap, log, Start};
@@ -19,12 +19,7 @@ const WARM_UP: u64 = 1_000;
 const ROUND_TRIPS: u64 = 100_000;
 
 fn tsc() -> u64 {
-    // `_rdtsc` is safe to call in user mode (CR4.TSD is clear).
-    #[allow(unsafe_code)]
-    // SAFETY: RDTSC has no side effects.
-    unsafe {
-        core::arch::x86_64::_rdtsc()
-    }
+    rt::cpu::rdtsc()
 }
 
 fn main(start: Start) -> ! {

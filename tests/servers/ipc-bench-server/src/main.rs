@@ -2,7 +2,7 @@
 //! one, the smallest useful call/reply.
 #![no_std]
 #![no_main]
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 use abi::{well_known, Sel};
 use rt::ipc::{self, Next};

@@ -19,6 +19,7 @@ extern crate alloc;
 
 mod caps;
 mod faults;
+#[allow(unsafe_code)]
 mod probe;
 mod storm;
 

@@ -9,7 +9,9 @@
 //! the unmapped write goes where this program has nothing, the text write stores the value that
 //! is already there, the "code" in read-only data is `xor eax, eax; ret`, and the ports are
 //! COM1's receive register (read) and the POST port 0x80 (write).
-#![allow(unsafe_code)]
+//!
+//! This module is the attacker's only `unsafe` code (`docs/ARCHITECTURE.md`): the probes, and
+//! the syscall storm's raw syscalls ([`storm_call`]).
 
 core::arch::global_asm!(
     ".pushsection .text.probes, \"ax\", @progbits",
@@ -195,4 +197,13 @@ pub fn rdtsc() -> Option<u64> {
 pub fn fault_forever() -> ! {
     // SAFETY: only reads; never returns.
     unsafe { probe_fault_forever(UNMAPPED) }
+}
+
+/// One call of the syscall storm, made raw: (RAX, RDX).
+pub fn storm_call(call: &isolation::storm::Call) -> (u64, u64) {
+    // SAFETY: the generator never makes ThreadExit or PowerOff and never names a selector below
+    // ZONE_A (where all of this program's capabilities are) except in Lookup, which only reads
+    // (`isolation::storm`, tested on the host). So no call can end this thread, create, map or
+    // start anything in this domain, or rewrite the UTCB, which no borrow spans here anyway.
+    unsafe { rt::syscall::raw(call.number, call.args) }
 }

@@ -39,13 +39,7 @@ pub fn storm(ctx: &mut Ctx) -> Outcome {
     let mut first_unknown = None;
     for _ in 0..MIN_CALLS {
         let call = storm.next_call();
-        // SAFETY: the generator never makes ThreadExit or PowerOff and never names a selector
-        // below ZONE_A (where all of this program's capabilities are) except in Lookup, which
-        // only reads (`isolation::storm`, tested on the host). So no call can end this thread,
-        // create, map or start anything in this domain, or rewrite the UTCB, which no borrow
-        // spans here anyway.
-        #[allow(unsafe_code)]
-        let (status, _) = unsafe { syscall::raw(call.number, call.args) };
+        let (status, _) = probe::storm_call(&call);
         match Status::from_u64(status) {
             Some(s) => by_status[s as usize] += 1,
             None => {
