@@ -6,6 +6,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use bootinfo::{BootInfo, RegionKind};
 use mem::paging::{AddressSpace, Flags, PageSize, TableMemory, Translation};
+use mem::PAGE_SIZE;
 use spin::Mutex;
 
 use super::KernelImage;
@@ -15,7 +16,6 @@ use crate::arch;
 /// Device mappings are placed here, one after another.
 const MMIO_BASE: u64 = 0xffff_ff00_0000_0000;
 const MMIO_SIZE: u64 = 1 << 30;
-const PAGE: u64 = 4096;
 const MIB2: u64 = 2 << 20;
 
 /// Page tables in frames from the frame allocator, reached through the direct-map window.
@@ -77,9 +77,9 @@ pub fn build_and_switch(info: &BootInfo, image: KernelImage) -> Result<usize, Me
     let mut page = start;
     while page < end {
         if !arch::stacks::is_guard_page(page) {
-            space.map_range(&mut tables, page, to_phys(page), PAGE, read_write)?;
+            space.map_range(&mut tables, page, to_phys(page), PAGE_SIZE, read_write)?;
         }
-        page += PAGE;
+        page += PAGE_SIZE;
     }
 
     let ram_end = ram_end(info).div_ceil(MIB2) * MIB2;
@@ -127,9 +127,9 @@ fn ram_end(info: &BootInfo) -> u64 {
 
 /// Maps device memory uncached in the MMIO area.
 pub fn map_mmio(phys: u64, len: u64) -> Result<u64, MemError> {
-    let offset = phys % PAGE;
+    let offset = phys % PAGE_SIZE;
     let first = phys - offset;
-    let size = (offset + len).div_ceil(PAGE) * PAGE;
+    let size = (offset + len).div_ceil(PAGE_SIZE) * PAGE_SIZE;
     let virt = NEXT_MMIO.fetch_add(size, Ordering::AcqRel);
     if virt + size > MMIO_BASE + MMIO_SIZE {
         return Err(MemError::OutOfMemory("MMIO address space"));
