@@ -4,9 +4,9 @@
 
 use abi::profile::{pack_words, ProfileBatch};
 use abi::utcb::{MsgTag, MSG_WORDS};
-use abi::vm::{self as vmabi, inject, mtd, word, Exit};
+use abi::vm::{self as vmabi, mtd, word, Exit};
 use abi::Rights;
-use virt::exit::Exit as HwReason;
+use virt::exit::{neutral, Before, Outcome, Reported};
 
 use super::ids::PortalId;
 use super::ids::{ThreadId, VmId};
@@ -128,52 +128,35 @@ pub fn handle_exit(k: &mut Kernel) {
     let Some(vcpu) = k.threads.get_mut(t).and_then(|t| t.vcpu.as_mut()) else {
         return;
     };
-    let (reason, qual0, qual1) = match e.exit {
-        HwReason::ExternalInterrupt => {
+    let reported = Reported {
+        exit: e.exit,
+        raw: e.raw,
+        exception: e.exception,
+        info2: e.info2,
+    };
+    let (reason, qual0, qual1, before) = match neutral(&reported, |raw| vcpu.hw.other_kind(raw)) {
+        Outcome::HostInterrupt => {
             hw::take_pending_interrupt();
             return;
         }
-        HwReason::Nmi | HwReason::PreemptionTimer => return,
-        HwReason::Exception { vector } if vector == 1 || vector == 17 => {
+        Outcome::Resume => return,
+        Outcome::Reflect { inject } => {
             // Reflected straight back (see the backends: these are intercepted only so that a
             // guest cannot hang the CPU in a chain of them).
-            let error_flag = if vector == 17 { inject::HAS_ERROR } else { 0 };
-            vcpu.hw.inject(
-                u64::from(vector) | inject::KIND_EXCEPTION | error_flag | inject::VALID,
-                0,
-            );
+            vcpu.hw.inject(inject, 0);
             return;
         }
-        HwReason::InterruptWindow => {
-            vcpu.hw.request_window(false);
-            (Exit::InterruptWindow, 0, 0)
-        }
-        HwReason::Cpuid => (Exit::Cpuid, 0, 0),
-        HwReason::Io(io) => (
-            Exit::Io,
-            vmabi::IoQual::new(io.port, io.size, io.input, io.string, io.rep).0,
-            0,
-        ),
-        HwReason::Rdmsr => (Exit::Rdmsr, 0, 0),
-        HwReason::Wrmsr => (Exit::Wrmsr, 0, 0),
-        HwReason::Hlt => (Exit::Hlt, 0, 0),
-        HwReason::Hypercall => (Exit::Hypercall, 0, 0),
-        HwReason::NestedPageFault(f) => {
-            let mut access = if f.write {
-                vmabi::access::WRITE
-            } else if f.execute {
-                vmabi::access::EXEC
-            } else {
-                vmabi::access::READ
-            };
-            if f.present {
-                access |= vmabi::access::PRESENT;
-            }
-            (Exit::MemoryFault, f.gpa, access)
-        }
-        HwReason::TripleFault => (Exit::Shutdown, 0, 0),
-        HwReason::Exception { .. } => (Exit::Exception, e.exception, e.info2),
-        HwReason::EntryFailure { reason } => {
+        Outcome::Deliver {
+            exit,
+            qual0,
+            qual1,
+            before,
+        } => (exit, qual0, qual1, before),
+    };
+    match before {
+        Before::Nothing => {}
+        Before::CloseWindow => vcpu.hw.request_window(false),
+        Before::LogEntryFailure { reason } => {
             let mut w = [0u64; word::COUNT];
             vcpu.hw.read(&vcpu.ctx.gprs, mtd::ALL, &mut w);
             log::warn!(
@@ -181,21 +164,14 @@ pub fn handle_exit(k: &mut Kernel) {
                 e.raw, w[word::RIP], w[word::RFLAGS], w[word::CR0], w[word::CR3], w[word::CR4],
                 w[word::EFER], w[word::SEGMENTS], w[word::SEGMENTS + 2], w[word::SEGMENTS + 12]
             );
-            (
-                Exit::EntryFailure,
-                vmabi::entry_error::INVALID_GUEST_STATE,
-                u64::from(reason),
-            )
         }
-        HwReason::NestedMisconfiguration { gpa } => {
+        Before::ReportMisconfiguration { gpa } => {
             crate::println!(
                 "kernel: nested-table misconfiguration at {gpa:#x} (exit info {:#x}); vCPU stopped",
                 e.info1
             );
-            (Exit::EntryFailure, vmabi::entry_error::HARDWARE, e.raw)
         }
-        _ => (Exit::Other, vcpu.hw.other_kind(e.raw), e.raw),
-    };
+    }
     deliver_exit(k, t, reason, qual0, qual1, e.instruction_len);
 }
 

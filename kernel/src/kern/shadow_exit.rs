@@ -3,7 +3,7 @@
 
 use abi::vm::{self as vmabi, inject, mtd, word, Exit};
 use virt::decode;
-use virt::exit::{CrAccess, Exit as HwReason};
+use virt::exit::{access, shadow_reason, CrAccess, Exit as HwReason};
 use virt::nested::NestedTables;
 
 use super::ids::ThreadId;
@@ -28,13 +28,7 @@ pub enum ShadowExit {
 pub fn shadow_exit(k: &mut Kernel, t: ThreadId, e: &hw::HwExit) -> ShadowExit {
     // Only these exits can be the vTLB's: every other one leaves at once (this runs on the path
     // of every exit).
-    if !matches!(
-        e.exit,
-        HwReason::Hypercall
-            | HwReason::Exception { vector: 14 }
-            | HwReason::Cr(_)
-            | HwReason::Invlpg
-    ) {
+    if shadow_reason(&e.exit, true).is_none() {
         return ShadowExit::NotShadow;
     }
     let Kernel { threads, vms, .. } = k;
@@ -44,12 +38,8 @@ pub fn shadow_exit(k: &mut Kernel, t: ThreadId, e: &hw::HwExit) -> ShadowExit {
     let Some(vm) = vms.get_mut(vcpu.vm) else {
         return ShadowExit::NotShadow;
     };
-    let reason = match e.exit {
-        HwReason::Hypercall if vcpu.hypercalls => Exit::Hypercall,
-        HwReason::Exception { vector: 14 } => Exit::PageFault,
-        HwReason::Cr(_) => Exit::ControlRegister,
-        HwReason::Invlpg => Exit::Invlpg,
-        _ => return ShadowExit::NotShadow,
+    let Some(reason) = shadow_reason(&e.exit, vcpu.hypercalls) else {
+        return ShadowExit::NotShadow;
     };
     let Some(forward) = vm.shadow.as_ref().map(|s| s.forward) else {
         return ShadowExit::NotShadow;
@@ -217,12 +207,7 @@ fn forwarded_fault(
 
 /// The VMM's memory-fault exit for guest-physical `gpa`.
 fn memory_fault(gpa: u64, write: bool) -> ShadowExit {
-    let access = if write {
-        vmabi::access::WRITE
-    } else {
-        vmabi::access::READ
-    };
-    ShadowExit::Deliver(Exit::MemoryFault, gpa, access)
+    ShadowExit::Deliver(Exit::MemoryFault, gpa, access(write, false, false))
 }
 
 /// MOV to CR`cr` of `value` by the guest (message words `w` hold its registers).

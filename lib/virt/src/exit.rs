@@ -4,6 +4,13 @@
 //! Information" and the qualification tables); SVM reports EXITCODE, EXITINFO1 and EXITINFO2
 //! (AMD APM vol. 2, appendix C and section 15.10). Both are inputs the kernel does not control,
 //! so every value decodes to something, [`Exit::Unknown`] at worst.
+//!
+//! [`neutral`] then says what the kernel does with an exit: take it, reflect it, or deliver
+//! it to the VMM as an `abi::vm::Exit`; [`shadow_reason`] which exits a shadow-mode vTLB takes.
+
+mod neutral;
+
+pub use neutral::{access, neutral, shadow_reason, Before, Outcome, Reported};
 
 /// Direction and width of a port access.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -21,7 +21,7 @@ use crate::kern::memory::QuotaTables;
 use crate::kern::obj::MemoryRange;
 use crate::kern::obj::Obj;
 use crate::kern::records::VmMapRecord;
-use crate::kern::shadow::{self, Shadow};
+use crate::kern::shadow::{self, DirectMap, Shadow};
 use crate::kern::state::Kernel;
 use crate::kern::teardown::{destroy_vm, flush_vm, shadow_cost};
 use crate::kern::vm::Vm;
@@ -49,7 +49,7 @@ pub fn create_vm(k: &mut Kernel, space: SpaceId, a: args::CreateVm) -> Result<u6
     let charged = cost::VM + if shadowed { shadow_cost() } else { 0 };
     k.charge(payer, charged)?;
     let shadow = if shadowed {
-        match Shadow::new() {
+        match Shadow::new(DirectMap) {
             Some(s) => Some(Box::new(s)),
             None => {
                 k.release(payer, charged);

@@ -189,3 +189,112 @@ impl ShadowMemory for Frames {
         self.tables.entry(table).or_insert([0; 512])[index] = value;
     }
 }
+
+/// Where [`Machine`] hands out frames from (above guest RAM's host range).
+pub const MACHINE_FRAMES: u64 = 0x20_0000_0000;
+
+/// The kernel side of a vTLB ([`super::machine::Machine`]): host-physical memory as a word map,
+/// frames counted out of a budget, and the host's paging features.
+pub struct Machine {
+    words: RefCell<HashMap<u64, u64>>,
+    next: Cell<u64>,
+    /// Frames still to hand out.
+    pub budget: Cell<usize>,
+    /// Frames handed out and not given back.
+    pub out: RefCell<Vec<u64>>,
+    pub features: Features,
+}
+
+impl Machine {
+    pub fn new() -> Self {
+        Self {
+            words: RefCell::default(),
+            next: Cell::new(MACHINE_FRAMES),
+            budget: Cell::new(usize::MAX),
+            out: RefCell::default(),
+            features: Features {
+                maxphyaddr: 46,
+                gb_pages: true,
+            },
+        }
+    }
+
+    /// The word at host-physical `hpa`.
+    pub fn get(&self, hpa: u64) -> u64 {
+        *self.words.borrow().get(&hpa).unwrap_or(&0)
+    }
+
+    pub fn set(&self, hpa: u64, value: u64) {
+        self.words.borrow_mut().insert(hpa, value);
+    }
+
+    /// Copies guest `g`'s words into guest RAM (host frame of guest page `p` at
+    /// `p + HOST_OFFSET`).
+    pub fn load(&self, g: &Guest) {
+        for (gpa, value) in g.snapshot() {
+            self.set(gpa + HOST_OFFSET, value);
+        }
+    }
+}
+
+impl super::machine::Machine for &Machine {
+    fn features(&self) -> Features {
+        self.features
+    }
+
+    fn alloc_frame(&self) -> Option<u64> {
+        let left = self.budget.get().checked_sub(1)?;
+        self.budget.set(left);
+        let f = self.next.get();
+        self.next.set(f + 0x1000);
+        self.out.borrow_mut().push(f);
+        Some(f)
+    }
+
+    fn free_frame(&self, frame: u64) {
+        let mut out = self.out.borrow_mut();
+        let i = out.iter().position(|&f| f == frame).expect("freed twice");
+        out.swap_remove(i);
+    }
+
+    fn read_word(&self, frame: u64, index: usize) -> u64 {
+        self.get(frame + index as u64 * 8)
+    }
+
+    fn write_word(&self, frame: u64, index: usize, value: u64) {
+        self.set(frame + index as u64 * 8, value)
+    }
+
+    fn read_shared(&self, hpa: u64) -> Option<u64> {
+        hpa.is_multiple_of(8).then(|| self.get(hpa))
+    }
+
+    fn compare_exchange(&self, hpa: u64, current: u64, new: u64) -> Option<Result<u64, u64>> {
+        if !hpa.is_multiple_of(8) {
+            return None;
+        }
+        let old = self.get(hpa);
+        if old != current {
+            return Some(Err(old));
+        }
+        self.set(hpa, new);
+        Some(Ok(old))
+    }
+}
+
+/// Builds nested tables in a [`Machine`]'s memory.
+pub struct NestedBuild<'a>(pub &'a Machine);
+
+impl mem::paging::TableMemory for NestedBuild<'_> {
+    fn alloc_table(&mut self) -> Option<u64> {
+        super::machine::Machine::alloc_frame(&self.0)
+    }
+
+    fn read(&self, table: u64, index: usize) -> u64 {
+        self.0.get(table + index as u64 * 8)
+    }
+
+    fn write(&mut self, table: u64, index: usize, value: u64) {
+        self.0.set(table + index as u64 * 8, value)
+    }
+}

@@ -17,10 +17,15 @@
 //! - [`cache`] remembers the shadow roots of recently used guest address spaces.
 //! - [`vtlb`] ties pool and cache together: switching roots, installing leaves, INVLPG and
 //!   flushes, recycling tables when the pool runs dry instead of failing the guest.
+//! - [`vm`] is the vTLB of a shadow-mode Vm: the guest's own control registers, what each
+//!   intercept (#PF, MOV CR, INVLPG, DMP hypercalls) does to the shadow tables, the DMP window
+//!   and view.
 //!
-//! The kernel supplies the hardware side through traits: guest-physical words
+//! The generic pieces take the hardware side through traits: guest-physical words
 //! ([`walk::GuestPhys`]), the host frame behind a guest page ([`leaf::HostMemory`]) and the
-//! shadow table frames ([`vtlb::ShadowMemory`]).
+//! shadow table frames ([`vtlb::ShadowMemory`]). [`vm::Shadow`] builds all three from a Vm's
+//! nested tables and one [`machine::Machine`], which is all the kernel implements: frames, its
+//! direct map and the host's paging features.
 //!
 //! What the kernel must guarantee for the fills to be exact: the guest runs on the shadow
 //! tables with hardware CR0.WP = 1 (so read-only shadow entries hold for the guest kernel too),
@@ -29,7 +34,9 @@
 pub mod cache;
 pub mod classify;
 pub mod leaf;
+pub mod machine;
 pub mod pool;
+pub mod vm;
 pub mod vtlb;
 pub mod walk;
 
