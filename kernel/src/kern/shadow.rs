@@ -7,6 +7,7 @@ use virt::nested::NestedTables;
 use virt::shadow::machine::{self, Machine};
 use virt::shadow::walk::Features;
 
+use crate::arch::cpu;
 use crate::mem::{direct, frames};
 
 pub use virt::shadow::vm::{CrError, FaultOutcome, View, Window};
@@ -80,15 +81,8 @@ pub fn physical_to_host_writable(nested: &NestedTables, gpa: u64) -> Option<u64>
 
 /// The host's physical-address width and 1 GiB-page support (what the guest's CPUID shows).
 fn host_features() -> Features {
-    let id = x86::cpuid::CpuId::new();
-    let maxphyaddr = id
-        .get_processor_capacity_feature_info()
-        .map_or(36, |c| c.physical_address_bits());
-    let gb_pages = id
-        .get_extended_processor_and_feature_identifiers()
-        .is_some_and(|f| f.has_1gib_pages());
     Features {
-        maxphyaddr,
-        gb_pages,
+        maxphyaddr: cpu::physical_address_bits(),
+        gb_pages: cpu::has_1gib_pages(),
     }
 }

@@ -127,6 +127,13 @@ fn vmx_details() -> Virtualization {
 }
 
 /// Whether the CPU maps 1 GiB pages (CPUID 0x80000001 EDX bit 26).
+/// The CPU's physical-address width (MAXPHYADDR; 36 where CPUID does not say).
+pub fn physical_address_bits() -> u8 {
+    CpuId::new()
+        .get_processor_capacity_feature_info()
+        .map_or(36, |c| c.physical_address_bits())
+}
+
 pub fn has_1gib_pages() -> bool {
     CpuId::new()
         .get_extended_processor_and_feature_identifiers()
