@@ -172,17 +172,28 @@ pub fn handle_exit(k: &mut Kernel) {
             );
         }
     }
-    deliver_exit(k, t, reason, qual0, qual1, e.instruction_len);
+    let with_state = !matches!(before, Before::LogEntryFailure { .. });
+    send_exit(k, t, reason, [qual0, qual1, e.instruction_len], with_state);
 }
 
 /// Sends exit `reason` of vCPU `t` to its exit portal; ends the vCPU if there is none.
 pub fn deliver_exit(k: &mut Kernel, t: ThreadId, reason: Exit, qual0: u64, qual1: u64, len: u64) {
+    send_exit(k, t, reason, [qual0, qual1, len], true);
+}
+
+/// Sends exit `reason` with qualifications and instruction length `q`; with `with_state`, the
+/// guest state the vCPU's mask names. A failed hardware entry is sent without state: the
+/// hardware may have left the host's state in the VMCB (QEMU does), which no VMM may read.
+fn send_exit(k: &mut Kernel, t: ThreadId, reason: Exit, q: [u64; 3], with_state: bool) {
+    let [qual0, qual1, len] = q;
     let Some(vcpu) = k.threads.get_mut(t).and_then(|t| t.vcpu.as_mut()) else {
         return;
     };
     vcpu.exits[reason as usize] += 1;
     vcpu.unprofiled += 1;
-    let mask = if reason == Exit::Startup {
+    let mask = if !with_state {
+        0
+    } else if reason == Exit::Startup {
         mtd::ALL
     } else {
         vcpu.masks[reason as usize]
@@ -196,7 +207,9 @@ pub fn deliver_exit(k: &mut Kernel, t: ThreadId, reason: Exit, qual0: u64, qual1
     words[word::EXIT_TSC] = vcpu.exit_tsc;
     words[word::GUEST_TSC] = vcpu.guest_tsc;
     // The profile needs the RIP; the message carries it unless the mask leaves it out.
-    vcpu.hw.read(&vcpu.ctx.gprs, mask | mtd::RIP, &mut words);
+    if with_state {
+        vcpu.hw.read(&vcpu.ctx.gprs, mask | mtd::RIP, &mut words);
+    }
     let vm = vcpu.vm;
     if let Some(v) = k.vms.get_mut(vm) {
         v.profile.record(reason, words[word::RIP]);

@@ -37,9 +37,11 @@ pub enum Before {
 /// What an exit the vTLB did not take comes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// An external interrupt: the host takes it; the guest runs on.
+    /// An external interrupt, or the VMX preemption timer (which bounds a guest's run when a
+    /// host interrupt may be pending): the host takes what is pending, so its timer keeps
+    /// ticking and the scheduler can preempt the vCPU; the guest runs on.
     HostInterrupt,
-    /// An NMI (taken by the host on the way out) or the preemption timer: the guest runs on.
+    /// An NMI (taken by the host on the way out): the guest runs on.
     Resume,
     /// #DB or #AC, intercepted only so that a guest cannot hang the CPU in a chain of them:
     /// injected straight back with this event-injection word (error code 0).
@@ -63,8 +65,8 @@ pub fn neutral(e: &Reported, other_kind: impl FnOnce(u64) -> u64) -> Outcome {
         before: Before::Nothing,
     };
     match e.exit {
-        Exit::ExternalInterrupt => Outcome::HostInterrupt,
-        Exit::Nmi | Exit::PreemptionTimer => Outcome::Resume,
+        Exit::ExternalInterrupt | Exit::PreemptionTimer => Outcome::HostInterrupt,
+        Exit::Nmi => Outcome::Resume,
         Exit::Exception { vector } if vector == 1 || vector == 17 => {
             let error_flag = if vector == 17 { inject::HAS_ERROR } else { 0 };
             Outcome::Reflect {

@@ -72,7 +72,7 @@ fn table() -> Vec<(Exit, Outcome)> {
     vec![
         (Exit::ExternalInterrupt, Outcome::HostInterrupt),
         (Exit::Nmi, Outcome::Resume),
-        (Exit::PreemptionTimer, Outcome::Resume),
+        (Exit::PreemptionTimer, Outcome::HostInterrupt),
         (
             Exit::Exception { vector: 1 },
             Outcome::Reflect {
