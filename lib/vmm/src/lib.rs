@@ -33,6 +33,7 @@ pub mod layout;
 pub mod monitor;
 pub mod msr;
 pub mod multiboot;
+pub mod platform;
 pub mod ports;
 pub mod state;
 pub mod timing;
