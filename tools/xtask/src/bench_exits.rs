@@ -63,21 +63,31 @@ fn numbers(text: &str) -> Vec<u64> {
 }
 
 #[derive(Serialize)]
-struct Report {
-    system: &'static str,
-    emulator: &'static str,
-    backend: &'static str,
-    cpu: &'static str,
-    profile: &'static str,
-    iterations: u64,
-    instructions_per_round_trip: u64,
-    instructions_kernel_exit_to_vmm: u64,
-    instructions_vmm_handler: u64,
-    instructions_kernel_reply_to_guest: u64,
+pub struct Report {
+    pub system: &'static str,
+    pub emulator: &'static str,
+    pub backend: &'static str,
+    pub cpu: &'static str,
+    pub profile: &'static str,
+    pub iterations: u64,
+    pub instructions_per_round_trip: u64,
+    pub instructions_kernel_exit_to_vmm: u64,
+    pub instructions_vmm_handler: u64,
+    pub instructions_kernel_reply_to_guest: u64,
 }
 
 /// Runs the benchmark with the kernel ELF `kernel`.
 pub fn run(kernel: &std::path::Path, release: bool) -> Result<()> {
+    let report = measure(kernel, release)?;
+    print!("{}", table(&report));
+    let out = layout::work_dir(&["bench"])?.join("exits.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&report)? + "\n")?;
+    println!("wrote {}", layout::show(&out));
+    Ok(())
+}
+
+/// Boots `exitbench` under `-icount` with the kernel ELF `kernel` and reads its figures.
+pub fn measure(kernel: &std::path::Path, release: bool) -> Result<Report> {
     eprintln!("bench: exits: booting `exitbench` with -icount (a guest executing CPUID in a loop)");
     let boot = crate::bench::boot_icount("exitbench", kernel, release, Duration::from_secs(300))?;
     let (iterations, per) = parse_guest(&boot.lines)
@@ -96,11 +106,7 @@ pub fn run(kernel: &std::path::Path, release: bool) -> Result<()> {
         instructions_vmm_handler: handler,
         instructions_kernel_reply_to_guest: per.saturating_sub(delivery + handler),
     };
-    print!("{}", table(&report));
-    let out = layout::work_dir(&["bench"])?.join("exits.json");
-    std::fs::write(&out, serde_json::to_string_pretty(&report)? + "\n")?;
-    println!("wrote {}", layout::show(&out));
-    Ok(())
+    Ok(report)
 }
 
 fn table(r: &Report) -> String {

@@ -68,20 +68,30 @@ pub fn parse(lines: &[Line]) -> Option<(u64, u64, u64)> {
 }
 
 #[derive(Serialize)]
-struct Report {
-    system: &'static str,
-    emulator: &'static str,
-    cpu: &'static str,
-    profile: &'static str,
-    round_trips: u64,
-    instructions_per_round_trip: u64,
-    instructions_per_one_way: u64,
+pub struct Report {
+    pub system: &'static str,
+    pub emulator: &'static str,
+    pub cpu: &'static str,
+    pub profile: &'static str,
+    pub round_trips: u64,
+    pub instructions_per_round_trip: u64,
+    pub instructions_per_one_way: u64,
     /// A syscall the kernel refuses at once (lookup of an empty selector): entry and exit.
-    instructions_per_null_syscall: u64,
+    pub instructions_per_null_syscall: u64,
 }
 
-/// Runs the benchmark with the kernel ELF `kernel`.
+/// Runs the benchmark with the kernel ELF `kernel`: prints the table, writes the JSON.
 pub fn run(kernel: &std::path::Path, release: bool) -> Result<()> {
+    let report = measure(kernel, release)?;
+    print!("{}", table(&report));
+    let out = layout::work_dir(&["bench"])?.join("ipc.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&report)? + "\n")?;
+    println!("wrote {}", layout::show(&out));
+    Ok(())
+}
+
+/// Boots `ipcbench` under `-icount` with the kernel ELF `kernel` and reads its figures.
+pub fn measure(kernel: &std::path::Path, release: bool) -> Result<Report> {
     eprintln!("bench: ipc: booting `ipcbench` with -icount (100,000 round trips)");
     let boot = crate::bench::boot_icount("ipcbench", kernel, release, Duration::from_secs(180))?;
     let (round_trips, per_round_trip, null) =
@@ -96,11 +106,7 @@ pub fn run(kernel: &std::path::Path, release: bool) -> Result<()> {
         instructions_per_one_way: per_round_trip / 2,
         instructions_per_null_syscall: null,
     };
-    print!("{}", table(&report));
-    let out = layout::work_dir(&["bench"])?.join("ipc.json");
-    std::fs::write(&out, serde_json::to_string_pretty(&report)? + "\n")?;
-    println!("wrote {}", layout::show(&out));
-    Ok(())
+    Ok(report)
 }
 
 fn table(report: &Report) -> String {

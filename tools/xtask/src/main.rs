@@ -15,6 +15,7 @@ mod bench_ipc;
 mod bench_svg;
 mod bench_transcript;
 mod bench_workloads;
+mod budget;
 mod build;
 mod cargo_test;
 mod cli;

@@ -3,7 +3,7 @@
 //!
 //! Item names (what `--filter` matches): `unit:<crate>`, `fmt`, `clippy:host`, `build:kernel`,
 //! `clippy:kernel`, `build:user`, `clippy:user`, `build:guests`, `clippy:guests`,
-//! `scenario:<name>`. The kernel is built whenever a scenario runs, the user-space crates whenever
+//! `scenario:<name>`, `budget:fast-paths` (the release kernel's instruction budgets). The kernel is built whenever a scenario runs, the user-space crates whenever
 //! a scenario boots a system with servers, the guest crates whenever one boots a system with
 //! guests.
 
@@ -203,6 +203,11 @@ pub fn command(args: &TestArgs) -> Result<bool> {
             run_scenario(&root, s, &kernel, args)
         };
         rows.push(announce(row));
+    }
+
+    if selected("budget:fast-paths") {
+        starting("budget:fast-paths");
+        rows.push(announce(crate::budget::row(&root)));
     }
 
     if rows.is_empty() {
