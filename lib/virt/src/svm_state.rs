@@ -56,13 +56,45 @@ const CR4_ALLOWED: u64 = 0x0037_07ff;
 /// CR3 bits that must be zero in long mode: above the 52-bit physical address.
 const CR3_LONG_MBZ: u64 = 0xfff0_0000_0000_0000;
 
-/// Checks `s` as VMRUN would; `Ok` means VMRUN will not fail on these fields.
+/// What the host CPU supports of the bits a guest state names: VMRUN refuses an EFER or CR4
+/// bit the CPU does not implement and CR3 bits above its physical-address width (APM vol. 2,
+/// 15.5.1: "any MBZ bit of CR3/CR4/EFER is set"; which bits are MBZ follows CPUID).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Features {
+    /// EFER bits the CPU implements.
+    pub efer: u64,
+    /// CR4 bits the CPU implements.
+    pub cr4: u64,
+    /// MAXPHYADDR (CPUID Fn8000_0008_EAX[7:0]).
+    pub maxphyaddr: u8,
+}
+
+impl Features {
+    /// A CPU with every bit this checker knows of and 52 physical-address bits.
+    pub const ALL: Features = Features {
+        efer: EFER_DEFINED,
+        cr4: CR4_ALLOWED,
+        maxphyaddr: 52,
+    };
+
+    /// The EFER bits a guest may never set, whatever the CPU: LMSLE (long-mode segment limits,
+    /// which KVM does not offer either and QEMU's VMRUN refuses).
+    pub const NEVER_EFER: u64 = EFER_LMSLE;
+}
+
+/// Checks `s` as VMRUN would on a CPU with every feature ([`Features::ALL`]).
 pub fn check(s: &GuestState) -> Result<(), StateError> {
+    check_on(s, &Features::ALL)
+}
+
+/// Checks `s` as VMRUN would on a CPU with `features`; `Ok` means VMRUN will not fail on these
+/// fields.
+pub fn check_on(s: &GuestState, features: &Features) -> Result<(), StateError> {
     let long_mode = s.efer & EFER_LME != 0 && s.cr0 & CR0_PG != 0;
     if s.efer & EFER_SVME == 0 {
         return Err(StateError::SvmeClear);
     }
-    if s.efer & !EFER_DEFINED != 0 {
+    if s.efer & !(EFER_DEFINED & features.efer) != 0 {
         return Err(StateError::EferReservedBits);
     }
     if s.cr0 & CR0_CD == 0 && s.cr0 & CR0_NW != 0 {
@@ -71,10 +103,11 @@ pub fn check(s: &GuestState) -> Result<(), StateError> {
     if s.cr0 >> 32 != 0 {
         return Err(StateError::Cr0UpperBits);
     }
-    if long_mode && s.cr3 & CR3_LONG_MBZ != 0 {
+    let cr3_mbz = CR3_LONG_MBZ | !0u64 << features.maxphyaddr.clamp(32, 52);
+    if long_mode && s.cr3 & cr3_mbz != 0 {
         return Err(StateError::Cr3ReservedBits);
     }
-    if s.cr4 & !CR4_ALLOWED != 0 {
+    if s.cr4 & !(CR4_ALLOWED & features.cr4) != 0 {
         return Err(StateError::Cr4ReservedBits);
     }
     if s.dr6 >> 32 != 0 || s.dr7 >> 32 != 0 {
@@ -105,6 +138,53 @@ mod props;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bits_the_cpu_lacks_are_refused() {
+        let cpu = Features {
+            efer: EFER_DEFINED & !(EFER_FFXSR | EFER_TCE | EFER_LMSLE),
+            cr4: CR4_ALLOWED & !((1 << 16) | (1 << 21)),
+            maxphyaddr: 40,
+        };
+        let good = long_mode();
+        assert_eq!(check_on(&good, &cpu), Ok(()));
+        for bit in [EFER_FFXSR, EFER_TCE, EFER_LMSLE] {
+            let s = GuestState {
+                efer: good.efer | bit,
+                ..good
+            };
+            assert_eq!(check(&s), Ok(()), "{bit:#x} on a CPU that has it");
+            assert_eq!(check_on(&s, &cpu), Err(StateError::EferReservedBits));
+        }
+        for bit in [1u64 << 16, 1 << 21] {
+            let s = GuestState {
+                cr4: good.cr4 | bit,
+                ..good
+            };
+            assert_eq!(check(&s), Ok(()));
+            assert_eq!(check_on(&s, &cpu), Err(StateError::Cr4ReservedBits));
+        }
+        let high = GuestState {
+            cr3: 1 << 40,
+            ..good
+        };
+        assert_eq!(check(&high), Ok(()));
+        assert_eq!(check_on(&high, &cpu), Err(StateError::Cr3ReservedBits));
+        let below = GuestState {
+            cr3: (1 << 40) - 0x1000,
+            ..good
+        };
+        assert_eq!(check_on(&below, &cpu), Ok(()));
+        // Out of long mode CR3 is 32 bits wide whatever MAXPHYADDR says.
+        let protected = GuestState {
+            efer: EFER_SVME,
+            cr0: CR0_PE,
+            cr3: 0xffff_f000,
+            cs_long: false,
+            ..good
+        };
+        assert_eq!(check_on(&protected, &cpu), Ok(()));
+    }
 
     /// A 64-bit guest as the loader of a long-mode ELF would start it.
     fn long_mode() -> GuestState {

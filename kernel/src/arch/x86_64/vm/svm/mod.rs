@@ -107,6 +107,8 @@ struct Shared {
     nrip_save: bool,
     /// EXITINFO1 holds the INVLPG operand (decode assists).
     decode_assists: bool,
+    /// The EFER and CR4 bits and physical-address width VMRUN accepts on this CPU.
+    guest_features: virt::svm_state::Features,
 }
 
 static SHARED: Once<Shared> = Once::new();
@@ -160,6 +162,33 @@ fn pass_msr(msrpm: u64, msr: u32) {
     direct::write_word(frame, index, w & !(0b11 << shift));
 }
 
+/// What this CPU implements of the guest-state bits VMRUN checks (CPUID), so that a state the
+/// CPU would refuse is refused by the kernel first, with a typed error.
+fn guest_features() -> virt::svm_state::Features {
+    use virt::svm_state::Features;
+    let leaf1 = x86::cpuid::cpuid!(1);
+    let leaf7 = x86::cpuid::cpuid!(7, 0);
+    let ext1 = x86::cpuid::cpuid!(0x8000_0001);
+    let bit = |reg: u32, n: u32, value: u64| if reg & (1 << n) != 0 { value } else { 0 };
+    // SCE, LME, LMA and SVME exist on every CPU that runs this kernel.
+    let efer = (1 << 0 | 1 << 8 | 1 << 10 | 1 << 12)
+        | bit(ext1.edx, 20, 1 << 11) // NXE
+        | bit(ext1.edx, 25, 1 << 14) // FFXSR
+        | bit(ext1.ecx, 17, 1 << 15); // TCE
+                                      // VME..OSXMMEXCPT (bits 0-10) are architectural on x86-64.
+    let cr4 = 0x7ff
+        | bit(leaf7.ebx, 0, 1 << 16) // FSGSBASE
+        | bit(leaf1.ecx, 17, 1 << 17) // PCIDE
+        | bit(leaf1.ecx, 26, 1 << 18) // OSXSAVE
+        | bit(leaf7.ebx, 7, 1 << 20) // SMEP
+        | bit(leaf7.ebx, 20, 1 << 21); // SMAP
+    Features {
+        efer: efer & !Features::NEVER_EFER,
+        cr4,
+        maxphyaddr: crate::arch::cpu::physical_address_bits(),
+    }
+}
+
 /// Enables SVM on this CPU and builds the shared structures.
 pub fn init() -> Result<(), &'static str> {
     let svm = x86::cpuid::CpuId::new()
@@ -187,6 +216,7 @@ pub fn init() -> Result<(), &'static str> {
         msrpm,
         nrip_save: svm.has_nrip(),
         decode_assists: svm.has_decode_assists(),
+        guest_features: guest_features(),
     });
     log::info!(
         "svm: {} ASIDs, NRIP save {}, decode assists {}",

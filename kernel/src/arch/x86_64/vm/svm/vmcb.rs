@@ -398,17 +398,23 @@ impl Vmcb {
             self.get(SEGMENT_OFFSETS[0])
         };
         let cs_attr = (cs >> 16) & 0xfff;
-        virt::svm_state::check(&virt::svm_state::GuestState {
-            efer: pick(control, word::EFER, S_EFER) | EFER_SVME,
-            cr0: pick(control, word::CR0, S_CR0),
-            cr3: pick(control, word::CR3, S_CR3),
-            cr4: pick(control, word::CR4, S_CR4),
-            dr6: self.get(S_DR6),
-            dr7: pick(mask & mtd::MSRS != 0, word::DR7, S_DR7),
-            cs_long: cs_attr & u64::from(abi::vm::segment::LONG) != 0,
-            cs_default32: cs_attr & u64::from(abi::vm::segment::DB) != 0,
-            asid: self.get32(GUEST_ASID),
-            intercepts_vmrun: self.get32(INTERCEPT_MISC2) & 1 != 0,
-        })
+        let features = SHARED
+            .get()
+            .map_or(virt::svm_state::Features::ALL, |s| s.guest_features);
+        virt::svm_state::check_on(
+            &virt::svm_state::GuestState {
+                efer: pick(control, word::EFER, S_EFER) | EFER_SVME,
+                cr0: pick(control, word::CR0, S_CR0),
+                cr3: pick(control, word::CR3, S_CR3),
+                cr4: pick(control, word::CR4, S_CR4),
+                dr6: self.get(S_DR6),
+                dr7: pick(mask & mtd::MSRS != 0, word::DR7, S_DR7),
+                cs_long: cs_attr & u64::from(abi::vm::segment::LONG) != 0,
+                cs_default32: cs_attr & u64::from(abi::vm::segment::DB) != 0,
+                asid: self.get32(GUEST_ASID),
+                intercepts_vmrun: self.get32(INTERCEPT_MISC2) & 1 != 0,
+            },
+            &features,
+        )
     }
 }
