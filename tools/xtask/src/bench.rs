@@ -77,6 +77,7 @@ pub fn boot_icount(
         icount: true,
         echo: false,
         work: work.join("icount"),
+        extra: Vec::new(),
     };
     let boot = emulator::boot(Emulator::Qemu, &spec)?;
     if boot.outcome() != Outcome::Success {
@@ -189,6 +190,7 @@ fn boot_bench(args: &BenchArgs, kernel: &std::path::Path, release: bool) -> Resu
                 icount,
                 echo: false,
                 work: work.join(if icount { "icount" } else { "realtime" }),
+                extra: Vec::new(),
             };
             let boot = emulator::boot(Emulator::Qemu, &spec)?;
             let outcome = boot.outcome();

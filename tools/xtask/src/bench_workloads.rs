@@ -627,6 +627,7 @@ fn boot_one(
         icount: backend == Backend::Svm,
         echo: false,
         work: work.clone(),
+        extra: Vec::new(),
     };
     let boot = emulator::boot(backend.emulator(), &spec)?;
     let log = work.join("serial.log");

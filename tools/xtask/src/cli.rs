@@ -32,9 +32,21 @@ pub enum Command {
     Setup,
     /// Boot benchmark: time and instructions to the banner, kernel size.
     Bench(BenchArgs),
+    /// Profile a system's kernel: instructions per kernel function under QEMU `-icount`.
+    Profile(ProfileArgs),
     /// Apply each deliberate breakage of `tests/mutants.toml` in a scratch copy and check that
     /// the tests it names catch it: `mutants: N caught, M survived`.
     Mutate(MutateArgs),
+}
+
+#[derive(Args)]
+pub struct ProfileArgs {
+    /// The system to boot (from `manifests/`), e.g. `ipcbench` or `exitbench`.
+    #[arg(long, default_value = "ipcbench")]
+    pub system: String,
+    /// How many functions the table shows.
+    #[arg(long, default_value_t = 25)]
+    pub top: usize,
 }
 
 #[derive(Args)]

@@ -220,3 +220,81 @@ mod tests {
         assert!(load_sizes(&bytes).is_err());
     }
 }
+
+/// A symbol of an ELF64 image: its address, size (0 for assembly labels) and mangled name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Symbol {
+    pub addr: u64,
+    pub size: u64,
+    pub name: String,
+}
+
+const SHT_SYMTAB: u32 = 2;
+const STT_NOTYPE: u8 = 0;
+const STT_FUNC: u8 = 2;
+
+/// The code symbols (functions, and untyped labels such as assembly entry points) of the
+/// `.symtab` of a little-endian ELF64 image, sorted by address.
+pub fn code_symbols(bytes: &[u8]) -> Result<Vec<Symbol>> {
+    if bytes.get(..4) != Some(b"\x7fELF") || bytes.get(4) != Some(&2) || bytes.get(5) != Some(&1) {
+        bail!("not a little-endian ELF64 file");
+    }
+    let shoff = usize::try_from(u64_at(bytes, 0x28)?)?;
+    let entry_size = usize::from(u16_at(bytes, 0x3a)?);
+    let count = usize::from(u16_at(bytes, 0x3c)?);
+    let section = |i: usize| shoff + i * entry_size;
+    let mut symbols = Vec::new();
+    for i in 0..count {
+        let header = section(i);
+        if u32_at(bytes, header + 4)? != SHT_SYMTAB {
+            continue;
+        }
+        let offset = usize::try_from(u64_at(bytes, header + 0x18)?)?;
+        let size = usize::try_from(u64_at(bytes, header + 0x20)?)?;
+        let strings = section(usize::try_from(u32_at(bytes, header + 0x28)?)?);
+        let str_offset = usize::try_from(u64_at(bytes, strings + 0x18)?)?;
+        for entry in (offset..offset + size).step_by(24) {
+            let kind = read::<1>(bytes, entry + 4)?[0] & 0xf;
+            let addr = u64_at(bytes, entry + 8)?;
+            if !(kind == STT_FUNC || kind == STT_NOTYPE) || addr == 0 {
+                continue;
+            }
+            let name_at = str_offset + usize::try_from(u32_at(bytes, entry)?)?;
+            let name = bytes
+                .get(name_at..)
+                .and_then(|rest| rest.split(|&b| b == 0).next())
+                .map(|n| String::from_utf8_lossy(n).into_owned())
+                .unwrap_or_default();
+            if name.is_empty() || name.starts_with(".L") {
+                continue;
+            }
+            symbols.push(Symbol {
+                addr,
+                size: u64_at(bytes, entry + 16)?,
+                name,
+            });
+        }
+    }
+    symbols.sort_by_key(|s| (s.addr, std::cmp::Reverse(s.size)));
+    Ok(symbols)
+}
+
+/// The file bytes at virtual address `addr` to the end of its `PT_LOAD` segment.
+pub fn bytes_at(bytes: &[u8], addr: u64) -> Option<&[u8]> {
+    let phoff = usize::try_from(u64_at(bytes, 0x20).ok()?).ok()?;
+    let entry_size = usize::from(u16_at(bytes, 0x36).ok()?);
+    let count = usize::from(u16_at(bytes, 0x38).ok()?);
+    (0..count).find_map(|i| {
+        let header = phoff + i * entry_size;
+        if u32_at(bytes, header).ok()? != PT_LOAD {
+            return None;
+        }
+        let offset = u64_at(bytes, header + 0x08).ok()?;
+        let vaddr = u64_at(bytes, header + 0x10).ok()?;
+        let filesz = u64_at(bytes, header + 0x20).ok()?;
+        let within = addr.checked_sub(vaddr).filter(|&d| d < filesz)?;
+        let start = usize::try_from(offset + within).ok()?;
+        let end = usize::try_from(offset + filesz).ok()?;
+        bytes.get(start..end)
+    })
+}

@@ -27,6 +27,7 @@ mod manifest;
 mod mutate;
 mod outcome;
 mod pack;
+mod profile;
 mod run;
 mod scenario;
 mod setup;
@@ -51,6 +52,7 @@ fn main() -> ExitCode {
         Command::Image(args) => image::command(&args),
         Command::Setup => setup::command(),
         Command::Bench(args) => bench::command(&args),
+        Command::Profile(args) => profile::command(&args),
         Command::Mutate(args) => mutate::command(&args),
     };
     match result {

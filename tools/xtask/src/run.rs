@@ -76,6 +76,7 @@ pub fn command(args: &RunArgs) -> Result<bool> {
         icount: args.icount,
         echo: true,
         work: work.clone(),
+        extra: Vec::new(),
     };
     eprintln!(
         "xtask: booting system `{}` ({}) with {} on {} (timeout {timeout} s)",

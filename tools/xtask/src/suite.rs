@@ -453,6 +453,7 @@ fn boot_scenario(
         icount: false,
         echo: verbose,
         work,
+        extra: Vec::new(),
     };
     let run = emulator::boot(s.emulator, &spec)?;
     let log = layout::target()

@@ -156,6 +156,7 @@ mod tests {
             icount: false,
             echo: false,
             work: "/t".into(),
+            extra: Vec::new(),
         };
         let rc = config(
             &spec,

@@ -60,6 +60,8 @@ pub struct Spec {
     pub echo: bool,
     /// A directory for the run's generated files and logs.
     pub work: PathBuf,
+    /// More emulator arguments (QEMU only; e.g. the profiler's `-d exec`).
+    pub extra: Vec<String>,
 }
 
 /// One line of serial output and when it arrived (since the emulator started).

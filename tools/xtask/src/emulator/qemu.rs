@@ -50,6 +50,7 @@ pub fn args(spec: &Spec) -> Vec<String> {
     if spec.icount {
         args.extend(["-icount", "shift=0,sleep=off"].map(String::from));
     }
+    args.extend(spec.extra.iter().cloned());
     args
 }
 
@@ -101,6 +102,7 @@ mod tests {
             icount: true,
             echo: false,
             work: "/t".into(),
+            extra: Vec::new(),
         };
         let line = args(&spec).join(" ");
         assert!(line.starts_with("-accel tcg -machine pc -cpu qemu64,+svm,+npt -m 256M -smp 1"));
