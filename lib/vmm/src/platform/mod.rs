@@ -16,3 +16,4 @@
 //!   `acknowledge`).
 
 pub mod misc;
+pub mod serial;
