@@ -15,5 +15,6 @@
 //!   hands the vCPU its highest-priority deliverable vector (`pending_vector`, then
 //!   `acknowledge`).
 
+pub mod fw_cfg;
 pub mod misc;
 pub mod serial;
