@@ -15,6 +15,7 @@
 //!   hands the vCPU its highest-priority deliverable vector (`pending_vector`, then
 //!   `acknowledge`).
 
+pub mod acpi;
 pub mod fw_cfg;
 pub mod misc;
 pub mod serial;
