@@ -543,3 +543,23 @@ fn pm_any_access_is_safe() {
     }
     assert!(PowerManagement::claims(0x608) && !PowerManagement::claims(0x606));
 }
+
+#[test]
+fn status_bits_clear_only_where_one_is_written() {
+    let mut pm = PowerManagement::new();
+    pm.press_power_button();
+    pm.advance(10_000_000_000); // past the first carries: TMR_STS
+    assert_eq!(pm.registers().0, pm1::TIMER | pm1::POWER_BUTTON);
+    // Linux clears WAK_STS before sleeping: the other bits stay.
+    pm.write(0, pm::PM1_EVENT_PORT, 2, u32::from(pm1::WAKE));
+    assert_eq!(pm.registers().0, pm1::TIMER | pm1::POWER_BUTTON);
+    pm.write(
+        0,
+        pm::PM1_EVENT_PORT + 1,
+        1,
+        u32::from(pm1::POWER_BUTTON >> 8),
+    );
+    assert_eq!(pm.registers().0, pm1::TIMER);
+    pm.write(0, pm::PM1_EVENT_PORT, 1, 0xff);
+    assert_eq!(pm.registers().0, 0);
+}
