@@ -32,7 +32,7 @@
 //! directed EOI, so no LVT CMCI (0x2f0 is reserved, as in KVM without `MCG_CMCI_P`) and the EOI
 //! is always broadcast; reset leaves LINT0 unmasked in ExtINT mode on the BSP (KVM's
 //! `LINT0_REENABLED` quirk: the 8259 reaches the guest as if a BIOS had set up virtual wire);
-//! a periodic timer fires at most every [`timer::MIN_PERIODIC_NS`]; disabling the APIC keeps
+//! a periodic timer fires at most every [`MIN_PERIODIC_NS`]; disabling the APIC keeps
 //! its registers. Where KVM records nothing, this model follows the SDM: the ESR logs illegal
 //! vectors (0-15) sent and received and raises the LVT error interrupt, and a nonzero x2APIC
 //! EOI write is #GP. Not modelled: thermal, performance-counter and LINT1 sources, the
