@@ -17,5 +17,6 @@
 
 pub mod acpi;
 pub mod fw_cfg;
+pub mod lapic;
 pub mod misc;
 pub mod serial;
