@@ -56,10 +56,23 @@ pub fn boot_icount(
     release: bool,
     timeout: Duration,
 ) -> Result<emulator::Run> {
+    boot_counted(name, kernel, release, timeout, Emulator::Qemu)
+}
+
+/// As [`boot_icount`] on `emulator`: QEMU with `-icount`, or Bochs, whose TSC advances one tick
+/// per emulated instruction.
+pub fn boot_counted(
+    name: &str,
+    kernel: &std::path::Path,
+    release: bool,
+    timeout: Duration,
+    emulator: Emulator,
+) -> Result<emulator::Run> {
     let root = layout::root();
     let system = manifest::load(&root, name)?;
     let work = layout::work_dir(&["bench", name])?;
     let iso = work.join(format!("{name}.iso"));
+    let counting = emulator == Emulator::Qemu;
     let modules = pack::modules(&root, &system, release, true)?;
     image::for_system(
         &system,
@@ -71,15 +84,15 @@ pub fn boot_icount(
     )?;
     let spec = Spec {
         iso,
-        cpu: Emulator::Qemu.default_cpu().into(),
+        cpu: emulator.default_cpu().into(),
         timeout,
         ram_mib: system.ram_mib,
-        icount: true,
+        icount: counting,
         echo: false,
-        work: work.join("icount"),
+        work: work.join(if counting { "icount" } else { "bochs" }),
         extra: Vec::new(),
     };
-    let boot = emulator::boot(Emulator::Qemu, &spec)?;
+    let boot = emulator::boot(emulator, &spec)?;
     if boot.outcome() != Outcome::Success {
         let log = spec.work.join("failed.log");
         std::fs::write(&log, boot.log_text())?;

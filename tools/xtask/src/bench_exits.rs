@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use crate::emulator::{Emulator, Line};
 use crate::layout;
+use crate::setup::{self, Need};
 
 /// Published costs of one exit: (hypervisor, machine, figure, unit, what it covers, source).
 pub const PUBLISHED: [(&str, &str, u64, &str, &str, &str); 1] = [(
@@ -76,29 +77,55 @@ pub struct Report {
     pub instructions_kernel_reply_to_guest: u64,
 }
 
-/// Runs the benchmark with the kernel ELF `kernel`.
+/// Every run of one `bench exits`: SVM on QEMU, and VMX on Bochs where Bochs is installed.
+#[derive(Serialize)]
+struct Runs {
+    runs: Vec<Report>,
+}
+
+/// Runs the benchmark with the kernel ELF `kernel` on both backends (VMX only where Bochs is
+/// installed: its row says so otherwise).
 pub fn run(kernel: &std::path::Path, release: bool) -> Result<()> {
-    let report = measure(kernel, release)?;
-    print!("{}", table(&report));
+    let mut runs = vec![measure(kernel, release)?];
+    if setup::ensure(&[Need::Bochs]).is_ok() {
+        runs.push(measure_on(kernel, release, Emulator::Bochs)?);
+    } else {
+        println!("bench: exits: Bochs is not installed: no VMX row (`cargo xtask setup`)");
+    }
+    for report in &runs {
+        print!("{}", table(report));
+    }
     let out = layout::work_dir(&["bench"])?.join("exits.json");
-    std::fs::write(&out, serde_json::to_string_pretty(&report)? + "\n")?;
+    std::fs::write(&out, serde_json::to_string_pretty(&Runs { runs })? + "\n")?;
     println!("wrote {}", layout::show(&out));
     Ok(())
 }
 
-/// Boots `exitbench` under `-icount` with the kernel ELF `kernel` and reads its figures.
+/// Boots `exitbench` under QEMU `-icount` (SVM) with the kernel ELF `kernel` and reads its
+/// figures.
 pub fn measure(kernel: &std::path::Path, release: bool) -> Result<Report> {
-    eprintln!("bench: exits: booting `exitbench` with -icount (a guest executing CPUID in a loop)");
-    let boot = crate::bench::boot_icount("exitbench", kernel, release, Duration::from_secs(300))?;
+    measure_on(kernel, release, Emulator::Qemu)
+}
+
+/// As [`measure`] on `emulator`: QEMU (SVM, instructions) or Bochs (VMX, Bochs TSC ticks, one
+/// per emulated instruction).
+fn measure_on(kernel: &std::path::Path, release: bool, emulator: Emulator) -> Result<Report> {
+    let svm = emulator == Emulator::Qemu;
+    eprintln!(
+        "bench: exits: booting `exitbench` on {} (a guest executing CPUID in a loop)",
+        if svm { "QEMU -icount" } else { "Bochs" }
+    );
+    let timeout = Duration::from_secs(if svm { 300 } else { 900 });
+    let boot = crate::bench::boot_counted("exitbench", kernel, release, timeout, emulator)?;
     let (iterations, per) = parse_guest(&boot.lines)
         .context("no `cpuidloop: … per iteration` line in the transcript")?;
     let (_, delivery, handler) =
         parse_vmm(&boot.lines).context("no `exit timing … cpuid …` line in the transcript")?;
     let report = Report {
         system: "exitbench",
-        emulator: "qemu",
-        backend: "svm",
-        cpu: Emulator::Qemu.default_cpu(),
+        emulator: if svm { "qemu" } else { "bochs" },
+        backend: if svm { "svm" } else { "vmx" },
+        cpu: emulator.default_cpu(),
         profile: if release { "release" } else { "debug" },
         iterations,
         instructions_per_round_trip: per,
@@ -110,9 +137,23 @@ pub fn measure(kernel: &std::path::Path, release: bool) -> Result<Report> {
 }
 
 fn table(r: &Report) -> String {
+    let svm = r.backend == "svm";
+    let (setting, machine, unit) = if svm {
+        (
+            "QEMU -icount (SVM with NPT)",
+            "QEMU TCG (qemu64), x86-64",
+            "instructions",
+        )
+    } else {
+        (
+            "Bochs (VMX with EPT)",
+            "Bochs (corei7_haswell_4770)",
+            "Bochs ticks",
+        )
+    };
     let mut text = format!(
         "Exit benchmark: CPUID round trips guest -> kernel -> vmm-server -> kernel -> guest, {} \
-         iterations, {} kernel, QEMU -icount (SVM with NPT)\n",
+         iterations, {} kernel, {setting}\n",
         r.iterations, r.profile
     );
     text.push_str(&format!(
@@ -144,12 +185,8 @@ fn table(r: &Report) -> String {
     for (who, figure, what) in rows {
         text.push_str(&format!(
             "{who:<22} {:<32} {figure:>8} {:<13} {what}\n",
-            if who == "dmphv" {
-                "QEMU TCG (qemu64), x86-64"
-            } else {
-                ""
-            },
-            "instructions"
+            if who == "dmphv" { machine } else { "" },
+            unit
         ));
     }
     for (who, machine, figure, unit, what, source) in PUBLISHED {
