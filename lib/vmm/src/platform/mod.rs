@@ -14,3 +14,5 @@
 //!   controllers take `set_line(line, level)` (an edge is a level change), and the local APIC
 //!   hands the vCPU its highest-priority deliverable vector (`pending_vector`, then
 //!   `acknowledge`).
+
+pub mod pic;
