@@ -16,3 +16,4 @@
 //!   `acknowledge`).
 
 pub mod pic;
+pub mod pit;
