@@ -15,5 +15,6 @@
 //!   hands the vCPU its highest-priority deliverable vector (`pending_vector`, then
 //!   `acknowledge`).
 
+pub mod ioapic;
 pub mod pic;
 pub mod pit;
