@@ -18,3 +18,4 @@
 pub mod ioapic;
 pub mod pic;
 pub mod pit;
+pub mod rtc;
