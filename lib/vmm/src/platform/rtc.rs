@@ -23,6 +23,8 @@
 //!
 //! No crate: rust-vmm's `vm-superio` has only the ARM PL031 RTC.
 
+use calendar::{days_from_civil, days_in_month, fields_of, Fields, SECONDS_PER_DAY};
+
 /// The index and data ports.
 pub const INDEX: u16 = 0x70;
 pub const DATA: u16 = 0x71;
@@ -82,20 +84,6 @@ const NS_PER_S: i128 = 1_000_000_000;
 const CRYSTAL_HZ: i128 = 32_768;
 /// How long before each update the UIP bit is set: 8 crystal cycles (244 µs).
 const UIP_NS: i128 = 8 * NS_PER_S / CRYSTAL_HZ;
-const SECONDS_PER_DAY: i64 = 86_400;
-
-/// The time fields, in binary.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Fields {
-    year: i64,
-    month: u8,
-    day: u8,
-    hour: u8,
-    minute: u8,
-    second: u8,
-    /// 1 = Sunday.
-    weekday: u8,
-}
 
 /// The RTC and its NVRAM.
 #[derive(Clone, Debug)]
@@ -537,65 +525,6 @@ fn first_match(hours: u64, minutes: u64, seconds: u64, from: u32) -> Option<u32>
     Some(at(h, lowest(minutes, 0)?, lowest(seconds, 0)?))
 }
 
-fn fields_of(unix_seconds: i64) -> Fields {
-    let days = unix_seconds.div_euclid(SECONDS_PER_DAY);
-    let time = unix_seconds.rem_euclid(SECONDS_PER_DAY);
-    let (year, month, day) = civil_from_days(days);
-    Fields {
-        year,
-        month,
-        day,
-        hour: (time / 3600) as u8,
-        minute: (time / 60 % 60) as u8,
-        second: (time % 60) as u8,
-        // 1970-01-01 was a Thursday (5 with Sunday = 1).
-        weekday: ((days + 4).rem_euclid(7) + 1) as u8,
-    }
-}
-
-fn is_leap(year: i64) -> bool {
-    year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
-}
-
-fn days_in_month(year: i64, month: u8) -> u8 {
-    match month {
-        2 if is_leap(year) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (the usual era-based computation).
-fn days_from_civil(year: i64, month: u8, day: u8) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let month_from_march = (i64::from(month) + 9) % 12;
-    let day_of_year = (153 * month_from_march + 2) / 5 + i64::from(day) - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
-}
-
-/// The date of a day count since 1970-01-01.
-fn civil_from_days(days: i64) -> (i64, u8, u8) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z - era * 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_from_march = (5 * day_of_year + 2) / 153;
-    let day = (day_of_year - (153 * month_from_march + 2) / 5 + 1) as u8;
-    let month = if month_from_march < 10 {
-        month_from_march + 3
-    } else {
-        month_from_march - 9
-    } as u8;
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 /// Bytes in an access of `size` (1, 2 or 4; anything else counts as 4).
 fn access_bytes(size: u8) -> u16 {
     match size {
@@ -603,6 +532,9 @@ fn access_bytes(size: u8) -> u16 {
         _ => 4,
     }
 }
+
+#[path = "rtc_calendar.rs"]
+mod calendar;
 
 #[cfg(test)]
 #[path = "rtc_tests.rs"]

@@ -1,3 +1,4 @@
+use super::calendar::civil_from_days;
 use super::*;
 
 const MS: u64 = 1_000_000;
