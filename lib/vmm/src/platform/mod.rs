@@ -17,6 +17,10 @@
 
 pub mod acpi;
 pub mod fw_cfg;
+pub mod ioapic;
 pub mod lapic;
 pub mod misc;
+pub mod pic;
+pub mod pit;
+pub mod rtc;
 pub mod serial;
