@@ -79,14 +79,11 @@ impl Kernel {
             let Some(t) = self.schedule() else {
                 return Next::Idle;
             };
-            let is_vcpu = self.threads.get(t).is_some_and(|x| x.vcpu.is_some());
-            if !is_vcpu {
-                let regs = self.prepare(t);
-                return if regs.is_null() {
-                    Next::Idle
-                } else {
-                    Next::User(regs)
-                };
+            if let Some(regs) = self.prepare_user(t) {
+                return Next::User(regs);
+            }
+            if !self.threads.get(t).is_some_and(|x| x.vcpu.is_some()) {
+                return Next::Idle;
             }
             if entry::ready_to_enter(self, t) {
                 if let Some(vcpu) = self.threads.get_mut(t).and_then(|x| x.vcpu.as_mut()) {

@@ -235,12 +235,11 @@ impl Kernel {
         self.current
     }
 
-    /// The registers to resume and the I/O bitmap to load, for the chosen thread.
-    pub(super) fn prepare(&mut self, t: ThreadId) -> *const TrapFrame {
-        let (regs, pd) = match self.threads.get(t) {
-            Some(thread) => (&*thread.regs as *const TrapFrame, thread.pd),
-            None => return core::ptr::null(),
-        };
+    /// For a user thread (not a vCPU): the registers to resume, after loading its domain's
+    /// address space and I/O bitmap. None for a vCPU or a thread that is gone.
+    pub(super) fn prepare_user(&mut self, t: ThreadId) -> Option<*const TrapFrame> {
+        let thread = self.threads.get(t).filter(|x| x.vcpu.is_none())?;
+        let (regs, pd) = (&*thread.regs as *const TrapFrame, thread.pd);
         if self.loaded_pd != Some(pd) {
             if let Some(domain) = self.pds.get(pd) {
                 // SAFETY: the root frame of a live domain's page tables, whose upper half is the
@@ -250,7 +249,7 @@ impl Kernel {
                 self.loaded_pd = Some(pd);
             }
         }
-        regs
+        Some(regs)
     }
 }
 

@@ -44,12 +44,13 @@ pub fn dispatch(k: &mut Kernel) {
     };
     // A thread that blocked (in IPC or on a semaphore) gets its result when it wakes; every
     // other thread that still exists (running, preempted or yielded) gets it now.
-    if k.threads.get(me).is_some_and(|t| t.state == State::Ready) {
+    if let Some(thread) = k.threads.get_mut(me).filter(|t| t.state == State::Ready) {
         let (status, value) = match result {
             Ok(value) => (Status::Ok, value),
             Err(status) => (status, 0),
         };
-        k.set_result(me, status, value);
+        thread.regs.rax = status as u64;
+        thread.regs.rdx = value;
     }
 }
 
