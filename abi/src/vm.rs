@@ -144,7 +144,7 @@ pub const WINDOW_VIEW_SIZE: u64 = 40;
 
 /// `VmDmp` operations (syscall 26, on a Vm capability with PATCH).
 pub mod dmp_op {
-    /// arg = guest-linear base (1 GiB-aligned, canonical, upper half, not overlapping the
+    /// arg = guest-linear base (2 MiB-aligned, canonical, upper half, not overlapping the
     /// window) of a read-only, supervisor-only, non-executable view of all guest RAM (guest
     /// physical address `p` at `base + p`), filled by the kernel on demand like the window; 0
     /// removes it. Stubs walk the guest's own page tables through it.

@@ -22,8 +22,8 @@
 //!   count as an end and the guest is started again. A guest that keeps exiting is never
 //!   recalled, so its exits (and the fuzzer's draws) do not depend on timing.
 //! - **An exit cap ends the run**: [`SVM_EXITS`] exits on SVM (QEMU), [`VMX_EXITS`] on VMX
-//!   (Bochs, about 20 times slower); the backend is told by the host's CPUID (the SVM feature
-//!   bit). The exit that reaches the cap is answered with STOP and the guest's end is reported
+//!   (Bochs, about 20 times slower); the kernel tells the backend (`KernelStats`
+//!   `VIRT_BACKEND`). The exit that reaches the cap is answered with STOP and the guest's end is reported
 //!   to init as STOPPED at that exit's RIP (the manifest must expect `"any"`).
 //! - **The fuzzer's policy follows the backend** ([`backend`]): on SVM it keeps the CPL, TR and
 //!   a nested guest's paging mode, on VMX it sets RFLAGS.IF in every reply that writes RFLAGS

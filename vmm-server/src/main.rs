@@ -6,7 +6,7 @@
 //!    into its own address space ([`memory`]);
 //! 2. loads the image and writes the boot structures and the guest's secret (`vmm::image`,
 //!    `vmm::layout`);
-//! 3. creates the Vm, maps the RAM into it at guest-physical 0, creates the 14 exit portals
+//! 3. creates the Vm, maps the RAM into it at guest-physical 0, creates the 18 exit portals
 //!    (bound to its main thread) and the vCPU, and sets each exit's transfer mask
 //!    (`vmm::monitor::transfer_mask`);
 //! 4. serves exits on its main thread until the guest ends (`vmm::monitor::Monitor` decides

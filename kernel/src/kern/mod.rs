@@ -6,10 +6,11 @@
 //! thread is therefore just a state plus its saved registers; IPC hands the CPU from caller to
 //! handler directly (the handler runs on the caller's time slice).
 //!
-//! Layers (a file imports only from layers below it): `slab`, `ids`, `cost`, `records`; the
-//! objects `obj`, `pd`, `thread`, `portal`, `semaphore`, `vm`, `vcpu`; `state` (the `Kernel`);
-//! `capability`, `memory`, `shadow`; `ipc`; `entry`, `exit`, `shadow_exit`, `reply`, `ending`;
-//! `syscalls`; `init` and this file (the entry points).
+//! Layers (a file imports only from layers below it): `slab`, `ids`, `cost`, `records`, and
+//! `shadow` (the vTLB glue, which imports nothing of `kern/`); the objects `obj`, `pd`,
+//! `thread`, `portal`, `semaphore`, `vm`, `vcpu`; `state` (the `Kernel`); `capability`,
+//! `memory`; `ipc`; `entry`, `exit`, `shadow_exit`, `reply`, `ending`, `teardown`; `syscalls`;
+//! `init` and this file (the entry points).
 
 mod capability;
 mod cost;

@@ -5,7 +5,7 @@
 //! `vmm.<guest>` ([`Guest::vmm_name`]) that init starts from the boot module [`VMM_MODULE`] after
 //! the manifest's own servers. Its resources follow from the guest ([`SystemImage::vmm_server`]):
 //! the guest's priority; a kernel-memory quota of [`VMM_QUOTA_BASE`] plus [`VMM_QUOTA_PER_MIB`]
-//! per MiB of guest memory, plus [`VMM_QUOTA_SHADOW`] in shadow mode (the Vm's nested page tables, the vCPU, 14 exit portals, the server's
+//! per MiB of guest memory, plus [`VMM_QUOTA_SHADOW`] in shadow mode (the Vm's nested page tables, the vCPU, 18 exit portals, the server's
 //! own page tables for its view of guest memory, with room to spare); [`VMM_MEMORY`] of stack;
 //! scratch memory (`GET_RESOURCE "memory"`) exactly the size of the guest's RAM; and
 //! `serial.log` when the system has a `serial` server providing `log`. Server names cannot hold
