@@ -23,8 +23,8 @@
 //!   recalled, so its exits (and the fuzzer's draws) do not depend on timing.
 //! - **An exit cap ends the run**: [`SVM_EXITS`] exits on SVM (QEMU), [`VMX_EXITS`] on VMX
 //!   (Bochs, about 20 times slower); the kernel tells the backend (`KernelStats`
-//!   `VIRT_BACKEND`). The exit that reaches the cap is answered with STOP and the guest's end is reported
-//!   to init as STOPPED at that exit's RIP (the manifest must expect `"any"`).
+//!   `VIRT_BACKEND`). The exit that reaches the cap is answered with STOP and the guest's end is
+//!   reported to init as STOPPED at that exit's RIP (the manifest must expect `"any"`).
 //! - **The fuzzer's policy follows the backend** ([`backend`]): on SVM it keeps the CPL, TR and
 //!   a nested guest's paging mode, on VMX it sets RFLAGS.IF in every reply that writes RFLAGS
 //!   (`vmm::fuzz::Policy`: states the emulators cannot take, found by this fuzzer).
