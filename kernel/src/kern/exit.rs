@@ -172,8 +172,13 @@ pub fn handle_exit(k: &mut Kernel) {
             );
         }
     }
-    let with_state = !matches!(before, Before::LogEntryFailure { .. });
-    send_exit(k, t, reason, [qual0, qual1, e.instruction_len], with_state);
+    send_exit(
+        k,
+        t,
+        reason,
+        [qual0, qual1, e.instruction_len],
+        before.carries_state(),
+    );
 }
 
 /// Sends exit `reason` of vCPU `t` to its exit portal; ends the vCPU if there is none.

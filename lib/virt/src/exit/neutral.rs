@@ -34,6 +34,15 @@ pub enum Before {
     },
 }
 
+impl Before {
+    /// Whether the exit message may carry the guest state the hardware structure holds. Not
+    /// after a failed entry: the hardware may have left the host's state there (QEMU does after
+    /// a refused VMRUN), and no VMM may read it.
+    pub fn carries_state(self) -> bool {
+        !matches!(self, Before::LogEntryFailure { .. })
+    }
+}
+
 /// What an exit the vTLB did not take comes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {

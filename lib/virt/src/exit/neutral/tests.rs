@@ -266,3 +266,11 @@ fn memory_fault_access_bits() {
     assert_eq!(access(false, true, true), EXEC | PRESENT);
     assert_eq!(access(true, true, true), WRITE | PRESENT);
 }
+
+#[test]
+fn only_a_failed_entry_is_delivered_without_state() {
+    assert!(!Before::LogEntryFailure { reason: 33 }.carries_state());
+    assert!(Before::Nothing.carries_state());
+    assert!(Before::CloseWindow.carries_state());
+    assert!(Before::ReportMisconfiguration { gpa: 0x1000 }.carries_state());
+}
