@@ -237,8 +237,7 @@ pub fn load(
     initrd: Option<&[u8]>,
     guest: &Guest,
 ) -> Result<image::Boot, SetupError> {
-    let boot =
-        image::load_with(image, memory, &guest.cmdline, initrd).map_err(SetupError::Load)?;
+    let boot = image::load_with(image, memory, &guest.cmdline, initrd).map_err(SetupError::Load)?;
     let secret = vmm::layout::secret(&guest.name, cpu::rdtsc());
     if !image::write_secret(memory, &secret) {
         return Err(SetupError::Step("write secret", Error::Protocol));

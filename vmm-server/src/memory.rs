@@ -65,7 +65,8 @@ pub fn map_module(module: Sel, va: u64, len: u64, offset: u64) -> Result<&'stati
         return Err(Error::Protocol);
     }
     let all = Mapping::new(module, va, 0, pages, Rights::READ)?.leak();
-    all.get(offset as usize..end as usize).ok_or(Error::Protocol)
+    all.get(offset as usize..end as usize)
+        .ok_or(Error::Protocol)
 }
 
 /// The guest's RAM at [`RAM_VA`]: a slice of it while the guest does not run (loading), and,

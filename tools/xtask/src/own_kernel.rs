@@ -268,7 +268,10 @@ mod tests {
         assert!(kernel.len() < 1024, "{}", kernel.len());
         let mut ram = vec![0u8; 4 << 20];
         let initrd = INITRD_TEXT.as_bytes();
-        let line = format!("{} {CMDLINE_END}", "x".repeat(CMDLINE_LEN - CMDLINE_END.len() - 1));
+        let line = format!(
+            "{} {CMDLINE_END}",
+            "x".repeat(CMDLINE_LEN - CMDLINE_END.len() - 1)
+        );
         assert_eq!(line.len(), CMDLINE_LEN);
         let boot = vmm::image::load_with(&kernel, &mut ram, &line, Some(initrd)).unwrap();
         assert_eq!(boot.format, vmm::image::Format::Multiboot1);
@@ -277,10 +280,7 @@ mod tests {
         // The ELF's first bytes are followed by the Multiboot header at offset 84.
         assert_eq!(&kernel[84..88], &MB1_HEADER_MAGIC.to_le_bytes());
         // The initrd lies after the kernel's stack, page-aligned.
-        let text = ram
-            .windows(initrd.len())
-            .position(|w| w == initrd)
-            .unwrap();
+        let text = ram.windows(initrd.len()).position(|w| w == initrd).unwrap();
         assert_eq!(text, 0x10_2000);
     }
 

@@ -380,9 +380,18 @@ mod tests {
         let names: Vec<&str> = modules.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(
             names,
-            ["init", "manifest", "vmm-server", "guest.mine", "initrd.mine"]
+            [
+                "init",
+                "manifest",
+                "vmm-server",
+                "guest.mine",
+                "initrd.mine"
+            ]
         );
-        assert_eq!(std::fs::read(&modules[3].source).unwrap(), b"\x7fELF anything");
+        assert_eq!(
+            std::fs::read(&modules[3].source).unwrap(),
+            b"\x7fELF anything"
+        );
         assert_eq!(std::fs::read(&modules[4].source).unwrap(), b"initrd bytes");
         assert!(system.image.guests[0].initrd);
     }

@@ -138,9 +138,7 @@ impl Scenario {
         workspace: Option<&crate::workspace::Workspace>,
     ) -> Result<crate::manifest::System> {
         match self.generate {
-            Some(generate) => {
-                crate::manifest::load_file_with(root, &generate.write()?, workspace)
-            }
+            Some(generate) => crate::manifest::load_file_with(root, &generate.write()?, workspace),
             None => crate::manifest::load_with(root, &self.system, workspace),
         }
     }

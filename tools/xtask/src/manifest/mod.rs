@@ -154,11 +154,7 @@ pub fn load_file(root: &Path, path: &Path) -> Result<System> {
 }
 
 /// Like [`load_file`]; without a workspace, `binary` packages are not looked up.
-pub fn load_file_with(
-    root: &Path,
-    path: &Path,
-    workspace: Option<&Workspace>,
-) -> Result<System> {
+pub fn load_file_with(root: &Path, path: &Path, workspace: Option<&Workspace>) -> Result<System> {
     let name = path
         .file_stem()
         .and_then(|stem| stem.to_str())
@@ -199,7 +195,13 @@ pub fn parse(
     root: &Path,
     workspace: Option<&Workspace>,
 ) -> Result<System> {
-    parse_in(source, expected_name, root, &root.join("manifests"), workspace)
+    parse_in(
+        source,
+        expected_name,
+        root,
+        &root.join("manifests"),
+        workspace,
+    )
 }
 
 /// [`parse`] for a manifest in directory `dir`, against which guest image and initrd paths are

@@ -558,7 +558,12 @@ fn guest_field_errors_are_located() {
     assert_at(&error(&text), line, "at most 2048 bytes (it has 2049)");
     let longest = format!("cmdline = \"{}\"", "x".repeat(2048));
     let (text, _) = guests_edit("cmdline = \"greeting=hi\"", &longest);
-    assert_eq!(parse_text(&text, "t").unwrap().image.guests[0].cmdline.len(), 2048);
+    assert_eq!(
+        parse_text(&text, "t").unwrap().image.guests[0]
+            .cmdline
+            .len(),
+        2048
+    );
     let (text, _) = guests_edit("image = \"hello\"\n", "");
     assert!(error(&text).contains("missing field `image`"));
 }
