@@ -82,7 +82,7 @@ impl Kernel {
             if let Some(regs) = self.prepare_user(t) {
                 return Next::User(regs);
             }
-            if !self.threads.get(t).is_some_and(|x| x.vcpu.is_some()) {
+            if self.threads.get(t).is_none_or(|x| x.vcpu.is_none()) {
                 return Next::Idle;
             }
             if entry::ready_to_enter(self, t) {
