@@ -1,6 +1,7 @@
 //! The vmm-server's side of the guest part of the bootstrap protocol (`abi::bootstrap`):
-//! `GET_CONFIG` (its guest's record), `GET_RESOURCE "image"` (with the image's length and
-//! offset), and `GUEST_DONE` (how the guest ended).
+//! `GET_CONFIG` (its guest's record, over as many replies as it takes), `GET_RESOURCE "image"`
+//! and `"initrd"` (with the module's length and offset), and `GUEST_DONE` (how the guest
+//! ended).
 
 use abi::bootstrap::{GET_CONFIG, GET_RESOURCE, GUEST_DONE};
 use abi::{well_known, Sel};
@@ -9,17 +10,37 @@ use rt::{Error, Utcb};
 
 /// The guest record init keeps for this server.
 pub fn get(utcb: &mut Utcb) -> Result<Guest, Error> {
-    utcb.call(well_known::BOOTSTRAP_PORTAL, GET_CONFIG, &[])?;
-    utcb.reply_status()?;
-    let words = utcb.words().get(1..).ok_or(Error::Protocol)?;
-    let bytes = manifest::config_bytes(words).ok_or(Error::Protocol)?;
+    let mut failure = Error::Protocol;
+    let bytes = manifest::config_gather(|offset| {
+        let asked = utcb
+            .call(well_known::BOOTSTRAP_PORTAL, GET_CONFIG, &[offset as u64])
+            .and_then(|()| utcb.reply_status());
+        match asked {
+            Ok(()) => utcb.words().get(1..).map(<[u64]>::to_vec),
+            Err(e) => {
+                failure = e;
+                None
+            }
+        }
+    })
+    .ok_or(failure)?;
     Guest::decode(&bytes).ok_or(Error::Protocol)
 }
 
 /// The image capability at `recv`; returns the image's length in bytes and its offset in the
 /// first page (both 0 if init does not say).
 pub fn image(utcb: &mut Utcb, recv: Sel) -> Result<(u64, u64), Error> {
-    utcb.set_payload(GET_RESOURCE, "image")?;
+    module(utcb, "image", recv)
+}
+
+/// The initrd capability at `recv` (only for a guest with `initrd`); length and offset as for
+/// [`image`].
+pub fn initrd(utcb: &mut Utcb, recv: Sel) -> Result<(u64, u64), Error> {
+    module(utcb, "initrd", recv)
+}
+
+fn module(utcb: &mut Utcb, name: &str, recv: Sel) -> Result<(u64, u64), Error> {
+    utcb.set_payload(GET_RESOURCE, name)?;
     utcb.set_cap_recv(recv);
     utcb.call_msg(well_known::BOOTSTRAP_PORTAL)?;
     utcb.reply_status()?;

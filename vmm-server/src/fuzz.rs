@@ -309,7 +309,7 @@ fn run(
 
 /// Loads the image again and starts a new monitor from its initial state.
 fn restart(set: &mut Set, guest: &Guest) -> Result<(), SetupError> {
-    let boot = load(set.ram.bytes_mut(), set.image, guest)?;
+    let boot = load(set.ram.bytes_mut(), set.image, set.initrd, guest)?;
     set.initial = boot.state;
     set.monitor = new_monitor(guest, boot.state, &mut set.ram)?;
     Ok(())

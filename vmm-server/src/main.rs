@@ -58,6 +58,8 @@ const IDLE: Sel = well_known::FIRST_FREE.offset(5);
 const RECV: Sel = well_known::FIRST_FREE.offset(6);
 /// The DMP service's `attach` portal (guests with `dmp = true`).
 const DMP: Sel = well_known::FIRST_FREE.offset(7);
+/// The guest's initrd module (read-only), when it has one (8 and 9 are the fuzzer's).
+const INITRD: Sel = well_known::FIRST_FREE.offset(10);
 /// The exit portals: `EXIT_BASE + reason`.
 const EXIT_BASE: Sel = Sel::new(32);
 
@@ -116,6 +118,7 @@ pub struct Set {
     pub monitor: Monitor,
     pub ram: memory::GuestRam,
     pub image: &'static [u8],
+    pub initrd: Option<&'static [u8]>,
     pub initial: VcpuState,
 }
 
@@ -226,9 +229,15 @@ fn check_patching(utcb: &mut Utcb, ram: &mut [u8]) -> Result<(), SetupError> {
     Ok(())
 }
 
-/// Loads the guest's image into its RAM and writes its secret; returns the initial state.
-pub fn load(memory: &mut [u8], image: &[u8], guest: &Guest) -> Result<image::Boot, SetupError> {
-    let boot = image::load(image, memory, &guest.cmdline).map_err(SetupError::Load)?;
+/// Loads the guest's image (and initrd) into its RAM and writes its secret; returns the initial
+/// state.
+pub fn load(
+    memory: &mut [u8],
+    image: &[u8],
+    initrd: Option<&[u8]>,
+    guest: &Guest,
+) -> Result<image::Boot, SetupError> {
+    let boot = image::load_with(image, memory, &guest.cmdline, initrd).map_err(SetupError::Load)?;
     let secret = vmm::layout::secret(&guest.name, cpu::rdtsc());
     if !image::write_secret(memory, &secret) {
         return Err(SetupError::Step("write secret", Error::Protocol));
@@ -265,7 +274,15 @@ fn setup(utcb: &mut Utcb, guest: &Guest, name: &str) -> Result<Set, SetupError> 
         "map image",
         memory::map_image(IMAGE, image_len, image_offset),
     )?;
-    let boot = load(guest_ram.bytes_mut(), image, guest)?;
+    let initrd = match guest.initrd {
+        true => {
+            let (len, offset) = step("get initrd", config::initrd(utcb, INITRD))?;
+            let bytes = memory::map_module(INITRD, memory::INITRD_VA, len, offset);
+            Some(step("map initrd", bytes)?)
+        }
+        false => None,
+    };
+    let boot = load(guest_ram.bytes_mut(), image, initrd, guest)?;
     let (mode, mode_name) = match guest.mode {
         manifest::MemoryMode::Nested => (vmabi::MemoryMode::Nested, "nested"),
         manifest::MemoryMode::Shadow => (vmabi::MemoryMode::Shadow, "shadow"),
@@ -336,6 +353,7 @@ fn setup(utcb: &mut Utcb, guest: &Guest, name: &str) -> Result<Set, SetupError> 
         monitor,
         ram: guest_ram,
         image,
+        initrd,
         initial: boot.state,
     })
 }

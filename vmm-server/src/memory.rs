@@ -12,7 +12,9 @@ use vmm::dmp::{range, GuestMemory};
 pub const RAM_VA: u64 = 0x10_0000_0000;
 /// Where the guest's image appears in the server.
 pub const IMAGE_VA: u64 = 0x20_0000_0000;
-/// The largest image the server maps (64 MiB), when init does not say how long it is.
+/// Where the guest's initrd appears in the server.
+pub const INITRD_VA: u64 = 0x30_0000_0000;
+/// The largest image or initrd the server maps (64 MiB).
 pub const IMAGE_MAX_PAGES: u64 = 16 * 1024;
 
 /// Maps `bytes` (a whole number of pages) of memory capability `mem` read/write at [`RAM_VA`].
@@ -32,13 +34,7 @@ pub fn map_ram(mem: Sel, bytes: u64) -> Result<GuestRam, Error> {
 /// maps nothing), at most [`IMAGE_MAX_PAGES`].
 pub fn map_image(image: Sel, len: u64, offset: u64) -> Result<&'static [u8], Error> {
     if len > 0 {
-        let end = offset.checked_add(len).ok_or(Error::Protocol)?;
-        let pages = end.div_ceil(PAGE);
-        if offset >= PAGE || pages > IMAGE_MAX_PAGES {
-            return Err(Error::Protocol);
-        }
-        let all = Mapping::new(image, IMAGE_VA, 0, pages, Rights::READ)?.leak();
-        return Ok(&all[offset as usize..end as usize]);
+        return map_module(image, IMAGE_VA, len, offset);
     }
     let mut mapping: Option<Mapping> = None;
     let mut mapped = 0u64;
@@ -58,6 +54,19 @@ pub fn map_image(image: Sel, len: u64, offset: u64) -> Result<&'static [u8], Err
         }
     }
     mapping.map(Mapping::leak).ok_or(Error::Protocol)
+}
+
+/// Maps `len` bytes from `offset` in the first page of module capability `module` read-only at
+/// `va` (at most [`IMAGE_MAX_PAGES`]) and returns them.
+pub fn map_module(module: Sel, va: u64, len: u64, offset: u64) -> Result<&'static [u8], Error> {
+    let end = offset.checked_add(len).ok_or(Error::Protocol)?;
+    let pages = end.div_ceil(PAGE);
+    if offset >= PAGE || pages > IMAGE_MAX_PAGES || pages == 0 {
+        return Err(Error::Protocol);
+    }
+    let all = Mapping::new(module, va, 0, pages, Rights::READ)?.leak();
+    all.get(offset as usize..end as usize)
+        .ok_or(Error::Protocol)
 }
 
 /// The guest's RAM at [`RAM_VA`]: a slice of it while the guest does not run (loading), and,

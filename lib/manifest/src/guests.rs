@@ -28,17 +28,24 @@ pub const VMM_MODULE: &str = "vmm-server";
 pub const VMM_PREFIX: &str = "vmm.";
 /// Prefix of a guest image's boot-module name: `guest.<guest>`.
 pub const IMAGE_PREFIX: &str = "guest.";
-/// Longest guest name: `guest.<name>` must fit the kernel's 48-byte module-name field (with its
-/// NUL), like every module name ([`NAME_MAX`]).
-pub const GUEST_NAME_MAX: usize = NAME_MAX - IMAGE_PREFIX.len();
+/// Prefix of a guest initrd's boot-module name: `initrd.<guest>`.
+pub const INITRD_PREFIX: &str = "initrd.";
+/// Longest guest name: `initrd.<name>` (the longer of a guest's module names) must fit the
+/// kernel's 48-byte module-name field (with its NUL), like every module name ([`NAME_MAX`]).
+pub const GUEST_NAME_MAX: usize = NAME_MAX - INITRD_PREFIX.len();
 /// Guest memory is whole 2 MiB pages (the unit of large nested-paging leaves).
 pub const GUEST_MEMORY_ALIGN: u64 = 2 << 20;
 /// Smallest guest memory.
 pub const GUEST_MEMORY_MIN: u64 = GUEST_MEMORY_ALIGN;
-/// Largest guest memory.
-pub const GUEST_MEMORY_MAX: u64 = 1 << 30;
-/// Longest guest command line in bytes.
-pub const GUEST_CMDLINE_MAX: usize = 200;
+/// Largest guest memory: 3 GiB, below the 32-bit hole where a PC's local APIC, IOAPIC and
+/// firmware live (0xc000_0000 up) and within the 32-bit fields of the Multiboot information.
+/// What a machine really allows is smaller: init's pool (a quarter of free memory rounded
+/// down to a power of two, 256 MiB on the largest machine, `ram = "2G"`) holds every guest's
+/// memory, and the build tool refuses a system that does not fit it.
+pub const GUEST_MEMORY_MAX: u64 = 3 << 30;
+/// Longest guest command line in bytes (the vmm-server's `vmm::layout::CMDLINE_MAX`); it
+/// reaches the vmm-server over as many `GET_CONFIG` replies as it takes ([`config_words`]).
+pub const GUEST_CMDLINE_MAX: usize = 2048;
 /// Virtual CPUs a guest may have (SMP guests are not supported yet).
 pub const GUEST_VCPUS: u8 = 1;
 /// Kernel-memory quota of every vmm-server instance, before the per-MiB part.
@@ -57,6 +64,8 @@ pub const DMP_ATTACH: (&str, &str) = ("dmp-service", "attach");
 /// The most bytes of configuration a `GET_CONFIG` reply carries: the message's 64 words less
 /// the status and the length.
 pub const CONFIG_BYTES_MAX: usize = (abi::utcb::MSG_WORDS - 2) * 8;
+/// The most bytes a guest's whole configuration may have (several `GET_CONFIG` replies).
+pub const CONFIG_TOTAL_MAX: usize = 4096;
 
 /// A field of a guest, as written in the manifest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +90,11 @@ impl Guest {
     /// `guest.<name>`: the boot-module name the build tool gives this guest's image.
     pub fn module_name(name: &str) -> String {
         format!("{IMAGE_PREFIX}{name}")
+    }
+
+    /// `initrd.<name>`: the boot-module name of the guest's initrd, if it has one.
+    pub fn initrd_module(&self) -> Option<String> {
+        self.initrd.then(|| format!("{INITRD_PREFIX}{}", self.name))
     }
 
     /// Guest memory in 4 KiB pages.
@@ -206,7 +220,7 @@ impl SystemImage {
                 guest.image
             ),
             Rule::GuestMemory => format!(
-                "the memory of guest `{name}` ({} bytes) must be a multiple of 2 MiB from 2 MiB to 1 GiB",
+                "the memory of guest `{name}` ({} bytes) must be a multiple of 2 MiB from 2 MiB to 3 GiB",
                 guest.memory_bytes
             ),
             Rule::Vcpus => format!(
@@ -235,32 +249,59 @@ pub fn valid_guest_name(name: &str) -> bool {
     name.len() <= GUEST_NAME_MAX && valid_server_name(name)
 }
 
-/// The words of a `GET_CONFIG` reply after the status: the byte length, then the bytes packed
-/// eight to a word, little-endian. `None` when they exceed [`CONFIG_BYTES_MAX`].
-pub fn config_words(bytes: &[u8]) -> Option<Vec<u64>> {
-    if bytes.len() > CONFIG_BYTES_MAX {
+/// The words after the status of a `GET_CONFIG` reply for the configuration `bytes`, asked
+/// from byte `offset` on: the whole length, then up to [`CONFIG_BYTES_MAX`] bytes from `offset`
+/// packed eight to a word, little-endian. `None` when `offset` is past the end or the whole
+/// exceeds [`CONFIG_TOTAL_MAX`].
+pub fn config_words(bytes: &[u8], offset: usize) -> Option<Vec<u64>> {
+    if bytes.len() > CONFIG_TOTAL_MAX {
         return None;
     }
+    let rest = bytes.get(offset..)?;
+    let chunk = &rest[..rest.len().min(CONFIG_BYTES_MAX)];
     let mut words = vec![bytes.len() as u64];
-    words.extend(bytes.chunks(8).map(|chunk| {
+    words.extend(chunk.chunks(8).map(|piece| {
         let mut word = [0u8; 8];
-        word[..chunk.len()].copy_from_slice(chunk);
+        word[..piece.len()].copy_from_slice(piece);
         u64::from_le_bytes(word)
     }));
     Some(words)
 }
 
-/// The inverse of [`config_words`]: `words[0]` is the length, the bytes follow. `None` when the
-/// length claims more bytes than the words hold.
-pub fn config_bytes(words: &[u64]) -> Option<Vec<u8>> {
-    let (&len, rest) = words.split_first()?;
-    let len = usize::try_from(len).ok()?;
+/// The inverse of [`config_words`] for a reply asked from `offset`: the whole length and this
+/// reply's bytes. `None` when the length exceeds [`CONFIG_TOTAL_MAX`], `offset` is past it, or
+/// the words hold fewer bytes than they should.
+pub fn config_chunk(words: &[u64], offset: usize) -> Option<(usize, Vec<u8>)> {
+    let (&total, rest) = words.split_first()?;
+    let total = usize::try_from(total).ok()?;
+    if total > CONFIG_TOTAL_MAX || offset > total {
+        return None;
+    }
+    let len = (total - offset).min(CONFIG_BYTES_MAX);
     if len > rest.len().checked_mul(8)? {
         return None;
     }
     let mut bytes: Vec<u8> = rest.iter().flat_map(|w| w.to_le_bytes()).collect();
     bytes.truncate(len);
-    Some(bytes)
+    Some((total, bytes))
+}
+
+/// The whole configuration, asked reply by reply: `ask(offset)` returns the words of the
+/// `GET_CONFIG` reply from `offset` (`None`: the request failed). `None` on a failed request,
+/// a malformed reply or a length that changes between replies.
+pub fn config_gather(mut ask: impl FnMut(usize) -> Option<Vec<u64>>) -> Option<Vec<u8>> {
+    let mut bytes = Vec::new();
+    let mut total = None;
+    loop {
+        let (whole, chunk) = config_chunk(&ask(bytes.len())?, bytes.len())?;
+        if *total.get_or_insert(whole) != whole {
+            return None;
+        }
+        bytes.extend_from_slice(&chunk);
+        if bytes.len() >= whole {
+            return Some(bytes);
+        }
+    }
 }
 
 impl Expect {

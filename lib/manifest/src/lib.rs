@@ -30,7 +30,8 @@ use abi::Rights;
 use serde::{Deserialize, Serialize};
 
 pub use check::{valid_portal_name, valid_server_name, Field, Place, Problem, Rule};
-pub use guests::{config_bytes, config_words, outcome_text, valid_guest_name, GuestField};
+pub use guests::{config_chunk, config_gather, config_words, outcome_text, valid_guest_name};
+pub use guests::{GuestField, CONFIG_TOTAL_MAX, INITRD_PREFIX};
 pub use guests::{CONFIG_BYTES_MAX, GUEST_CMDLINE_MAX, GUEST_MEMORY_ALIGN, GUEST_MEMORY_MAX};
 pub use guests::{GUEST_MEMORY_MIN, GUEST_NAME_MAX, GUEST_VCPUS, IMAGE_PREFIX, SERIAL_LOG};
 pub use guests::{VMM_MEMORY, VMM_MODULE, VMM_PREFIX, VMM_QUOTA_BASE, VMM_QUOTA_PER_MIB};
@@ -38,7 +39,7 @@ pub use guests::{VMM_MEMORY, VMM_MODULE, VMM_PREFIX, VMM_QUOTA_BASE, VMM_QUOTA_P
 /// First bytes of an encoded image.
 pub const MAGIC: [u8; 4] = *b"dmpm";
 /// Format version written after [`MAGIC`]; bumped whenever a type below changes.
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
 /// Longest server or portal name in bytes. A server's name is its boot module's name, which the
 /// kernel hands to init in a 48-byte NUL-padded field.
 pub const NAME_MAX: usize = 47;
@@ -77,6 +78,9 @@ pub struct Guest {
     /// Virtual CPUs (1: SMP guests are not supported yet).
     pub vcpus: u8,
     pub mode: MemoryMode,
+    /// Whether the boot module `initrd.<name>` ([`Guest::initrd_module`]) holds an initrd that
+    /// the vmm-server loads above the image and hands over as a Multiboot module.
+    pub initrd: bool,
     /// Passed to the guest as its command line (Multiboot) and logged.
     pub cmdline: String,
     /// Priority of the vmm-server and of the guest's vCPUs.

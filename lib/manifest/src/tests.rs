@@ -360,6 +360,7 @@ fn guest(name: &str, memory_mib: u64) -> Guest {
         expect: Expect::Exit(0),
         hypercalls: false,
         dmp: false,
+        initrd: false,
         fuzz_replies: None,
     }
 }
@@ -404,7 +405,7 @@ fn guest_names() {
     );
     assert_eq!(
         problems[0].message(&image),
-        "guest name `a.b` must be 1 to 41 characters from A-Z, a-z, 0-9, `-` and `_`"
+        "guest name `a.b` must be 1 to 40 characters from A-Z, a-z, 0-9, `-` and `_`"
     );
     assert_eq!(
         problems[4].related(),
@@ -415,8 +416,10 @@ fn guest_names() {
     );
     assert_eq!(problems[4].message(&image), "two guests are named `dup`");
     // The longest name still makes module names that fit the kernel's field.
-    let longest = &image.guests[4];
-    assert_eq!(longest.image.len(), NAME_MAX);
+    let mut longest = image.guests[4].clone();
+    longest.initrd = true;
+    assert_eq!(longest.initrd_module().unwrap().len(), NAME_MAX);
+    assert!(longest.image.len() < NAME_MAX);
     assert!(longest.vmm_name().len() <= NAME_MAX);
 }
 
@@ -452,8 +455,9 @@ fn guest_image_memory_vcpus_cmdline_priority() {
     for (bytes, ok) in [
         (2 << 20, true),
         (1 << 30, true),
+        (3 << 30, true),
         (1 << 20, false),
-        ((1 << 30) + (2 << 20), false),
+        ((3 << 30) + (2 << 20), false),
         ((2 << 20) + 4096, false),
     ] {
         image.guests = vec![guest("g", 2)];
@@ -550,7 +554,7 @@ fn fuzzed_guests_expect_any_and_round_trip() {
 }
 
 #[test]
-fn the_largest_config_fits_a_message() {
+fn the_largest_config_takes_several_messages() {
     let mut big = guest(&"g".repeat(GUEST_NAME_MAX), 1024);
     big.cmdline = "c".repeat(GUEST_CMDLINE_MAX);
     big.memory_bytes = u64::MAX;
@@ -559,31 +563,59 @@ fn the_largest_config_fits_a_message() {
     big.vcpus = u8::MAX;
     big.hypercalls = true;
     big.dmp = true;
+    big.initrd = true;
     big.fuzz_replies = Some(u64::MAX);
     let bytes = big.encode();
-    assert!(bytes.len() <= CONFIG_BYTES_MAX, "{}", bytes.len());
-    let words = config_words(&bytes).unwrap();
-    assert!(words.len() < abi::utcb::MSG_WORDS);
-    assert_eq!(words[0], bytes.len() as u64);
-    assert_eq!(config_bytes(&words).unwrap(), bytes);
-    assert_eq!(Guest::decode(&config_bytes(&words).unwrap()), Some(big));
+    assert!(bytes.len() > CONFIG_BYTES_MAX && bytes.len() <= CONFIG_TOTAL_MAX);
+    let mut asked = Vec::new();
+    let gathered = config_gather(|offset| {
+        asked.push(offset);
+        let words = config_words(&bytes, offset)?;
+        assert!(words.len() < abi::utcb::MSG_WORDS);
+        assert_eq!(words[0], bytes.len() as u64);
+        Some(words)
+    })
+    .unwrap();
+    assert_eq!(gathered, bytes);
+    assert_eq!(asked.len(), bytes.len().div_ceil(CONFIG_BYTES_MAX));
+    assert_eq!(Guest::decode(&gathered), Some(big));
 }
 
 #[test]
 fn config_words_pack_little_endian() {
-    assert_eq!(config_words(&[]).unwrap(), [0]);
+    assert_eq!(config_words(&[], 0).unwrap(), [0]);
     assert_eq!(
-        config_words(&[1, 2, 3, 4, 5, 6, 7, 8, 9]).unwrap(),
+        config_words(&[1, 2, 3, 4, 5, 6, 7, 8, 9], 0).unwrap(),
         [9, 0x0807_0605_0403_0201, 9]
     );
     assert_eq!(
-        config_bytes(&[9, 0x0807_0605_0403_0201, 9]).unwrap().len(),
-        9
+        config_words(&[1, 2, 3, 4, 5, 6, 7, 8, 9], 8).unwrap(),
+        [9, 9]
     );
-    assert_eq!(config_bytes(&[17, 0, 0]), None, "claims more than it holds");
-    assert_eq!(config_bytes(&[]), None);
-    assert_eq!(config_bytes(&[u64::MAX]), None);
-    assert!(config_words(&[0; CONFIG_BYTES_MAX + 1]).is_none());
+    assert_eq!(config_words(&[1, 2], 3), None, "past the end");
+    let (total, chunk) = config_chunk(&[9, 0x0807_0605_0403_0201, 9], 0).unwrap();
+    assert_eq!((total, chunk.len()), (9, 9));
+    assert_eq!(config_chunk(&[9, 9], 8), Some((9, vec![9])));
+    assert_eq!(
+        config_chunk(&[17, 0, 0], 0),
+        None,
+        "claims more than it holds"
+    );
+    assert_eq!(config_chunk(&[], 0), None);
+    assert_eq!(config_chunk(&[u64::MAX], 0), None);
+    assert_eq!(config_chunk(&[4, 0], 5), None);
+    assert!(config_words(&[0; CONFIG_TOTAL_MAX + 1], 0).is_none());
+    // A length that changes between replies, or a reply that fails, ends the gathering.
+    let bytes = vec![7u8; CONFIG_BYTES_MAX + 1];
+    let mut n = 0;
+    let changing = config_gather(|offset| {
+        n += 1;
+        let mut words = config_words(&bytes, offset)?;
+        words[0] += n;
+        Some(words)
+    });
+    assert_eq!(changing, None);
+    assert_eq!(config_gather(|_| None), None);
 }
 
 #[test]

@@ -8,7 +8,14 @@
 //! 2. a **Multiboot 1** header (4-aligned in the first 8 KiB): loaded by its address fields
 //!    (flag 16), or else as an ELF by its `PT_LOAD` segments; started in 32-bit protected mode;
 //! 3. an **ELF64** x86-64 executable: `PT_LOAD` segments, started in long mode;
-//! 4. anything else is a **flat binary**, loaded at 0x7c00 and started in real mode.
+//! 4. a **Linux bzImage** (`HdrS` at 0x202) is refused with [`LoadError::LinuxBzImage`]: the
+//!    Linux boot protocol is not supported yet (issue #15);
+//! 5. anything else up to 556 KiB is a **flat binary**, loaded at 0x7c00 and started in real
+//!    mode; a larger one matches no format ([`LoadError::Unrecognized`], which lists them).
+//!
+//! An initrd, when there is one, is copied to [`layout::initrd_base`] above the image and
+//! handed over as the one Multiboot module (`initrd`) to Multiboot and ELF64 images (ELF64
+//! images get Multiboot 2 information); a flat binary is not told where it is.
 //!
 //! Segments load at their physical addresses (`p_paddr`), file bytes copied and the rest of
 //! `p_memsz` zeroed. Every segment must lie in RAM, in an available region of the memory map
@@ -69,8 +76,31 @@ pub enum LoadError {
     NotLoadable { start: u64, end: u64 },
     /// The entry point is outside what was loaded.
     EntryOutsideImage(u64),
-    /// A flat binary longer than the room from 0x7c00 to 0x9_0000.
-    FlatTooLarge(u64),
+    /// A Linux bzImage (boot-protocol version in the field): its boot protocol is not
+    /// supported yet (issue #15).
+    LinuxBzImage(u16),
+    /// No header of a supported format, and too long (the byte count) for a flat binary.
+    Unrecognized(u64),
+    /// The initrd of this many bytes does not fit in RAM above the image (at the address).
+    InitrdTooLarge { len: u64, at: u64 },
+}
+
+/// What the vmm-server accepts, for [`LoadError::Unrecognized`].
+pub const ACCEPTED_FORMATS: &str = "a Multiboot 2 image, a Multiboot 1 image, an x86-64 ELF64 \
+executable, or a flat binary of at most 556 KiB (loaded at 0x7c00, started in real mode)";
+
+/// Offset of the Linux boot protocol's `HdrS` signature (the setup header's `header` field).
+pub const LINUX_HDRS_OFFSET: usize = 0x202;
+
+/// The boot-protocol version of a Linux bzImage: `HdrS` at 0x202 and the boot sector's
+/// 0xaa55 at 0x1fe; `None` for anything else.
+pub fn linux_boot_protocol(image: &[u8]) -> Option<u16> {
+    let at = |offset: usize, len: usize| image.get(offset..offset + len);
+    if at(0x1fe, 2)? != [0x55, 0xaa] || at(LINUX_HDRS_OFFSET, 4)? != b"HdrS" {
+        return None;
+    }
+    let version = at(0x206, 2)?;
+    Some(u16::from_le_bytes([version[0], version[1]]))
 }
 
 impl fmt::Display for LoadError {
@@ -90,7 +120,20 @@ impl fmt::Display for LoadError {
                 write!(f, "cannot load into {start:#x}..{end:#x}")
             }
             LoadError::EntryOutsideImage(e) => write!(f, "entry {e:#x} outside the image"),
-            LoadError::FlatTooLarge(n) => write!(f, "flat binary of {n} bytes too large"),
+            LoadError::LinuxBzImage(v) => write!(
+                f,
+                "a Linux bzImage (boot protocol {}.{:02}): Linux's boot protocol is not supported yet (issue #15); accepted: {ACCEPTED_FORMATS}",
+                v >> 8,
+                v & 0xff
+            ),
+            LoadError::Unrecognized(n) => write!(
+                f,
+                "{n} bytes in no supported format: expected {ACCEPTED_FORMATS}"
+            ),
+            LoadError::InitrdTooLarge { len, at } => write!(
+                f,
+                "the initrd of {len} bytes does not fit in guest RAM at {at:#x} (above the image): give the guest more memory"
+            ),
         }
     }
 }
@@ -217,6 +260,17 @@ impl Plan {
 /// Loads `image` into `ram` (guest-physical 0..len), writes the boot structures for its format
 /// and returns the state to start the vCPU in. `cmdline` goes into the Multiboot information.
 pub fn load(image: &[u8], ram: &mut [u8], cmdline: &str) -> Result<Boot, LoadError> {
+    load_with(image, ram, cmdline, None)
+}
+
+/// [`load`] with an optional `initrd`, copied to [`layout::initrd_base`] above the image and
+/// described as the Multiboot module `initrd` (see the module documentation).
+pub fn load_with(
+    image: &[u8],
+    ram: &mut [u8],
+    cmdline: &str,
+    initrd: Option<&[u8]>,
+) -> Result<Boot, LoadError> {
     let ram_len = ram.len() as u64;
     if ram_len < layout::MIN_RAM {
         return Err(LoadError::RamTooSmall(ram_len));
@@ -268,10 +322,12 @@ pub fn load(image: &[u8], ram: &mut [u8], cmdline: &str) -> Result<Boot, LoadErr
             return Err(LoadError::Elf32WithoutMultiboot);
         }
         (Format::Elf64, Plan::from_elf(&elf, elf.physical_entry()))
+    } else if let Some(version) = linux_boot_protocol(image) {
+        return Err(LoadError::LinuxBzImage(version));
     } else {
         let room = layout::FLAT_END - layout::FLAT_LOAD;
         if used as u64 > room {
-            return Err(LoadError::FlatTooLarge(used as u64));
+            return Err(LoadError::Unrecognized(used as u64));
         }
         let mut plan = Plan::new(layout::FLAT_LOAD);
         plan.pieces[0] = Piece {
@@ -284,6 +340,10 @@ pub fn load(image: &[u8], ram: &mut [u8], cmdline: &str) -> Result<Boot, LoadErr
         (Format::Flat, plan)
     };
     plan.check(image, ram_len)?;
+    let module = match initrd {
+        None => None,
+        Some(bytes) => Some(plan_initrd(&plan, bytes, ram_len)?),
+    };
 
     // Boot structures first (they lie below every loadable range), then the image.
     let state = match format {
@@ -294,8 +354,8 @@ pub fn load(image: &[u8], ram: &mut [u8], cmdline: &str) -> Result<Boot, LoadErr
             let long = format == Format::Elf64;
             let written = boot::write_gdt(ram, long) && (!long || boot::write_page_tables(ram));
             let info = match format {
-                Format::Multiboot1 => info::write_mb1(ram, cmdline),
-                _ => info::write_mb2(ram, cmdline),
+                Format::Multiboot1 => info::write_mb1(ram, cmdline, module),
+                _ => info::write_mb2(ram, cmdline, module),
             };
             // Both fit by construction (RAM >= MIN_RAM, command line checked above).
             let info = info
@@ -313,11 +373,33 @@ pub fn load(image: &[u8], ram: &mut [u8], cmdline: &str) -> Result<Boot, LoadErr
         }
     };
     plan.apply(image, ram);
+    if let (Some(m), Some(bytes)) = (module, initrd) {
+        if let Some(dst) = ram.get_mut(m.start as usize..m.end as usize) {
+            dst.copy_from_slice(bytes);
+        }
+    }
     Ok(Boot {
         format,
         entry: plan.entry,
         state,
     })
+}
+
+/// Where `initrd` goes for an image loaded by `plan`: [`layout::initrd_base`] above its highest
+/// piece, inside RAM, an available region and the 32-bit range Multiboot can describe.
+fn plan_initrd(plan: &Plan, initrd: &[u8], ram: u64) -> Result<info::Module, LoadError> {
+    let image_end = plan.pieces().iter().map(|p| p.end).max().unwrap_or(0);
+    let len = initrd.len() as u64;
+    let at = layout::initrd_base(image_end).unwrap_or(u64::MAX);
+    let too_large = LoadError::InitrdTooLarge { len, at };
+    let end = at.checked_add(len).ok_or(too_large)?;
+    if !layout::loadable(at, end, ram) {
+        return Err(too_large);
+    }
+    match (u32::try_from(at), u32::try_from(end)) {
+        (Ok(start), Ok(end)) => Ok(info::Module { start, end }),
+        _ => Err(too_large),
+    }
 }
 
 /// Writes the guest's secret text at [`layout::SECRET`] (NUL-terminated, at most one page);

@@ -151,7 +151,7 @@ fn flat_binaries() {
     big.push(1);
     assert!(matches!(
         load(&big, &mut ram, ""),
-        Err(LoadError::FlatTooLarge(_))
+        Err(LoadError::Unrecognized(_))
     ));
 }
 
@@ -259,4 +259,130 @@ fn secret_page() {
     assert_eq!(&ram[0x9_0000..0x9_0000 + 8], b"SECRET:a");
     assert_eq!(ram[0x9_0000 + 25], 0);
     assert!(!write_secret(&mut ram, &"x".repeat(4096)));
+}
+
+/// The first sectors of a Linux bzImage as the boot protocol lays them out
+/// (Documentation/arch/x86/boot.rst): `setup_sects` at 0x1f1, the boot flag 0xaa55 at 0x1fe,
+/// the jump at 0x200, `HdrS` at 0x202, the protocol version at 0x206, `loadflags` at 0x211
+/// (LOADED_HIGH), then the protected-mode kernel after the setup sectors; `len` bytes in all.
+fn bzimage(len: usize) -> Vec<u8> {
+    let mut image = vec![0u8; len];
+    image[0x1f1] = 27; // setup_sects
+    image[0x1fe..0x200].copy_from_slice(&[0x55, 0xaa]);
+    image[0x200..0x202].copy_from_slice(&[0xeb, 0x66]); // jmp over the header
+    image[0x202..0x206].copy_from_slice(b"HdrS");
+    image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes()); // protocol 2.15
+    image[0x211] = 1; // loadflags: LOADED_HIGH
+    image[0x236..0x238].copy_from_slice(&0x7fu16.to_le_bytes()); // xloadflags
+    for (i, b) in image[28 * 512..].iter_mut().enumerate() {
+        *b = (i % 251) as u8 | 1; // the kernel proper: not zeros
+    }
+    image
+}
+
+#[test]
+fn linux_bzimage_is_named_not_taken_for_flat() {
+    // 14 MB, like Debian's cloud kernel: once reported as a "flat binary too large".
+    let image = bzimage(14 << 20);
+    let mut big = vec![0u8; 16 << 20];
+    let err = load(&image, &mut big, "").unwrap_err();
+    assert_eq!(err, LoadError::LinuxBzImage(0x020f));
+    let text = alloc::format!("{err}");
+    assert!(
+        text.contains("Linux bzImage (boot protocol 2.15)"),
+        "{text}"
+    );
+    assert!(text.contains("issue #15"), "{text}");
+    // A small one is not a flat binary either.
+    assert_eq!(
+        load(&bzimage(64 << 10), &mut ram(), ""),
+        Err(LoadError::LinuxBzImage(0x020f))
+    );
+    assert!(big.iter().all(|&b| b == 0));
+}
+
+#[test]
+fn mutated_bzimage_headers_are_not_linux() {
+    let good = bzimage(1 << 20);
+    assert_eq!(linux_boot_protocol(&good), Some(0x020f));
+    let mutations: [(usize, u8); 6] = [
+        (0x202, b'h'), // hdrS
+        (0x205, b'X'),
+        (0x1fe, 0x54), // no boot flag
+        (0x1ff, 0),
+        (0x203, 0),
+        (0x204, b'S'),
+    ];
+    for (at, byte) in mutations {
+        let mut image = good.clone();
+        image[at] = byte;
+        assert_eq!(linux_boot_protocol(&image), None, "mutation at {at:#x}");
+        // Then it is an unknown file of 1 MiB: the error lists the formats.
+        let err = load(&image, &mut ram(), "").unwrap_err();
+        assert_eq!(err, LoadError::Unrecognized(1 << 20));
+        let text = alloc::format!("{err}");
+        assert!(
+            text.contains("Multiboot 2") && text.contains("ELF64"),
+            "{text}"
+        );
+        assert!(text.contains("flat binary of at most 556 KiB"), "{text}");
+    }
+    // The signature one byte off, and files too short to hold it.
+    let mut shifted = good.clone();
+    shifted.copy_within(0x202..0x206, 0x203);
+    shifted[0x202] = 0;
+    assert_eq!(linux_boot_protocol(&shifted), None);
+    for len in [0, 0x200, 0x205, 0x207] {
+        assert_eq!(linux_boot_protocol(&good[..len]), None, "{len} bytes");
+    }
+    assert_eq!(linux_boot_protocol(&good[..0x208]), Some(0x020f));
+}
+
+#[test]
+fn initrd_is_a_multiboot_module_above_the_image() {
+    let header = mb1(0b11, &[]);
+    let image = elf32(
+        0x10_0000,
+        &[(0x10_0000, 0x10_0000, b"\x90\xf4", 0x1800)],
+        &header,
+    );
+    let initrd: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+    let mut ram = ram();
+    let boot = load_with(&image, &mut ram, "root=x", Some(&initrd)).unwrap();
+    assert_eq!(boot.format, Format::Multiboot1);
+    assert_eq!(u32_at(&ram, layout::INFO), 0x24d);
+    assert_eq!(u32_at(&ram, layout::INFO + 20), 1);
+    let entry = u64::from(u32_at(&ram, layout::INFO + 24));
+    assert_eq!(u32_at(&ram, entry), 0x10_2000);
+    assert_eq!(u32_at(&ram, entry + 4), 0x10_2000 + 5000);
+    assert_eq!(&ram[0x10_2000..0x10_2000 + 5000], &initrd[..]);
+    // ELF64 images get it in their Multiboot 2 information.
+    let elf = elf64(0x10_0000, &[(0x10_0000, 0x10_0000, b"\xf4", 1)]);
+    let mut ram2 = ram.clone();
+    load_with(&elf, &mut ram2, "", Some(&initrd)).unwrap();
+    assert_eq!(&ram2[0x10_1000..0x10_1000 + 5000], &initrd[..]);
+    // Too large for RAM: refused, RAM untouched.
+    let huge = vec![1u8; RAM];
+    let mut fresh = self::ram();
+    assert_eq!(
+        load_with(&image, &mut fresh, "", Some(&huge)),
+        Err(LoadError::InitrdTooLarge {
+            len: RAM as u64,
+            at: 0x10_2000
+        })
+    );
+    assert!(fresh.iter().all(|&b| b == 0));
+}
+
+#[test]
+fn longest_command_line_reaches_the_guest() {
+    let header = mb1(0b11, &[]);
+    let image = elf32(0x10_0000, &[(0x10_0000, 0x10_0000, b"\xf4", 1)], &header);
+    let line = "k".repeat(layout::CMDLINE_MAX);
+    let mut ram = ram();
+    load(&image, &mut ram, &line).unwrap();
+    let at = u32_at(&ram, layout::INFO + 16) as usize;
+    assert_eq!(&ram[at..at + line.len()], line.as_bytes());
+    assert_eq!(ram[at + line.len()], 0);
+    assert!(at + line.len() < layout::INFO_END as usize);
 }

@@ -1,6 +1,7 @@
 //! The Multiboot information structures handed to a guest, written into guest RAM at
-//! [`layout::INFO`]: Multiboot 1 (flags: memory, command line, memory map, boot loader name) and
-//! Multiboot 2 (tags: command line, boot loader name, basic memory information, memory map, end).
+//! [`layout::INFO`]: Multiboot 1 (flags: memory, command line, modules, memory map, boot loader
+//! name) and Multiboot 2 (tags: command line, boot loader name, module, basic memory
+//! information, memory map, end). The one module there may be is the guest's initrd.
 
 use alloc::vec::Vec;
 
@@ -44,19 +45,30 @@ fn pad8(out: &mut Vec<u8>) {
     }
 }
 
+/// A boot module in guest RAM (the initrd): `[start, end)`, named [`layout::INITRD_NAME`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Module {
+    pub start: u32,
+    pub end: u32,
+}
+
 /// Offsets in the Multiboot 1 information area.
 const MB1_MMAP: u64 = layout::INFO + 0x80;
 const MB1_NAME: u64 = layout::INFO + 0x100;
-const MB1_CMDLINE: u64 = layout::INFO + 0x120;
+const MB1_MODULE: u64 = layout::INFO + 0x110;
+const MB1_MODULE_NAME: u64 = layout::INFO + 0x120;
+const MB1_CMDLINE: u64 = layout::INFO + 0x140;
 /// Multiboot 1 information flags.
 const MB1_MEM: u32 = 1 << 0;
 const MB1_CMDLINE_FLAG: u32 = 1 << 2;
+const MB1_MODS_FLAG: u32 = 1 << 3;
 const MB1_MMAP_FLAG: u32 = 1 << 6;
 const MB1_LOADER_NAME: u32 = 1 << 9;
 
-/// Writes the Multiboot 1 information for `ram` bytes of RAM and `cmdline` (checked by the
-/// caller: at most `CMDLINE_MAX` bytes, no NUL); returns its address (EBX at entry).
-pub fn write_mb1(ram: &mut [u8], cmdline: &str) -> Option<u64> {
+/// Writes the Multiboot 1 information for `ram` bytes of RAM, `cmdline` (checked by the
+/// caller: at most `CMDLINE_MAX` bytes, no NUL) and the initrd `module`, if any; returns its
+/// address (EBX at entry).
+pub fn write_mb1(ram: &mut [u8], cmdline: &str, module: Option<Module>) -> Option<u64> {
     let total = ram.len() as u64;
     let map = layout::memory_map(total);
     let mut mmap = Vec::new();
@@ -73,6 +85,15 @@ pub fn write_mb1(ram: &mut [u8], cmdline: &str) -> Option<u64> {
     info[2] = upper;
     info[3] = 0xffff_ffff; // boot_device: none
     info[4] = MB1_CMDLINE as u32;
+    let mut entry = Vec::new();
+    if let Some(m) = module {
+        info[0] |= MB1_MODS_FLAG;
+        info[5] = 1;
+        info[6] = MB1_MODULE as u32;
+        for w in [m.start, m.end, MB1_MODULE_NAME as u32, 0] {
+            push32(&mut entry, w);
+        }
+    }
     info[11] = mmap.len() as u32;
     info[12] = MB1_MMAP as u32;
     info[16] = MB1_NAME as u32;
@@ -89,13 +110,15 @@ pub fn write_mb1(ram: &mut [u8], cmdline: &str) -> Option<u64> {
         && put(ram, layout::INFO, &bytes)
         && put(ram, MB1_MMAP, &mmap)
         && put(ram, MB1_NAME, &name)
+        && put(ram, MB1_MODULE, &entry)
+        && put(ram, MB1_MODULE_NAME, layout::INITRD_NAME.as_bytes())
         && put(ram, MB1_CMDLINE, &cmd))
     .then_some(layout::INFO)
 }
 
-/// The Multiboot 2 information for `ram` bytes of RAM and `cmdline`, placed at
-/// [`layout::INFO`].
-pub fn mb2_bytes(ram: u64, cmdline: &str) -> Vec<u8> {
+/// The Multiboot 2 information for `ram` bytes of RAM, `cmdline` and the initrd `module`, if
+/// any, placed at [`layout::INFO`].
+pub fn mb2_bytes(ram: u64, cmdline: &str, module: Option<Module>) -> Vec<u8> {
     let mut out = Vec::new();
     push32(&mut out, 0); // total size, patched below
     push32(&mut out, 0);
@@ -103,6 +126,15 @@ pub fn mb2_bytes(ram: u64, cmdline: &str) -> Vec<u8> {
         push32(&mut out, kind);
         push32(&mut out, 8 + text.len() as u32 + 1);
         out.extend_from_slice(text.as_bytes());
+        out.push(0);
+        pad8(&mut out);
+    }
+    if let Some(m) = module {
+        push32(&mut out, 3);
+        push32(&mut out, 16 + layout::INITRD_NAME.len() as u32 + 1);
+        push32(&mut out, m.start);
+        push32(&mut out, m.end);
+        out.extend_from_slice(layout::INITRD_NAME.as_bytes());
         out.push(0);
         pad8(&mut out);
     }
@@ -129,8 +161,8 @@ pub fn mb2_bytes(ram: u64, cmdline: &str) -> Vec<u8> {
 }
 
 /// Writes the Multiboot 2 information; returns its address (EBX/RBX at entry).
-pub fn write_mb2(ram: &mut [u8], cmdline: &str) -> Option<u64> {
-    let bytes = mb2_bytes(ram.len() as u64, cmdline);
+pub fn write_mb2(ram: &mut [u8], cmdline: &str, module: Option<Module>) -> Option<u64> {
+    let bytes = mb2_bytes(ram.len() as u64, cmdline, module);
     (layout::INFO + bytes.len() as u64 <= layout::INFO_END && put(ram, layout::INFO, &bytes))
         .then_some(layout::INFO)
 }
@@ -159,7 +191,7 @@ mod tests {
     #[test]
     fn mb1_information() {
         let mut ram = vec![0u8; 8 << 20];
-        let at = write_mb1(&mut ram, "console=ttyS0").unwrap();
+        let at = write_mb1(&mut ram, "console=ttyS0", None).unwrap();
         assert_eq!(u32_at(&ram, at), 0x245);
         assert_eq!(u32_at(&ram, at + 4), 639);
         assert_eq!(u32_at(&ram, at + 8), 7 * 1024);
@@ -186,7 +218,7 @@ mod tests {
     #[test]
     fn mb2_information() {
         let mut ram = vec![0u8; 4 << 20];
-        let at = write_mb2(&mut ram, "x=1").unwrap();
+        let at = write_mb2(&mut ram, "x=1", None).unwrap();
         let total = u32_at(&ram, at) as u64;
         let mut seen = Vec::new();
         let mut tag = at + 8;
@@ -215,11 +247,39 @@ mod tests {
     fn longest_command_line_fits() {
         let long = "a".repeat(layout::CMDLINE_MAX);
         let mut ram = vec![0u8; 2 << 20];
-        assert!(write_mb1(&mut ram, &long).is_some());
-        assert!(write_mb2(&mut ram, &long).is_some());
-        assert!(write_mb1(&mut ram, &"a".repeat(4096)).is_none());
-        assert!(write_mb2(&mut ram, &"a".repeat(4096)).is_none());
+        let m = Some(Module {
+            start: 0x10_0000,
+            end: 0x10_1000,
+        });
+        assert!(write_mb1(&mut ram, &long, m).is_some());
+        assert!(write_mb2(&mut ram, &long, m).is_some());
+        assert!(write_mb1(&mut ram, &"a".repeat(4096), None).is_none());
+        assert!(write_mb2(&mut ram, &"a".repeat(4096), None).is_none());
         let mut tiny = vec![0u8; 0x100];
-        assert!(write_mb1(&mut tiny, "").is_none());
+        assert!(write_mb1(&mut tiny, "", None).is_none());
+    }
+
+    #[test]
+    fn initrd_module() {
+        let m = Module {
+            start: 0x20_0000,
+            end: 0x20_0123,
+        };
+        let mut ram = vec![0u8; 4 << 20];
+        let at = write_mb1(&mut ram, "a", Some(m)).unwrap();
+        assert_eq!(u32_at(&ram, at), 0x24d);
+        assert_eq!(u32_at(&ram, at + 20), 1);
+        let entry = u64::from(u32_at(&ram, at + 24));
+        assert_eq!(u32_at(&ram, entry), 0x20_0000);
+        assert_eq!(u32_at(&ram, entry + 4), 0x20_0123);
+        assert_eq!(cstr(&ram, u32_at(&ram, entry + 8).into()), "initrd");
+        assert_eq!(cstr(&ram, u32_at(&ram, at + 16).into()), "a");
+        let bytes = mb2_bytes(4 << 20, "a", Some(m));
+        // Header, command line tag (16), loader name tag (24), then the module tag.
+        let tag = 8 + 16 + 24;
+        let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+        assert_eq!((word(tag), word(tag + 4)), (3, 16 + 7));
+        assert_eq!((word(tag + 8), word(tag + 12)), (0x20_0000, 0x20_0123));
+        assert_eq!(&bytes[tag + 16..tag + 23], b"initrd\0");
     }
 }

@@ -3,9 +3,9 @@
 //! ```text
 //! 0x0000_0500  GDT (null, code 0x08, data 0x10, TSS 0x18)     } boot structures,
 //! 0x0000_0580  TSS (104 bytes, no I/O bitmap)                  } written by the loader
+//! 0x0000_0600  Multiboot information, module entry, loader name, command line (2.5 KiB)
 //! 0x0000_1000  PML4, 0x2000 PDPT, 0x3000..0x7000 four PDs      } (page tables: ELF64 only)
-//! 0x0000_7000  Multiboot information, command line, loader name (2 KiB)
-//! 0x0000_7800  initial stack (1 KiB, grows down from 0x7c00)
+//! 0x0000_7000  initial stack (3 KiB, grows down from 0x7c00)
 //! 0x0000_7c00  flat binaries load here (up to 0x9_0000)
 //! 0x0009_0000  the guest's secret page (reserved in the memory map)
 //! 0x0009_fc00  reserved (EBDA, VGA, ROM area) up to 1 MiB
@@ -13,7 +13,8 @@
 //! ```
 //!
 //! Images with headers (ELF, Multiboot) may load into the available ranges at or above
-//! [`STACK_TOP`] only: everything below is the loader's.
+//! [`STACK_TOP`] only: everything below is the loader's. An initrd (boot module) goes to the
+//! first page boundary above both the image and 1 MiB ([`initrd_base`]).
 
 /// The GDT and its limit (five 8-byte slots: null, code, data, and a 16-byte TSS descriptor).
 pub const GDT: u64 = 0x500;
@@ -30,10 +31,13 @@ pub const PML4: u64 = 0x1000;
 pub const PDPT: u64 = 0x2000;
 pub const PD: u64 = 0x3000;
 pub const PD_COUNT: u64 = 4;
-/// Multiboot information structure, command line and boot loader name.
-pub const INFO: u64 = 0x7000;
-pub const INFO_END: u64 = 0x7800;
-/// Initial stack pointer in every mode (the stack has `STACK_TOP - INFO_END` bytes).
+/// Multiboot information structure, module entry, boot loader name and command line (room for
+/// a [`CMDLINE_MAX`]-byte command line in either Multiboot version).
+pub const INFO: u64 = 0x600;
+pub const INFO_END: u64 = 0x1000;
+/// Bottom of the initial stack (3 KiB below [`STACK_TOP`]; nothing is written there).
+pub const STACK_BOTTOM: u64 = 0x7000;
+/// Initial stack pointer in every mode (the stack has `STACK_TOP - STACK_BOTTOM` bytes).
 pub const STACK_TOP: u64 = 0x7c00;
 /// Where flat binaries load and start, and the end of their room.
 pub const FLAT_LOAD: u64 = 0x7c00;
@@ -55,8 +59,11 @@ pub const DMP_WINDOW_LINEAR: u64 = 0xffff_ffff_fff0_0000;
 pub const DMP_WINDOW_PAGES: u64 = 16;
 /// Guest RAM needs at least this much (the manifest gives multiples of 2 MiB).
 pub const MIN_RAM: u64 = 0x20_0000;
-/// Longest command line passed to a guest, in bytes (without the terminating NUL).
-pub const CMDLINE_MAX: usize = 1024;
+/// Longest command line passed to a guest, in bytes (without the terminating NUL); the
+/// manifest's `GUEST_CMDLINE_MAX` is the same.
+pub const CMDLINE_MAX: usize = 2048;
+/// The Multiboot module string of an initrd.
+pub const INITRD_NAME: &str = "initrd";
 /// The boot loader name the Multiboot information carries.
 pub const LOADER_NAME: &str = "dmp vmm-server";
 
@@ -98,6 +105,13 @@ pub fn loadable(start: u64, end: u64, ram: u64) -> bool {
             .iter()
             .filter(|r| r.kind == AVAILABLE)
             .any(|r| start >= r.base && end <= r.base + r.len)
+}
+
+/// Where an initrd goes when the image's loaded ranges end at `image_end`: the first 4 KiB
+/// boundary at or above both `image_end` and 1 MiB ([`HIGH`]), as QEMU places a Multiboot
+/// kernel's modules after the kernel. `None` on overflow.
+pub fn initrd_base(image_end: u64) -> Option<u64> {
+    Some(image_end.max(HIGH).checked_add(0xfff)? & !0xfff)
 }
 
 /// The secret a guest named `name` carries at [`SECRET`]: `SECRET:<name>:<16 hex digits>`,

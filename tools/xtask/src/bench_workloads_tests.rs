@@ -507,7 +507,10 @@ fn generated_manifests_load() {
             let system = manifest::load_file(&root, &path).unwrap();
             assert_eq!(system.name, name);
             assert_eq!(system.image.guests.len(), 1);
-            assert_eq!(system.guest_images, ["pagingos"]);
+            assert_eq!(
+                system.guest_images,
+                [crate::manifest::GuestImage::Crate("pagingos".into())]
+            );
         }
     }
     let mode = MODES[2];

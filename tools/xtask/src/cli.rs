@@ -71,6 +71,10 @@ pub struct RunArgs {
     /// The system to boot (`manifests/<NAME>.toml`).
     #[arg(long, default_value = "demo", value_name = "NAME")]
     pub system: String,
+    /// Boot the manifest at PATH instead (anywhere; its name is the file's stem, and guest
+    /// `image` and `initrd` paths are relative to its directory).
+    #[arg(long, value_name = "PATH", conflicts_with = "system")]
+    pub manifest: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Emulator::Qemu)]
     pub emulator: Emulator,
     /// Default: Limine when it is found (LIMINE_DIR or /usr/share/limine), else GRUB.

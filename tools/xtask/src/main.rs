@@ -26,6 +26,7 @@ mod layout;
 mod manifest;
 mod mutate;
 mod outcome;
+mod own_kernel;
 mod pack;
 mod profile;
 mod run;

@@ -7,7 +7,8 @@
 //! | `manifest`                 | `/boot/manifest.bin`| `SystemImage::encode`                |
 //! | `<server name>`            | `/boot/<name>.elf`  | the ELF of the server's `binary`     |
 //! | `vmm-server`               | `/boot/vmm-server.elf` | package `vmm-server`, once, with guests |
-//! | `guest.<guest name>`       | `/boot/guest.<name>.elf` or `.bin` | the guest's `image`: its ELF, or flat (below) |
+//! | `guest.<guest name>`       | `/boot/guest.<name>.elf`, `.bin` or `.img` | the guest's `image`: its ELF, flat (below), or the file the manifest names, as it is |
+//! | `initrd.<guest name>`      | `/boot/initrd.<name>.img` | the guest's `initrd` file, as it is |
 //!
 //! The kernel finds init and the manifest by these names (`abi::boot`); init finds each server's
 //! ELF by the server's name, the vmm-server by [`manifest::VMM_MODULE`] and each guest's image by
@@ -23,7 +24,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 use crate::image::BootModule;
-use crate::manifest::System;
+use crate::manifest::{GuestImage, System};
 use crate::workspace::Workspace;
 use crate::{build, elf, layout, setup, toolchain};
 
@@ -50,6 +51,9 @@ pub fn packages(system: &System) -> Vec<String> {
 pub fn guest_packages(system: &System, ws: &Workspace) -> Result<Vec<String>> {
     let mut packages: Vec<String> = Vec::new();
     for image in &system.guest_images {
+        let GuestImage::Crate(image) = image else {
+            continue;
+        };
         let package = ws
             .guest_package(image)
             .with_context(|| format!("no guest crate under tests/guests/ builds `{image}`"))?;
@@ -159,6 +163,13 @@ fn gather_all(
         )?);
     }
     for (g, image) in system.image.guests.iter().zip(&system.guest_images) {
+        let image = match image {
+            GuestImage::Crate(image) => image,
+            GuestImage::File(path) => {
+                modules.push(gather(dir, path, &g.image, "img")?);
+                continue;
+            }
+        };
         let built = guest(image)?;
         modules.push(if built.flat {
             let bytes = std::fs::read(&built.elf)
@@ -175,6 +186,11 @@ fn gather_all(
         } else {
             gather(dir, &built.elf, &g.image, "elf")?
         });
+    }
+    for (g, initrd) in system.image.guests.iter().zip(&system.guest_initrds) {
+        if let (Some(name), Some(path)) = (g.initrd_module(), initrd) {
+            modules.push(gather(dir, path, &name, "img")?);
+        }
     }
     modules.extend(system.modules.iter().cloned());
     if let Some(long) = modules.iter().find(|m| m.name.len() > manifest::NAME_MAX) {
@@ -337,6 +353,47 @@ mod tests {
             "{grub}"
         );
         assert!(grub.contains("module2 /boot/guest.probe.bin guest.probe\n"));
+    }
+
+    #[test]
+    fn guest_files_and_initrds_are_packed_as_they_are() {
+        let root = layout::root();
+        let dir = layout::work_dir(&["unit", "pack-files"]).unwrap();
+        let kernel = dir.join("k.elf");
+        std::fs::write(&kernel, b"\x7fELF anything").unwrap();
+        let initrd = dir.join("rd.img");
+        std::fs::write(&initrd, b"initrd bytes").unwrap();
+        let manifest = dir.join("files.toml");
+        std::fs::write(
+            &manifest,
+            "[system]\nname = \"files\"\n[[guest]]\nname = \"mine\"\nimage = \"k.elf\"\ninitrd = \"rd.img\"\nmemory = \"4M\"\n",
+        )
+        .unwrap();
+        let system = crate::manifest::load_file_with(&root, &manifest, None).unwrap();
+        assert_eq!(system.guest_images, [GuestImage::File(kernel.clone())]);
+        let ws = Workspace { packages: vec![] };
+        assert!(guest_packages(&system, &ws).unwrap().is_empty());
+        let fake = dir.join("fake.elf");
+        std::fs::write(&fake, b"\x7fELF").unwrap();
+        let out = dir.join("out");
+        let modules = gather_all(&out, &system, |_| Ok(fake.clone()), |_| unreachable!()).unwrap();
+        let names: Vec<&str> = modules.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "init",
+                "manifest",
+                "vmm-server",
+                "guest.mine",
+                "initrd.mine"
+            ]
+        );
+        assert_eq!(
+            std::fs::read(&modules[3].source).unwrap(),
+            b"\x7fELF anything"
+        );
+        assert_eq!(std::fs::read(&modules[4].source).unwrap(), b"initrd bytes");
+        assert!(system.image.guests[0].initrd);
     }
 
     #[test]

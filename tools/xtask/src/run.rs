@@ -32,7 +32,10 @@ pub fn command(args: &RunArgs) -> Result<bool> {
         bail!("--icount is a QEMU option");
     }
     let root = layout::root();
-    let system = manifest::load(&root, &args.system)?;
+    let system = match &args.manifest {
+        Some(path) => manifest::load_file(&root, path)?,
+        None => manifest::load(&root, &args.system)?,
+    };
     let bootloader = match args.bootloader {
         Some(Bootloader::Limine) => {
             Limine::find().map_err(anyhow::Error::msg)?;

@@ -16,6 +16,9 @@
 //! timeout_secs = 60          # optional; default per emulator
 //! requires = ["init"]        # optional: workspace packages the system needs; a missing one
 //!                            # fails the scenario (a renamed or deleted crate is not a pass)
+//! generate = "own-kernel"    # optional, instead of `system`: the tool writes a system under
+//!                            # target/ and boots its manifest as `run --manifest` does
+//!                            # (`own-kernel`: crate::own_kernel)
 //! ```
 
 use std::path::Path;
@@ -70,6 +73,24 @@ struct File {
     timeout_secs: Option<u64>,
     #[serde(default)]
     requires: Vec<String>,
+    generate: Option<Generate>,
+}
+
+/// Systems the tool writes itself (`generate = "…"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum Generate {
+    /// [`crate::own_kernel`]: a Multiboot v1 ELF32 kernel, its initrd and its manifest.
+    #[serde(rename = "own-kernel")]
+    OwnKernel,
+}
+
+impl Generate {
+    /// Writes the system's files; returns its manifest's path.
+    pub fn write(self) -> Result<std::path::PathBuf> {
+        match self {
+            Generate::OwnKernel => crate::own_kernel::generate(),
+        }
+    }
 }
 
 /// A line count a transcript must have: exactly `count`, or at least `at_least`.
@@ -105,6 +126,22 @@ pub struct Scenario {
     pub timeout: Duration,
     /// Workspace packages without which the scenario is skipped.
     pub requires: Vec<String>,
+    /// A system the tool writes and boots instead of `manifests/<system>.toml`.
+    pub generate: Option<Generate>,
+}
+
+impl Scenario {
+    /// The scenario's system: `manifests/<system>.toml`, or the generated one.
+    pub fn load_system(
+        &self,
+        root: &Path,
+        workspace: Option<&crate::workspace::Workspace>,
+    ) -> Result<crate::manifest::System> {
+        match self.generate {
+            Some(generate) => crate::manifest::load_file_with(root, &generate.write()?, workspace),
+            None => crate::manifest::load_with(root, &self.system, workspace),
+        }
+    }
 }
 
 /// Parses one scenario file named `name`.
@@ -140,6 +177,7 @@ pub fn parse(source: &Source, name: &str) -> Result<Scenario> {
                 .unwrap_or_else(|| file.emulator.default_timeout()),
         ),
         requires: file.requires,
+        generate: file.generate,
     })
 }
 

@@ -22,7 +22,7 @@ use crate::scenario::{self, Scenario};
 use crate::setup;
 use crate::summary::{self, Counts, Row, Status};
 use crate::workspace::Workspace;
-use crate::{layout, manifest, pack, toolchain};
+use crate::{layout, pack, toolchain};
 
 const NO_USER_CRATES: &str = "no user-space crates in the workspace yet";
 const NO_GUEST_CRATES: &str = "no guest crates under tests/guests/ yet";
@@ -102,10 +102,8 @@ pub fn command(args: &TestArgs) -> Result<bool> {
         .iter()
         .map(|s| missing_packages(s, workspace))
         .collect();
-    let needs_servers =
-        |s: &Scenario| manifest::load_with(&root, &s.system, None).is_ok_and(|m| m.has_servers());
-    let needs_guests =
-        |s: &Scenario| manifest::load_with(&root, &s.system, None).is_ok_and(|m| m.has_guests());
+    let needs_servers = |s: &Scenario| s.load_system(&root, None).is_ok_and(|m| m.has_servers());
+    let needs_guests = |s: &Scenario| s.load_system(&root, None).is_ok_and(|m| m.has_guests());
     let needs_user = scenarios
         .iter()
         .zip(&skips)
@@ -440,7 +438,7 @@ fn boot_scenario(
     args: &TestArgs,
 ) -> Result<(Vec<String>, PathBuf)> {
     let verbose = args.verbose;
-    let system = manifest::load(root, &s.system)?;
+    let system = s.load_system(root, Some(Workspace::load(root)?))?;
     let modules = pack::modules(root, &system, args.release, false)?;
     let work = layout::work_dir(&["scenarios", &s.name])?;
     let iso = work.join(format!("{}.iso", s.name));

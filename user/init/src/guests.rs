@@ -1,11 +1,13 @@
 //! Guests, init's side of the bootstrap protocol for vmm-servers (`abi::bootstrap`):
 //!
-//! - `GET_CONFIG`: the caller's guest record (`manifest::Guest::encode`), words after the status
-//!   as `manifest::config_words` packs them (byte length, then the bytes little-endian);
-//!   `NoRights` for a server that runs no guest.
+//! - `GET_CONFIG [offset]`: the caller's guest record (`manifest::Guest::encode`) from byte
+//!   `offset` on, words after the status as `manifest::config_words` packs them (the whole byte
+//!   length, then up to 496 bytes little-endian; a long command line takes several replies);
+//!   `NoRights` for a server that runs no guest, `BadArgument` for an offset past the end.
 //! - `GET_RESOURCE "image"`: a READ-only memory capability over the pages of the guest's image
 //!   module; reply words 1 and 2 are the image's length in bytes and its offset in the first
-//!   page. `NoRights` for a server that runs no guest.
+//!   page. `NoRights` for a server that runs no guest. `GET_RESOURCE "initrd"`: the same for
+//!   the guest's initrd module; `BadArgument` when the guest has none.
 //! - `GUEST_DONE [outcome, detail]`: judged against the guest's `expect`; init prints
 //!   `guests: <name> <outcome> (expected <expect>): passed` (or `FAILED`). A vmm-server that
 //!   faults ends its guest as failed. When every guest has ended, init prints
@@ -24,9 +26,10 @@ use crate::state::State;
 pub const IMAGE_RIGHTS: Rights = Rights::READ;
 
 /// The words after the status of a `GET_CONFIG` reply to domain `index`.
-pub fn config(state: &State, index: usize) -> Result<Vec<u64>, Status> {
+pub fn config(state: &State, index: usize, offset: u64) -> Result<Vec<u64>, Status> {
     let guest = state.guest_of(index).ok_or(Status::NoRights)?;
-    config_words(&state.image.guests[guest].encode()).ok_or(Status::OutOfMemory)
+    let offset = usize::try_from(offset).map_err(|_| Status::BadArgument)?;
+    config_words(&state.image.guests[guest].encode(), offset).ok_or(Status::BadArgument)
 }
 
 /// The image capability for domain `index` and the reply words after the status.
@@ -34,6 +37,13 @@ pub fn image(state: &State, index: usize) -> Result<(Sel, [u64; 2]), Status> {
     let guest = state.guest_of(index).ok_or(Status::NoRights)?;
     let run = &state.guests[guest];
     Ok((run.image_sel, [run.image_len, run.image_offset]))
+}
+
+/// The initrd capability for domain `index` and the reply words after the status.
+pub fn initrd(state: &State, index: usize) -> Result<(Sel, [u64; 2]), Status> {
+    let guest = state.guest_of(index).ok_or(Status::NoRights)?;
+    let (sel, len, offset) = state.guests[guest].initrd.ok_or(Status::BadArgument)?;
+    Ok((sel, [len, offset]))
 }
 
 /// `GUEST_DONE [outcome, detail]` from domain `index`.

@@ -133,10 +133,18 @@ fn guest_images(
         .map(|guest| {
             let module = boot::find(page, &guest.image).ok_or_else(|| guest.image.clone())?;
             let module = module.entry();
+            let initrd = match guest.initrd_module() {
+                Some(name) => {
+                    let m = boot::find(page, &name).ok_or(name)?.entry();
+                    Some((m.sel, m.len, m.addr % PAGE))
+                }
+                None => None,
+            };
             Ok(GuestRun {
                 image_sel: module.sel,
                 image_len: module.len,
                 image_offset: module.addr % PAGE,
+                initrd,
                 passed: None,
             })
         })

@@ -133,6 +133,13 @@ fn handle(utcb: &mut Utcb, index: usize, recv: Sel) -> bool {
             Ok(cap) => (Status::Ok, Some(cap), false),
             Err(status) => (status, None, false),
         },
+        GET_RESOURCE if arg == "initrd" => match guests::initrd(state, index) {
+            Ok((sel, words)) => {
+                more.extend(words);
+                (Status::Ok, Some((sel, guests::IMAGE_RIGHTS)), false)
+            }
+            Err(status) => (status, None, false),
+        },
         GET_RESOURCE if arg == "image" => match guests::image(state, index) {
             Ok((sel, words)) => {
                 more.extend(words);
@@ -148,7 +155,7 @@ fn handle(utcb: &mut Utcb, index: usize, recv: Sel) -> bool {
             Ok(sel) => (Status::Ok, Some((sel, Rights::CALL)), false),
             Err(status) => (status, None, false),
         },
-        GET_CONFIG => match guests::config(state, index) {
+        GET_CONFIG => match guests::config(state, index, word0) {
             Ok(words) => {
                 more = words;
                 (Status::Ok, None, false)

@@ -115,6 +115,8 @@ pub struct GuestRun {
     pub image_len: u64,
     /// Where the image starts in its first page.
     pub image_offset: u64,
+    /// The initrd module, if the guest has one: capability, length, offset in its first page.
+    pub initrd: Option<(Sel, u64, u64)>,
     /// `None` while it runs; then whether it ended as the manifest expects.
     pub passed: Option<bool>,
 }

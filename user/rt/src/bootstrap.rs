@@ -58,20 +58,32 @@ pub struct Image {
 }
 
 /// The caller's guest configuration (vmm-servers only): the bytes of `manifest::Guest::encode`,
-/// for `manifest::Guest::decode`. Init answers other servers with `NoRights`.
+/// for `manifest::Guest::decode`, asked reply by reply (`GET_CONFIG [offset]`; a long command
+/// line takes several). Init answers other servers with `NoRights`.
 pub fn get_config(utcb: &mut Utcb) -> Result<Vec<u8>, Error> {
-    utcb.call(well_known::BOOTSTRAP_PORTAL, GET_CONFIG, &[])?;
-    utcb.reply_status()?;
-    // Word 1: the byte length; the bytes follow from word 2, eight per word, little-endian.
-    let words = utcb.words();
-    let len = usize::try_from(utcb.word(1)).map_err(|_| Error::Protocol)?;
-    let packed = words.get(2..).unwrap_or(&[]);
-    if len > packed.len() * 8 {
-        return Err(Error::Protocol);
+    let mut bytes: Vec<u8> = Vec::new();
+    loop {
+        let offset = bytes.len();
+        utcb.call(well_known::BOOTSTRAP_PORTAL, GET_CONFIG, &[offset as u64])?;
+        utcb.reply_status()?;
+        // Word 1: the whole byte length; this reply's bytes follow from word 2, eight per
+        // word, little-endian (`manifest::config_words`).
+        let total = usize::try_from(utcb.word(1)).map_err(|_| Error::Protocol)?;
+        if total > 1 << 16 {
+            return Err(Error::Protocol);
+        }
+        let packed = utcb.words().get(2..).unwrap_or(&[]);
+        let len = total.checked_sub(offset).ok_or(Error::Protocol)?;
+        let len = len.min(packed.len() * 8);
+        if len == 0 && offset < total {
+            return Err(Error::Protocol);
+        }
+        let chunk: Vec<u8> = packed.iter().flat_map(|w| w.to_le_bytes()).collect();
+        bytes.extend_from_slice(&chunk[..len]);
+        if bytes.len() >= total {
+            return Ok(bytes);
+        }
     }
-    let mut bytes: Vec<u8> = packed.iter().flat_map(|w| w.to_le_bytes()).collect();
-    bytes.truncate(len);
-    Ok(bytes)
 }
 
 /// Obtains the caller's guest image (vmm-servers only) at `recv`: a READ-only memory capability

@@ -23,11 +23,13 @@
 //!
 //! [[guest]]
 //! name = "hello"              # unique; its vmm-server is the server `vmm.hello`
-//! image = "hello"             # binary of a guest crate under tests/guests/
-//! memory = "16M"              # guest RAM: a multiple of 2 MiB, 2 MiB to 1 GiB
+//! image = "hello"             # binary of a guest crate under tests/guests/, or a file path
+//!                             # (has a `/` or a `.`; relative to the manifest's directory)
+//! initrd = "initrd.img"       # optional: a file (path like `image`'s) handed to the guest
+//! memory = "16M"              # guest RAM: a multiple of 2 MiB, 2 MiB to 3 GiB (init's pool bounds it)
 //! vcpus = 1                   # default 1 (the only value supported)
 //! mode = "nested"             # or "shadow"; default "nested"
-//! cmdline = "greeting=hi"     # at most 200 bytes; default ""
+//! cmdline = "greeting=hi"     # at most 2,048 bytes; default ""
 //! priority = 10               # of its vmm-server and vCPU; default 10
 //! expect = "exit 0"           # or "exit N", "stopped", "shutdown", "reset", "any"; default "exit 0"
 //! hypercalls = false          # shadow mode only: the kernel answers the DMP hypercalls
@@ -57,6 +59,7 @@ use anyhow::{anyhow, bail, Result};
 use manifest::SystemImage;
 
 use crate::image::BootModule;
+pub use crate::manifest::source::GuestImage;
 use crate::toml_file::Source;
 use crate::workspace::Workspace;
 
@@ -72,8 +75,11 @@ pub struct System {
     pub image: SystemImage,
     /// The workspace package of each server's ELF, in the order of `image.servers`.
     pub binaries: Vec<String>,
-    /// The guest-crate binary of each guest, in the order of `image.guests`.
-    pub guest_images: Vec<String>,
+    /// The image of each guest (a guest crate's binary or a file), in the order of
+    /// `image.guests`.
+    pub guest_images: Vec<GuestImage>,
+    /// The initrd file of each guest that has one, in the order of `image.guests`.
+    pub guest_initrds: Vec<Option<PathBuf>>,
     /// RAM of the emulated machine in MiB.
     pub ram_mib: u64,
 }
@@ -136,19 +142,32 @@ pub fn load_with(root: &Path, name: &str, workspace: Option<&Workspace>) -> Resu
         );
     }
     let source = Source::read(&path)?;
-    parse(&source, name, root, workspace)
+    parse_in(&source, name, root, &dir, workspace)
 }
 
-/// Loads a manifest from any `path` (a generated one, say, outside `manifests/`); the system's
-/// name must be the file's stem, as for [`load`]. Module paths are resolved against `root` and
-/// `binary` packages must exist in the workspace.
+/// Loads a manifest from any `path` (`run --manifest`, a generated one, outside `manifests/`);
+/// the system's name must be the file's stem, as for [`load`]. Module paths are resolved
+/// against `root`, guest image and initrd paths against the manifest's directory, and `binary`
+/// packages must exist in the workspace.
 pub fn load_file(root: &Path, path: &Path) -> Result<System> {
+    load_file_with(root, path, Some(Workspace::load(root)?))
+}
+
+/// Like [`load_file`]; without a workspace, `binary` packages are not looked up.
+pub fn load_file_with(root: &Path, path: &Path, workspace: Option<&Workspace>) -> Result<System> {
     let name = path
         .file_stem()
         .and_then(|stem| stem.to_str())
         .ok_or_else(|| anyhow!("{}: no file name", crate::layout::show(path)))?;
+    if !path.is_file() {
+        bail!("no manifest {}", path.display());
+    }
     let source = Source::read(path)?;
-    parse(&source, name, root, Some(Workspace::load(root)?))
+    let dir = std::path::absolute(path)?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    parse_in(&source, name, root, &dir, workspace)
 }
 
 /// The names of the systems in `dir`.
@@ -167,16 +186,35 @@ pub fn available(dir: &Path) -> Vec<String> {
 }
 
 /// Parses and checks a manifest whose file is named `<expected_name>.toml`; module paths are
-/// resolved against `root`. Syntax errors stop at the first; every other problem is collected
+/// resolved against `root`, guest paths against `root/manifests`. Syntax errors stop at the first; every other problem is collected
 /// and all are reported, one `file:line:column: message` per line, in file order.
+#[cfg(test)]
 pub fn parse(
     source: &Source,
     expected_name: &str,
     root: &Path,
     workspace: Option<&Workspace>,
 ) -> Result<System> {
+    parse_in(
+        source,
+        expected_name,
+        root,
+        &root.join("manifests"),
+        workspace,
+    )
+}
+
+/// [`parse`] for a manifest in directory `dir`, against which guest image and initrd paths are
+/// resolved.
+pub fn parse_in(
+    source: &Source,
+    expected_name: &str,
+    root: &Path,
+    dir: &Path,
+    workspace: Option<&Workspace>,
+) -> Result<System> {
     let file: source::File = source.parse()?;
-    let compiled = source::compile(&file, workspace);
+    let compiled = source::compile(&file, workspace, dir);
     // A value that is wrong in the source stands in the image as a placeholder; the rules
     // would only repeat the complaint about it.
     let reported: Vec<usize> = compiled.errors.iter().map(|(s, _)| s.start).collect();
@@ -222,6 +260,7 @@ pub fn parse(
             image,
             binaries: compiled.binaries,
             guest_images: compiled.guest_images,
+            guest_initrds: compiled.guest_initrds,
             ram_mib,
         });
     }
@@ -309,7 +348,9 @@ fn extra_modules(
                 || image.server(&name).is_some()
                 || (guests
                     && (name == manifest::VMM_MODULE
-                        || image.guests.iter().any(|g| g.image == name))))
+                        || image.guests.iter().any(|g| {
+                            g.image == name || g.initrd_module().is_some_and(|m| m == name)
+                        }))))
         {
             errors.push((
                 span,
@@ -327,7 +368,8 @@ fn extra_modules(
         } else {
             0
         }
-        + if guests { 1 + image.guests.len() } else { 0 };
+        + if guests { 1 + image.guests.len() } else { 0 }
+        + image.guests.iter().filter(|g| g.initrd).count();
     if count > abi::boot::MAX_BOOT_MODULES {
         errors.push((
             section.name.span(),

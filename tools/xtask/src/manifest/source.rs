@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::ops::Range;
+use std::path::{Path, PathBuf};
 
 use manifest::{Expect, Field, Guest, GuestField, MemoryMode, Place, PortRange, Server};
 use manifest::{SystemImage, Use};
@@ -77,8 +78,10 @@ pub struct ServerEntry {
 #[serde(deny_unknown_fields)]
 pub struct GuestEntry {
     name: Spanned<String>,
-    /// Binary of a guest crate under `tests/guests/`.
+    /// Binary of a guest crate under `tests/guests/`, or a file path ([`GuestImage::read`]).
     image: Spanned<String>,
+    /// A file handed to the guest as its initrd (a path like `image`'s).
+    initrd: Option<Spanned<String>>,
     memory: Spanned<Size>,
     vcpus: Option<Spanned<i64>>,
     /// `"nested"` (default) or `"shadow"`.
@@ -94,6 +97,43 @@ pub struct GuestEntry {
     /// The seed of the reply fuzzer (issue #11): a non-negative integer (0 is a seed); the
     /// guest then needs `expect = "any"`.
     fuzz_replies: Option<Spanned<i64>>,
+}
+
+/// Where a guest's image comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestImage {
+    /// The binary of a guest crate under `tests/guests/`, built by the tool.
+    Crate(String),
+    /// A file, packed as it is (any format the vmm-server loads).
+    File(PathBuf),
+}
+
+impl GuestImage {
+    /// Reads the manifest's `image` value: a value with a `/` or a `.` is a file path
+    /// (relative to the manifest's directory `dir`, or absolute); anything else names a guest
+    /// crate's binary (package and binary names never hold either character).
+    pub fn read(value: &str, dir: &Path) -> GuestImage {
+        if is_path(value) {
+            GuestImage::File(resolve(value, dir))
+        } else {
+            GuestImage::Crate(value.to_string())
+        }
+    }
+}
+
+/// Whether a manifest's `image` value is a file path rather than a guest crate's binary.
+pub fn is_path(value: &str) -> bool {
+    value.contains('/') || value.contains('.')
+}
+
+/// `value` as a path: absolute as it is, else below `dir` (the manifest's directory).
+pub fn resolve(value: &str, dir: &Path) -> PathBuf {
+    let path = Path::new(value);
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        dir.join(path)
+    }
 }
 
 /// A guest's priority when the manifest gives none.
@@ -207,8 +247,10 @@ impl Spans {
 pub struct Compiled {
     pub image: SystemImage,
     pub binaries: Vec<String>,
-    /// The guest-crate binary of each guest, in the order of `image.guests`.
-    pub guest_images: Vec<String>,
+    /// The image of each guest, in the order of `image.guests`.
+    pub guest_images: Vec<GuestImage>,
+    /// The initrd file of each guest, if any, in the order of `image.guests`.
+    pub guest_initrds: Vec<Option<PathBuf>>,
     pub spans: Spans,
     /// Values that cannot be represented in the image (a placeholder stands in for each).
     pub errors: Vec<(Range<usize>, String)>,
@@ -216,8 +258,9 @@ pub struct Compiled {
     pub package_errors: Vec<(Range<usize>, String)>,
 }
 
-/// Translates the parsed file. `workspace` (when given) is where `binary` packages must exist.
-pub fn compile(file: &File, workspace: Option<&Workspace>) -> Compiled {
+/// Translates the parsed file. `workspace` (when given) is where `binary` packages must exist;
+/// guest image and initrd paths are relative to `dir`, the manifest's directory, and must exist.
+pub fn compile(file: &File, workspace: Option<&Workspace>, dir: &Path) -> Compiled {
     let mut errors = Vec::new();
     let mut package_errors = Vec::new();
     let mut servers = Vec::new();
@@ -238,12 +281,25 @@ pub fn compile(file: &File, workspace: Option<&Workspace>) -> Compiled {
     }
     let mut guests = Vec::new();
     let mut guest_images = Vec::new();
+    let mut guest_initrds = Vec::new();
     for entry in &file.guest {
-        if let Some(ws) = workspace {
-            check_guest_image(entry, ws, &mut package_errors);
+        let image = GuestImage::read(entry.image.get_ref(), dir);
+        match &image {
+            GuestImage::Crate(_) => {
+                if let Some(ws) = workspace {
+                    check_guest_image(entry, ws, &mut package_errors);
+                }
+            }
+            GuestImage::File(path) => check_file(entry, "image", &entry.image, path, &mut errors),
         }
+        let initrd = entry.initrd.as_ref().map(|value| {
+            let path = resolve(value.get_ref(), dir);
+            check_file(entry, "initrd", value, &path, &mut errors);
+            path
+        });
         guests.push(compile_guest(entry, &mut errors));
-        guest_images.push(entry.image.get_ref().clone());
+        guest_images.push(image);
+        guest_initrds.push(initrd);
         spans.guests.push(GuestSpans {
             name: entry.name.span(),
             image: entry.image.span(),
@@ -264,6 +320,7 @@ pub fn compile(file: &File, workspace: Option<&Workspace>) -> Compiled {
         },
         binaries,
         guest_images,
+        guest_initrds,
         spans,
         errors,
         package_errors,
@@ -300,6 +357,27 @@ fn check_guest_image(entry: &GuestEntry, ws: &Workspace, errors: &mut Vec<(Range
                 } else {
                     known.join(", ")
                 }
+            ),
+        ));
+    }
+}
+
+/// A guest's `image` or `initrd` file must exist and be a file.
+fn check_file(
+    entry: &GuestEntry,
+    what: &str,
+    value: &Spanned<String>,
+    path: &Path,
+    errors: &mut Vec<(Range<usize>, String)>,
+) {
+    if !path.is_file() {
+        errors.push((
+            value.span(),
+            format!(
+                "the {what} file of guest `{}` does not exist: {} (`{}`; a path is relative to the manifest's directory, or absolute)",
+                entry.name.get_ref(),
+                path.display(),
+                value.get_ref()
             ),
         ));
     }
@@ -394,6 +472,7 @@ fn compile_guest(entry: &GuestEntry, errors: &mut Vec<(Range<usize>, String)>) -
         expect,
         hypercalls,
         dmp,
+        initrd: entry.initrd.is_some(),
         fuzz_replies,
         name,
     }

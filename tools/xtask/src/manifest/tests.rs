@@ -476,7 +476,13 @@ fn guests_compile_with_defaults() {
     let system = parse_text(&guests_text(), "t").unwrap();
     assert!(system.has_guests() && system.has_servers());
     assert_eq!(system.ram_mib, 1024);
-    assert_eq!(system.guest_images, ["hello", "probe"]);
+    assert_eq!(
+        system.guest_images,
+        [
+            GuestImage::Crate("hello".into()),
+            GuestImage::Crate("probe".into())
+        ]
+    );
     let [hello, probe] = &system.image.guests[..] else {
         panic!("{:?}", system.image.guests)
     };
@@ -520,7 +526,7 @@ fn guests_compile_with_defaults() {
 fn guest_field_errors_are_located() {
     for (from, to, words) in [
         ("memory = \"16M\"", "memory = \"15M\"", "the memory of guest `hello` (15728640 bytes) must be a multiple of 2 MiB"),
-        ("memory = \"16M\"", "memory = \"2G\"", "from 2 MiB to 1 GiB"),
+        ("memory = \"16M\"", "memory = \"4G\"", "from 2 MiB to 3 GiB"),
         ("memory = \"16M\"", "memory = \"lots\"", "invalid size `lots`"),
         ("memory = \"32M\"", "memory = \"32M\"\nvcpus = 2", "guest `probe2` asks for 2 vCPUs; only 1 is supported"),
         ("memory = \"32M\"", "memory = \"32M\"\nvcpus = 300", "vcpus 300 of guest `probe2` is not between 0 and 255"),
@@ -528,11 +534,14 @@ fn guest_field_errors_are_located() {
         ("priority = 12", "priority = 32", "priority 32 of guest `probe2` is above the highest, 31"),
         ("priority = 12", "priority = -1", "priority -1 of guest `probe2` is not between 0 and 255"),
         ("expect = \"stopped\"", "expect = \"exit 256\"", "expect `exit 256` of guest `probe2` is none of"),
-        ("cmdline = \"greeting=hi\"", "cmdline = \"a\\nb\"", "the command line of guest `hello` must be one line of at most 200 bytes"),
+        ("cmdline = \"greeting=hi\"", "cmdline = \"a\\nb\"", "the command line of guest `hello` must be one line of at most 2048 bytes"),
         ("image = \"probe\"", "image = \"probo\"", "no guest image `probo` (guest `probe2`): guest images are the binaries of the crates under tests/guests/ (hello, probe)"),
         ("image = \"probe\"", "image = \"serial\"", "no guest image `serial`"),
         ("name = \"probe2\"", "name = \"hello\"", "two guests are named `hello` (see line"),
-        ("name = \"probe2\"", "name = \"a.b\"", "guest name `a.b` must be 1 to 41 characters"),
+        ("name = \"probe2\"", "name = \"a.b\"", "guest name `a.b` must be 1 to 40 characters"),
+        ("image = \"probe\"", "image = \"kernels/mine.elf\"", "the image file of guest `probe2` does not exist: /repo/manifests/kernels/mine.elf (`kernels/mine.elf`; a path is relative to the manifest's directory, or absolute)"),
+        ("image = \"probe\"", "image = \"/nowhere/bzImage\"", "the image file of guest `probe2` does not exist: /nowhere/bzImage"),
+        ("image = \"probe\"", "image = \"probe\"\ninitrd = \"rd.img\"", "the initrd file of guest `probe2` does not exist: /repo/manifests/rd.img"),
         ("expect = \"stopped\"", "expect = \"stopped\"\nsecret = 1", "unknown field `secret`"),
         ("expect = \"stopped\"", "expect = \"any\"\nfuzz_replies = -1", "fuzz_replies -1 of guest `probe2` is not a seed: a non-negative integer (0 is one)"),
         ("expect = \"stopped\"", "expect = \"any\"\nfuzz_replies = \"7\"", "invalid type: string \"7\""),
@@ -544,9 +553,17 @@ fn guest_field_errors_are_located() {
         assert_at(&err, line, words);
         assert_eq!(err.lines().count(), 1, "one problem, once: {err}");
     }
-    let long = format!("cmdline = \"{}\"", "x".repeat(201));
+    let long = format!("cmdline = \"{}\"", "x".repeat(2049));
     let (text, line) = guests_edit("cmdline = \"greeting=hi\"", &long);
-    assert_at(&error(&text), line, "at most 200 bytes (it has 201)");
+    assert_at(&error(&text), line, "at most 2048 bytes (it has 2049)");
+    let longest = format!("cmdline = \"{}\"", "x".repeat(2048));
+    let (text, _) = guests_edit("cmdline = \"greeting=hi\"", &longest);
+    assert_eq!(
+        parse_text(&text, "t").unwrap().image.guests[0]
+            .cmdline
+            .len(),
+        2048
+    );
     let (text, _) = guests_edit("image = \"hello\"\n", "");
     assert!(error(&text).contains("missing field `image`"));
 }
