@@ -11,10 +11,16 @@
 //! | `IA32_FEATURE_CONTROL` (0x3a) | 1 (locked, VMX off) | #GP |
 //! | `IA32_BIOS_SIGN_ID` (0x8b) | 0 (no microcode revision) | ignored |
 //! | `IA32_MTRRCAP` (0xfe) | 0 (no variable or fixed MTRRs, no WC) | #GP |
-//! | `IA32_MISC_ENABLE` (0x1a0) | [`MISC_ENABLE_VALUE`] | ignored |
+//! | `IA32_MCG_CAP` (0x179) | 0 (no machine-check banks) | #GP |
+//! | `IA32_MCG_STATUS` (0x17a) | stored | stored |
+//! | `IA32_MISC_ENABLE` (0x1a0) | [`MISC_ENABLE_VALUE`] at reset, then what the guest wrote | stored; the "BTS/PEBS unavailable" bits (11, 12) stay set |
 //! | `IA32_PAT` (0x277) | the vCPU's PAT | valid memory types only, into the vCPU's PAT |
 //! | `IA32_MTRR_DEF_TYPE` (0x2ff) | stored | type and enable bits only |
 //! | `IA32_EFER` (0xc000_0080) | the vCPU's EFER | SCE, LME, NXE; LMA ignored; LME may not change while paging is on |
+//! | AMD legacy performance counters `PERF_CTL0..3`, `PERF_CTR0..3` (0xc001_0000..=0xc001_0007) | 0 (no counters run) | ignored |
+//!
+//! Where this leaves a choice, it answers as KVM does without a virtual PMU or machine-check
+//! banks: kernels probe these MSRs on every CPU (Linux's perf and MCE set-up) and stop on #GP.
 
 /// MSR numbers.
 pub mod index {
@@ -23,10 +29,15 @@ pub mod index {
     pub const FEATURE_CONTROL: u32 = 0x3a;
     pub const BIOS_SIGN_ID: u32 = 0x8b;
     pub const MTRRCAP: u32 = 0xfe;
+    pub const MCG_CAP: u32 = 0x179;
+    pub const MCG_STATUS: u32 = 0x17a;
     pub const MISC_ENABLE: u32 = 0x1a0;
     pub const PAT: u32 = 0x277;
     pub const MTRR_DEF_TYPE: u32 = 0x2ff;
     pub const EFER: u32 = 0xc000_0080;
+    /// AMD's legacy performance-event selects (`PERF_CTL0..3`) and counters (`PERF_CTR0..3`).
+    pub const AMD_PERF_FIRST: u32 = 0xc001_0000;
+    pub const AMD_PERF_LAST: u32 = 0xc001_0007;
 }
 
 /// EFER bits.
@@ -44,6 +55,8 @@ pub const FEATURE_CONTROL_VALUE: u64 = 1;
 /// `IA32_MISC_ENABLE`: fast strings (bit 0), branch-trace storage unavailable (11), PEBS
 /// unavailable (12).
 pub const MISC_ENABLE_VALUE: u64 = 1 | 1 << 11 | 1 << 12;
+/// `IA32_MISC_ENABLE` bits that report what the CPU lacks: a write cannot clear them.
+const MISC_ENABLE_FIXED: u64 = 1 << 11 | 1 << 12;
 /// `IA32_MTRR_DEF_TYPE` at reset: MTRRs disabled, default type uncacheable.
 pub const MTRR_DEF_TYPE_RESET: u64 = 0;
 /// `IA32_PAT` at reset.
@@ -87,6 +100,8 @@ pub enum MsrAction {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MsrPolicy {
     mtrr_def_type: u64,
+    misc_enable: u64,
+    mcg_status: u64,
 }
 
 impl Default for MsrPolicy {
@@ -109,6 +124,8 @@ impl MsrPolicy {
     pub const fn new() -> MsrPolicy {
         MsrPolicy {
             mtrr_def_type: MTRR_DEF_TYPE_RESET,
+            misc_enable: MISC_ENABLE_VALUE,
+            mcg_status: 0,
         }
     }
 
@@ -118,8 +135,10 @@ impl MsrPolicy {
             index::TSC => ctx.tsc,
             index::APIC_BASE => APIC_BASE_VALUE,
             index::FEATURE_CONTROL => FEATURE_CONTROL_VALUE,
-            index::BIOS_SIGN_ID | index::MTRRCAP => 0,
-            index::MISC_ENABLE => MISC_ENABLE_VALUE,
+            index::BIOS_SIGN_ID | index::MTRRCAP | index::MCG_CAP => 0,
+            index::MCG_STATUS => self.mcg_status,
+            index::MISC_ENABLE => self.misc_enable,
+            index::AMD_PERF_FIRST..=index::AMD_PERF_LAST => 0,
             index::PAT => ctx.pat,
             index::MTRR_DEF_TYPE => self.mtrr_def_type,
             index::EFER => ctx.efer,
@@ -130,7 +149,16 @@ impl MsrPolicy {
     /// WRMSR `msr` with `value` (EDX:EAX).
     pub fn write(&mut self, msr: u32, value: u64, ctx: &MsrContext) -> MsrAction {
         match msr {
-            index::TSC | index::BIOS_SIGN_ID | index::MISC_ENABLE => MsrAction::Ok,
+            index::TSC | index::BIOS_SIGN_ID => MsrAction::Ok,
+            index::AMD_PERF_FIRST..=index::AMD_PERF_LAST => MsrAction::Ok,
+            index::MISC_ENABLE => {
+                self.misc_enable = value | MISC_ENABLE_FIXED;
+                MsrAction::Ok
+            }
+            index::MCG_STATUS => {
+                self.mcg_status = value;
+                MsrAction::Ok
+            }
             index::APIC_BASE if value == APIC_BASE_VALUE => MsrAction::Ok,
             index::PAT => {
                 if value.to_le_bytes().iter().all(|&t| valid_pat_type(t)) {
@@ -195,6 +223,34 @@ mod tests {
     }
 
     #[test]
+    fn probed_msrs_answer_as_kvm_does() {
+        let mut p = MsrPolicy::new();
+        let c = ctx();
+        for msr in index::AMD_PERF_FIRST..=index::AMD_PERF_LAST {
+            assert_eq!(p.write(msr, 0x43_0076, &c), MsrAction::Ok, "{msr:#x}");
+            assert_eq!(p.read(msr, &c), MsrAction::Value(0), "{msr:#x}");
+        }
+        assert_eq!(
+            p.read(index::AMD_PERF_LAST + 1, &c),
+            MsrAction::GeneralProtection
+        );
+        assert_eq!(
+            p.read(index::AMD_PERF_FIRST - 1, &c),
+            MsrAction::GeneralProtection
+        );
+        assert_eq!(p.read(index::MCG_CAP, &c), MsrAction::Value(0));
+        assert_eq!(p.write(index::MCG_CAP, 0, &c), MsrAction::GeneralProtection);
+        assert_eq!(p.write(index::MCG_STATUS, 4, &c), MsrAction::Ok);
+        assert_eq!(p.read(index::MCG_STATUS, &c), MsrAction::Value(4));
+        // MISC_ENABLE keeps what the guest writes, but not a claim to have BTS or PEBS.
+        assert_eq!(p.write(index::MISC_ENABLE, 1 << 3, &c), MsrAction::Ok);
+        assert_eq!(
+            p.read(index::MISC_ENABLE, &c),
+            MsrAction::Value(1 << 3 | 1 << 11 | 1 << 12)
+        );
+    }
+
+    #[test]
     fn unknown_msrs_fault() {
         let mut p = MsrPolicy::new();
         let c = ctx();
@@ -202,7 +258,7 @@ mod tests {
             0,
             0x1,
             0x3b,
-            0x179,
+            0x17b,
             0x480,
             0xc001_0114,
             0xc000_0081,
