@@ -24,3 +24,25 @@ pub mod pic;
 pub mod pit;
 pub mod rtc;
 pub mod serial;
+
+/// A port access of `size` bytes to byte-wide ISA registers: a wider access touches consecutive
+/// ports, as on the ISA bus (sizes other than 1 and 2 count as 4). The PIC, PIT and RTC share it.
+pub(crate) fn isa_read(port: u16, size: u8, mut read_byte: impl FnMut(u16) -> u8) -> u32 {
+    (0..isa_bytes(size)).fold(0, |value, i| {
+        value | u32::from(read_byte(port.wrapping_add(i))) << (8 * i)
+    })
+}
+
+/// The write half of [`isa_read`].
+pub(crate) fn isa_write(port: u16, size: u8, value: u32, mut write_byte: impl FnMut(u16, u8)) {
+    for i in 0..isa_bytes(size) {
+        write_byte(port.wrapping_add(i), (value >> (8 * i)) as u8);
+    }
+}
+
+fn isa_bytes(size: u8) -> u16 {
+    match size {
+        1 | 2 => u16::from(size),
+        _ => 4,
+    }
+}

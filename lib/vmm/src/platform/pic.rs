@@ -363,19 +363,12 @@ impl Pic {
 
     /// Port read of `size` bytes (wider accesses read consecutive ports, as on the ISA bus).
     pub fn read(&mut self, port: u16, size: u8) -> u32 {
-        let mut value = 0u32;
-        for i in 0..access_bytes(size) {
-            let byte = self.read_byte(port.wrapping_add(i));
-            value |= u32::from(byte) << (8 * i);
-        }
-        value
+        super::isa_read(port, size, |p| self.read_byte(p))
     }
 
     /// Port write of `size` bytes (wider accesses write consecutive ports).
     pub fn write(&mut self, port: u16, size: u8, value: u32) {
-        for i in 0..access_bytes(size) {
-            self.write_byte(port.wrapping_add(i), (value >> (8 * i)) as u8);
-        }
+        super::isa_write(port, size, value, |p, b| self.write_byte(p, b));
     }
 
     fn read_byte(&mut self, port: u16) -> u8 {
@@ -431,13 +424,6 @@ impl Pic {
 }
 
 /// Bytes in an access of `size` (1, 2 or 4; anything else counts as 4).
-fn access_bytes(size: u8) -> u16 {
-    match size {
-        1 | 2 => u16::from(size),
-        _ => 4,
-    }
-}
-
 #[cfg(test)]
 #[path = "pic_tests.rs"]
 mod tests;

@@ -380,20 +380,14 @@ impl Rtc {
     /// Port read of `size` bytes; a wider access reads consecutive ports.
     pub fn read(&mut self, now_ns: u64, port: u16, size: u8) -> u32 {
         self.advance(now_ns);
-        let mut value = 0;
-        for i in 0..access_bytes(size) {
-            value |= u32::from(self.read_byte(port.wrapping_add(i))) << (8 * i);
-        }
-        value
+        super::isa_read(port, size, |p| self.read_byte(p))
     }
 
     /// Port write of `size` bytes; a wider access writes consecutive ports (a 16-bit write to
     /// 0x70 selects and writes a register).
     pub fn write(&mut self, now_ns: u64, port: u16, size: u8, value: u32) {
         self.advance(now_ns);
-        for i in 0..access_bytes(size) {
-            self.write_byte(port.wrapping_add(i), (value >> (8 * i)) as u8);
-        }
+        super::isa_write(port, size, value, |p, b| self.write_byte(p, b));
     }
 
     fn read_byte(&mut self, port: u16) -> u8 {
@@ -526,13 +520,6 @@ fn first_match(hours: u64, minutes: u64, seconds: u64, from: u32) -> Option<u32>
 }
 
 /// Bytes in an access of `size` (1, 2 or 4; anything else counts as 4).
-fn access_bytes(size: u8) -> u16 {
-    match size {
-        1 | 2 => u16::from(size),
-        _ => 4,
-    }
-}
-
 #[path = "rtc_calendar.rs"]
 mod calendar;
 
