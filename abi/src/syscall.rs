@@ -127,6 +127,9 @@ pub mod stats {
     /// The hardware-virtualization backend the kernel runs guests with: 0 none, else a
     /// [`crate::vm::Backend`] value (1 SVM, 2 VMX); see [`crate::vm::Backend::from_stat`].
     pub const VIRT_BACKEND: u64 = 4;
+    /// The TSC's frequency in Hz, measured at boot against the PIT (0: unknown). Guests' TSCs
+    /// run unshifted, so VMMs time their devices with it.
+    pub const TSC_HZ: u64 = 5;
 }
 
 /// Number of defined syscalls; every number at or above it returns `BadSyscall`.

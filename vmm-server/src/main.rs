@@ -30,6 +30,7 @@ mod config;
 mod cpu;
 mod fuzz;
 mod memory;
+mod timer;
 
 use alloc::boxed::Box;
 
@@ -60,6 +61,13 @@ const RECV: Sel = well_known::FIRST_FREE.offset(6);
 const DMP: Sel = well_known::FIRST_FREE.offset(7);
 /// The guest's initrd module (read-only), when it has one (8 and 9 are the fuzzer's).
 const INITRD: Sel = well_known::FIRST_FREE.offset(10);
+/// The timer thread's semaphore, the one the main thread sleeps on while its guest halts, and
+/// the timer thread.
+const KICK: Sel = well_known::FIRST_FREE.offset(11);
+const HALT: Sel = well_known::FIRST_FREE.offset(12);
+const TIMER_THREAD: Sel = well_known::FIRST_FREE.offset(13);
+/// The timer thread's stack and UTCB.
+static TIMER_MEM: rt::thread::ThreadMem<8192> = rt::thread::ThreadMem::new();
 /// The exit portals: `EXIT_BASE + reason`.
 const EXIT_BASE: Sel = Sel::new(32);
 
@@ -238,6 +246,9 @@ pub fn load(
     guest: &Guest,
 ) -> Result<image::Boot, SetupError> {
     let boot = image::load_with(image, memory, &guest.cmdline, initrd).map_err(SetupError::Load)?;
+    if vmm::platform::acpi::install(memory).is_err() {
+        return Err(SetupError::Step("acpi tables", Error::Protocol));
+    }
     let secret = vmm::layout::secret(&guest.name, cpu::rdtsc());
     if !image::write_secret(memory, &secret) {
         return Err(SetupError::Step("write secret", Error::Protocol));
@@ -245,13 +256,22 @@ pub fn load(
     Ok(boot)
 }
 
-/// A monitor for a guest that starts in `initial`, with the guest's DMP options.
+/// A monitor for a guest that starts in `initial`, with the guest's DMP options, on a PC
+/// whose devices keep time with the TSC frequency the kernel measured.
 pub fn new_monitor(
     guest: &Guest,
     initial: VcpuState,
     guest_ram: &mut memory::GuestRam,
 ) -> Result<Monitor, SetupError> {
-    let mut monitor = Monitor::new(initial);
+    use vmm::platform::board::{Board, BoardConfig};
+    let tsc_hz = syscall::kernel_stats(abi::syscall::stats::TSC_HZ).unwrap_or(0);
+    let board = Board::new(BoardConfig {
+        ram_bytes: guest.memory_bytes,
+        tsc_hz,
+        rtc_unix_seconds: vmm::platform::rtc::DEFAULT_UNIX_SECONDS,
+        x2apic: false,
+    });
+    let mut monitor = Monitor::with_board(initial, board, guest.memory_bytes);
     if guest.hypercalls || guest.dmp {
         monitor.enable_vmm_hypercalls();
     }
@@ -332,10 +352,22 @@ fn setup(utcb: &mut Utcb, guest: &Guest, name: &str) -> Result<Set, SetupError> 
             syscall::create_portal(EXIT_BASE.offset(reason), well_known::SELF_THREAD, reason),
         )?;
     }
-    let priority = u64::from(guest.priority);
+    // One below the server's own threads, so that its exit handling and timer thread always
+    // preempt its guest.
+    let priority = u64::from(guest.priority.saturating_sub(1));
     step(
         "create vcpu",
         rt::vm::create_vcpu(VCPU, VM, well_known::SELF_PD, priority, EXIT_BASE),
+    )?;
+    step("create semaphores", syscall::create_semaphore(KICK, 0))?;
+    step("create semaphores", syscall::create_semaphore(HALT, 0))?;
+    let caps = timer::TimerCaps {
+        kick: KICK,
+        vcpu: VCPU,
+    };
+    step(
+        "start the timer thread",
+        timer::start(caps, &TIMER_MEM, TIMER_THREAD, guest.priority),
     )?;
     if guest.hypercalls || guest.dmp {
         step("enable hypercalls", rt::vm::vcpu_hypercalls(VCPU, true))?;
@@ -412,7 +444,16 @@ fn serve(
                 received,
             )
         });
-        let response = monitor.handle(words, &mut cpu::cpuid, ram);
+        let mut response = monitor.handle(words, &mut cpu::cpuid, ram);
+        // HLT: the reply waits until a device interrupts the sleeping guest.
+        while let Some(until) = response.halted_until {
+            timer::arm(None);
+            timer::sleep_until(HALT, until);
+            if monitor.wake(&mut response, cpu::rdtsc()) {
+                break;
+            }
+        }
+        timer::arm(monitor.next_deadline_tsc());
         if let Some(end) = answer(utcb, response, guest, name) {
             return end;
         }

@@ -79,6 +79,10 @@ pub fn start(handover: Handover) -> ! {
         arch::apic::id(),
         arch::TIMER_VECTOR
     );
+    log::info!(
+        "tsc: {} kHz (measured against the PIT)",
+        arch::tsc::calibrate() / 1000
+    );
     arch::vm::init(cpu.virt);
     // With an `init` module the system is init's to run; without one the kernel checks itself.
     crate::kern::start_init(info);

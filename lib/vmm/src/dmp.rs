@@ -14,7 +14,7 @@ use abi::dmp::uart::{RING_CAPACITY, RING_COUNT, RING_DATA, WINDOW_UART_LCR, WIND
 use alloc::vec::Vec;
 
 use crate::layout::{DMP_WINDOW_PAGES, DMP_WINDOW_PHYSICAL};
-use crate::uart::Uart;
+use crate::platform::serial::Serial;
 
 /// Guest-physical memory as the VMM reaches it.
 pub trait GuestMemory {
@@ -95,7 +95,7 @@ impl UartWindow {
     }
 
     /// Writes the LSR and LCR words from the UART's state; false if the memory refused.
-    pub fn publish(&self, uart: &Uart, mem: &mut dyn GuestMemory) -> bool {
+    pub fn publish(&self, uart: &Serial, mem: &mut dyn GuestMemory) -> bool {
         let lsr = u64::from(uart.line_status()).to_le_bytes();
         let lcr = u64::from(uart.window_lcr()).to_le_bytes();
         mem.write(self.window + WINDOW_UART_LSR, &lsr)
@@ -128,7 +128,6 @@ impl UartWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::uart::reg;
     use alloc::vec;
 
     const PAGES: u64 = 4;
@@ -146,17 +145,17 @@ mod tests {
         let w = UartWindow::new(0x8_0000, PAGES);
         assert_eq!(w.ring, 0x8_0000 + 3 * 4096);
         let mut mem = ram();
-        let mut uart = Uart::new();
+        let mut uart = Serial::com1();
         assert!(w.publish(&uart, &mut mem));
         assert_eq!(word(&mem, w.window + WINDOW_UART_LSR), 0x60);
         assert_eq!(word(&mem, w.window + WINDOW_UART_LCR), 0x03);
-        uart.write(reg::LCR, 0x83);
+        uart.write(0, 0x3fb, 1, 0x83);
         assert!(w.publish(&uart, &mut mem));
         assert_eq!(word(&mem, w.window + WINDOW_UART_LCR), 0x83);
         // Loopback: a THR write becomes received data, LCR shows bit 7, LSR data ready.
-        uart.write(reg::LCR, 0x03);
-        uart.write(reg::MCR, 0x10);
-        uart.write(reg::DATA, b'x');
+        uart.write(0, 0x3fb, 1, 0x03);
+        uart.write(0, 0x3fc, 1, 0x10);
+        uart.write(0, 0x3f8, 1, u32::from(b'x'));
         assert!(w.publish(&uart, &mut mem));
         assert_eq!(word(&mem, w.window + WINDOW_UART_LCR), 0x83);
         assert_eq!(word(&mem, w.window + WINDOW_UART_LSR), 0x61);

@@ -23,6 +23,7 @@
 extern crate alloc;
 
 pub mod boot;
+pub mod console;
 pub mod cpuid;
 pub mod dmp;
 pub mod elf;
@@ -30,6 +31,7 @@ pub mod fuzz;
 pub mod image;
 pub mod info;
 pub mod layout;
+pub mod mmio;
 pub mod monitor;
 pub mod msr;
 pub mod multiboot;
@@ -37,4 +39,3 @@ pub mod platform;
 pub mod ports;
 pub mod state;
 pub mod timing;
-pub mod uart;

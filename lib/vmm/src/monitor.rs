@@ -36,10 +36,12 @@ use abi::vm::{inject, mtd, word, Exit, IoQual, EXIT_COUNT};
 
 use crate::cpuid;
 use crate::dmp::{GuestMemory, UartWindow, RING_BYTES};
+use crate::mmio::{self, CpuMode, MmioOp};
 use crate::msr::{MsrAction, MsrContext, MsrPolicy, StateWrite};
+use crate::platform::board::{Board, BoardConfig, BoardEvent, Clock};
+use crate::platform::serial;
 use crate::ports::{self, IoEvent, Ports};
 use crate::state::{reply_len, Gpr, VcpuState};
-use crate::uart;
 
 /// Detail codes of a FAILED end (for the log and init's report).
 pub mod failure {
@@ -60,6 +62,8 @@ pub mod failure {
     pub const SETUP: u64 = 6;
 }
 
+const RFLAGS_IF: u64 = 1 << 9;
+
 /// Exception vectors the VMM injects.
 pub const UD: u8 = 6;
 pub const GP: u8 = 13;
@@ -70,15 +74,16 @@ pub const PF: u8 = 14;
 pub fn transfer_mask(exit: Exit) -> u64 {
     match exit {
         Exit::Startup => mtd::ALL,
-        Exit::Recall | Exit::InterruptWindow => mtd::INJECT,
+        // Interrupt delivery needs RFLAGS.IF and the interruptibility state.
+        Exit::Recall | Exit::InterruptWindow | Exit::Hlt => mtd::RIP | mtd::INJECT,
         Exit::Cpuid | Exit::Io => mtd::GPRS | mtd::RIP,
+        // MMIO emulation fetches the instruction through the guest's tables and mode.
+        Exit::MemoryFault => mtd::GPRS | mtd::RIP | mtd::CONTROL | mtd::SEGMENTS | mtd::INJECT,
         Exit::Rdmsr | Exit::Wrmsr => mtd::GPRS | mtd::RIP | mtd::CONTROL | mtd::MSRS,
         Exit::Exception => mtd::RIP | mtd::CONTROL | mtd::INJECT,
         // A VMM hypercall's number is in RAX; the reply sets RAX and advances RIP.
         Exit::Hypercall => mtd::GPRS | mtd::RIP,
-        Exit::Hlt | Exit::MemoryFault | Exit::Shutdown | Exit::EntryFailure | Exit::Other => {
-            mtd::RIP
-        }
+        Exit::Shutdown | Exit::EntryFailure | Exit::Other => mtd::RIP,
         // Handled by the kernel's vTLB; never delivered. Profile messages carry no state.
         Exit::PageFault | Exit::ControlRegister | Exit::Invlpg | Exit::Profile => 0,
     }
@@ -109,6 +114,10 @@ pub struct Response {
     /// The reply's words; word `MASK` holds the groups written back (and `mtd::STOP`).
     pub reply: VcpuState,
     pub notes: Vec<Note>,
+    /// The guest executed HLT with interrupts enabled and nothing is pending: the vCPU sleeps
+    /// until a device has an interrupt for it. The server holds the reply back, waits until
+    /// this TSC value (the next device timer) and asks [`Monitor::wake`] whether to send it.
+    pub halted_until: Option<u64>,
 }
 
 impl Response {
@@ -140,6 +149,11 @@ pub struct Monitor {
     ended: Option<End>,
     string_io_logged: bool,
     other_logged: u32,
+    /// Guest time and its RAM's end (accesses beyond are device memory).
+    clock: Clock,
+    ram_bytes: u64,
+    /// The HLT exit the vCPU sleeps in, while it does.
+    halted: Option<VcpuState>,
     /// The DMP window's UART words and ring, for guests with DMP.
     uart_window: Option<UartWindow>,
     /// Whether the kernel sends this guest's hypercalls from `VMM_FIRST` on here (and answers the
@@ -171,6 +185,8 @@ struct Step {
     mask: u64,
     notes: Vec<Note>,
     end: Option<End>,
+    /// HLT: the vCPU sleeps unless an interrupt is delivered with this reply.
+    halt: bool,
 }
 
 impl Step {
@@ -180,6 +196,7 @@ impl Step {
             mask: 0,
             notes: Vec::new(),
             end: None,
+            halt: false,
         }
     }
 
@@ -225,9 +242,26 @@ impl Step {
 impl Monitor {
     /// A monitor whose guest starts in `initial` (from the loader).
     pub fn new(initial: VcpuState) -> Monitor {
+        Monitor::with_board(
+            initial,
+            Board::new(BoardConfig {
+                ram_bytes: 64 << 20,
+                tsc_hz: 0,
+                rtc_unix_seconds: crate::platform::rtc::DEFAULT_UNIX_SECONDS,
+                x2apic: false,
+            }),
+            64 << 20,
+        )
+    }
+
+    /// A monitor whose guest starts in `initial` on `board`, with `ram_bytes` of RAM from 0.
+    pub fn with_board(initial: VcpuState, board: Board, ram_bytes: u64) -> Monitor {
         Monitor {
             initial,
-            ports: Ports::new(),
+            clock: board.clock(),
+            ram_bytes,
+            halted: None,
+            ports: Ports::new(board),
             msrs: MsrPolicy::new(),
             counts: [0; EXIT_COUNT as usize],
             unknown: 0,
@@ -248,7 +282,7 @@ impl Monitor {
     /// module documentation); writes the words now. False (and nothing enabled) if `mem` refused
     /// the words.
     pub fn enable_uart_window(&mut self, window: UartWindow, mem: &mut dyn GuestMemory) -> bool {
-        if !window.publish(self.ports.uart(), mem) {
+        if !window.publish(&self.ports.board().serial, mem) {
             return false;
         }
         self.uart_window = Some(window);
@@ -348,6 +382,7 @@ impl Monitor {
         Response {
             reply: step.reply,
             notes: step.notes,
+            halted_until: None,
         }
     }
 
@@ -372,12 +407,8 @@ impl Monitor {
         match window.take(mem, &mut buffer) {
             Some(n) => {
                 self.ring_bytes += n as u64;
-                for &byte in &buffer[..n] {
-                    if self.ports.uart().write(uart::reg::DATA, byte) {
-                        let line = uart::printable(self.ports.uart().line());
-                        step.notes.push(Note::Line(line));
-                    }
-                }
+                self.ports.output(&buffer[..n]);
+                self.take_lines(step);
             }
             None if !self.ring_failed => {
                 self.ring_failed = true;
@@ -391,7 +422,7 @@ impl Monitor {
     /// Rewrites the DMP window's UART words after an access that may have changed them.
     fn publish(&mut self, step: &mut Step, mem: &mut dyn GuestMemory) {
         if let Some(window) = self.uart_window {
-            if !window.publish(self.ports.uart(), mem) && !self.ring_failed {
+            if !window.publish(&self.ports.board().serial, mem) && !self.ring_failed {
                 self.ring_failed = true;
                 step.log(String::from("the DMP UART words are not in guest RAM"));
             }
@@ -399,30 +430,154 @@ impl Monitor {
     }
 
     fn finish(&mut self, msg: &VcpuState, mut step: Step, mem: &mut dyn GuestMemory) -> Response {
-        if let Some(end) = step.end {
-            if self.ended.is_none() {
-                self.drain(&mut step, mem);
-            }
-            if self.ended.is_none() && self.ports.uart().flush() {
-                let line = uart::printable(self.ports.uart().line());
-                step.notes.push(Note::Line(line));
-            }
-            if self.ended.is_none() {
-                step.notes.push(Note::End(end));
-            }
-            self.ended = Some(end);
-            step.mask = mtd::STOP;
-        } else if step.mask & mtd::INJECT == 0 {
+        if step.end.is_none() && step.mask & mtd::INJECT == 0 {
             // Re-inject an event whose delivery the exit interrupted.
             let pending = msg.get(word::INJECT);
             if msg.get(word::MASK) & mtd::INJECT != 0 && pending & inject::VALID != 0 {
                 step.inject(pending, msg.get(word::INJECT_ERROR));
             }
         }
+        let mut halted_until = None;
+        let tsc = msg.get(word::EXIT_TSC);
+        let quiet = self.ports.board_state().quiet_at(tsc);
+        if step.end.is_none() && msg.get(word::REASON) != Exit::Startup as u64 && !quiet {
+            let now = self.clock.ns(tsc);
+            self.deliver(msg, &mut step, now);
+        }
+        if step.end.is_none() && step.halt {
+            halted_until = self.sleep(msg, &mut step);
+        }
+        if let Some(end) = step.end {
+            if self.ended.is_none() {
+                self.drain(&mut step, mem);
+            }
+            if self.ended.is_none() && self.ports.flush() {
+                self.take_lines(&mut step);
+            }
+            if self.ended.is_none() {
+                step.notes.push(Note::End(end));
+            }
+            self.ended = Some(end);
+            step.mask = mtd::STOP;
+            halted_until = None;
+        }
+        if halted_until.is_some() {
+            self.halted = Some(*msg);
+        }
         step.reply.set(word::MASK, step.mask);
         Response {
             reply: step.reply,
             notes: step.notes,
+            halted_until,
+        }
+    }
+
+    /// Offers the board's pending interrupt to the vCPU: injected with this reply when the
+    /// guest can take it now (an NMI unless NMIs are blocked; an external interrupt with
+    /// RFLAGS.IF set, no STI/MOV SS shadow and no other event in this reply), otherwise an
+    /// interrupt-window exit is asked for, which comes as soon as it can.
+    fn deliver(&mut self, msg: &VcpuState, step: &mut Step, now_ns: u64) {
+        let groups = msg.get(word::MASK);
+        let state_known = groups & mtd::RIP != 0 && groups & mtd::INJECT != 0;
+        let blocking = msg.get(word::INTERRUPTIBILITY);
+        let event_busy = |step: &Step| {
+            step.mask & mtd::INJECT != 0 && step.reply.get(word::INJECT) & inject::VALID != 0
+        };
+        let board = self.ports.board();
+        if state_known && !event_busy(step) && blocking & 2 == 0 && board.nmi_pending(now_ns) {
+            board.take_nmi();
+            step.inject(2 | inject::KIND_NMI | inject::VALID, 0);
+        }
+        if board.external_pending(now_ns).is_none() {
+            return;
+        }
+        let interruptible = step.reply.get(word::RFLAGS) & RFLAGS_IF != 0 && blocking & 1 == 0;
+        if state_known && interruptible && !event_busy(step) {
+            if let Some(vector) = board.acknowledge_external(now_ns) {
+                step.inject(u64::from(vector) | inject::KIND_EXTERNAL | inject::VALID, 0);
+                if board.external_pending(now_ns).is_none() {
+                    return;
+                }
+            }
+        }
+        if step.mask & mtd::INJECT == 0 {
+            step.reply.set(word::INJECT, 0);
+            step.reply.set(word::INJECT_ERROR, 0);
+            step.mask |= mtd::INJECT;
+        }
+        let event = step.reply.get(word::INJECT);
+        step.reply.set(word::INJECT, event | inject::WINDOW);
+    }
+
+    /// HLT with nothing delivered: the TSC value the vCPU sleeps until (the next device
+    /// timer), or the guest's end when nothing can ever wake it.
+    fn sleep(&mut self, msg: &VcpuState, step: &mut Step) -> Option<u64> {
+        if step.mask & mtd::INJECT != 0 && step.reply.get(word::INJECT) != 0 {
+            return None; // an event goes in now, or the window exit comes at once
+        }
+        if step.reply.get(word::RFLAGS) & RFLAGS_IF == 0 {
+            step.fail(
+                failure::HALTED,
+                format!("halted at {:#x} with interrupts disabled", msg.rip()),
+            );
+            return None;
+        }
+        match self.ports.board_state().next_deadline_ns() {
+            Some(ns) => Some(self.clock.tsc(ns)),
+            None => {
+                step.fail(
+                    failure::HALTED,
+                    format!(
+                        "halted at {:#x} with no interrupt source armed (no timer runs)",
+                        msg.rip()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// The vCPU of `response` (a HLT) sleeps; it is now guest time `tsc`. True when the reply
+    /// is to be sent (an interrupt was delivered into it); false to sleep on until the new
+    /// `response.halted_until`.
+    pub fn wake(&mut self, response: &mut Response, tsc: u64) -> bool {
+        let Some(msg) = self.halted else {
+            return true;
+        };
+        let mut step = Step::new(&msg);
+        step.reply = response.reply;
+        step.mask = response.mask();
+        step.halt = true;
+        let now = self.clock.ns(tsc);
+        self.deliver(&msg, &mut step, now);
+        let until = self.sleep(&msg, &mut step);
+        step.reply.set(word::MASK, step.mask);
+        response.reply = step.reply;
+        response.halted_until = until;
+        if until.is_some() {
+            return false;
+        }
+        self.halted = None;
+        if let Some(end) = step.end {
+            self.ended = Some(end);
+            response.reply.set(word::MASK, mtd::STOP);
+            response.notes = step.notes;
+            response.notes.push(Note::End(end));
+        }
+        true
+    }
+
+    /// The next device timer as a TSC value, if one runs (the server kicks the vCPU then).
+    pub fn next_deadline_tsc(&self) -> Option<u64> {
+        self.ports
+            .board_state()
+            .next_deadline_ns()
+            .map(|ns| self.clock.tsc(ns))
+    }
+
+    fn take_lines(&mut self, step: &mut Step) {
+        for line in self.ports.take_lines() {
+            step.notes.push(Note::Line(line));
         }
     }
 
@@ -452,24 +607,23 @@ impl Monitor {
                 self.io(msg, step);
                 let q = IoQual(q0);
                 let end = u32::from(q.port()) + u32::from(q.size().max(1));
-                if u32::from(q.port()) < u32::from(uart::COM1 + uart::PORTS)
-                    && end > u32::from(uart::COM1)
-                {
+                let com1 = u32::from(serial::COM1_BASE);
+                if u32::from(q.port()) < com1 + u32::from(serial::PORTS) && end > com1 {
                     self.publish(step, mem);
                 }
             }
-            Exit::Rdmsr | Exit::Wrmsr => self.msr(exit, msg, step),
-            Exit::Hlt => step.fail(
-                failure::HALTED,
-                format!("halted at {:#x} with nothing to wake it", msg.rip()),
-            ),
-            Exit::Hypercall => self.hypercall(msg, step, mem),
-            Exit::MemoryFault => {
-                step.log(format!(
-                    "guest accessed {q0:#x} outside its memory; stopped"
-                ));
-                step.end(outcome::STOPPED, q0);
+            Exit::Rdmsr | Exit::Wrmsr => {
+                if !self.apic_msr(exit, msg, step) {
+                    self.msr(exit, msg, step);
+                }
             }
+            Exit::Hlt => {
+                if step.advance(msg, 1) {
+                    step.halt = true;
+                }
+            }
+            Exit::Hypercall => self.hypercall(msg, step, mem),
+            Exit::MemoryFault => self.mmio(msg, step, mem),
             Exit::Shutdown => {
                 step.log(format!("triple fault (last RIP {:#x})", msg.rip()));
                 step.end(outcome::SHUTDOWN, msg.rip());
@@ -570,7 +724,8 @@ impl Monitor {
     fn io(&mut self, msg: &VcpuState, step: &mut Step) {
         let q = IoQual(msg.get(word::QUAL0));
         let rax = msg.gpr(Gpr::Rax);
-        let result = self.ports.access(q, rax);
+        let now = self.clock.ns(msg.get(word::EXIT_TSC));
+        let result = self.ports.access(now, q, rax);
         let direction = if q.is_in() { "in" } else { "out" };
         match result.event {
             IoEvent::StringIo => {
@@ -593,9 +748,12 @@ impl Monitor {
                 step.end(outcome::RESET, u64::from(port));
                 return;
             }
-            IoEvent::Line => {
-                let line = uart::printable(self.ports.uart().line());
-                step.notes.push(Note::Line(line));
+            IoEvent::Line => self.take_lines(step),
+            IoEvent::PowerOff => {
+                self.take_lines(step);
+                step.log(String::from("powered off (ACPI S5)"));
+                step.end(outcome::EXITED, 0);
+                return;
             }
             IoEvent::Ignored {
                 port,
@@ -613,6 +771,118 @@ impl Monitor {
             step.mask |= mtd::GPRS;
         }
         step.advance(msg, 0);
+    }
+
+    /// A memory fault outside RAM: device memory. The instruction is decoded and becomes one
+    /// board access; RIP moves past it. A fault inside RAM (an access its mapping forbids), an
+    /// instruction fetch from device memory, or an instruction the emulator cannot decode
+    /// stops the guest.
+    fn mmio(&mut self, msg: &VcpuState, step: &mut Step, mem: &mut dyn GuestMemory) {
+        use abi::vm::access;
+        let gpa = msg.get(word::QUAL0);
+        let how = msg.get(word::QUAL1);
+        let stop = |step: &mut Step, why: String| {
+            step.log(format!(
+                "guest {why} at {gpa:#x} (RIP {:#x}); stopped",
+                msg.rip()
+            ));
+            step.end(outcome::STOPPED, gpa);
+        };
+        if gpa < self.ram_bytes {
+            return stop(
+                step,
+                String::from("accessed its memory in a way its mapping forbids"),
+            );
+        }
+        if how & access::EXEC != 0 {
+            return stop(step, String::from("executed outside its memory"));
+        }
+        let cs = msg.segment(abi::vm::Segment::Cs);
+        let mode = CpuMode {
+            cr0: msg.get(word::CR0),
+            cr3: msg.get(word::CR3),
+            cr4: msg.get(word::CR4),
+            efer: msg.get(word::EFER),
+            cs_attributes: cs.attributes,
+            cs_base: cs.base,
+        };
+        let mut gprs = [0u64; 16];
+        for (i, r) in gprs.iter_mut().enumerate() {
+            *r = msg.get(word::GPRS + i);
+        }
+        let decoded = match mmio::decode(mem, &mode, msg.rip(), &gprs) {
+            Ok(d) => d,
+            Err(e) => {
+                return stop(
+                    step,
+                    format!("accessed device memory with an instruction not emulated ({e})"),
+                )
+            }
+        };
+        let now = self.clock.ns(msg.get(word::EXIT_TSC));
+        let board = self.ports.board();
+        let event = match decoded.op {
+            MmioOp::Load { size, dest, extend } => {
+                let (value, event) = board.mmio_read(now, gpa, size);
+                let full = gprs[dest.number];
+                step.reply.set(
+                    word::GPRS + dest.number,
+                    mmio::loaded(dest, full, size, value, extend),
+                );
+                step.mask |= mtd::GPRS;
+                event
+            }
+            MmioOp::Store { size, value } => board.mmio_write(now, gpa, size, value),
+            MmioOp::Exchange { size, reg } => {
+                let (old, event) = board.mmio_read(now, gpa, size);
+                let full = gprs[reg.number];
+                board.mmio_write(now, gpa, size, reg.value(full));
+                step.reply.set(
+                    word::GPRS + reg.number,
+                    mmio::loaded(reg, full, size, old, mmio::Extend::Zero),
+                );
+                step.mask |= mtd::GPRS;
+                event
+            }
+        };
+        if let BoardEvent::UnknownPage(page) = event {
+            step.log(format!(
+                "no device at guest-physical page {page:#x} (first access from RIP {:#x}): \
+                 reads all-ones, writes dropped",
+                msg.rip()
+            ));
+        }
+        step.advance(msg, decoded.len);
+    }
+
+    /// RDMSR/WRMSR of an MSR the local APIC owns; false for any other MSR.
+    fn apic_msr(&mut self, exit: Exit, msg: &VcpuState, step: &mut Step) -> bool {
+        let index = msg.gpr(Gpr::Rcx) as u32;
+        let now = self.clock.ns(msg.get(word::EXIT_TSC));
+        let board = self.ports.board();
+        let result = if exit == Exit::Rdmsr {
+            board.rdmsr(now, index)
+        } else {
+            let value = (msg.gpr(Gpr::Rdx) << 32) | (msg.gpr(Gpr::Rax) & 0xffff_ffff);
+            board.wrmsr(now, index, value).map(|r| r.map(|()| 0))
+        };
+        match result {
+            None => false,
+            Some(Err(_)) => {
+                let protected = msg.get(word::CR0) & 1 != 0;
+                step.inject(exception(GP, protected), 0);
+                true
+            }
+            Some(Ok(value)) => {
+                if exit == Exit::Rdmsr {
+                    step.reply.set_gpr(Gpr::Rax, value & 0xffff_ffff);
+                    step.reply.set_gpr(Gpr::Rdx, value >> 32);
+                    step.mask |= mtd::GPRS;
+                }
+                step.advance(msg, 2);
+                true
+            }
+        }
     }
 
     fn msr(&mut self, exit: Exit, msg: &VcpuState, step: &mut Step) {
@@ -672,7 +942,7 @@ impl Monitor {
             out.push_str(" none");
         }
         out.push_str(&format!("; ignored port accesses {}", self.ports.ignored()));
-        let uart = self.ports.uart_state();
+        let uart = self.ports.console_state();
         out.push_str(&format!(
             "; uart output {} bytes, fnv-1a {:#018x}",
             uart.output_bytes(),

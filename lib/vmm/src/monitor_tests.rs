@@ -133,10 +133,10 @@ fn reset_requests() {
 #[test]
 fn ignored_ports_and_string_io() {
     let mut m = monitor();
-    let r = run(&mut m, &io(0x80, 2, true, 0x1234_5678));
+    let r = run(&mut m, &io(0x2f8, 2, true, 0x1234_5678));
     assert_eq!(r.reply.gpr(Gpr::Rax), 0x1234_ffff);
-    assert!(matches!(&r.notes[..], [Note::Log(t)] if t.contains("port 0x80")));
-    let r = run(&mut m, &io(0x80, 2, true, 0));
+    assert!(matches!(&r.notes[..], [Note::Log(t)] if t.contains("port 0x2f8")));
+    let r = run(&mut m, &io(0x2f8, 2, true, 0));
     assert!(r.notes.is_empty());
     let msg = exit_msg(Exit::Io, |s| {
         s.set(word::QUAL0, IoQual::new(0x3f8, 1, false, true, true).0)
@@ -250,9 +250,10 @@ fn ends() {
         &mut m,
         &exit_msg(Exit::MemoryFault, |s| s.set(word::QUAL0, 0x4000_0000)),
     );
-    assert_eq!(
-        r.notes[0],
-        Note::Log("guest accessed 0x40000000 outside its memory; stopped".into())
+    assert!(
+        matches!(&r.notes[0], Note::Log(t) if t.contains("at 0x40000000") && t.ends_with("stopped")),
+        "{:?}",
+        r.notes
     );
 }
 
@@ -565,7 +566,7 @@ fn hostile_rings_and_hypercalls() {
     let r = m.handle(&flush_msg(UART_FLUSH), &mut host, &mut mem);
     assert_eq!(
         lines(&r).len(),
-        RING_CAPACITY as usize / crate::uart::LINE_BYTES
+        RING_CAPACITY as usize / crate::console::LINE_BYTES
     );
     assert!(lines(&r).iter().all(|l| l.chars().all(|c| c == '?')));
     assert_eq!(word_at(&mem, WINDOW.ring + RING_COUNT), 0);
@@ -585,4 +586,183 @@ fn hostile_rings_and_hypercalls() {
     assert!(matches!(&r.notes[..], [Note::Log(_)]));
     let r = m.handle(&flush_msg(UART_FLUSH), &mut host, &mut NoMemory);
     assert!(r.notes.is_empty());
+}
+
+// The PC platform through the monitor: MMIO emulation, interrupt delivery, HLT.
+
+/// 1 MiB of RAM at 0 whose 4-level tables (PML4 0x1000) identity-map the first 2 MiB, with
+/// `code` at 0x10_0000... (RIP of `exit_msg`); the RAM is larger than the tables reach.
+fn ram_with_code(code: &[u8]) -> Vec<u8> {
+    let mut mem = vec![0u8; 0x20_0000];
+    let mut put = |at: usize, v: u64| mem[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    put(0x1000, 0x2000 | 3);
+    put(0x2000, 0x3000 | 3);
+    put(0x3000, 0x83);
+    mem[0x10_0000..0x10_0000 + code.len()].copy_from_slice(code);
+    mem
+}
+
+fn mmio_msg(gpa: u64, how: u64, f: impl FnOnce(&mut VcpuState)) -> Vec<u64> {
+    exit_msg(Exit::MemoryFault, |s| {
+        s.set(word::QUAL0, gpa);
+        s.set(word::QUAL1, how);
+        s.set(word::INSTRUCTION_LEN, 0);
+        s.set(word::CR0, 0x8000_0011);
+        s.set(word::CR3, 0x1000);
+        s.set(word::CR4, 0x20);
+        s.set(word::EFER, 0x500);
+        s.set_segment(
+            abi::vm::Segment::Cs,
+            crate::state::Seg::new(8, 0xa9b, 0xffff_ffff, 0),
+        );
+        f(s);
+    })
+}
+
+#[test]
+fn local_apic_reads_are_emulated() {
+    use abi::vm::access;
+    let mut m = monitor();
+    let mut mem = ram_with_code(&[0x8b, 0x03]); // mov eax, [rbx]
+    let msg = mmio_msg(0xfee0_0030, access::READ, |s| {
+        s.set_gpr(Gpr::Rax, 0xffff_ffff_ffff_ffff);
+        s.set_gpr(Gpr::Rbx, 0xfee0_0030);
+    });
+    let r = m.handle(&msg, &mut host, &mut mem);
+    assert!(!r.stops(), "{:?}", r.notes);
+    assert_eq!(
+        r.reply.gpr(Gpr::Rax),
+        u64::from(crate::platform::lapic::VERSION)
+    );
+    assert_eq!(r.reply.rip(), 0x10_0002);
+    assert_eq!(r.mask() & (mtd::GPRS | mtd::RIP), mtd::GPRS | mtd::RIP);
+    assert!(r.notes.is_empty());
+}
+
+#[test]
+fn unknown_mmio_is_logged_once_and_the_guest_goes_on() {
+    use abi::vm::access;
+    let mut m = monitor();
+    let mut mem = ram_with_code(&[0x89, 0x08]); // mov [rax], ecx
+    let msg = mmio_msg(0xc000_0010, access::WRITE, |_| {});
+    let r = m.handle(&msg, &mut host, &mut mem);
+    assert!(!r.stops());
+    assert!(matches!(&r.notes[..], [Note::Log(t)] if t.contains("page 0xc0000000")));
+    assert_eq!(r.reply.rip(), 0x10_0002);
+    let r = m.handle(&msg, &mut host, &mut mem);
+    assert!(r.notes.is_empty());
+    // Executing there stops the guest; so does an instruction the emulator does not know.
+    let r = m.handle(
+        &mmio_msg(0xc000_0000, access::EXEC, |_| {}),
+        &mut host,
+        &mut mem,
+    );
+    assert!(r.stops());
+    assert!(r.notes.contains(&Note::End(End {
+        outcome: outcome::STOPPED,
+        detail: 0xc000_0000
+    })));
+    let mut m = monitor();
+    let mut mem = ram_with_code(&[0x01, 0x08]); // add [rax], ecx
+    let r = m.handle(&msg, &mut host, &mut mem);
+    assert!(r.stops());
+    assert!(matches!(&r.notes[0], Note::Log(t) if t.contains("Add")));
+}
+
+/// Port writes at guest time 0 (TSC = ns: the default board's fallback clock).
+fn out_at(m: &mut Monitor, port: u16, value: u64) {
+    let r = run(m, &io(port, 1, false, value));
+    assert!(!r.stops(), "{:?}", r.notes);
+}
+
+/// The 8259 set up at vector 0x20 with only IRQ 0 unmasked, the PIT at about 1 kHz.
+fn pit_through_pic(m: &mut Monitor) {
+    for (port, value) in [
+        (0x20, 0x11),
+        (0x21, 0x20),
+        (0x21, 0x04),
+        (0x21, 0x01),
+        (0x21, 0xfe),
+        (0x43, 0x34),
+        (0x40, 0xa9),
+        (0x40, 0x04),
+    ] {
+        out_at(m, port, value);
+    }
+}
+
+fn hlt_msg(tsc: u64, rflags: u64) -> Vec<u64> {
+    exit_msg(Exit::Hlt, |s| {
+        s.set(word::EXIT_TSC, tsc);
+        s.set(word::RFLAGS, rflags);
+        s.set(word::INSTRUCTION_LEN, 1);
+    })
+}
+
+#[test]
+fn timer_interrupts_are_injected_and_wake_hlt() {
+    let mut m = monitor();
+    pit_through_pic(&mut m);
+    // The mode write raised the PIT's output: IRQ 0 waits, and HLT takes it at once.
+    let r = run(&mut m, &hlt_msg(10, 0x202));
+    assert_eq!(r.halted_until, None);
+    assert_eq!(r.reply.rip(), 0x10_0001);
+    assert_eq!(
+        r.reply.get(word::INJECT),
+        0x20 | inject::KIND_EXTERNAL | inject::VALID
+    );
+    out_at(&mut m, 0x20, 0x20); // EOI
+                                // Nothing pending now: the vCPU sleeps until the PIT's next deadline.
+    let mut r = run(&mut m, &hlt_msg(20, 0x202));
+    let mut until = r.halted_until.expect("sleeps");
+    assert!(until < 1_100_000, "{until}");
+    assert_eq!(m.next_deadline_tsc(), Some(until));
+    assert!(!m.wake(&mut r, until - 1));
+    let mut woke_at = 0;
+    for _ in 0..8 {
+        if m.wake(&mut r, until) {
+            woke_at = until;
+            break;
+        }
+        until = r.halted_until.expect("still asleep");
+    }
+    assert!((999_000..=1_001_000).contains(&woke_at), "{woke_at}");
+    assert_eq!(r.halted_until, None);
+    assert_eq!(r.reply.rip(), 0x10_0001);
+    assert_eq!(r.mask() & mtd::INJECT, mtd::INJECT);
+    assert_eq!(
+        r.reply.get(word::INJECT),
+        0x20 | inject::KIND_EXTERNAL | inject::VALID
+    );
+}
+
+#[test]
+fn blocked_interrupts_ask_for_a_window() {
+    let mut m = monitor();
+    pit_through_pic(&mut m);
+    // IF clear on a CPUID exit: no injection, an interrupt-window exit instead.
+    let r = run(&mut m, &exit_msg(Exit::Cpuid, |s| s.set(word::RFLAGS, 0x2)));
+    assert_eq!(r.mask() & mtd::INJECT, mtd::INJECT);
+    assert_eq!(r.reply.get(word::INJECT), inject::WINDOW);
+    assert_eq!(r.words().len(), word::INTERRUPTIBILITY + 1);
+    // The window exit then takes it (IF set, no shadow).
+    let r = run(&mut m, &exit_msg(Exit::InterruptWindow, |_| {}));
+    assert_eq!(
+        r.reply.get(word::INJECT),
+        0x20 | inject::KIND_EXTERNAL | inject::VALID
+    );
+    // An STI shadow blocks it as IF=0 does.
+    let mut m = monitor();
+    pit_through_pic(&mut m);
+    let r = run(
+        &mut m,
+        &exit_msg(Exit::Recall, |s| s.set(word::INTERRUPTIBILITY, 1)),
+    );
+    assert_eq!(r.reply.get(word::INJECT), inject::WINDOW);
+    // HLT with IF clear and nothing to wake it ends the guest.
+    let mut m = monitor();
+    let r = run(&mut m, &hlt_msg(0, 0x2));
+    assert!(r.stops());
+    let r = run(&mut monitor(), &hlt_msg(0, 0x202));
+    assert!(r.stops(), "no timer runs: nothing can wake it");
 }

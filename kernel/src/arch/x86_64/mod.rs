@@ -10,6 +10,7 @@ pub mod power;
 pub mod serial;
 pub mod stacks;
 pub mod trap;
+pub mod tsc;
 pub mod user;
 pub mod vm;
 

@@ -136,6 +136,7 @@ fn kernel_stats(k: &Kernel, my_pd: PdId, which: u64) -> Result<u64, Status> {
         stats::QUOTA_USED => quota.used(),
         stats::QUOTA_LIMIT => quota.limit(),
         stats::VIRT_BACKEND => crate::arch::vm::backend().map_or(0, |b| b.abi() as u64),
+        stats::TSC_HZ => crate::arch::tsc::hz(),
         _ => return Err(Status::BadArgument),
     })
 }

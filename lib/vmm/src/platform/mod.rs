@@ -16,6 +16,7 @@
 //!   `acknowledge`).
 
 pub mod acpi;
+pub mod board;
 pub mod fw_cfg;
 pub mod ioapic;
 pub mod lapic;

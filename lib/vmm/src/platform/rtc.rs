@@ -26,6 +26,11 @@
 use calendar::{days_from_civil, days_in_month, fields_of, Fields, SECONDS_PER_DAY};
 
 /// The index and data ports.
+/// What the vmm-server's RTC shows at guest time 0: 2026-01-01 00:00:00 UTC. A fixed start
+/// keeps runs reproducible (the guest's clock does not depend on when it was started); the
+/// kernel offers no wall clock to take the real time from.
+pub const DEFAULT_UNIX_SECONDS: i64 = 1_767_225_600;
+
 pub const INDEX: u16 = 0x70;
 pub const DATA: u16 = 0x71;
 

@@ -360,6 +360,16 @@ impl Serial {
         bytes
     }
 
+    /// The line control register as the DMP window shows it (`abi::dmp::uart::WINDOW_UART_LCR`):
+    /// with bit 7 (DLAB) also set while the UART loops back, where a THR write is no output.
+    pub fn window_lcr(&self) -> u8 {
+        if self.loopback() {
+            self.lcr | lcr::DLAB
+        } else {
+            self.lcr
+        }
+    }
+
     /// The line status register (reading it through the port also clears the error bits).
     pub fn line_status(&self) -> u8 {
         let mut status = self.line_errors;

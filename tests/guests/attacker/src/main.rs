@@ -84,7 +84,9 @@ fn main(boot: &grt::Boot) -> u8 {
     read_outside(boot)
 }
 
-/// The last attempt: a read beyond the guest's RAM.
+/// The last attempts beyond the guest's RAM: a read, which must find no device (all-ones, as
+/// on a PC where nothing decodes the address), then a jump there, which the hypervisor cannot
+/// emulate and must stop.
 fn read_outside(boot: &grt::Boot) -> u8 {
     if boot.ram_top().is_some_and(|top| top > OUTSIDE) {
         println!(
@@ -93,13 +95,28 @@ fn read_outside(boot: &grt::Boot) -> u8 {
         );
         return grt::EXIT_FAILURE;
     }
-    println!("attacker: reading guest-physical {:#x}, outside its RAM; the hypervisor should stop it now", OUTSIDE);
     // SAFETY: the address is identity-mapped (the loader maps 4 GiB) and nothing of this
     // program lives there; the read is the attack.
     let value = unsafe { core::ptr::read_volatile(OUTSIDE as *const u64) };
+    if value != u64::MAX {
+        println!(
+            "attacker: BREACH read outside memory ({:#x} = {:#x})",
+            OUTSIDE, value
+        );
+        return grt::EXIT_FAILURE;
+    }
     println!(
-        "attacker: BREACH read outside memory ({:#x} = {:#x})",
-        OUTSIDE, value
+        "attacker: read outside memory: blocked ({:#x} reads all-ones: no device there)",
+        OUTSIDE
     );
+    println!(
+        "attacker: jumping to guest-physical {:#x}, outside its RAM; the hypervisor should stop it now",
+        OUTSIDE
+    );
+    // SAFETY: the jump is the attack: the address is mapped but holds no code of this program,
+    // and the hypervisor stops the guest at its first instruction fetch there.
+    let escape: extern "C" fn() = unsafe { core::mem::transmute(OUTSIDE as usize) };
+    escape();
+    println!("attacker: BREACH executed outside memory at {:#x}", OUTSIDE);
     grt::EXIT_FAILURE
 }

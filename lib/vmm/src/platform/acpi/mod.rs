@@ -119,5 +119,26 @@ pub fn build(platform: &Platform) -> Result<AcpiImage, AcpiError> {
     })
 }
 
+/// Builds the tables of a uniprocessor guest with `ram` as its RAM (from guest-physical 0) at
+/// the [`Platform`] defaults (RSDP at 0xe0000, the rest from 0xe1000: the reserved BIOS area
+/// of the guest's memory map) and copies them there.
+pub fn install(ram: &mut [u8]) -> Result<AcpiImage, AcpiError> {
+    let image = build(&Platform {
+        ram_bytes: ram.len() as u64,
+        ..Platform::default()
+    })?;
+    for (at, bytes) in [
+        (image.rsdp_address, &image.rsdp),
+        (image.tables_address, &image.tables),
+    ] {
+        let start = at as usize;
+        let target = ram
+            .get_mut(start..start + bytes.len())
+            .ok_or(AcpiError::BadTablesAddress)?;
+        target.copy_from_slice(bytes);
+    }
+    Ok(image)
+}
+
 #[cfg(test)]
 mod tests;

@@ -563,3 +563,17 @@ fn status_bits_clear_only_where_one_is_written() {
     pm.write(0, pm::PM1_EVENT_PORT, 1, 0xff);
     assert_eq!(pm.registers().0, 0);
 }
+
+#[test]
+fn install_puts_the_tables_where_the_scan_finds_them() {
+    let mut ram = alloc::vec![0u8; 2 << 20];
+    let image = install(&mut ram).unwrap();
+    let at = image.rsdp_address as usize;
+    assert_eq!(&ram[at..at + 8], b"RSD PTR ");
+    assert_eq!(sum(&ram[at..at + 20]), 0);
+    let tables = image.tables_address as usize;
+    assert_eq!(&ram[tables..tables + image.tables.len()], &image.tables[..]);
+    // Too little RAM for the BIOS area: refused, nothing written.
+    let mut small = alloc::vec![0u8; 0xe_0010];
+    assert!(install(&mut small).is_err());
+}

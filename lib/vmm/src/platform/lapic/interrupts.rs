@@ -184,6 +184,12 @@ impl Lapic {
         }
     }
 
+    /// Whether an IOAPIC message for its 8-bit `destination` field reaches this APIC (0xff is
+    /// the broadcast in either mode).
+    pub fn accepts_destination(&self, destination: u8, logical: bool) -> bool {
+        destination == 0xff || self.matches_destination(u32::from(destination), logical)
+    }
+
     /// Whether a physical or logical destination names this APIC.
     fn matches_destination(&self, destination: u32, logical: bool) -> bool {
         if destination == self.broadcast() {
