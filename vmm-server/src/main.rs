@@ -449,7 +449,11 @@ fn serve(
         while let Some(until) = response.halted_until {
             timer::arm(None);
             timer::sleep_until(HALT, until);
-            if monitor.wake(&mut response, cpu::rdtsc()) {
+            let now = cpu::rdtsc();
+            if now >= until {
+                timing.wake_late(now - until);
+            }
+            if monitor.wake(&mut response, now) {
                 break;
             }
         }

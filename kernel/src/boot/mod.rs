@@ -72,13 +72,25 @@ pub fn start(handover: Handover) -> ! {
     }
 
     mem::init(info, handover.image).unwrap_or_else(|e| power::fail(format_args!("memory: {e}")));
-    let apic = arch::apic::init(cpu.x2apic)
+    // `tick_us=N`: the scheduler's timer tick in microseconds, measured against the PIT
+    // (default: 200,000 APIC-timer periods, 3.2 ms on QEMU, about 0.8 s of emulated time on
+    // Bochs, whose APIC timer runs at its instruction rate).
+    let tick_us = info
+        .cmdline
+        .split_ascii_whitespace()
+        .find_map(|arg| arg.strip_prefix("tick_us="))
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|&us| (100..=1_000_000).contains(&us));
+    let apic = arch::apic::init(cpu.x2apic, tick_us)
         .unwrap_or_else(|e| power::fail(format_args!("local APIC: {e}")));
     log::info!(
         "apic: {apic} id {} enabled, timer on vector {:#x}",
         arch::apic::id(),
         arch::TIMER_VECTOR
     );
+    if let Some(us) = tick_us {
+        log::info!("timer tick: {us} us (tick_us, measured against the PIT)");
+    }
     log::info!(
         "tsc: {} kHz (measured against the PIT)",
         arch::tsc::calibrate() / 1000

@@ -86,7 +86,11 @@ pub fn check(reply: &[u64; word::COUNT], current: &[u64; word::COUNT]) -> Result
     }
     if mask & mtd::INJECT != 0 {
         let protected = pick(mtd::CONTROL, word::CR0) & 1 != 0;
-        let interruptible = rflags & (1 << 9) != 0 && current[word::INTERRUPTIBILITY] & 1 == 0;
+        // A reply that moves RIP ends an STI/MOV SS shadow (the kernel clears it with the
+        // write): the event then goes in after the emulated instruction.
+        let moved = mask & mtd::RIP != 0 && reply[word::RIP] != current[word::RIP];
+        let shadow = current[word::INTERRUPTIBILITY] & 1 != 0 && !moved;
+        let interruptible = rflags & (1 << 9) != 0 && !shadow;
         check_event(reply[word::INJECT], protected, interruptible)?;
     }
     Ok(())

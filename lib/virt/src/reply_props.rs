@@ -214,7 +214,10 @@ fn breaks(reply: &Words, current: &Words, rule: ReplyError) -> bool {
         }
         ReplyError::Event => {
             let protected = s[word::CR0] & 1 != 0;
-            let interruptible = rflags & IF != 0 && current[word::INTERRUPTIBILITY] & 1 == 0;
+            // Moving RIP (an emulated instruction) ends an STI/MOV SS shadow.
+            let moved = named(mtd::RIP) && reply[word::RIP] != current[word::RIP];
+            let shadow = current[word::INTERRUPTIBILITY] & 1 != 0 && !moved;
+            let interruptible = rflags & IF != 0 && !shadow;
             named(mtd::INJECT) && !injectable(reply[word::INJECT], protected, interruptible)
         }
     }

@@ -491,7 +491,9 @@ impl Monitor {
         if board.external_pending(now_ns).is_none() {
             return;
         }
-        let interruptible = step.reply.get(word::RFLAGS) & RFLAGS_IF != 0 && blocking & 1 == 0;
+        // Moving RIP past an emulated instruction (HLT after STI) ends an interrupt shadow.
+        let shadow = blocking & 1 != 0 && step.reply.rip() == msg.rip();
+        let interruptible = step.reply.get(word::RFLAGS) & RFLAGS_IF != 0 && !shadow;
         if state_known && interruptible && !event_busy(step) {
             if let Some(vector) = board.acknowledge_external(now_ns) {
                 step.inject(u64::from(vector) | inject::KIND_EXTERNAL | inject::VALID, 0);
@@ -569,10 +571,7 @@ impl Monitor {
 
     /// The next device timer as a TSC value, if one runs (the server kicks the vCPU then).
     pub fn next_deadline_tsc(&self) -> Option<u64> {
-        self.ports
-            .board_state()
-            .next_deadline_ns()
-            .map(|ns| self.clock.tsc(ns))
+        self.ports.board_state().next_deadline_tsc()
     }
 
     fn take_lines(&mut self, step: &mut Step) {

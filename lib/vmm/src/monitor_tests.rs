@@ -766,3 +766,18 @@ fn blocked_interrupts_ask_for_a_window() {
     let r = run(&mut monitor(), &hlt_msg(0, 0x202));
     assert!(r.stops(), "no timer runs: nothing can wake it");
 }
+
+#[test]
+fn hlt_in_an_sti_shadow_still_takes_the_interrupt() {
+    let mut m = monitor();
+    pit_through_pic(&mut m);
+    // `sti; hlt`: the HLT exit shows the STI shadow, which skipping HLT ends.
+    let mut msg = hlt_msg(10, 0x202);
+    msg[word::INTERRUPTIBILITY] = 1;
+    let r = run(&mut m, &msg);
+    assert_eq!(r.reply.rip(), 0x10_0001);
+    assert_eq!(
+        r.reply.get(word::INJECT),
+        0x20 | inject::KIND_EXTERNAL | inject::VALID
+    );
+}

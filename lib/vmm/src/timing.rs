@@ -22,6 +22,10 @@ pub struct ExitTiming {
     last_exit: u64,
     /// `GUEST_TSC` of the last exit: ticks spent in guest mode so far.
     guest: u64,
+    /// HLT sleeps that ended after their deadline: how many, and their lateness (sum, most).
+    wakes: u64,
+    late_sum: u64,
+    late_max: u64,
 }
 
 impl ExitTiming {
@@ -61,6 +65,13 @@ impl ExitTiming {
 
     /// One line, the reasons seen only, averages per exit:
     /// `exit timing (tsc per exit): cpuid 1000 exits, kernel to vmm 812, vmm 1450; ...`.
+    /// A halted vCPU woke `late` TSC ticks after its device deadline.
+    pub fn wake_late(&mut self, late: u64) {
+        self.wakes += 1;
+        self.late_sum = self.late_sum.saturating_add(late);
+        self.late_max = self.late_max.max(late);
+    }
+
     pub fn summary(&self) -> String {
         let mut out = String::from("exit timing (tsc per exit):");
         let mut any = false;
@@ -86,6 +97,14 @@ impl ExitTiming {
         }
         let (guest, hypervisor) = self.split();
         out.push_str(&format!("; run: guest {guest}, hypervisor {hypervisor}"));
+        if self.wakes > 0 {
+            out.push_str(&format!(
+                "; hlt wakes {}, late by {} on average, {} at most",
+                self.wakes,
+                self.late_sum / self.wakes,
+                self.late_max
+            ));
+        }
         out
     }
 }

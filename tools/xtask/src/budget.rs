@@ -36,10 +36,12 @@ pub const NULL_SYSCALL: Budget = Budget {
     goal: 120,
 };
 
-/// CPUID exit to the user-level VMM and back into the guest (`bench exits`, SVM).
+/// CPUID exit to the user-level VMM and back into the guest (`bench exits`, SVM). Raised from
+/// 4,260 to 4,300 with the PC platform (issue #14): every exit now asks the board whether an
+/// interrupt waits and re-arms the VMM's timer (4,272 measured, +40 in the VMM).
 pub const EXIT_ROUND_TRIP: Budget = Budget {
     name: "exit round trip",
-    budget: 4_260,
+    budget: 4_300,
     goal: 1_500,
 };
 

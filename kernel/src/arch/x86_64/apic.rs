@@ -26,6 +26,7 @@ const REG_EOI: u32 = 0xb0;
 const REG_SVR: u32 = 0xf0;
 const REG_LVT_TIMER: u32 = 0x320;
 const REG_TIMER_INITIAL: u32 = 0x380;
+const REG_TIMER_CURRENT: u32 = 0x390;
 const REG_TIMER_DIVIDE: u32 = 0x3e0;
 
 const SVR_ENABLE: u32 = 1 << 8;
@@ -71,8 +72,10 @@ fn read(reg: u32) -> u32 {
 }
 
 /// Masks the 8259 PICs, enables the local APIC (x2APIC if `x2apic`) and starts the periodic
-/// timer. Interrupts stay disabled; the caller enables them.
-pub fn init(x2apic: bool) -> Result<&'static str, mem::MemError> {
+/// timer: [`TIMER_INITIAL_COUNT`] APIC-timer periods, or with `tick_us` (the kernel command
+/// line's `tick_us=`) that many microseconds as measured against the PIT. Interrupts stay
+/// disabled; the caller enables them.
+pub fn init(x2apic: bool, tick_us: Option<u32>) -> Result<&'static str, mem::MemError> {
     super::pic::init();
     // SAFETY: IA32_APIC_BASE exists on every x86-64 CPU.
     let base = unsafe { rdmsr(IA32_APIC_BASE) };
@@ -94,12 +97,34 @@ pub fn init(x2apic: bool) -> Result<&'static str, mem::MemError> {
     write(REG_TPR, 0);
     write(REG_SVR, SVR_ENABLE | u32::from(SPURIOUS_VECTOR));
     write(REG_TIMER_DIVIDE, DIVIDE_BY_16);
+    write(
+        REG_TIMER_INITIAL,
+        tick_us.map_or(TIMER_INITIAL_COUNT, timer_count_for),
+    );
     write(REG_LVT_TIMER, LVT_PERIODIC | u32::from(TIMER_VECTOR));
-    write(REG_TIMER_INITIAL, TIMER_INITIAL_COUNT);
     Ok(match mode {
         Mode::X2Apic => "x2APIC",
         Mode::XApic(_) => "xAPIC",
     })
+}
+
+/// The APIC-timer count of `us` microseconds: the timer runs masked and one-shot from its
+/// largest count over 10 ms of the PIT. Falls back to [`TIMER_INITIAL_COUNT`] without a PIT.
+fn timer_count_for(us: u32) -> u32 {
+    write(REG_LVT_TIMER, 1 << 16 | u32::from(TIMER_VECTOR));
+    let mut started = false;
+    let Some((start, end)) = super::tsc::over_10ms(|| {
+        if !started {
+            // The window opens: the count starts from the top.
+            write(REG_TIMER_INITIAL, u32::MAX);
+            started = true;
+        }
+        read(REG_TIMER_CURRENT)
+    }) else {
+        return TIMER_INITIAL_COUNT;
+    };
+    let per_10ms = u64::from(start.saturating_sub(end));
+    (per_10ms * u64::from(us) / 10_000).clamp(1_000, u64::from(u32::MAX)) as u32
 }
 
 /// The local APIC's ID.

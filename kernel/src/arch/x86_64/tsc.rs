@@ -24,30 +24,33 @@ const MAX_POLLS: u32 = 50_000_000;
 
 static TSC_HZ: AtomicU64 = AtomicU64::new(0);
 
-/// Measures the TSC over 10 ms of PIT channel 2 and records it; 0 when the PIT never
-/// answered. Runs before interrupts are enabled; channel 2 belongs to no one else.
-pub fn calibrate() -> u64 {
+/// Samples `sample` at the start and the end of 10 ms of PIT channel 2 (mode 0, polled);
+/// None when the PIT never answered. Runs before interrupts are enabled; channel 2 belongs to
+/// no one else.
+pub fn over_10ms<T>(mut sample: impl FnMut() -> T) -> Option<(T, T)> {
     // SAFETY: ports 0x42, 0x43 and 0x61 are the PIT's channel 2 and the speaker gate, which the
     // kernel owns and no server is given; programming them has no effect beyond channel 2.
-    let hz = unsafe {
+    unsafe {
         let b = inb(PORT_B);
         outb(PORT_B, (b & !SPEAKER) | GATE2);
         outb(PIT_COMMAND, CHANNEL2_MODE0);
         outb(PIT_CHANNEL2, COUNT as u8);
         outb(PIT_CHANNEL2, (COUNT >> 8) as u8);
-        let start = rdtsc();
+        let start = sample();
         let mut polls = 0;
         while inb(PORT_B) & OUT2 == 0 && polls < MAX_POLLS {
             polls += 1;
         }
-        let end = rdtsc();
+        let end = sample();
         outb(PORT_B, b & !(SPEAKER | GATE2));
-        if polls == MAX_POLLS {
-            0
-        } else {
-            (end - start) * PIT_HZ / COUNT
-        }
-    };
+        (polls < MAX_POLLS).then_some((start, end))
+    }
+}
+
+/// Measures the TSC over 10 ms of PIT channel 2 and records it; 0 when the PIT never
+/// answered.
+pub fn calibrate() -> u64 {
+    let hz = over_10ms(rdtsc).map_or(0, |(start, end)| (end - start) * PIT_HZ / COUNT);
     TSC_HZ.store(hz, Ordering::Relaxed);
     hz
 }

@@ -150,7 +150,10 @@ pub fn fill(
     paging: &Paging,
 ) -> Result<Fill, FillError> {
     let gpa = t.gpa & !0xfff;
-    let backing = host.backing(gpa).ok_or(FillError::NotBacked { gpa })?;
+    // The exact address, for the VMM's MMIO emulation.
+    let backing = host
+        .backing(gpa)
+        .ok_or(FillError::NotBacked { gpa: t.gpa })?;
     if let Some(e) = refused(access, backing, gpa) {
         return Err(e);
     }
@@ -183,7 +186,7 @@ pub fn fill_region(
     } else {
         host.backing_region(t.gpa & !REGION, &mut backings);
     }
-    let own = backings[fault].ok_or(FillError::NotBacked { gpa })?;
+    let own = backings[fault].ok_or(FillError::NotBacked { gpa: t.gpa })?;
     if let Some(e) = refused(access, own, gpa) {
         return Err(e);
     }

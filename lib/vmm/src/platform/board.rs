@@ -329,7 +329,18 @@ impl Board {
     /// device lines to the controllers, IOAPIC messages to the local APIC, the APIC's EOIs
     /// back to the IOAPIC.
     pub fn sync(&mut self, now_ns: u64) {
+        // The PIT's line toggles by itself: when the sync comes after two or more of its
+        // changes, the controllers would see no edge at all. A missed period is delivered as one
+        // edge (ticks coalesce, as with KVM's PIT without reinjection).
+        let pit_before = (self.pit.irq_level(), self.pit.next_deadline_ns());
         self.pit.advance(now_ns);
+        let pit_after = self.pit.irq_level();
+        if pit_before.1.is_some_and(|change| change <= now_ns) && pit_before.0 == pit_after {
+            self.pic.set_line(0, false);
+            self.ioapic.set_line(ioapic_pin(0), false);
+            self.pic.set_line(0, true);
+            self.ioapic.set_line(ioapic_pin(0), true);
+        }
         self.rtc.advance(now_ns);
         self.serial.advance(now_ns);
         self.pm.advance(now_ns);
@@ -384,6 +395,11 @@ impl Board {
     /// [`Board::sync`].
     pub fn quiet_at(&self, tsc: u64) -> bool {
         !self.any_pending && tsc < self.quiet_until_tsc
+    }
+
+    /// [`Board::next_deadline_ns`] as a TSC value, as of the last [`Board::sync`].
+    pub fn next_deadline_tsc(&self) -> Option<u64> {
+        (self.quiet_until_tsc != u64::MAX).then_some(self.quiet_until_tsc)
     }
 
     /// Whether an NMI waits for delivery.

@@ -244,3 +244,14 @@ fn every_claimed_port_answers_without_panicking() {
     assert!(b.claims_port(0x3f8) && b.claims_port(0x40) && b.claims_port(0x510));
     assert!(!b.claims_port(0xf4));
 }
+
+#[test]
+fn a_late_sync_still_sees_one_pit_edge() {
+    let mut b = board();
+    init_pic(&mut b, 0xfe);
+    start_pit(&mut b, 0, 1193);
+    assert_eq!(b.acknowledge_external(0), Some(0x20));
+    b.port_write(0, 0x20, 1, 0x20);
+    // Sampled only 2.2 periods later, with the line high both times: one interrupt.
+    assert_eq!(b.pending(2_200_000), Some(Interrupt::External(0x20)));
+}

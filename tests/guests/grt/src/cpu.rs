@@ -104,3 +104,43 @@ pub fn cli_hlt() {
     // SAFETY: stopping the CPU touches no memory.
     unsafe { asm!("cli", "hlt", options(nomem, nostack)) }
 }
+
+/// Writes a 16-bit value to an I/O port.
+pub fn outw(port: u16, value: u16) {
+    // SAFETY: as for `outb`.
+    unsafe {
+        asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags))
+    }
+}
+
+/// Enables interrupts and halts until one arrives (STI's shadow covers HLT, so an interrupt
+/// pending before cannot slip in between), then disables them again.
+pub fn sti_hlt_cli() {
+    // SAFETY: the interrupt handlers are grt's (`irq`, `trap`), which preserve every register.
+    unsafe { asm!("sti", "hlt", "cli", options(nomem, nostack)) }
+}
+
+/// Enables interrupts.
+pub fn sti() {
+    // SAFETY: as for `sti_hlt_cli`.
+    unsafe { asm!("sti", options(nomem, nostack)) }
+}
+
+/// Disables interrupts.
+pub fn cli() {
+    // SAFETY: masking interrupts touches no memory.
+    unsafe { asm!("cli", options(nomem, nostack)) }
+}
+
+/// A 32-bit read of device memory at `address` (identity-mapped by the entry glue).
+pub fn mmio_read32(address: u64) -> u32 {
+    // SAFETY: the guests map the first 4 GiB one to one; device registers below 4 GiB are read
+    // with a plain MOV, as drivers do, and no Rust object lives there.
+    unsafe { core::ptr::read_volatile(address as *const u32) }
+}
+
+/// A 32-bit write of device memory at `address`.
+pub fn mmio_write32(address: u64, value: u32) {
+    // SAFETY: as for `mmio_read32`.
+    unsafe { core::ptr::write_volatile(address as *mut u32, value) }
+}

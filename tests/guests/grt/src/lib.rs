@@ -13,7 +13,9 @@
 //! - exception handlers for all 32 vectors: an unexpected exception prints its vector, error code
 //!   and RIP and exits with [`EXIT_EXCEPTION`]; an expected one (see [`trap::guarded_asm!`] and
 //!   the `try_*` functions in [`trap`]) is recorded and skipped;
-//! - port I/O, CPUID, MSR, TSC and control-register helpers ([`cpu`]);
+//! - external interrupts on vectors 32-255, counted, with the end of interrupt the test chose
+//!   ([`irq`]);
+//! - port I/O, MMIO, CPUID, MSR, TSC and control-register helpers ([`cpu`]);
 //! - readers for the Multiboot 1 and 2 boot information ([`Boot`]);
 //! - the format of the secret the hypervisor plants in every guest ([`secret`]).
 //!
@@ -24,6 +26,7 @@
 
 pub mod boot;
 pub mod cpu;
+pub mod irq;
 pub mod mb1;
 pub mod mb2;
 pub mod secret;

@@ -15,6 +15,7 @@ use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 global_asm!(include_str!("isr.s"));
+global_asm!(include_str!("irq.s"));
 
 /// The registers `isr.s` saves, lowest address first.
 #[repr(C)]
@@ -188,15 +189,17 @@ pub unsafe fn try_read_u8(addr: u64) -> Result<u8, Fault> {
 #[derive(Clone, Copy)]
 struct Gate([u64; 2]);
 
-struct Idt(UnsafeCell<[Gate; 32]>);
+struct Idt(UnsafeCell<[Gate; 256]>);
 
 // SAFETY: the guest runs on one CPU, and the table is written only by `init`, before `lidt`.
 unsafe impl Sync for Idt {}
 
-static IDT: Idt = Idt(UnsafeCell::new([Gate([0; 2]); 32]));
+static IDT: Idt = Idt(UnsafeCell::new([Gate([0; 2]); 256]));
 
 extern "C" {
     static grt_isr_table: [u64; 32];
+    /// The 224 interrupt entries of `irq.s`, 16 bytes apart.
+    fn grt_irq_stubs();
 }
 
 /// Fills the IDT (64-bit interrupt gates on code selector 0x08, as `boot.s` loads it) and loads
@@ -206,7 +209,10 @@ pub(crate) fn init() {
     let handlers = unsafe { &grt_isr_table };
     // SAFETY: one CPU and interrupts off: nothing else reads or writes the table now.
     let idt = unsafe { &mut *IDT.0.get() };
-    for (gate, &handler) in idt.iter_mut().zip(handlers.iter()) {
+    let stubs = grt_irq_stubs as *const () as u64;
+    let irq_handlers = (0..224u64).map(|i| stubs + 16 * i);
+    let all = handlers.iter().copied().chain(irq_handlers);
+    for (gate, handler) in idt.iter_mut().zip(all) {
         let low = (handler & 0xffff)
             | (0x08 << 16)
             | (0x8e << 40) // present, DPL 0, 64-bit interrupt gate
@@ -219,7 +225,7 @@ pub(crate) fn init() {
         base: u64,
     }
     let pointer = Pointer {
-        limit: (core::mem::size_of::<[Gate; 32]>() - 1) as u16,
+        limit: (core::mem::size_of::<[Gate; 256]>() - 1) as u16,
         base: IDT.0.get() as u64,
     };
     // SAFETY: the IDT is static, complete, and its handlers are the stubs in isr.s.

@@ -160,6 +160,11 @@ impl VendorVcpu for Vmcb {
             self.set(S_RSP, w[word::GPRS + RSP]);
         }
         if mask & mtd::RIP != 0 {
+            // The VMM moved RIP past an instruction it emulated: an STI or MOV SS shadow
+            // that covered it is over (as KVM's skip_emulated_instruction).
+            if self.get(S_RIP) != w[word::RIP] {
+                self.set(INTERRUPT_SHADOW, self.get(INTERRUPT_SHADOW) & !1);
+            }
             self.set(S_RIP, w[word::RIP]);
             self.set(S_RFLAGS, w[word::RFLAGS]);
         }

@@ -200,6 +200,12 @@ impl VendorVcpu for Vmcs {
             vmwrite(GUEST_RSP, w[word::GPRS + RSP]);
         }
         if mask & mtd::RIP != 0 {
+            // The VMM moved RIP past an instruction it emulated: an STI or MOV SS shadow
+            // that covered it is over (as KVM's skip_emulated_instruction).
+            if vmread(GUEST_RIP) != w[word::RIP] {
+                let state = vmread(GUEST_INTERRUPTIBILITY);
+                vmwrite(GUEST_INTERRUPTIBILITY, state & !0b11);
+            }
             vmwrite(GUEST_RIP, w[word::RIP]);
             vmwrite(GUEST_RFLAGS, w[word::RFLAGS]);
         }
