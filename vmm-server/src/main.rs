@@ -112,7 +112,12 @@ fn main(start: Start) -> ! {
                 name,
             );
             rt::println!(&mut utcb, "{name}: {}", set.monitor.summary());
-            rt::println!(&mut utcb, "{name}: {}", timing.summary());
+            rt::println!(
+                &mut utcb,
+                "{name}: {}; kernel tick {} tsc",
+                timing.summary(),
+                timer::tick_tsc()
+            );
             end
         }
     };

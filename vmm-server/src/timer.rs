@@ -30,13 +30,20 @@ pub struct TimerCaps {
 
 static CAPS: spin::Once<TimerCaps> = spin::Once::new();
 
-/// The kernel ticks to wait for `tsc_values` of TSC: at least one, and never past the deadline
-/// by more than a tick.
+/// The kernel ticks to wait for `tsc_values` of TSC: half the estimate, at least one. The
+/// caller waits again while the deadline is ahead, so a wait ends at most a tick late even when
+/// the tick's measure is off by up to half (a busy machine stretches the measured ticks), at
+/// the price of a few more wake-ups on long waits.
 fn ticks_for(tsc_values: u64) -> u64 {
     match TICK_TSC.load(Ordering::Relaxed) {
         0 => 1,
-        tick => (tsc_values / tick).max(1),
+        tick => (tsc_values / tick / 2).max(1),
     }
+}
+
+/// TSC values per kernel tick as measured (0: not yet).
+pub fn tick_tsc() -> u64 {
+    TICK_TSC.load(Ordering::Relaxed)
 }
 
 /// Sets the next deadline (the monitor's, after each exit); wakes the timer thread when it is

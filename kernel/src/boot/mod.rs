@@ -72,13 +72,15 @@ pub fn start(handover: Handover) -> ! {
     }
 
     mem::init(info, handover.image).unwrap_or_else(|e| power::fail(format_args!("memory: {e}")));
-    // `tick_us=N`: the scheduler's timer tick in microseconds, measured against the PIT
+    // `tick_us=N` (the last one counts): the scheduler's timer tick in microseconds, measured
+    // against the PIT
     // (default: 200,000 APIC-timer periods, 3.2 ms on QEMU, about 0.8 s of emulated time on
     // Bochs, whose APIC timer runs at its instruction rate).
     let tick_us = info
         .cmdline
         .split_ascii_whitespace()
-        .find_map(|arg| arg.strip_prefix("tick_us="))
+        .filter_map(|arg| arg.strip_prefix("tick_us="))
+        .last()
         .and_then(|v| v.parse::<u32>().ok())
         .filter(|&us| (100..=1_000_000).contains(&us));
     let apic = arch::apic::init(cpu.x2apic, tick_us)

@@ -14,6 +14,8 @@
 //! in_order = ["first", "then"]  # each after the line of the one before (the order is the claim)
 //! counts = [{ text = "shadow fills=", count = 6 }]  # exactly 6 lines contain it (or `at_least`)
 //! timeout_secs = 60          # optional; default per emulator
+//! icount = true              # optional, QEMU: `-icount shift=0,sleep=off` (timers follow the
+//!                            # instructions executed, immune to a busy host)
 //! requires = ["init"]        # optional: workspace packages the system needs; a missing one
 //!                            # fails the scenario (a renamed or deleted crate is not a pass)
 //! generate = "own-kernel"    # optional, instead of `system`: the tool writes a system under
@@ -74,6 +76,8 @@ struct File {
     #[serde(default)]
     requires: Vec<String>,
     generate: Option<Generate>,
+    #[serde(default)]
+    icount: bool,
 }
 
 /// Systems the tool writes itself (`generate = "…"`).
@@ -128,6 +132,9 @@ pub struct Scenario {
     pub requires: Vec<String>,
     /// A system the tool writes and boots instead of `manifests/<system>.toml`.
     pub generate: Option<Generate>,
+    /// QEMU only: deterministic instruction counting (`-icount shift=0,sleep=off`): the TSC and
+    /// every timer follow the instructions executed, not the host's clock.
+    pub icount: bool,
 }
 
 impl Scenario {
@@ -178,6 +185,7 @@ pub fn parse(source: &Source, name: &str) -> Result<Scenario> {
         ),
         requires: file.requires,
         generate: file.generate,
+        icount: file.icount,
     })
 }
 

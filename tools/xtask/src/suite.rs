@@ -448,7 +448,7 @@ fn boot_scenario(
         cpu: s.cpu.clone(),
         timeout: s.timeout,
         ram_mib: system.ram_mib,
-        icount: false,
+        icount: s.icount,
         echo: verbose,
         work,
         extra: Vec::new(),
