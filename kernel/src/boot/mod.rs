@@ -79,8 +79,8 @@ pub fn start(handover: Handover) -> ! {
     let tick_us = info
         .cmdline
         .split_ascii_whitespace()
-        .filter_map(|arg| arg.strip_prefix("tick_us="))
-        .last()
+        .rev()
+        .find_map(|arg| arg.strip_prefix("tick_us="))
         .and_then(|v| v.parse::<u32>().ok())
         .filter(|&us| (100..=1_000_000).contains(&us));
     let apic = arch::apic::init(cpu.x2apic, tick_us)
