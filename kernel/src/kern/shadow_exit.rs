@@ -110,6 +110,27 @@ pub fn shadow_exit(k: &mut Kernel, t: ThreadId, e: &hw::HwExit) -> ShadowExit {
                         let value = shadow.cr0 & !(1 << 3);
                         return cr_write(vcpu, shadow, nested, 0, value, len, &w);
                     }
+                    // LMSW from a register (how 286-style code enters protected mode); a memory
+                    // operand is not read here.
+                    Some((decode::Kind::Lmsw(decode::Operand::Reg(g)), len)) => {
+                        let source = w[word::GPRS + usize::from(g & 15)];
+                        let value = virt::shadow::vm::lmsw(shadow.cr0, source);
+                        return cr_write(vcpu, shadow, nested, 0, value, len, &w);
+                    }
+                    // SMSW to a register (SVM intercepts it as a CR0 read).
+                    Some((
+                        decode::Kind::Smsw {
+                            dst: decode::Operand::Reg(g),
+                            size,
+                        },
+                        len,
+                    )) => {
+                        let g = word::GPRS + usize::from(g & 15);
+                        w[g] = virt::shadow::vm::smsw(w[g], shadow.cr0, size);
+                        w[word::RIP] = w[word::RIP].wrapping_add(len);
+                        vcpu.hw.write(&mut vcpu.ctx.gprs, mtd::GPRS | mtd::RIP, &w);
+                        return ShadowExit::Handled;
+                    }
                     _ => return ShadowExit::Deliver(Exit::Other, vmabi::other::UNKNOWN, e.raw),
                 },
             };

@@ -132,6 +132,23 @@ pub fn guest_mode(cr0: u64, cr4: u64, efer: u64) -> Result<GuestMode, CrError> {
     }
 }
 
+/// CR0 after `LMSW source` with CR0 = `cr0`: bits 3:0 (PE, MP, EM, TS) from the source's low
+/// bits, except that LMSW sets PE but never clears it.
+pub fn lmsw(cr0: u64, source: u64) -> u64 {
+    (cr0 & !0xe) | (source & 0xf)
+}
+
+/// Register `old` after `SMSW` of `size` bytes (2, 4 or 8) with CR0 = `cr0`: a 16-bit
+/// destination keeps its upper bits, wider ones take CR0 zero-extended (as a 32-bit write
+/// does in 64-bit mode).
+pub fn smsw(old: u64, cr0: u64, size: u8) -> u64 {
+    match size {
+        2 => (old & !0xffff) | (cr0 & 0xffff),
+        4 => cr0 & 0xffff_ffff,
+        _ => cr0,
+    }
+}
+
 /// A guest control-register write the vTLB refuses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CrError {

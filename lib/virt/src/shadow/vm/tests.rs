@@ -991,3 +991,21 @@ fn an_unpaged_guest_reads_physical_memory_and_gets_no_hypercalls() {
     assert_eq!(r.status, abi::vm::hypercall::BAD_REQUEST);
     assert!(!r.flush);
 }
+
+#[test]
+fn lmsw_loads_the_low_four_bits_and_never_clears_pe() {
+    // PE set from real mode, MP and TS loaded, the rest of CR0 kept.
+    assert_eq!(lmsw(0x10, 0xfff1), 0x11);
+    assert_eq!(lmsw(0x8000_0010, 0x000a), 0x8000_001a);
+    // PE stays set even when the source clears it; MP, EM and TS follow the source.
+    assert_eq!(lmsw(0x8000_001f, 0x0000), 0x8000_0011);
+    assert_eq!(lmsw(0x11, 0x4), 0x15);
+}
+
+#[test]
+fn smsw_writes_the_low_word_or_all_of_cr0() {
+    let cr0 = 0x8005_0033;
+    assert_eq!(smsw(0x1234_5678_9abc_def0, cr0, 2), 0x1234_5678_9abc_0033);
+    assert_eq!(smsw(0x1234_5678_9abc_def0, cr0, 4), 0x8005_0033);
+    assert_eq!(smsw(u64::MAX, cr0, 8), 0x8005_0033);
+}
