@@ -235,8 +235,10 @@ pub mod other {
     pub const XSETBV: u64 = 1;
     pub const DEBUG_REGISTER: u64 = 2;
     pub const INVD: u64 = 3;
-    /// Shadow mode: the guest entered a paging mode the vTLB does not shadow (anything but
-    /// 4-level long-mode paging); it cannot go on. Qualification 1: the control register.
+    /// Shadow mode: the guest entered a paging mode the vTLB does not shadow; it cannot go on.
+    /// Qualification 1: the control register. Every mode a guest can reach is run today
+    /// (paging off on the nested tables; 32-bit, PAE and 4-level paging on the vTLB; 5-level
+    /// paging is #GP), so the kernel sends it only for a control state no CPU could be in.
     pub const UNSHADOWED_MODE: u64 = 4;
     pub const UNKNOWN: u64 = 0xff;
 }

@@ -95,6 +95,7 @@ pub fn ready_to_enter(k: &mut Kernel, t: ThreadId) -> bool {
     if !enter {
         return false;
     }
+    legacy_top(k, t);
     if let Some(vcpu) = k.threads.get_mut(t).and_then(|t| t.vcpu.as_mut()) {
         let (tag, fresh) = refresh_tag(Some(vcpu.tag));
         if fresh {
@@ -123,6 +124,33 @@ pub fn ready_to_enter(k: &mut Kernel, t: ThreadId) -> bool {
     }
 }
 
+/// Before entering vCPU `t` of a shadow-mode Vm whose guest uses 32-bit or PAE paging: the
+/// hardware runs PAE paging on the PDPT of the vTLB's current tree, whose four PDPTEs the CPU
+/// loads at entry, so that top must be complete (a flush or a recycle may have taken it) and
+/// the hardware CR3 must name it.
+fn legacy_top(k: &mut Kernel, t: ThreadId) {
+    let Kernel { threads, vms, .. } = k;
+    let Some(vcpu) = threads.get_mut(t).and_then(|t| t.vcpu.as_mut()) else {
+        return;
+    };
+    let Some(Vm {
+        nested,
+        shadow: Some(shadow),
+        ..
+    }) = vms.get_mut(vcpu.vm)
+    else {
+        return;
+    };
+    let Some((c, recycled)) = shadow.legacy_entry() else {
+        return;
+    };
+    if recycled || vcpu.hw.paging().cr3 != c.cr3 {
+        vcpu.hw
+            .shadow_control(&super::shadow::hardware(&c, shadow, nested));
+        vcpu.hw.flush_on_entry();
+    }
+}
+
 /// The last check before vCPU `t` is entered: its hardware state confines the guest to its Vm
 /// (`virt::confine`), whatever its VMM replied or failed to reply.
 fn confinement(k: &Kernel, t: ThreadId) -> Result<(), Breach> {
@@ -133,9 +161,7 @@ fn confinement(k: &Kernel, t: ThreadId) -> Result<(), Breach> {
         .ok_or(Breach::NestedOff)?;
     let v = k.vms.get(vcpu.vm).ok_or(Breach::NestedOff)?;
     let expected = match v.shadow.as_deref() {
-        Some(s) => Expected::Shadow {
-            root: s.hardware_root(),
-        },
+        Some(s) => s.confinement(v.nested.root()),
         None => Expected::Nested {
             root: v.nested.root(),
         },

@@ -65,7 +65,13 @@ pub fn finish_exit(k: &mut Kernel, handler: ThreadId, vcpu_t: ThreadId) -> Resul
     let control = match (shadow, mask & mtd::CONTROL != 0) {
         (Some(s), true) => {
             let c = s
-                .preview(w[word::CR0], w[word::CR4], w[word::EFER])
+                .preview_in(
+                    nested,
+                    w[word::CR0],
+                    w[word::CR3],
+                    w[word::CR4],
+                    w[word::EFER],
+                )
                 .map_err(|e| {
                     log::warn!("vm: reply refused: shadow mode cannot run this state ({e:?})");
                     Status::BadArgument
@@ -86,17 +92,19 @@ pub fn finish_exit(k: &mut Kernel, handler: ThreadId, vcpu_t: ThreadId) -> Resul
     vcpu.hw.write(&mut vcpu.ctx.gprs, mask, &w);
     if let Some(s) = control {
         let c = s
-            .load(
+            .load_in(
+                nested,
                 guest[word::CR0],
                 guest[word::CR3],
                 guest[word::CR4],
                 guest[word::EFER],
             )
             .map_err(|_| Status::BadArgument)?;
-        if let Some(n) = nested {
-            s.publish(n);
-        }
-        vcpu.hw.shadow_control(c.cr0, c.cr3, c.cr4, s.cr0, s.cr4);
+        let Some(n) = nested else {
+            return Err(Status::BadArgument);
+        };
+        s.publish(n);
+        vcpu.hw.shadow_control(&super::shadow::hardware(&c, s, n));
         vcpu.hw.flush_on_entry();
     }
     if mask & mtd::INJECT != 0 {

@@ -10,7 +10,25 @@ use virt::shadow::walk::Features;
 use crate::arch::cpu;
 use crate::mem::{direct, frames};
 
-pub use virt::shadow::vm::{CrError, FaultOutcome, View, Window};
+pub use virt::shadow::vm::{CrError, FaultOutcome, HwControl, View, Window};
+
+/// What the hardware of a shadow-mode vCPU runs with for the vTLB's answer `c`: the nested
+/// root is the Vm's while the guest's paging is off.
+pub fn hardware(
+    c: &HwControl,
+    shadow: &Shadow,
+    nested: &NestedTables,
+) -> crate::arch::vm::ShadowControl {
+    crate::arch::vm::ShadowControl {
+        cr0: c.cr0,
+        cr3: c.cr3,
+        cr4: c.cr4,
+        efer: c.efer,
+        visible_cr0: shadow.cr0,
+        visible_cr4: shadow.cr4,
+        nested_root: c.nested.then(|| nested.root()),
+    }
+}
 
 /// Shadow table frames per Vm (512 KiB), charged to the Vm's owner. A workload that needs more
 /// gets its tables recycled, never a failure.

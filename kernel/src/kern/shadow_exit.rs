@@ -110,6 +110,27 @@ pub fn shadow_exit(k: &mut Kernel, t: ThreadId, e: &hw::HwExit) -> ShadowExit {
                         let value = shadow.cr0 & !(1 << 3);
                         return cr_write(vcpu, shadow, nested, 0, value, len, &w);
                     }
+                    // LMSW from a register (how 286-style code enters protected mode); a memory
+                    // operand is not read here.
+                    Some((decode::Kind::Lmsw(decode::Operand::Reg(g)), len)) => {
+                        let source = w[word::GPRS + usize::from(g & 15)];
+                        let value = virt::shadow::vm::lmsw(shadow.cr0, source);
+                        return cr_write(vcpu, shadow, nested, 0, value, len, &w);
+                    }
+                    // SMSW to a register (SVM intercepts it as a CR0 read).
+                    Some((
+                        decode::Kind::Smsw {
+                            dst: decode::Operand::Reg(g),
+                            size,
+                        },
+                        len,
+                    )) => {
+                        let g = word::GPRS + usize::from(g & 15);
+                        w[g] = virt::shadow::vm::smsw(w[g], shadow.cr0, size);
+                        w[word::RIP] = w[word::RIP].wrapping_add(len);
+                        vcpu.hw.write(&mut vcpu.ctx.gprs, mtd::GPRS | mtd::RIP, &w);
+                        return ShadowExit::Handled;
+                    }
                     _ => return ShadowExit::Deliver(Exit::Other, vmabi::other::UNKNOWN, e.raw),
                 },
             };
@@ -220,14 +241,24 @@ fn cr_write(
     len: u64,
     w: &[u64; word::COUNT],
 ) -> ShadowExit {
-    match shadow.write_cr(cr, value) {
+    let cs = vmabi::segment::attributes(w[word::SEGMENTS]);
+    if cr == 0
+        && value & (1 << 31) == 0
+        && shadow.efer & (1 << 10) != 0
+        && cs & vmabi::segment::LONG != 0
+    {
+        // Paging off is #GP in 64-bit code (only compatibility mode may leave long mode).
+        inject_gp(&mut vcpu.hw);
+        return ShadowExit::Handled;
+    }
+    match shadow.write_cr_in(Some(nested), cr, value) {
         Ok((c, flush)) => {
             if cr == 3 {
                 shadow.publish(nested);
                 shadow.prefill_critical(nested, w);
             }
             vcpu.hw
-                .shadow_control(c.cr0, c.cr3, c.cr4, shadow.cr0, shadow.cr4);
+                .shadow_control(&super::shadow::hardware(&c, shadow, nested));
             if flush {
                 vcpu.hw.flush_on_entry();
             }
@@ -241,7 +272,7 @@ fn cr_write(
             ShadowExit::Handled
         }
         Err(CrError::Unsupported) => {
-            log::warn!("vm: shadow paging: guest left long-mode paging (CR{cr} = {value:#x}); vCPU stopped");
+            log::warn!("vm: shadow paging: guest entered a paging mode the vTLB does not shadow (CR{cr} = {value:#x}); vCPU stopped");
             ShadowExit::Deliver(Exit::Other, vmabi::other::UNSHADOWED_MODE, u64::from(cr))
         }
     }
@@ -268,7 +299,13 @@ fn decode_at_rip(
         cs & vmabi::segment::DB != 0,
     )?;
     let rflags = w[word::RFLAGS];
-    let fetched = decode::fetch(mode, w[word::RIP], |la, buf| {
+    // Outside 64-bit code the instruction is at CS.base + EIP (real mode: CS * 16 + IP).
+    let base = if mode == decode::Mode::Long {
+        0
+    } else {
+        w[word::SEGMENTS + 1]
+    };
+    let fetched = decode::fetch(mode, base.wrapping_add(w[word::RIP]), |la, buf| {
         shadow.read_virtual(nested, la, rflags, buf) == buf.len()
     });
     decode::decode(fetched.bytes(), mode).ok()

@@ -41,18 +41,21 @@ pub enum Mode {
     /// 32-bit code: CS.L = 0 and CS.D = 1, in protected mode or compatibility mode. Default
     /// address size 32 (0x67 selects 16-bit addressing, which is not decoded).
     Protected32,
+    /// 16-bit code: real mode, or CS.D = 0 outside 64-bit mode. Only register forms are
+    /// decoded (MOV to and from CRn, CLTS, LMSW and SMSW with a register): memory operands use
+    /// 16-bit addressing (32-bit with 0x67), which is not decoded.
+    Code16,
 }
 
 impl Mode {
-    /// The mode of code running with these CS attributes and EFER.LMA; None for 16-bit code
-    /// (CS.D = 0), which is not decoded.
+    /// The mode of code running with these CS attributes and EFER.LMA (real mode: CS.D = 0).
     pub fn from_cs(lma: bool, cs_l: bool, cs_d: bool) -> Option<Self> {
         if lma && cs_l {
             Some(Self::Long)
         } else if cs_d {
             Some(Self::Protected32)
         } else {
-            None
+            Some(Self::Code16)
         }
     }
 
@@ -60,7 +63,7 @@ impl Mode {
     fn linear_mask(self) -> u64 {
         match self {
             Self::Long => u64::MAX,
-            Self::Protected32 => u64::from(u32::MAX),
+            Self::Protected32 | Self::Code16 => u64::from(u32::MAX),
         }
     }
 }
@@ -192,7 +195,7 @@ impl MemOperand {
                 Some(seg @ (Segment::Fs | Segment::Gs)) => ea.wrapping_add(segment_base(seg)),
                 _ => ea,
             },
-            Mode::Protected32 => {
+            Mode::Protected32 | Mode::Code16 => {
                 segment_base(self.effective_segment()).wrapping_add(ea) & u64::from(u32::MAX)
             }
         }
@@ -359,7 +362,7 @@ fn memory(
     let addr_size = match (mode, p.addrsize) {
         (Mode::Long, false) => 64,
         (Mode::Long, true) | (Mode::Protected32, false) => 32,
-        (Mode::Protected32, true) => return Err(DecodeError::Unsupported),
+        (Mode::Protected32, true) | (Mode::Code16, _) => return Err(DecodeError::Unsupported),
     };
     let md = modrm >> 6;
     let rm = modrm & 7;
@@ -448,7 +451,8 @@ pub fn decode(bytes: &[u8], mode: Mode) -> Result<Decoded, DecodeError> {
                 7 if !register => Kind::Invlpg(memory(&mut c, modrm, &p, mode)?),
                 6 => Kind::Lmsw(operand(&mut c)?),
                 4 => {
-                    let size = match (register, p.w(), p.opsize) {
+                    // 0x66 selects the other of 16 and 32 bits.
+                    let size = match (register, p.w(), p.opsize != (mode == Mode::Code16)) {
                         (false, _, _) => 2,
                         (true, true, _) => 8,
                         (true, false, true) => 2,
@@ -494,6 +498,54 @@ mod tests {
         let d = decode(bytes, mode).unwrap_or_else(|e| panic!("{bytes:02x?}: {e:?}"));
         assert_eq!(usize::from(d.len), bytes.len(), "{bytes:02x?}: length");
         d
+    }
+
+    #[test]
+    fn code16_decodes_register_forms_only() {
+        assert_eq!(Mode::from_cs(false, false, false), Some(Mode::Code16));
+        assert_eq!(Mode::from_cs(false, false, true), Some(Mode::Protected32));
+        assert_eq!(Mode::from_cs(true, true, false), Some(Mode::Long));
+        let k = |bytes: &[u8]| ok(bytes, Mode::Code16).kind;
+        // MOV CR0, EAX and MOV EAX, CR0 (the 32-bit registers, whatever the operand size).
+        assert_eq!(k(&[0x0f, 0x22, 0xc0]), Kind::MovToCr { cr: 0, gpr: RAX });
+        assert_eq!(
+            k(&[0x66, 0x0f, 0x20, 0xd9]),
+            Kind::MovFromCr { cr: 3, gpr: RCX }
+        );
+        assert_eq!(k(&[0x0f, 0x06]), Kind::Clts);
+        assert_eq!(k(&[0x0f, 0x01, 0xf0]), Kind::Lmsw(Operand::Reg(RAX)));
+        // SMSW: 16 bits by default in 16-bit code, 32 with 0x66.
+        assert_eq!(
+            k(&[0x0f, 0x01, 0xe3]),
+            Kind::Smsw {
+                dst: Operand::Reg(RBX),
+                size: 2
+            }
+        );
+        assert_eq!(
+            k(&[0x66, 0x0f, 0x01, 0xe3]),
+            Kind::Smsw {
+                dst: Operand::Reg(RBX),
+                size: 4
+            }
+        );
+        // 40-4F are INC/DEC, not REX.
+        assert_eq!(
+            decode(&[0x41, 0x0f, 0x22, 0xd8], Mode::Code16),
+            Err(DecodeError::Unsupported)
+        );
+        // Memory operands (16-bit addressing, or 32-bit with 0x67) are not decoded.
+        for bytes in [
+            &[0x0f, 0x01, 0x38][..],
+            &[0x0f, 0x01, 0x36, 0x00, 0x10],
+            &[0x67, 0x0f, 0x01, 0x38],
+        ] {
+            assert_eq!(
+                decode(bytes, Mode::Code16),
+                Err(DecodeError::Unsupported),
+                "{bytes:02x?}"
+            );
+        }
     }
 
     fn ok64(bytes: &[u8]) -> Kind {
@@ -1277,7 +1329,11 @@ mod tests {
         }
 
         fn check(bytes: &[u8], mode: Mode, rng: &mut Rng) -> Option<Code> {
-            let bitness = if mode == Mode::Long { 64 } else { 32 };
+            let bitness = match mode {
+                Mode::Long => 64,
+                Mode::Protected32 => 32,
+                Mode::Code16 => 16,
+            };
             let rip = if mode == Mode::Long {
                 rng.next()
             } else {
@@ -1306,7 +1362,11 @@ mod tests {
                 }
             }
             let prefix_len = bytes.iter().take_while(|b| LEGACY.contains(b)).count();
-            let addr16 = mode == Mode::Protected32 && bytes[..prefix_len].contains(&0x67);
+            let addr16 = match mode {
+                Mode::Protected32 => bytes[..prefix_len].contains(&0x67),
+                Mode::Code16 => true,
+                Mode::Long => false,
+            };
             if addr16 && ins.op_kinds().any(|k| k == OpKind::Memory) {
                 // 16-bit addressing is left out on purpose.
                 assert_eq!(ours, Err(DecodeError::Unsupported), "{ctx}");
@@ -1521,6 +1581,7 @@ mod tests {
                     "cr", "cr8", "lock cr8", "invlpg", "clts", "msw", "no base", "scale 8",
                     "disp8", "addr32", "fs", "gs", "ss",
                 ],
+                Mode::Code16 => &["cr", "cr8", "lock cr8", "clts", "msw"],
             };
             for w in want {
                 assert!(seen.contains(w), "{mode:?}: never met {w}; met {seen:?}");
@@ -1541,6 +1602,12 @@ mod tests {
         }
 
         #[test]
+        fn agrees_with_iced_in_16_bit_code() {
+            let agreed = run(Mode::Code16, 0x5555_aaaa_1234_8765, 200_000);
+            assert!(agreed > 20_000, "only {agreed} decoded");
+        }
+
+        #[test]
         fn agrees_with_iced_on_garbage() {
             let mut rng = Rng(42);
             let mut bytes = [0u8; 16];
@@ -1551,6 +1618,7 @@ mod tests {
                 let n = rng.below(17);
                 check(&bytes[..n], Mode::Long, &mut rng);
                 check(&bytes[..n], Mode::Protected32, &mut rng);
+                check(&bytes[..n], Mode::Code16, &mut rng);
             }
         }
 

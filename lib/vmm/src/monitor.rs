@@ -56,7 +56,7 @@ pub mod failure {
     pub const PROTOCOL: u64 = 4;
     /// The image could not be loaded.
     pub const LOAD: u64 = 5;
-    /// Shadow mode: the guest left long-mode paging, which the kernel's vTLB does not follow.
+    /// Shadow mode: the guest entered a paging mode the kernel's vTLB does not follow.
     pub const UNSHADOWED: u64 = 7;
     /// The VMM could not set the guest up (configuration, memory, Vm, vCPU or portals).
     pub const SETUP: u64 = 6;
@@ -657,8 +657,8 @@ impl Monitor {
             Exit::Other if q0 == abi::vm::other::UNSHADOWED_MODE => step.fail(
                 failure::UNSHADOWED,
                 format!(
-                    "the guest left long-mode paging (CR{} write at {:#x}); shadow mode shadows \
-                     4-level long-mode paging only",
+                    "the guest entered a paging mode the kernel's vTLB does not shadow (CR{} \
+                     write at {:#x})",
                     msg.get(word::QUAL1),
                     msg.rip()
                 ),

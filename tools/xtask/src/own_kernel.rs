@@ -53,8 +53,8 @@ pub fn generate() -> Result<PathBuf> {
 }
 
 /// The manifest: the kernel and initrd by absolute path, a command line of [`CMDLINE_LEN`]
-/// bytes ending in [`CMDLINE_END`], nested mode (shadow mode shadows long-mode paging only, so
-/// it cannot run a 32-bit protected-mode guest yet: issue #14, item 5).
+/// bytes ending in [`CMDLINE_END`], nested mode (the `guests-shadow-*` scenarios run such
+/// 32-bit protected-mode guests in shadow mode).
 pub fn manifest_text(kernel: &Path, initrd: &Path) -> String {
     let filler = "x".repeat(CMDLINE_LEN - CMDLINE_END.len() - 1);
     format!(

@@ -106,6 +106,7 @@ impl Guest {
                 maxphyaddr: 46,
                 gb_pages: true,
             },
+            format: super::walk::Format::Long,
         }
     }
 

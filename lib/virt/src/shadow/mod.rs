@@ -1,5 +1,7 @@
-//! The host-testable core of a shadow-paging vTLB for guests in long mode (4-level paging,
-//! CR0.PG = CR4.PAE = EFER.LMA = 1; LA57 and the legacy modes are not handled).
+//! The host-testable core of a shadow-paging vTLB for guests in 4-level long-mode paging
+//! (CR0.PG = CR4.PAE = EFER.LMA = 1), PAE paging and 32-bit paging (the last two shadowed in
+//! PAE format, the hardware in PAE paging without long mode); LA57 is not handled, and a guest
+//! with paging off runs on its Vm's nested tables ([`vm::GuestMode::Unpaged`]).
 //!
 //! The shadow tables are a software TLB: they cache translations the guest's own tables allow,
 //! are filled lazily on hardware page faults and are dropped when the guest invalidates (INVLPG,

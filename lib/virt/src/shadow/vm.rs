@@ -7,8 +7,10 @@
 //! (what the guest reads and what its walks use), the hardware runs with the shadow root as
 //! CR3, CR0.WP forced on, and #PF, MOV CR0/CR3/CR4 and INVLPG intercepted. Every shadow entry is
 //! written after walking the guest's own tables and looking up the Vm's memory, so a guest can
-//! never reach a frame that is not its own. Only 4-level long-mode guests are shadowed (a
-//! guest that leaves long-mode paging is stopped with an `Other` exit to its VMM).
+//! never reach a frame that is not its own. 4-level long-mode paging is shadowed on 4-level
+//! tables, 32-bit and PAE paging on PAE-format ones (the hardware in PAE paging without long
+//! mode, CR3 the PDPT under the tree's first PML4 entry); while the guest's paging is off it
+//! runs on the Vm's nested tables ([`GuestMode`]).
 //!
 //! One vCPU per Vm today, so the guest's control registers live in the Vm. The kernel supplies
 //! frames and memory access through a [`Machine`].
@@ -74,6 +76,77 @@ pub struct HwControl {
     pub cr0: u64,
     pub cr3: u64,
     pub cr4: u64,
+    /// The guest's EFER as the hardware must hold it (LMA follows CR0.PG and EFER.LME).
+    pub efer: u64,
+    /// The guest runs on the Vm's nested tables (its paging is off), not on the vTLB.
+    pub nested: bool,
+}
+
+/// The guest's paging mode, which decides what the hardware runs it on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestMode {
+    /// CR0.PG = 0: real mode, or protected mode without paging. Guest-linear addresses are
+    /// guest-physical, so the hardware runs the guest on the Vm's nested tables (NPT/EPT),
+    /// exactly as a nested-mode Vm; the vTLB waits until the guest turns paging on.
+    Unpaged,
+    /// 4-level long-mode paging: on the vTLB's 4-level shadow tables.
+    Long,
+    /// PAE paging (CR0.PG and CR4.PAE without long mode): on the vTLB's tables in PAE format,
+    /// the hardware in PAE paging without long mode (as KVM's shadow MMU runs such guests).
+    Pae,
+    /// 32-bit paging (CR0.PG without CR4.PAE): on the vTLB's tables in PAE format too (the
+    /// hardware's CR4.PAE is forced on; the guest reads its own CR4).
+    Bits32,
+}
+
+impl GuestMode {
+    /// 32-bit or PAE paging: the hardware runs PAE paging without long mode.
+    pub fn legacy(self) -> bool {
+        matches!(self, GuestMode::Pae | GuestMode::Bits32)
+    }
+}
+
+/// The mode of the control state (`cr0`, `cr4`, `efer`), or why the vTLB refuses it.
+pub fn guest_mode(cr0: u64, cr4: u64, efer: u64) -> Result<GuestMode, CrError> {
+    if cr0 & HIGH != 0 || cr4 & HIGH != 0 || cr4 & CR4_REFUSED != 0 {
+        return Err(CrError::GeneralProtection);
+    }
+    let lma = efer & EFER_LMA != 0;
+    if cr0 & CR0_PG == 0 {
+        // Long mode is active only with paging on.
+        return if lma {
+            Err(CrError::GeneralProtection)
+        } else {
+            Ok(GuestMode::Unpaged)
+        };
+    }
+    if cr0 & CR0_PE == 0 {
+        return Err(CrError::GeneralProtection);
+    }
+    match (efer & (EFER_LME | EFER_LMA), cr4 & CR4_PAE != 0) {
+        (e, true) if e == EFER_LME | EFER_LMA => Ok(GuestMode::Long),
+        (0, true) => Ok(GuestMode::Pae),
+        (0, false) => Ok(GuestMode::Bits32),
+        // Long mode without PAE, or LME and LMA disagreeing with paging on: no CPU state.
+        _ => Err(CrError::Unsupported),
+    }
+}
+
+/// CR0 after `LMSW source` with CR0 = `cr0`: bits 3:0 (PE, MP, EM, TS) from the source's low
+/// bits, except that LMSW sets PE but never clears it.
+pub fn lmsw(cr0: u64, source: u64) -> u64 {
+    (cr0 & !0xe) | (source & 0xf)
+}
+
+/// Register `old` after `SMSW` of `size` bytes (2, 4 or 8) with CR0 = `cr0`: a 16-bit
+/// destination keeps its upper bits, wider ones take CR0 zero-extended (as a 32-bit write
+/// does in 64-bit mode).
+pub fn smsw(old: u64, cr0: u64, size: u8) -> u64 {
+    match size {
+        2 => (old & !0xffff) | (cr0 & 0xffff),
+        4 => cr0 & 0xffff_ffff,
+        _ => cr0,
+    }
 }
 
 /// A guest control-register write the vTLB refuses.
@@ -123,6 +196,11 @@ pub struct Shadow<M: Machine, const N: usize, const R: usize> {
     pub idtr: (u64, u64),
     /// Hidden faults on large guest pages fill 2 MiB at once (`dmp_op::REGION_FILLS`).
     pub regions: bool,
+    /// The VMM has loaded a control state (`load`): until then there is nothing to run on.
+    loaded: bool,
+    /// PAE paging: the PDPTEs as the guest's CPU loaded them at the last CR3 load (or CR0/CR4
+    /// change that entered PAE paging).
+    pub pdptes: [u64; 4],
 }
 
 impl<M: Machine, const N: usize, const R: usize> Drop for Shadow<M, N, R> {
@@ -168,6 +246,8 @@ impl<M: Machine, const N: usize, const R: usize> Shadow<M, N, R> {
             forward: false,
             idtr: (0, 0),
             regions: false,
+            loaded: false,
+            pdptes: [0; 4],
         })
     }
 
@@ -185,54 +265,188 @@ impl<M: Machine, const N: usize, const R: usize> Shadow<M, N, R> {
             rflags,
             self.features,
         )
+        .or_else(|| {
+            Paging::legacy(
+                self.cr0,
+                self.cr3,
+                self.cr4,
+                self.efer,
+                rflags,
+                self.features,
+                self.pdptes,
+            )
+        })
+    }
+
+    /// The PDPTEs PAE paging with `cr3` loads from guest memory, or #GP (a reserved bit, or no
+    /// guest RAM there, where a CPU would read all ones). Without `nested` (no guest memory to
+    /// read) the vTLB cannot follow.
+    fn load_pdptes(&self, nested: Option<&NestedTables>, cr3: u64) -> Result<[u64; 4], CrError> {
+        let nested = nested.ok_or(CrError::Unsupported)?;
+        let ram = GuestRam {
+            nested,
+            machine: &self.machine,
+        };
+        walk::legacy::load_pdptes(&ram, cr3, self.features).map_err(|_| CrError::GeneralProtection)
+    }
+
+    /// The PDPTEs of the state (`mode`, `cr3`), or the current ones outside PAE paging.
+    fn pdptes_for(
+        &self,
+        nested: Option<&NestedTables>,
+        mode: GuestMode,
+        cr3: u64,
+    ) -> Result<[u64; 4], CrError> {
+        if mode == GuestMode::Pae {
+            self.load_pdptes(nested, cr3)
+        } else {
+            Ok(self.pdptes)
+        }
+    }
+
+    /// The guest's paging mode now (its control registers were checked when set).
+    pub fn mode(&self) -> GuestMode {
+        guest_mode(self.cr0, self.cr4, self.efer).unwrap_or(GuestMode::Unpaged)
     }
 
     fn hardware(&self) -> HwControl {
-        HwControl {
-            cr0: self.cr0 | CR0_WP,
-            cr3: self.vtlb.root().unwrap_or(0),
-            cr4: self.cr4,
+        self.hardware_for(self.mode(), self.cr0, self.cr3, self.cr4, self.efer)
+    }
+
+    fn hardware_for(&self, mode: GuestMode, cr0: u64, cr3: u64, cr4: u64, efer: u64) -> HwControl {
+        match mode {
+            // Paging off: the hardware holds the guest's own values over nested paging.
+            GuestMode::Unpaged => HwControl {
+                cr0,
+                cr3,
+                cr4,
+                efer,
+                nested: true,
+            },
+            GuestMode::Long => HwControl {
+                cr0: cr0 | CR0_WP,
+                cr3: self.vtlb.root().unwrap_or(0),
+                cr4,
+                efer,
+                nested: false,
+            },
+            // PAE paging without long mode on the PDPT of the current tree.
+            GuestMode::Pae | GuestMode::Bits32 => HwControl {
+                cr0: cr0 | CR0_WP,
+                cr3: self.vtlb.legacy_pdpt(&Frames(&self.machine)).unwrap_or(0),
+                cr4: cr4 | CR4_PAE,
+                efer,
+                nested: false,
+            },
         }
+    }
+
+    /// Before an entry in 32-bit or PAE paging: completes the current tree's PAE-format top
+    /// (`Vtlb::legacy_root`) and returns the hardware values (their CR3 the PDPT) and whether
+    /// frames were recycled (flush the hardware TLB). None in other modes.
+    pub fn legacy_entry(&mut self) -> Option<(HwControl, bool)> {
+        if !self.loaded || !self.mode().legacy() {
+            return None;
+        }
+        let frames = &mut Frames(&self.machine);
+        let recycled = match self.vtlb.legacy_root(frames) {
+            Some((_, recycled)) => recycled,
+            None => {
+                // No current tree (a recycle took it): start one.
+                self.vtlb.switch(frames, key(self.cr3), true);
+                let _ = self.vtlb.legacy_root(frames);
+                true
+            }
+        };
+        Some((self.hardware(), recycled))
     }
 
     /// The VMM set the guest's control registers (start-up, or a reply with the control
     /// group): checks them, starts from empty shadow tables and returns the hardware values.
     pub fn load(&mut self, cr0: u64, cr3: u64, cr4: u64, efer: u64) -> Result<HwControl, CrError> {
-        self.preview(cr0, cr4, efer)?;
+        self.load_in(None, cr0, cr3, cr4, efer)
+    }
+
+    /// [`Shadow::load`] with the guest's memory (`nested`), which PAE paging needs: its PDPTEs
+    /// are loaded (a reserved bit refuses the state).
+    pub fn load_in(
+        &mut self,
+        nested: Option<&NestedTables>,
+        cr0: u64,
+        cr3: u64,
+        cr4: u64,
+        efer: u64,
+    ) -> Result<HwControl, CrError> {
+        let mode = guest_mode(cr0, cr4, efer)?;
+        let pdptes = self.pdptes_for(nested, mode, cr3)?;
         self.cr0 = cr0;
         self.cr4 = cr4;
         self.efer = efer;
         self.cr3 = cr3;
+        self.pdptes = pdptes;
+        self.loaded = true;
+        self.vtlb.set_legacy(mode.legacy());
         self.flush();
+        if mode.legacy() {
+            let _ = self.vtlb.legacy_root(&mut Frames(&self.machine));
+        }
         Ok(self.hardware())
     }
 
     /// What [`Shadow::load`] would answer, changing nothing (the CR3 is the current root's;
-    /// the load may pick another frame, which the hardware checks do not care about).
+    /// the load may pick another frame, which the hardware checks do not care about; with
+    /// paging off it is the current guest CR3, which nothing uses).
     pub fn preview(&self, cr0: u64, cr4: u64, efer: u64) -> Result<HwControl, CrError> {
-        if cr0 & HIGH != 0 || cr4 & HIGH != 0 || cr4 & CR4_REFUSED != 0 {
-            return Err(CrError::GeneralProtection);
-        }
-        let long = cr0 & (CR0_PG | CR0_PE) == CR0_PG | CR0_PE
-            && cr4 & CR4_PAE != 0
-            && efer & (EFER_LME | EFER_LMA) == EFER_LME | EFER_LMA;
-        if !long {
+        let mode = guest_mode(cr0, cr4, efer)?;
+        if mode == GuestMode::Pae {
+            // PDPTEs to load, and no memory to load them from.
             return Err(CrError::Unsupported);
         }
-        Ok(HwControl {
-            cr0: cr0 | CR0_WP,
-            cr3: self.vtlb.root().unwrap_or(0),
-            cr4,
-        })
+        Ok(self.hardware_for(mode, cr0, self.cr3, cr4, efer))
     }
 
-    /// The root the hardware must run this Vm's vCPUs on: none until the VMM loaded a
-    /// long-mode control state (`load`), the vTLB's current root after.
-    pub fn hardware_root(&self) -> Option<u64> {
-        if self.cr0 & CR0_PG == 0 {
-            return None;
+    /// [`Shadow::preview`] of [`Shadow::load_in`] with CR3 `cr3`.
+    pub fn preview_in(
+        &self,
+        nested: Option<&NestedTables>,
+        cr0: u64,
+        cr3: u64,
+        cr4: u64,
+        efer: u64,
+    ) -> Result<HwControl, CrError> {
+        let mode = guest_mode(cr0, cr4, efer)?;
+        self.pdptes_for(nested, mode, cr3)?;
+        Ok(self.hardware_for(mode, cr0, self.cr3, cr4, efer))
+    }
+
+    /// What the hardware must run this Vm's vCPUs on (`virt::confine`), given the Vm's nested
+    /// root: nothing until the VMM loaded a control state; the nested tables while the
+    /// guest's paging is off; the vTLB's current root in long mode.
+    pub fn confinement(&self, nested_root: u64) -> crate::confine::Expected {
+        use crate::confine::Expected;
+        if !self.loaded {
+            return Expected::Shadow { root: None };
         }
-        self.vtlb.root()
+        match self.mode() {
+            GuestMode::Unpaged => Expected::ShadowUnpaged { root: nested_root },
+            GuestMode::Long => Expected::Shadow {
+                root: self.vtlb.root(),
+            },
+            GuestMode::Pae | GuestMode::Bits32 => Expected::ShadowLegacy {
+                root: self.vtlb.legacy_pdpt(&Frames(&self.machine)),
+            },
+        }
+    }
+
+    /// The root the hardware must run this Vm's vCPUs on when the guest pages: none until the
+    /// VMM loaded a control state with paging on (`load`), the vTLB's current root after.
+    pub fn hardware_root(&self) -> Option<u64> {
+        match self.mode() {
+            _ if !self.loaded => None,
+            GuestMode::Unpaged => None,
+            GuestMode::Long => self.vtlb.root(),
+            GuestMode::Pae | GuestMode::Bits32 => self.vtlb.legacy_pdpt(&Frames(&self.machine)),
+        }
     }
 
     /// The guest's view of control register `cr` (MOV from CRn).
@@ -248,16 +462,44 @@ impl<M: Machine, const N: usize, const R: usize> Shadow<M, N, R> {
     /// MOV to CRn by the guest; returns the new hardware values and whether the hardware TLB
     /// must be flushed.
     pub fn write_cr(&mut self, cr: u8, value: u64) -> Result<(HwControl, bool), CrError> {
+        self.write_cr_in(None, cr, value)
+    }
+
+    /// [`Shadow::write_cr`] with the guest's memory (`nested`), from which PAE paging loads
+    /// its PDPTEs (at MOV CR3, and at MOV CR0/CR4 that enter PAE paging or change CR4.PGE,
+    /// PSE or SMEP in it, as the CPU does).
+    pub fn write_cr_in(
+        &mut self,
+        nested: Option<&NestedTables>,
+        cr: u8,
+        value: u64,
+    ) -> Result<(HwControl, bool), CrError> {
+        let before = self.mode();
         let flush = match cr {
             0 => {
                 if value & HIGH != 0 {
                     return Err(CrError::GeneralProtection);
                 }
-                if value & (CR0_PG | CR0_PE) != CR0_PG | CR0_PE {
-                    return Err(CrError::Unsupported);
+                let paging = value & CR0_PG != 0;
+                // Paging on with EFER.LME activates long mode, which needs PAE (else #GP).
+                if paging && self.efer & EFER_LME != 0 && self.cr4 & CR4_PAE == 0 {
+                    return Err(CrError::GeneralProtection);
                 }
+                let efer = if paging && self.efer & EFER_LME != 0 {
+                    self.efer | EFER_LMA
+                } else {
+                    self.efer & !EFER_LMA
+                };
+                let mode = guest_mode(value, self.cr4, efer)?;
+                let pdptes = if mode == GuestMode::Pae && self.cr0 & CR0_PG == 0 {
+                    self.load_pdptes(nested, self.cr3)?
+                } else {
+                    self.pdptes
+                };
                 let changed = (self.cr0 ^ value) & (CR0_WP | CR0_PG) != 0;
                 self.cr0 = value;
+                self.efer = efer;
+                self.pdptes = pdptes;
                 changed
             }
             3 => {
@@ -265,6 +507,9 @@ impl<M: Machine, const N: usize, const R: usize> Shadow<M, N, R> {
                 let width = u32::from(self.features.maxphyaddr).clamp(32, 52);
                 if value >> width != 0 {
                     return Err(CrError::GeneralProtection);
+                }
+                if self.mode() == GuestMode::Pae {
+                    self.pdptes = self.load_pdptes(nested, value)?;
                 }
                 self.cr3 = value;
                 self.stats.cr3_loads += 1;
@@ -277,18 +522,33 @@ impl<M: Machine, const N: usize, const R: usize> Shadow<M, N, R> {
                 if value & HIGH != 0 || value & CR4_REFUSED != 0 {
                     return Err(CrError::GeneralProtection);
                 }
-                if value & CR4_PAE == 0 {
+                if value & CR4_PAE == 0 && self.efer & EFER_LMA != 0 {
                     // Clearing PAE in long mode is #GP.
                     return Err(CrError::GeneralProtection);
                 }
+                let mode = guest_mode(self.cr0, value, self.efer)?;
                 let changed = (self.cr4 ^ value) & CR4_FLUSHING != 0;
+                let pdptes = if mode == GuestMode::Pae && changed {
+                    self.load_pdptes(nested, self.cr3)?
+                } else {
+                    self.pdptes
+                };
                 self.cr4 = value;
+                self.pdptes = pdptes;
                 changed
             }
             _ => return Err(CrError::Unsupported),
         };
-        if flush && cr != 3 {
+        let mode = self.mode();
+        if mode.legacy() != before.legacy() {
+            // Another hardware format: no tree of the old one may stay.
+            self.vtlb.set_legacy(mode.legacy());
             self.flush();
+        } else if flush && cr != 3 {
+            self.flush();
+        }
+        if mode.legacy() {
+            let _ = self.vtlb.legacy_root(&mut Frames(&self.machine));
         }
         Ok((self.hardware(), flush))
     }
@@ -297,7 +557,13 @@ impl<M: Machine, const N: usize, const R: usize> Shadow<M, N, R> {
     /// large guest page): the hardware TLB must then forget all of the guest's translations.
     pub fn invlpg(&mut self, la: u64) -> bool {
         self.stats.invlpgs += 1;
-        self.vtlb.invalidate(&mut Frames(&self.machine), la) != Invalidated::Page
+        let frames = &mut Frames(&self.machine);
+        let mut more = self.vtlb.invalidate(frames, la) != Invalidated::Page;
+        if self.mode() == GuestMode::Bits32 && self.cr4 & CR4_PSE != 0 {
+            // A 4 MiB page is shadowed as two 2 MiB regions: drop the other half too.
+            more |= self.vtlb.invalidate(frames, la ^ (1 << 21)) != Invalidated::Page;
+        }
+        more
     }
 
     /// A DMP hypercall (`abi::vm::hypercall`) with the guest's RAX, RBX, RCX, RDX.
@@ -309,6 +575,11 @@ impl<M: Machine, const N: usize, const R: usize> Shadow<M, N, R> {
             applied: 0,
             flush: false,
         };
+        if self.mode() != GuestMode::Long {
+            // The hypercalls name long-mode page-table entries and linear addresses.
+            result.status = abi::vm::hypercall::BAD_REQUEST;
+            return result;
+        }
         let update = |s: &mut Self, u: Update| -> Result<(), u64> {
             let ram = GuestRam {
                 nested,
@@ -464,6 +735,10 @@ impl<M: Machine, const N: usize, const R: usize> Shadow<M, N, R> {
         rflags: u64,
         out: &mut [u8],
     ) -> usize {
+        if self.mode() == GuestMode::Unpaged {
+            // Paging off: linear addresses (32 bits wide outside long mode) are physical.
+            return self.read_physical(nested, |i| (la.wrapping_add(i as u64)) & 0xffff_ffff, out);
+        }
         let Some(paging) = self.paging(rflags) else {
             return 0;
         };
@@ -478,6 +753,29 @@ impl<M: Machine, const N: usize, const R: usize> Shadow<M, N, R> {
                 return i;
             };
             let Some((hpa, _)) = nested.translate(&super::machine::Lookup(&self.machine), t.gpa)
+            else {
+                return i;
+            };
+            let Some(word) = self.machine.read_shared(hpa & !7) else {
+                return i;
+            };
+            *byte = (word >> ((hpa & 7) * 8)) as u8;
+        }
+        out.len()
+    }
+}
+
+impl<M: Machine, const N: usize, const R: usize> Shadow<M, N, R> {
+    /// Reads `out.len()` bytes of guest-physical memory, byte `i` at `gpa(i)`; returns how
+    /// many were read before memory ran out.
+    fn read_physical(
+        &self,
+        nested: &NestedTables,
+        gpa: impl Fn(usize) -> u64,
+        out: &mut [u8],
+    ) -> usize {
+        for (i, byte) in out.iter_mut().enumerate() {
+            let Some((hpa, _)) = nested.translate(&super::machine::Lookup(&self.machine), gpa(i))
             else {
                 return i;
             };

@@ -112,7 +112,13 @@ pub struct Vtlb<const N: usize, const R: usize> {
     /// them: linked into every tree the vTLB switches to.
     globals: [(u64, u64); GLOBAL_REGIONS],
     globals_len: usize,
+    /// PAE format ([`Vtlb::set_legacy`]): PDPTEs are written present-only.
+    legacy: bool,
 }
+
+/// A PDPTE of PAE paging: present, nothing else (R/W, U/S, A and the rest are reserved there;
+/// bits 11:9 are ignored, so [`LARGE_ORIGIN`] may stay).
+const PAE_PDPTE: u64 = PRESENT;
 
 fn index(la: u64, level: u32) -> usize {
     ((la >> (12 + 9 * (level - 1))) & 0x1ff) as usize
@@ -135,7 +141,63 @@ impl<const N: usize, const R: usize> Vtlb<N, R> {
             current: None,
             globals: [(0, 0); GLOBAL_REGIONS],
             globals_len: 0,
+            legacy: false,
         })
+    }
+
+    /// Whether the trees are for a guest in 32-bit or PAE paging: the hardware then runs PAE
+    /// paging (without long mode) on the PDPT under entry 0 of the current root
+    /// ([`Vtlb::legacy_root`]), so PDPTEs are written in PAE's format. The caller flushes
+    /// everything when this changes (a paging-mode change does).
+    pub fn set_legacy(&mut self, legacy: bool) {
+        self.legacy = legacy;
+    }
+
+    /// The PAE-format root of the current tree, if complete: the PDPT under entry 0 of the
+    /// current root, whose four PDPTEs all hold page directories in PAE's format.
+    pub fn legacy_pdpt(&self, mem: &impl ShadowMemory) -> Option<u64> {
+        let root = self.root()?;
+        let e = mem.read(root, 0);
+        if e & PRESENT == 0 {
+            return None;
+        }
+        let pdpt = e & ADDR;
+        (0..4)
+            .all(|i| {
+                let p = mem.read(pdpt, i);
+                p & PRESENT != 0 && p & !(ADDR | LARGE_ORIGIN) == PAE_PDPTE
+            })
+            .then_some(pdpt)
+    }
+
+    /// Completes the current tree for PAE-format hardware paging (the vTLB is
+    /// [`Vtlb::set_legacy`]): a PDPT under entry 0 of the root and a page directory under each
+    /// of its four entries (the CPU loads all four PDPTEs at entry and keeps them, so none may
+    /// appear later), each PDPTE present-only. Returns the PDPT (the hardware CR3; it must
+    /// lie below 4 GiB) and whether frames were recycled on the way; None without a current
+    /// root.
+    pub fn legacy_root(&mut self, mem: &mut impl ShadowMemory) -> Option<(u64, bool)> {
+        let mut recycled = false;
+        // Building a directory may recycle (empty this tree): start again, a few times at most;
+        // a pool holds many more frames than the six a complete top needs.
+        for _ in 0..4 {
+            if let Some(pdpt) = self.legacy_pdpt(mem) {
+                return Some((pdpt, recycled));
+            }
+            for i in 0..4u64 {
+                let (_, r) = self.leaf_table(mem, i << 30, PageSize::Size4K, None)?;
+                recycled |= r;
+            }
+            let root = self.root()?;
+            let pdpt = mem.read(root, 0) & ADDR;
+            for i in 0..4 {
+                let e = mem.read(pdpt, i);
+                if e & PRESENT != 0 {
+                    mem.write(pdpt, i, (e & (ADDR | LARGE_ORIGIN)) | PAE_PDPTE);
+                }
+            }
+        }
+        self.legacy_pdpt(mem).map(|p| (p, recycled))
     }
 
     /// The current shadow root.
@@ -388,7 +450,12 @@ impl<const N: usize, const R: usize> Vtlb<N, R> {
                     continue 'again;
                 };
                 mem.zero(new);
-                mem.write(table, i, new | TABLE | mark);
+                let upper = if self.legacy && level == 3 {
+                    PAE_PDPTE
+                } else {
+                    TABLE
+                };
+                mem.write(table, i, new | upper | mark);
                 table = new;
             }
             return Some((table, recycled));

@@ -1,5 +1,7 @@
-//! The guest page-table walk of 4-level long-mode paging, as the CPU does it (Intel SDM vol. 3
-//! §4.5–4.8, AMD APM vol. 2 §5.3–5.6).
+//! The guest page-table walk as the CPU does it: 4-level long-mode paging (Intel SDM vol. 3
+//! §4.5–4.8, AMD APM vol. 2 §5.3–5.6), and the legacy formats PAE paging (§4.4: four PDPTEs
+//! the CPU loads at CR3 loads, then 64-bit directories and tables) and 32-bit paging (§4.3:
+//! 4-byte entries, 4 MiB pages with CR4.PSE) in [`legacy`].
 //!
 //! **Accessed and dirty bits.** The SDM (§4.8) sets A in each entry the processor uses "as part
 //! of linear-address translation" and D in the entry that maps the page "whenever there is a
@@ -55,15 +57,33 @@ pub struct Paging {
     pub smap: bool,
     /// RFLAGS.AC: lifts SMAP for explicit supervisor accesses.
     pub ac: bool,
-    /// EFER.NXE: XD is in use (else bit 63 is reserved).
+    /// EFER.NXE: XD is in use (else bit 63 is reserved). Always false for 32-bit paging,
+    /// which has no XD bit.
     pub nxe: bool,
     pub features: Features,
+    /// The table format.
+    pub format: Format,
+}
+
+/// The guest's paging-structure format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// 4-level long-mode paging (CR4.PAE, EFER.LMA).
+    Long,
+    /// PAE paging (CR4.PAE without long mode): the four PDPTEs as the CPU loaded them at the
+    /// last CR3 load ([`legacy::load_pdptes`]), then page directories and tables of 8-byte
+    /// entries.
+    Pae { pdptes: [u64; 4] },
+    /// 32-bit paging (CR4.PAE clear): a page directory and tables of 4-byte entries; `pse`
+    /// (CR4.PSE) allows 4 MiB pages.
+    Bits32 { pse: bool },
 }
 
 /// Register bits read by [`Paging::long_mode`].
 pub mod reg {
     pub const CR0_WP: u64 = 1 << 16;
     pub const CR0_PG: u64 = 1 << 31;
+    pub const CR4_PSE: u64 = 1 << 4;
     pub const CR4_PAE: u64 = 1 << 5;
     pub const CR4_LA57: u64 = 1 << 12;
     pub const CR4_SMEP: u64 = 1 << 20;
@@ -96,6 +116,40 @@ impl Paging {
             ac: rflags & reg::RFLAGS_AC != 0,
             nxe: efer & reg::EFER_NXE != 0,
             features,
+            format: Format::Long,
+        })
+    }
+
+    /// The controls of legacy paging (CR0.PG without EFER.LMA): PAE paging with the PDPTEs
+    /// `pdptes` when CR4.PAE is set, else 32-bit paging. None in any other mode.
+    pub fn legacy(
+        cr0: u64,
+        cr3: u64,
+        cr4: u64,
+        efer: u64,
+        rflags: u64,
+        features: Features,
+        pdptes: [u64; 4],
+    ) -> Option<Self> {
+        if cr0 & reg::CR0_PG == 0 || efer & reg::EFER_LMA != 0 {
+            return None;
+        }
+        let pae = cr4 & reg::CR4_PAE != 0;
+        Some(Self {
+            cr3,
+            wp: cr0 & reg::CR0_WP != 0,
+            smep: cr4 & reg::CR4_SMEP != 0,
+            smap: cr4 & reg::CR4_SMAP != 0,
+            ac: rflags & reg::RFLAGS_AC != 0,
+            nxe: pae && efer & reg::EFER_NXE != 0,
+            features,
+            format: if pae {
+                Format::Pae { pdptes }
+            } else {
+                Format::Bits32 {
+                    pse: cr4 & reg::CR4_PSE != 0,
+                }
+            },
         })
     }
 
@@ -327,9 +381,26 @@ pub fn translate(
     la: u64,
     access: Access,
 ) -> Result<Translation, WalkError> {
+    match paging.format {
+        Format::Long => {}
+        Format::Pae { pdptes } => return legacy::translate_pae(mem, paging, &pdptes, la, access),
+        Format::Bits32 { pse } => return legacy::translate_32(mem, paging, pse, la, access),
+    }
     if !is_canonical(la) {
         return Err(WalkError::NonCanonical);
     }
+    translate_levels(mem, paging, la, access, paging.pml4(), 4)
+}
+
+/// The 8-byte-entry walk from `table` at level `top` (4: PML4, 2: a PAE page directory) down.
+fn translate_levels(
+    mem: &impl GuestPhys,
+    paging: &Paging,
+    la: u64,
+    access: Access,
+    table: u64,
+    top: u8,
+) -> Result<Translation, WalkError> {
     let base = ErrorCode::for_access(access, paging);
     let fault = |code: u32, cause| {
         WalkError::Fault(PageFault {
@@ -340,8 +411,8 @@ pub fn translate(
     };
     let mut entries = [Entry::default(); 4];
     let (mut writable, mut user, mut executable) = (true, true, true);
-    let mut table = paging.pml4();
-    for (n, level) in (1..=4u8).rev().enumerate() {
+    let mut table = table;
+    for (n, level) in (1..=top).rev().enumerate() {
         let gpa = table + index(la, level) * 8;
         let e = mem.read(gpa).ok_or(WalkError::NotBacked { gpa })?;
         if e & PRESENT == 0 {
@@ -403,7 +474,7 @@ pub fn walk(
             if want == entry.value {
                 continue;
             }
-            match mem.compare_exchange(entry.gpa, entry.value, want) {
+            match legacy::update_entry(mem, paging, entry, want) {
                 Ok(()) => entry.value = want,
                 Err(CasError::Changed) => continue 'again,
                 Err(CasError::NotRam) => return Err(WalkError::NotBacked { gpa: entry.gpa }),
@@ -413,6 +484,8 @@ pub fn walk(
     }
     Err(WalkError::Contended)
 }
+
+pub mod legacy;
 
 #[cfg(test)]
 mod tests;

@@ -464,38 +464,39 @@ pub fn unconfined_startup(ctx: &mut Ctx) -> Outcome {
     result
 }
 
-/// (1b) The same with CONTROL in the reply but paging off (CR0 = ET, EFER = 0, real mode): the
-/// reply is refused at once (shadow mode runs long mode only), and the guest never runs.
+/// (1b) The same with CONTROL in the reply but paging off (CR0 = ET, EFER = 0, real mode): a
+/// shadow-mode guest with its paging off runs on its Vm's nested tables (never on
+/// guest-physical = host-physical memory), which map the code page without EXEC: its first
+/// fetch at [`CODE_GPA`] is a memory-fault exit, never the I/O exit its code would make if the
+/// hardware ran it without nested paging. STOP then ends it.
 pub fn unconfined_paging_off(ctx: &mut Ctx) -> Outcome {
     let result = (|| {
         shadow_vm_with_code()?;
         start(ctx, VCPU, VM, EXIT_BASE)?;
         let w = real_mode(CODE_GPA);
         exits::answer(ctx, &w);
-        let status = match exits::next_exit(ctx, ctx.scale.expected) {
-            Some(Event {
-                result: Err(Error::Kernel(s)),
-                ..
-            }) => s,
-            Some(e) => {
-                return Err(format!(
-                    "a shadow-mode Startup reply with paging off (CR0 {:#x}, EFER 0) was not refused: then {}",
-                    w[word::CR0],
-                    e.describe()
-                ))
-            }
-            None => {
-                return Err(format!(
-                    "a Startup reply with paging off was neither refused nor answered by an exit within {} ticks",
-                    ctx.scale.expected
-                ))
-            }
+        let Some(e) = exits::next_exit(ctx, ctx.scale.expected) else {
+            return Err(format!(
+                "a shadow-mode Startup reply with paging off was answered by no exit within {} ticks",
+                ctx.scale.expected
+            ));
         };
+        ensure!(
+            e.is(Exit::MemoryFault),
+            "a shadow-mode Startup reply with paging off (CR0 {:#x}, EFER 0): then {}, expected the memory-fault exit of the first fetch",
+            w[word::CR0],
+            e.describe()
+        );
+        let (gpa, access) = e.qual();
+        ensure!(
+            gpa == CODE_GPA && access & vmabi::access::EXEC != 0,
+            "the guest's first fetch faulted at {gpa:#x} with access {access:#x}, expected {CODE_GPA:#x} with EXEC"
+        );
         exits::stop(ctx);
         let after = check_never_ran(ctx, VCPU, "after STOP")?;
         Ok(format!(
-            "reply with CR0 {:#x}, EFER 0 refused ({status}); no I/O exit; after STOP {after}",
-            w[word::CR0]
+            "paging off runs on the nested tables: {}; after STOP {after}",
+            e.describe()
         ))
     })();
     exits::settle(ctx);

@@ -167,6 +167,21 @@ pub struct HwExit {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BadState(pub &'static str);
 
+/// Shadow mode: the control registers the hardware runs with (`cr3` the shadow root, or the
+/// guest's own while its paging is off), where the hardware has read shadows (VMX) what guest
+/// reads of CR0 and CR4 return, and the nested root the guest runs on while its paging is off
+/// (None: the vTLB's tables, nested paging off).
+#[derive(Clone, Copy, Debug)]
+pub struct ShadowControl {
+    pub cr0: u64,
+    pub cr3: u64,
+    pub cr4: u64,
+    pub efer: u64,
+    pub visible_cr0: u64,
+    pub visible_cr4: u64,
+    pub nested_root: Option<u64>,
+}
+
 /// What each backend does for one vCPU: SVM's VMCB (`svm::Vmcb`) and VMX's VMCS
 /// (`vmx::Vmcs`) implement it; the kernel reaches them through [`HwVcpu`], which dispatches
 /// statically.
@@ -179,9 +194,8 @@ pub trait VendorVcpu {
     fn inject(&mut self, event: u64, error: u64);
     /// Asks for (or stops asking for) an exit when the guest can take an interrupt.
     fn request_window(&mut self, on: bool);
-    /// Shadow mode: the control registers the hardware runs with (`cr3` the shadow root) and,
-    /// where the hardware has read shadows (VMX), what guest reads of CR0 and CR4 return.
-    fn shadow_control(&mut self, cr0: u64, cr3: u64, cr4: u64, visible_cr0: u64, visible_cr4: u64);
+    /// Shadow mode: what the hardware runs the guest with (`ShadowControl`).
+    fn shadow_control(&mut self, c: &ShadowControl);
     /// The guest's CR2 from the next entry on (a #PF the kernel injects).
     fn set_cr2(&mut self, value: u64);
     /// Shadow mode: intercept #PF or let the guest's IDT take it (DMP fault forwarding).
@@ -268,8 +282,8 @@ impl HwVcpu {
         vendor!(self, v => v.request_window(on), ())
     }
 
-    pub fn shadow_control(&mut self, cr0: u64, cr3: u64, cr4: u64, vis_cr0: u64, vis_cr4: u64) {
-        vendor!(self, v => v.shadow_control(cr0, cr3, cr4, vis_cr0, vis_cr4), ())
+    pub fn shadow_control(&mut self, c: &ShadowControl) {
+        vendor!(self, v => v.shadow_control(c), ())
     }
 
     pub fn set_cr2(&mut self, value: u64) {

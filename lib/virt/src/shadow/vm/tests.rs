@@ -323,9 +323,9 @@ fn control_register_writes_the_vtlb_cannot_follow() {
     let g = Guest::new();
     let mut s = shadow(&m, &g);
     assert_eq!(
-        s.write_cr(0, CR0 & !CR0_PG),
-        Err(CrError::Unsupported),
-        "paging off"
+        s.write_cr(0, CR0 & !CR0_PE),
+        Err(CrError::GeneralProtection),
+        "paging without protection"
     );
     assert_eq!(
         s.write_cr(0, CR0 | 1 << 32),
@@ -382,7 +382,8 @@ fn preview_then_load_refuses_a_bad_state_without_changing_anything() {
     };
 
     let bad = [
-        (CR0 & !CR0_PG, CR4, EFER, CrError::Unsupported),
+        (CR0 & !CR0_PG, CR4, EFER, CrError::GeneralProtection),
+        (CR0 & !CR0_PE, CR4, EFER, CrError::GeneralProtection),
         (CR0, CR4 & !CR4_PAE, EFER, CrError::Unsupported),
         (CR0, CR4, EFER & !EFER_LMA, CrError::Unsupported),
         (CR0, CR4 | CR4_LA57, EFER, CrError::GeneralProtection),
@@ -404,7 +405,9 @@ fn preview_then_load_refuses_a_bad_state_without_changing_anything() {
         HwControl {
             cr0: CR0,
             cr3: before.5.unwrap(),
-            cr4: CR4 | CR4_SMEP
+            cr4: CR4 | CR4_SMEP,
+            efer: EFER,
+            nested: false,
         }
     );
     let loaded = s.load(CR0 & !CR0_WP, g.cr3, CR4 | CR4_SMEP, EFER).unwrap();
@@ -644,4 +647,365 @@ fn hypercall_pte_write_updates_the_guest_and_drops_the_translation() {
     let r = s.hypercall(&n, [0x99, 0, 0, 0]);
     assert_eq!((r.status, r.applied, r.flush), (BAD_REQUEST, 0, false));
     assert_eq!(s.stats.hypercalls, 3);
+}
+
+/// Protected mode without paging, as a Multiboot kernel starts.
+const CR0_UNPAGED: u64 = CR0_PE | 1 << 4;
+
+#[test]
+fn nothing_to_run_on_before_a_load() {
+    let m = Machine::new();
+    let s = TestShadow::new(&m).unwrap();
+    assert_eq!(
+        s.confinement(0x5000),
+        crate::confine::Expected::Shadow { root: None }
+    );
+}
+
+#[test]
+fn an_unpaged_guest_runs_on_the_nested_tables_until_it_turns_paging_on() {
+    use crate::confine::Expected;
+    let m = Machine::new();
+    let g = Guest::new();
+    g.map(LA, DATA, PageSize::Size4K, [OPEN; 3], WRITABLE);
+    m.load(&g);
+    let n = nested(&m, &[]);
+    let mut s = TestShadow::new(&m).unwrap();
+    // Real mode, then protected mode: both on the nested tables, with the guest's own values.
+    for cr0 in [1 << 4, CR0_UNPAGED] {
+        let hw = s.load(cr0, 0, 0, 0).unwrap();
+        assert_eq!(
+            hw,
+            HwControl {
+                cr0,
+                cr3: 0,
+                cr4: 0,
+                efer: 0,
+                nested: true
+            }
+        );
+        assert_eq!(s.mode(), GuestMode::Unpaged);
+        assert_eq!(
+            s.confinement(0x5000),
+            Expected::ShadowUnpaged { root: 0x5000 }
+        );
+        assert_eq!(s.hardware_root(), None);
+    }
+    // The way into long mode: CR3, CR4.PAE, EFER.LME (a VMM reply), then CR0.PG.
+    let (hw, _) = s.write_cr(3, g.cr3).unwrap();
+    assert_eq!((hw.cr3, hw.nested), (g.cr3, true));
+    let (hw, _) = s.write_cr(4, CR4).unwrap();
+    assert_eq!((hw.cr4, hw.nested), (CR4, true));
+    let hw = s.load(CR0_UNPAGED, g.cr3, CR4, EFER_LME).unwrap();
+    assert!(hw.nested);
+    let (hw, flush) = s.write_cr(0, CR0).unwrap();
+    assert!(flush, "paging on: the hardware TLB starts afresh");
+    assert!(!hw.nested);
+    assert_eq!(hw.efer, EFER_LME | EFER_LMA, "long mode is active");
+    assert_eq!(s.efer, EFER_LME | EFER_LMA);
+    assert_eq!(s.mode(), GuestMode::Long);
+    let root = s.hardware_root().unwrap();
+    assert_eq!(hw.cr3, root);
+    assert_eq!(s.confinement(0x5000), Expected::Shadow { root: Some(root) });
+    // The vTLB takes over: a fault fills from the guest's tables.
+    assert!(matches!(
+        s.page_fault(&n, LA, 0, false, 0),
+        FaultOutcome::Resume { .. }
+    ));
+    assert_ne!(s.leaf(LA), 0);
+    // And out again: paging off drops every shadow translation, LMA goes.
+    let (hw, flush) = s.write_cr(0, CR0_UNPAGED).unwrap();
+    assert!(flush);
+    assert!(hw.nested);
+    assert_eq!(hw.efer, EFER_LME);
+    assert_eq!(s.leaf(LA), 0);
+    assert_eq!(
+        s.confinement(0x5000),
+        Expected::ShadowUnpaged { root: 0x5000 }
+    );
+}
+
+#[test]
+fn mode_changes_the_cpu_refuses_are_general_protection() {
+    let m = Machine::new();
+    let mut s = TestShadow::new(&m).unwrap();
+    s.load(CR0_UNPAGED, 0, 0, EFER_LME).unwrap();
+    assert_eq!(
+        s.write_cr(0, CR0),
+        Err(CrError::GeneralProtection),
+        "long mode without PAE"
+    );
+    assert_eq!(
+        s.write_cr(0, CR0_PG | 1 << 4),
+        Err(CrError::GeneralProtection),
+        "paging without protection"
+    );
+    assert_eq!(
+        s.load(CR0_UNPAGED, 0, CR4, EFER_LME | EFER_LMA),
+        Err(CrError::GeneralProtection),
+        "long mode active with paging off"
+    );
+    assert_eq!((s.cr0, s.efer), (CR0_UNPAGED, EFER_LME));
+    // In long mode PAE stays on.
+    s.write_cr(4, CR4).unwrap();
+    s.write_cr(0, CR0).unwrap();
+    assert_eq!(s.write_cr(4, 0), Err(CrError::GeneralProtection));
+}
+
+/// 32-bit and PAE tables in the tests' guest memory (below `RAM_PAGES`).
+const LEGACY_PD: u64 = 0x20_0000;
+const LEGACY_PT: u64 = 0x20_1000;
+const LEGACY_PDPT: u64 = 0x20_2fe0;
+/// PDPTE 3, PDE 2 (PAE) / PDE 0x301 (32-bit), PTE 5.
+const LEGACY_LA: u64 = 0xc040_5123;
+
+fn set32(m: &Machine, gpa: u64, value: u64) {
+    let at = (gpa & !7) + HOST_OFFSET;
+    let shift = (gpa & 4) * 8;
+    let word = m.get(at);
+    m.set(at, (word & !(0xffff_ffff << shift)) | (value << shift));
+}
+
+fn get32(m: &Machine, gpa: u64) -> u64 {
+    (m.get((gpa & !7) + HOST_OFFSET) >> ((gpa & 4) * 8)) & 0xffff_ffff
+}
+
+/// The PAE-format top under hardware CR3 `pdpt`: four present-only PDPTEs.
+fn assert_pae_top(m: &Machine, pdpt: u64) {
+    for i in 0..4 {
+        let e = m.get(pdpt + 8 * i);
+        assert_eq!(e & !ADDR, PRESENT, "PDPTE {i} is {e:#x}");
+    }
+}
+
+#[test]
+fn a_guest_in_32_bit_paging_runs_on_a_pae_format_top() {
+    use crate::confine::Expected;
+    let m = Machine::new();
+    let n = nested(&m, &[]);
+    set32(&m, LEGACY_PD + 0x301 * 4, LEGACY_PT | WRITABLE | PRESENT);
+    set32(&m, LEGACY_PT + 5 * 4, DATA | WRITABLE | PRESENT);
+    let mut s = TestShadow::new(&m).unwrap();
+    s.load(CR0_UNPAGED, 0, 0, 0).unwrap();
+    s.write_cr_in(Some(&n), 3, LEGACY_PD).unwrap();
+    let (hw, flush) = s.write_cr_in(Some(&n), 0, CR0_UNPAGED | CR0_PG).unwrap();
+    assert!(flush);
+    assert_eq!(s.mode(), GuestMode::Bits32);
+    assert!(!hw.nested);
+    assert_eq!(hw.cr4, CR4_PAE, "the hardware runs PAE paging");
+    assert_eq!(hw.efer & (EFER_LME | EFER_LMA), 0);
+    assert_eq!(hw.cr0 & CR0_WP, CR0_WP);
+    assert_eq!(s.read_cr(4), Some(0), "the guest sees its own CR4");
+    assert_pae_top(&m, hw.cr3);
+    assert_eq!(s.hardware_root(), Some(hw.cr3));
+    assert_eq!(
+        s.confinement(0x5000),
+        Expected::ShadowLegacy { root: Some(hw.cr3) }
+    );
+    // A hidden fault fills from the 4-byte entries and sets their A bits.
+    assert!(matches!(
+        s.page_fault(&n, LEGACY_LA, 0, false, 0),
+        FaultOutcome::Resume { .. }
+    ));
+    assert_eq!(hpa_of(s.leaf(LEGACY_LA)), DATA + HOST_OFFSET);
+    assert_ne!(get32(&m, LEGACY_PT + 5 * 4) & ACCESSED, 0);
+    assert_pae_top(&m, hw.cr3);
+    // A genuine fault: the guest's own #PF, its error code from the 32-bit walk.
+    assert_eq!(
+        s.page_fault(&n, 0x1000, ERR_WRITE | ERR_USER, true, 0),
+        FaultOutcome::InjectPageFault {
+            address: 0x1000,
+            error: ERR_WRITE | ERR_USER
+        }
+    );
+    // A user access to the supervisor page: a protection fault.
+    assert_eq!(
+        s.page_fault(&n, LEGACY_LA, ERR_USER, true, 0),
+        FaultOutcome::InjectPageFault {
+            address: LEGACY_LA,
+            error: ERR_PRESENT | ERR_USER
+        }
+    );
+    // Before an entry the top is complete, and stays so after a flush.
+    s.flush();
+    let (hw2, _) = s.legacy_entry().unwrap();
+    assert_pae_top(&m, hw2.cr3);
+    assert_eq!(
+        s.confinement(0),
+        Expected::ShadowLegacy {
+            root: Some(hw2.cr3)
+        }
+    );
+}
+
+#[test]
+fn pae_paging_loads_the_pdptes_and_refuses_reserved_ones() {
+    let m = Machine::new();
+    let n = nested(&m, &[]);
+    m.set(LEGACY_PDPT + 3 * 8 + HOST_OFFSET, LEGACY_PD | PRESENT);
+    m.set(
+        LEGACY_PD + 2 * 8 + HOST_OFFSET,
+        LEGACY_PT | WRITABLE | PRESENT,
+    );
+    m.set(LEGACY_PT + 5 * 8 + HOST_OFFSET, DATA | WRITABLE | PRESENT);
+    let mut s = TestShadow::new(&m).unwrap();
+    s.load(CR0_UNPAGED, LEGACY_PDPT, CR4, 0).unwrap();
+    // Without guest memory the PDPTEs cannot be loaded: the vTLB does not follow.
+    assert_eq!(s.write_cr(0, CR0), Err(CrError::Unsupported));
+    let (hw, _) = s.write_cr_in(Some(&n), 0, CR0).unwrap();
+    assert_eq!(s.mode(), GuestMode::Pae);
+    assert_eq!(s.pdptes, [0, 0, 0, LEGACY_PD | PRESENT]);
+    assert_pae_top(&m, hw.cr3);
+    assert!(matches!(
+        s.page_fault(&n, LEGACY_LA, ERR_WRITE, false, 0),
+        FaultOutcome::Resume { .. }
+    ));
+    assert_eq!(hpa_of(s.leaf(LEGACY_LA)), DATA + HOST_OFFSET);
+    assert_ne!(m.get(LEGACY_PT + 5 * 8 + HOST_OFFSET) & DIRTY, 0);
+    // A PDPT with a reserved bit: MOV CR3 is #GP and changes nothing.
+    m.set(0x30_0000 + HOST_OFFSET, LEGACY_PD | PRESENT | WRITABLE);
+    assert_eq!(
+        s.write_cr_in(Some(&n), 3, 0x30_0000),
+        Err(CrError::GeneralProtection)
+    );
+    assert_eq!(s.cr3, LEGACY_PDPT);
+    assert_ne!(s.leaf(LEGACY_LA), 0);
+    // So is a PDPT outside guest RAM; and a VMM's load of either is refused.
+    assert_eq!(
+        s.write_cr_in(Some(&n), 3, RAM_PAGES * 4096),
+        Err(CrError::GeneralProtection)
+    );
+    assert_eq!(
+        s.preview_in(Some(&n), CR0, 0x30_0000, CR4, 0),
+        Err(CrError::GeneralProtection)
+    );
+    assert_eq!(
+        s.load_in(Some(&n), CR0, 0x30_0000, CR4, 0),
+        Err(CrError::GeneralProtection)
+    );
+    assert_eq!(s.cr3, LEGACY_PDPT);
+    // The CPU keeps its PDPTEs until the next load: a guest change in memory is not seen.
+    m.set(LEGACY_PDPT + 3 * 8 + HOST_OFFSET, 0);
+    s.flush();
+    assert!(matches!(
+        s.page_fault(&n, LEGACY_LA, 0, false, 0),
+        FaultOutcome::Resume { .. }
+    ));
+    // A MOV CR3 loads them again: now PDPTE 3 is not present.
+    s.write_cr_in(Some(&n), 3, LEGACY_PDPT).unwrap();
+    assert_eq!(
+        s.page_fault(&n, LEGACY_LA, 0, false, 0),
+        FaultOutcome::InjectPageFault {
+            address: LEGACY_LA,
+            error: 0
+        }
+    );
+}
+
+#[test]
+fn legacy_and_long_mode_trees_never_mix() {
+    let m = Machine::new();
+    let g = Guest::new();
+    g.map(LA, DATA, PageSize::Size4K, [OPEN; 3], WRITABLE);
+    m.load(&g);
+    let n = nested(&m, &[]);
+    set32(&m, LEGACY_PD + 0x301 * 4, LEGACY_PT | WRITABLE | PRESENT);
+    set32(&m, LEGACY_PT + 5 * 4, DATA | WRITABLE | PRESENT);
+    let mut s = TestShadow::new(&m).unwrap();
+    s.load(CR0_UNPAGED, LEGACY_PD, 0, 0).unwrap();
+    s.write_cr_in(Some(&n), 0, CR0_UNPAGED | CR0_PG).unwrap();
+    s.page_fault(&n, LEGACY_LA, 0, false, 0);
+    assert_ne!(s.leaf(LEGACY_LA), 0);
+    // Paging off: back to the nested tables, every shadow translation gone.
+    let (hw, flush) = s.write_cr_in(Some(&n), 0, CR0_UNPAGED).unwrap();
+    assert!(flush && hw.nested);
+    assert_eq!(s.leaf(LEGACY_LA), 0);
+    // Into long mode: 4-level upper entries again (writable, user), on the PML4 root.
+    s.write_cr_in(Some(&n), 3, g.cr3).unwrap();
+    s.write_cr_in(Some(&n), 4, CR4).unwrap();
+    s.load_in(Some(&n), CR0_UNPAGED, g.cr3, CR4, EFER_LME)
+        .unwrap();
+    let (hw, _) = s.write_cr_in(Some(&n), 0, CR0).unwrap();
+    assert_eq!(s.mode(), GuestMode::Long);
+    assert_eq!(s.legacy_entry(), None);
+    s.page_fault(&n, LA, 0, false, 0);
+    let pml4e = m.get(hw.cr3);
+    let pdpte = m.get((pml4e & ADDR) + 8 * ((LA >> 30) & 0x1ff));
+    assert_eq!(
+        pdpte & (PRESENT | WRITABLE | USER),
+        PRESENT | WRITABLE | USER
+    );
+    // PAE paging straight from 32-bit paging (CR4.PAE with CR0.PG on, outside long mode) is
+    // legal; long mode without PAE is not.
+    let mut s = TestShadow::new(&m).unwrap();
+    s.load(CR0_UNPAGED | CR0_PG, LEGACY_PD, 0, 0).unwrap();
+    assert_eq!(s.mode(), GuestMode::Bits32);
+    m.set(LEGACY_PDPT + HOST_OFFSET, LEGACY_PD | PRESENT);
+    s.write_cr_in(Some(&n), 3, LEGACY_PDPT).unwrap();
+    s.write_cr_in(Some(&n), 4, CR4).unwrap();
+    assert_eq!(s.mode(), GuestMode::Pae);
+    assert_eq!(s.pdptes[0], LEGACY_PD | PRESENT);
+}
+
+#[test]
+fn invlpg_of_a_4m_page_drops_both_2m_halves() {
+    let m = Machine::new();
+    let n = nested(&m, &[]);
+    // A 4 MiB page at guest-physical 4 MiB for linear 0xc040_0000 (PDE 0x301).
+    set32(
+        &m,
+        LEGACY_PD + 0x301 * 4,
+        0x40_0000 | PAGE_SIZE | WRITABLE | PRESENT,
+    );
+    let mut s = TestShadow::new(&m).unwrap();
+    s.load(CR0_UNPAGED | CR0_PG, LEGACY_PD, CR4_PSE, 0).unwrap();
+    let low = 0xc040_0000;
+    let high = low + 0x20_0000;
+    for la in [low, high] {
+        s.page_fault(&n, la, 0, false, 0);
+        assert_ne!(s.leaf(la), 0);
+    }
+    assert_eq!(hpa_of(s.leaf(high)), 0x60_0000 + HOST_OFFSET);
+    assert!(s.invlpg(low + 0x1000), "more than a page went");
+    assert_eq!((s.leaf(low), s.leaf(high)), (0, 0));
+}
+
+#[test]
+fn an_unpaged_guest_reads_physical_memory_and_gets_no_hypercalls() {
+    let m = Machine::new();
+    let g = Guest::new();
+    m.load(&g);
+    let n = nested(&m, &[]);
+    let mut s = TestShadow::new(&m).unwrap();
+    s.load(CR0_UNPAGED, 0, 0, 0).unwrap();
+    m.set(DATA + HOST_OFFSET, 0x1122_3344_5566_7788);
+    let mut bytes = [0u8; 4];
+    assert_eq!(s.read_virtual(&n, DATA + 2, 0, &mut bytes), 4);
+    assert_eq!(bytes, [0x66, 0x55, 0x44, 0x33]);
+    // Linear addresses are 32 bits wide outside long mode.
+    assert_eq!(s.read_virtual(&n, (1 << 32) | DATA, 0, &mut bytes), 4);
+    assert_eq!(bytes, [0x88, 0x77, 0x66, 0x55]);
+    // Beyond RAM: nothing.
+    assert_eq!(s.read_virtual(&n, RAM_PAGES * 4096, 0, &mut bytes), 0);
+    let r = s.hypercall(&n, [abi::vm::hypercall::INVLPG, 0, 0, 0]);
+    assert_eq!(r.status, abi::vm::hypercall::BAD_REQUEST);
+    assert!(!r.flush);
+}
+
+#[test]
+fn lmsw_loads_the_low_four_bits_and_never_clears_pe() {
+    // PE set from real mode, MP and TS loaded, the rest of CR0 kept.
+    assert_eq!(lmsw(0x10, 0xfff1), 0x11);
+    assert_eq!(lmsw(0x8000_0010, 0x000a), 0x8000_001a);
+    // PE stays set even when the source clears it; MP, EM and TS follow the source.
+    assert_eq!(lmsw(0x8000_001f, 0x0000), 0x8000_0011);
+    assert_eq!(lmsw(0x11, 0x4), 0x15);
+}
+
+#[test]
+fn smsw_writes_the_low_word_or_all_of_cr0() {
+    let cr0 = 0x8005_0033;
+    assert_eq!(smsw(0x1234_5678_9abc_def0, cr0, 2), 0x1234_5678_9abc_0033);
+    assert_eq!(smsw(0x1234_5678_9abc_def0, cr0, 4), 0x8005_0033);
+    assert_eq!(smsw(u64::MAX, cr0, 8), 0x8005_0033);
 }

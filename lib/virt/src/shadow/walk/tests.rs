@@ -474,6 +474,7 @@ fn long_mode_is_decoded_from_registers() {
             ac: true,
             nxe: true,
             features: f,
+            format: Format::Long,
         }
     );
     assert_eq!(

@@ -1,7 +1,7 @@
 //! One vCPU's VMCB and what the kernel does with it (`VendorVcpu`).
 
 use super::*;
-use crate::arch::vm::{BadState, VendorVcpu};
+use crate::arch::vm::{BadState, ShadowControl, VendorVcpu};
 
 /// One vCPU's VMCB.
 pub struct Vmcb {
@@ -218,17 +218,28 @@ impl VendorVcpu for Vmcb {
         }
     }
 
-    fn shadow_control(
-        &mut self,
-        cr0: u64,
-        cr3: u64,
-        cr4: u64,
-        _visible_cr0: u64,
-        _visible_cr4: u64,
-    ) {
-        self.set(S_CR0, cr0);
-        self.set(S_CR3, cr3);
-        self.set(S_CR4, cr4);
+    /// SVM has no read shadows: every CR access exits in shadow mode. While the guest's paging
+    /// is off it runs on the Vm's nested tables (NPT), as a nested-mode guest does.
+    fn shadow_control(&mut self, c: &ShadowControl) {
+        self.set(S_CR0, c.cr0);
+        self.set(S_CR3, c.cr3);
+        self.set(S_CR4, c.cr4);
+        self.set(S_EFER, c.efer | EFER_SVME);
+        let was = (self.get(NP_ENABLE) & 1 != 0).then(|| self.get(N_CR3));
+        if was != c.nested_root {
+            match c.nested_root {
+                Some(root) => {
+                    self.set(N_CR3, root);
+                    self.set(NP_ENABLE, 1);
+                }
+                None => {
+                    self.set(NP_ENABLE, 0);
+                    self.set(N_CR3, 0);
+                }
+            }
+            // Translations of the other paging regime must not survive.
+            self.set8(TLB_CONTROL, TLB_FLUSH_ALL);
+        }
     }
 
     fn set_cr2(&mut self, value: u64) {

@@ -1,7 +1,7 @@
 //! One vCPU's VMCS and what the kernel does with it (`VendorVcpu`).
 
 use super::*;
-use crate::arch::vm::{BadState, VendorVcpu};
+use crate::arch::vm::{BadState, ShadowControl, VendorVcpu};
 
 /// One vCPU's VMCS and the page that holds its guest SYSCALL MSRs.
 pub struct Vmcs {
@@ -13,9 +13,12 @@ pub struct Vmcs {
     /// The guest's CR2, which VMX does not switch: saved after each exit, restored before
     /// entry (the kernel's user threads take page faults in between).
     cr2: u64,
-    /// Shadow mode: no EPT, no VPID (every entry and exit flushes the guest's translations),
-    /// no unrestricted guest; #PF, CR3 accesses, INVLPG and every CR0/CR4 change exit.
+    /// Shadow mode: no VPID (every entry and exit flushes the guest's translations); #PF, CR3
+    /// accesses, INVLPG and every CR0/CR4 change exit; EPT and unrestricted guest only while
+    /// the guest's paging is off.
     shadow: bool,
+    /// EPT is on (always in nested mode): a flush is an INVEPT of `ept_pointer`.
+    ept: bool,
 }
 
 impl Vmcs {
@@ -52,6 +55,7 @@ impl Vmcs {
             ept_pointer,
             cr2: 0,
             shadow,
+            ept: !shadow,
         };
         v.load();
         vmwrite(PIN_CONTROLS, u64::from(shared.pin));
@@ -316,14 +320,46 @@ impl VendorVcpu for Vmcs {
         }
     }
 
-    fn shadow_control(&mut self, cr0: u64, cr3: u64, cr4: u64, visible_cr0: u64, visible_cr4: u64) {
+    /// While the guest's paging is off it runs on the Vm's EPT with unrestricted guest (real
+    /// mode and protected mode without paging need it), as a nested-mode guest does; with its
+    /// paging on, on the shadow tables without EPT. Never with VPID: every entry flushes.
+    fn shadow_control(&mut self, c: &ShadowControl) {
         let Some(shared) = SHARED.get() else { return };
         self.load();
-        vmwrite(GUEST_CR0, (cr0 | shared.cr0_fixed0) & shared.cr0_fixed1);
-        vmwrite(CR0_SHADOW, visible_cr0);
-        vmwrite(GUEST_CR3, cr3);
-        vmwrite(GUEST_CR4, (cr4 | shared.cr4_fixed0) & shared.cr4_fixed1);
-        vmwrite(CR4_SHADOW, visible_cr4);
+        let ept = c.nested_root.is_some();
+        if ept != self.ept || (ept && self.ept_pointer & !0xfff != c.nested_root.unwrap_or(0)) {
+            let both = SECONDARY_EPT | SECONDARY_UNRESTRICTED;
+            let secondary = vmread(SECONDARY_CONTROLS) as u32 & !both;
+            let secondary = if ept {
+                secondary | (shared.secondary & both)
+            } else {
+                secondary
+            };
+            self.ept_pointer = c.nested_root.map_or(0, |root| root | (3 << 3) | 6);
+            vmwrite(EPT_POINTER, self.ept_pointer);
+            vmwrite(SECONDARY_CONTROLS, u64::from(secondary));
+            self.ept = ept;
+            self.flush = true;
+        }
+        // Unrestricted guest lets PE and PG be the guest's own.
+        let fixed0 = if ept {
+            shared.cr0_fixed0 & !(CR0_PE | CR0_PG)
+        } else {
+            shared.cr0_fixed0
+        };
+        vmwrite(GUEST_CR0, (c.cr0 | fixed0) & shared.cr0_fixed1);
+        vmwrite(CR0_SHADOW, c.visible_cr0);
+        vmwrite(GUEST_CR3, c.cr3);
+        vmwrite(GUEST_CR4, (c.cr4 | shared.cr4_fixed0) & shared.cr4_fixed1);
+        vmwrite(CR4_SHADOW, c.visible_cr4);
+        vmwrite(GUEST_EFER, c.efer);
+        let entry = vmread(ENTRY_CONTROLS) as u32 & !ENTRY_IA32E;
+        let ia32e = if c.efer & EFER_LMA != 0 {
+            ENTRY_IA32E
+        } else {
+            0
+        };
+        vmwrite(ENTRY_CONTROLS, u64::from(entry | ia32e));
     }
 
     fn set_cr2(&mut self, value: u64) {
@@ -460,8 +496,9 @@ impl VendorVcpu for Vmcs {
         self.load();
         if self.flush {
             self.flush = false;
-            // Shadow mode runs without VPID: the entry itself flushes the guest's entries.
-            if !self.shadow {
+            // Shadow mode runs without VPID: the entry itself flushes the guest's linear
+            // entries; what EPT derived goes with INVEPT.
+            if self.ept {
                 invept(self.ept_pointer);
             }
         }
