@@ -7,8 +7,10 @@
 //!   for the initial vCPU state and boot structures, [`info`] for the Multiboot information and
 //!   [`layout`] for where everything lives in guest-physical memory;
 //! - [`monitor`]: one exit message in, the reply and what to log out, using
-//!   [`cpuid`] (the filter), [`msr`] (the allow-list), [`ports`] (port I/O) and [`uart`]
-//!   (the 16550 model);
+//!   [`cpuid`] (the filter), [`msr`] (the allow-list), [`ports`] (port I/O), [`mmio`] (device
+//!   memory: the instruction decoded through the guest's tables), [`console`] (the guest's
+//!   output lines) and [`platform`] (the PC: device models and the board that wires them,
+//!   interrupts and device time);
 //! - [`dmp`]: the VMM's half of patched UART output (the DMP window's UART words and output
 //!   ring, `abi::dmp::uart`) and [`dmp::GuestMemory`], how the monitor reaches guest RAM;
 //! - [`state`]: the vCPU state as `abi::vm::word` message words;
