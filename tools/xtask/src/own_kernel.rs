@@ -53,8 +53,8 @@ pub fn generate() -> Result<PathBuf> {
 }
 
 /// The manifest: the kernel and initrd by absolute path, a command line of [`CMDLINE_LEN`]
-/// bytes ending in [`CMDLINE_END`], nested mode (the `guests-shadow-*` scenarios run such
-/// 32-bit protected-mode guests in shadow mode).
+/// bytes ending in [`CMDLINE_END`], twice: `mine` in nested mode and `mine-shadow` in shadow
+/// mode (its paging stays off: it runs on its Vm's nested tables under the shadow-mode rules).
 pub fn manifest_text(kernel: &Path, initrd: &Path) -> String {
     let filler = "x".repeat(CMDLINE_LEN - CMDLINE_END.len() - 1);
     format!(
@@ -79,6 +79,15 @@ image = "{kernel}"
 initrd = "{initrd}"
 memory = "4M"
 mode = "nested"
+cmdline = "{filler} {CMDLINE_END}"
+expect = "exit 0"
+
+[[guest]]
+name = "mine-shadow"
+image = "{kernel}"
+initrd = "{initrd}"
+memory = "4M"
+mode = "shadow"
 cmdline = "{filler} {CMDLINE_END}"
 expect = "exit 0"
 "#,
