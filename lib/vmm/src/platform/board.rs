@@ -114,6 +114,7 @@ pub struct Board {
     /// which nothing can change unless the guest touches a device ([`Board::quiet_at`]).
     any_pending: bool,
     quiet_until_tsc: u64,
+    quiet_until_ns: u64,
     unknown_pages: BTreeSet<u64>,
     /// Unknown pages seen beyond those recorded (the set is bounded).
     unknown_untracked: u64,
@@ -169,6 +170,7 @@ impl Board {
             nmi: false,
             any_pending: false,
             quiet_until_tsc: u64::MAX,
+            quiet_until_ns: 0,
             unknown_pages: BTreeSet::new(),
             unknown_untracked: 0,
         }
@@ -385,9 +387,17 @@ impl Board {
         self.any_pending = self.nmi
             || self.lapic.pending_vector(now_ns).is_some()
             || (self.lapic.accepts_pic_interrupt() && self.pic.output_level());
-        self.quiet_until_tsc = self
-            .next_deadline_ns()
-            .map_or(u64::MAX, |ns| self.clock.tsc(ns));
+        let deadline = self.next_deadline_ns();
+        self.quiet_until_ns = deadline.unwrap_or(u64::MAX);
+        self.quiet_until_tsc = deadline.map_or(u64::MAX, |ns| self.clock.tsc(ns));
+    }
+
+    /// [`Board::sync`] when a device timer has run out since the last one: every access already
+    /// syncs, so only time can have changed anything.
+    fn catch_up(&mut self, now_ns: u64) {
+        if now_ns >= self.quiet_until_ns {
+            self.sync(now_ns);
+        }
     }
 
     /// Nothing waits for the vCPU and nothing can before TSC value `tsc` (no device timer runs
@@ -404,14 +414,14 @@ impl Board {
 
     /// Whether an NMI waits for delivery.
     pub fn nmi_pending(&mut self, now_ns: u64) -> bool {
-        self.sync(now_ns);
+        self.catch_up(now_ns);
         self.nmi
     }
 
     /// The external (maskable) interrupt the vCPU should take next, without taking it: the
     /// local APIC's, or through LINT0 the 8259's.
     pub fn external_pending(&mut self, now_ns: u64) -> Option<u8> {
-        self.sync(now_ns);
+        self.catch_up(now_ns);
         if let Some(vector) = self.lapic.pending_vector(now_ns) {
             return Some(vector);
         }
@@ -437,9 +447,11 @@ impl Board {
     /// The vCPU takes an external interrupt now (it can: IF set, no interrupt shadow): the
     /// vector to inject, from the local APIC or, through LINT0, the 8259.
     pub fn acknowledge_external(&mut self, now_ns: u64) -> Option<u8> {
-        self.sync(now_ns);
+        self.catch_up(now_ns);
         if let Some(vector) = self.lapic.pending_vector(now_ns) {
-            return Some(self.lapic.acknowledge(vector));
+            let taken = self.lapic.acknowledge(vector);
+            self.sync(now_ns);
+            return Some(taken);
         }
         if self.lapic.accepts_pic_interrupt() && self.pic.output_level() {
             let vector = self.pic.acknowledge();
