@@ -357,22 +357,30 @@ fn setup(utcb: &mut Utcb, guest: &Guest, name: &str) -> Result<Set, SetupError> 
             syscall::create_portal(EXIT_BASE.offset(reason), well_known::SELF_THREAD, reason),
         )?;
     }
-    // One below the server's own threads, so that its exit handling and timer thread always
-    // preempt its guest.
+    step("create semaphores", syscall::create_semaphore(KICK, 0))?;
+    step("create semaphores", syscall::create_semaphore(HALT, 0))?;
+    timer::measure_tick(HALT);
+    // One below the server's main thread, so that its exit handling always preempts its guest.
+    // The timer thread runs at the vCPU's priority: it takes turns with a busy vCPU (its recall
+    // comes at the end of the vCPU's time slice at the latest) and can never starve it.
     let priority = u64::from(guest.priority.saturating_sub(1));
     step(
         "create vcpu",
         rt::vm::create_vcpu(VCPU, VM, well_known::SELF_PD, priority, EXIT_BASE),
     )?;
-    step("create semaphores", syscall::create_semaphore(KICK, 0))?;
-    step("create semaphores", syscall::create_semaphore(HALT, 0))?;
+
     let caps = timer::TimerCaps {
         kick: KICK,
         vcpu: VCPU,
     };
     step(
         "start the timer thread",
-        timer::start(caps, &TIMER_MEM, TIMER_THREAD, guest.priority),
+        timer::start(
+            caps,
+            &TIMER_MEM,
+            TIMER_THREAD,
+            guest.priority.saturating_sub(1),
+        ),
     )?;
     if guest.hypercalls || guest.dmp {
         step("enable hypercalls", rt::vm::vcpu_hypercalls(VCPU, true))?;

@@ -2,11 +2,12 @@
 //! TSC deadlines the monitor reports, and a guest that runs (rather than waits in HLT) must be
 //! interrupted then. The server's second thread does it: it sleeps on the kernel's timed
 //! semaphore wait until the earliest deadline and then recalls the vCPU (`VcpuOp::Recall`),
-//! whose `Recall` exit lets the monitor deliver the interrupt. The vCPU runs one priority
-//! below the server's threads, so the recall comes on the kernel tick the deadline falls in.
+//! whose `Recall` exit lets the monitor deliver the interrupt. The thread runs at the vCPU's
+//! priority (one below the server's main thread), so a busy vCPU is recalled at the end of its
+//! time slice at the latest, and the thread can never starve it.
 //!
-//! The kernel's timed waits count its timer ticks; the thread measures a tick in TSC values
-//! once at start, and a halted guest's wait (on the main thread) uses the same measure.
+//! The kernel's timed waits count its timer ticks; the main thread measures a tick in TSC
+//! values once before the vCPU exists ([`measure_tick`]), and both threads' waits use it.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -19,6 +20,8 @@ use crate::cpu;
 static DEADLINE: AtomicU64 = AtomicU64::new(NONE);
 /// TSC values per kernel timer tick (0 until measured).
 static TICK_TSC: AtomicU64 = AtomicU64::new(0);
+/// The TSC at the vCPU's last exit (`EXIT_TSC`).
+static LAST_EXIT: AtomicU64 = AtomicU64::new(0);
 const NONE: u64 = u64::MAX;
 
 /// What the timer thread needs: its semaphore and the vCPU to recall.
@@ -44,6 +47,14 @@ fn ticks_for(tsc_values: u64) -> u64 {
 /// TSC values per kernel tick as measured (0: not yet).
 pub fn tick_tsc() -> u64 {
     TICK_TSC.load(Ordering::Relaxed)
+}
+
+/// Records the TSC of the exit being handled: the timer thread lets the guest run at least a
+/// tick after an exit before it recalls it. Without that, a machine slower than a device's
+/// period (Bochs: a PIT at 300 Hz against the cost of one exit) would recall the vCPU before it
+/// ran a single instruction, again and again.
+pub fn exited(tsc: u64) {
+    LAST_EXIT.store(tsc, Ordering::Release);
 }
 
 /// Sets the next deadline (the monitor's, after each exit); wakes the timer thread when it is
@@ -77,12 +88,17 @@ pub fn start(
     rt::thread::spawn(mem, thread, priority, main, 0)
 }
 
-fn measure_tick(kick: Sel) {
-    // Align to a tick, then time four.
-    let _ = syscall::sem_down(kick, 1);
-    let start = cpu::rdtsc();
-    if syscall::sem_down(kick, 4).is_err() {
-        TICK_TSC.store((cpu::rdtsc() - start) / 4, Ordering::Relaxed);
+/// Measures the kernel tick in TSC values on the calling thread, waiting on `sem` (which
+/// nobody signals yet): aligned to a tick, then two. Called once before the vCPU exists, so
+/// that nothing competes with the measurement.
+pub fn measure_tick(sem: Sel) {
+    for _ in 0..4 {
+        let _ = syscall::sem_down(sem, 1);
+        let start = cpu::rdtsc();
+        if syscall::sem_down(sem, 2).is_err() {
+            TICK_TSC.store((cpu::rdtsc() - start) / 2, Ordering::Relaxed);
+            return;
+        }
     }
 }
 
@@ -90,9 +106,6 @@ fn main(_start: Start) -> ! {
     let Some(&caps) = CAPS.get() else {
         syscall::thread_exit()
     };
-    while TICK_TSC.load(Ordering::Relaxed) == 0 {
-        measure_tick(caps.kick);
-    }
     loop {
         let deadline = DEADLINE.load(Ordering::Acquire);
         if deadline == NONE {
@@ -102,6 +115,12 @@ fn main(_start: Start) -> ! {
         let now = cpu::rdtsc();
         if now < deadline {
             let _ = syscall::sem_down(caps.kick, ticks_for(deadline - now));
+            continue;
+        }
+        let since_exit = now.saturating_sub(LAST_EXIT.load(Ordering::Acquire));
+        if since_exit < TICK_TSC.load(Ordering::Relaxed) {
+            // The guest has not run a tick since its last exit: let it.
+            let _ = syscall::sem_down(caps.kick, 1);
             continue;
         }
         // Recall once per deadline; the exit that follows sets the next one.
