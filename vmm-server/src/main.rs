@@ -457,6 +457,7 @@ fn serve(
                 received,
             )
         });
+        timer::exited(words.get(word::EXIT_TSC).copied().unwrap_or(received));
         let mut response = monitor.handle(words, &mut cpu::cpuid, ram);
         // HLT: the reply waits until a device interrupts the sleeping guest.
         while let Some(until) = response.halted_until {
