@@ -29,6 +29,7 @@ pub mod elf;
 pub mod fuzz;
 pub mod image;
 pub mod info;
+pub mod intercept;
 pub mod layout;
 pub mod monitor;
 pub mod msr;

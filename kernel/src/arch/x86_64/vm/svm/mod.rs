@@ -76,17 +76,29 @@ const MISC1_INVLPG: u32 = 1 << 25;
 const MISC1_IOIO: u32 = 1 << 27;
 const MISC1_MSR: u32 = 1 << 28;
 const MISC1_SHUTDOWN: u32 = 1 << 31;
-/// VMRUN, VMMCALL, VMLOAD, VMSAVE, STGI, CLGI, SKINIT, MONITOR, MWAIT, MWAIT_CONDITIONAL,
-/// XSETBV.
-const MISC2_ALWAYS: u32 = 0x7f | (1 << 10) | (1 << 11) | (1 << 12) | (1 << 13);
+/// VMRUN, VMMCALL, VMLOAD, VMSAVE, STGI, CLGI, SKINIT, RDTSCP, MONITOR, MWAIT,
+/// MWAIT_CONDITIONAL, XSETBV. RDTSCP: the guest would read the host's TSC_AUX, which the
+/// kernel does not switch (the VMM does not offer RDTSCP, so the guest gets #UD as on a CPU
+/// without it).
+const MISC2_ALWAYS: u32 = 0x7f | (1 << 7) | (1 << 10) | (1 << 11) | (1 << 12) | (1 << 13);
 /// DR0-DR7 reads and writes: the kernel never uses debug registers, so the guest may not see
 /// or set the host's.
 const DR_ALL: u32 = 0x00ff_00ff;
 /// #DB and #AC: a guest could otherwise hang the CPU in an endless chain of them.
 const EXCEPTIONS_REFLECTED: u32 = (1 << 1) | (1 << 17);
+/// Reads and writes of CR8: the task priority is the VMM's (as on VMX, where the guest would
+/// otherwise set the host's), and QEMU 7.2's TCG accepts reserved CR8 bits without #GP.
+const CR8_ACCESS: u32 = (1 << 8) | (1 << (16 + 8));
+/// Nested mode: writes of CR0 and CR4, and CR8. SVM has no masks, so every such write exits and
+/// the VMM gives the architectural result: the guest may set only the CR4 bits of features it
+/// is offered (the CPU would accept, say, OSXSAVE or PCIDE that CPUID hides), and a reserved
+/// bit gets #GP. QEMU 7.2's TCG checks neither itself: an unintercepted reserved CR4 bit gives
+/// VMEXIT_INVALID, a reserved CR0 bit is taken into the VMCB (which the kernel's state checks
+/// then refuse in every later reply).
+const NESTED_CR: u32 = (1 << 16) | (1 << (16 + 4)) | CR8_ACCESS;
 /// Shadow mode: reads and writes of CR0, CR3 and CR4 (the guest's own values live in the
-/// kernel's vTLB; SVM has no read shadows).
-const SHADOW_CR: u32 = 0b1_1001 | (0b1_1001 << 16);
+/// kernel's vTLB; SVM has no read shadows), and CR8 (the VMM's).
+const SHADOW_CR: u32 = 0b1_1001 | (0b1_1001 << 16) | CR8_ACCESS;
 /// Shadow mode: #PF.
 const SHADOW_EXCEPTIONS: u32 = 1 << 14;
 
@@ -244,6 +256,7 @@ pub fn other_kind(code: u64) -> u64 {
     match code {
         0x20..=0x3f => other::DEBUG_REGISTER,
         0x76 => other::INVD,
+        0x87 => other::RDTSCP,
         0x8d => other::XSETBV,
         _ => other::UNKNOWN,
     }

@@ -77,6 +77,7 @@ impl Vmcb {
             Some(root) => {
                 v.set(NP_ENABLE, 1);
                 v.set(N_CR3, root);
+                v.set32(INTERCEPT_CR, NESTED_CR);
             }
             None => {
                 v.set32(INTERCEPT_CR, SHADOW_CR);
@@ -164,6 +165,14 @@ impl VendorVcpu for Vmcb {
             self.set(S_RFLAGS, w[word::RFLAGS]);
         }
         if mask & mtd::CONTROL != 0 {
+            // A VMM that emulated a MOV to CR4 (or changed CR0 or CR3) gets the TLB flush
+            // the guest's own write would have made: the ASID's translations go.
+            let paging_changed = self.get(S_CR0) != w[word::CR0]
+                || self.get(S_CR3) != w[word::CR3]
+                || self.get(S_CR4) != w[word::CR4];
+            if paging_changed && self.get(NP_ENABLE) & 1 != 0 {
+                self.flush_on_entry();
+            }
             self.set(S_CR0, w[word::CR0]);
             self.set(S_CR2, w[word::CR2]);
             self.set(S_CR3, w[word::CR3]);

@@ -142,6 +142,10 @@ const PROC_HLT: u32 = 1 << 7;
 const PROC_INVLPG: u32 = 1 << 9;
 const PROC_CR3_LOAD: u32 = 1 << 15;
 const PROC_CR3_STORE: u32 = 1 << 16;
+/// MOV to and from CR8: without them (and without a TPR shadow) the guest would read and set
+/// the host's own task priority, holding off the host's interrupts; the VMM emulates CR8.
+const PROC_CR8_LOAD: u32 = 1 << 19;
+const PROC_CR8_STORE: u32 = 1 << 20;
 const PROC_MWAIT: u32 = 1 << 10;
 const PROC_RDPMC: u32 = 1 << 11;
 const PROC_MOV_DR: u32 = 1 << 23;
@@ -163,7 +167,13 @@ const ENTRY_LOAD_EFER: u32 = 1 << 15;
 
 const CR0_PE: u64 = 1 << 0;
 const CR0_PG: u64 = 1 << 31;
+const CR0_NW: u64 = 1 << 29;
+const CR0_CD: u64 = 1 << 30;
 const CR4_VMXE: u64 = 1 << 13;
+/// CR4 bits a nested-mode guest writes without an exit where VMX allows them: VME, PVI, TSD,
+/// DE, PSE, PAE, MCE, PGE, PCE, OSFXSR, OSXMMEXCPT, UMIP, FSGSBASE, SMEP, SMAP (the VMM
+/// passes their CPUID bits through from the host). Every other bit exits.
+const CR4_GUEST_OWNED: u64 = 0x7ff | (1 << 11) | (1 << 16) | (1 << 20) | (1 << 21);
 const EFER_LMA: u64 = 1 << 10;
 /// Exceptions reflected by the kernel (#DB, #AC; see `kern::vm`).
 const EXCEPTIONS_REFLECTED: u32 = (1 << 1) | (1 << 17);
@@ -247,6 +257,8 @@ pub fn init() -> Result<(), &'static str> {
     let proc = control(
         Controls::PrimaryProcBased,
         PROC_HLT
+            | PROC_CR8_LOAD
+            | PROC_CR8_STORE
             | PROC_MWAIT
             | PROC_RDPMC
             | PROC_MOV_DR
@@ -350,6 +362,7 @@ pub fn other_kind(reason: u64) -> u64 {
     match reason & 0xffff {
         29 => other::DEBUG_REGISTER,
         13 => other::INVD,
+        51 => other::RDTSCP,
         55 => other::XSETBV,
         _ => other::UNKNOWN,
     }
