@@ -8,7 +8,8 @@
 //! | MOV to CR0 (and CLTS, register LMSW) and CR4 in nested mode, where the kernel intercepts them | checked like the CPU, then written into the vCPU state; a reserved or unoffered bit raises #GP(0) |
 //! | MOV to/from CR8 (both modes) | the task priority, kept here; bits 63:4 raise #GP(0) |
 //! | INVD | nothing (a no-op, as under KVM: the guest never owns the caches' contents) |
-//! | XSETBV, RDTSCP | #UD: the features are not offered (CPUID hides XSAVE and RDTSCP) |
+//! | XSETBV | #UD: XSAVE is not offered (CPUID hides it, and CR4.OSXSAVE is refused) |
+//! | RDTSCP | #UD: intercepted only where the CPU lacks it (CPUID then does not show it) |
 //! | anything else | #UD, logged |
 //!
 //! **Debug registers.** The kernel intercepts every MOV DR, so that no guest reads or sets the

@@ -11,8 +11,8 @@
 //! - MOV to/from DR0-DR3 reads back; DR6 reads its fixed bits as 1 (`0xffff0ff0`); DR7 reads
 //!   back (bit 10 set); bits 63:32 in DR6 or DR7 are #GP; DR4/DR5 alias DR6/DR7 while CR4.DE
 //!   = 0 and are #UD while CR4.DE = 1; DR7.GD makes the next MOV DR raise #DB with DR6.BD;
-//! - RDTSCP: if CPUID 0x8000_0001 EDX[27] shows it, it returns the TSC_AUX written with WRMSR
-//!   0xc000_0103 in ECX; otherwise #UD;
+//! - RDTSCP: if CPUID 0x8000_0001 EDX[27] shows it, TSC_AUX reads 0 at first, and RDTSCP
+//!   returns the value written with WRMSR 0xc000_0103 in ECX after 2,000 exits; otherwise #UD;
 //! - XSAVE: if CPUID 1 ECX[26] shows it, CR4.OSXSAVE sets, XSETBV of an invalid XCR0 is #GP, a
 //!   valid one reads back with XGETBV and an XSAVE/XRSTOR round trip restores XMM0; otherwise
 //!   XSETBV and XGETBV are #UD;
@@ -365,15 +365,29 @@ fn rdtscp(r: &mut Report) {
         r.fault("rdtscp (not offered)", result, Fault::UD);
         return;
     }
+    // Every vCPU starts with TSC_AUX 0, whatever another guest (or the host) wrote.
+    let initial = grt::trap::try_rdmsr(MSR_TSC_AUX);
+    // A value of its own (from the TSC: the other guest of the manifest picks another).
+    let value = (grt::cpu::rdtsc() as u32 & 0xffff) << 8 | 0x5a;
     // SAFETY: TSC_AUX is only what RDTSCP reports.
-    let written = unsafe { grt::trap::try_wrmsr(MSR_TSC_AUX, 0x1234) };
+    let written = unsafe { grt::trap::try_wrmsr(MSR_TSC_AUX, u64::from(value)) };
+    // Exits in between (the other guest may run meanwhile): the value must survive them.
+    for leaf in 0..2000 {
+        let _ = cpuid(leaf & 7, 0);
+    }
     let mut aux: u32 = 0;
-    // SAFETY: as above.
+    // SAFETY: RDTSCP writes only the named registers, or faults.
     let result = unsafe { guarded_asm!("rdtscp", out("eax") _, out("edx") _, inout("ecx") aux) };
     r.check(
         "rdtscp returns tsc_aux",
-        written.is_ok() && result.is_ok() && aux == 0x1234,
-        format_args!("wrmsr {:?}, rdtscp {:?}, ecx {:#x}", written, result, aux),
+        initial == Ok(0) && written.is_ok() && result.is_ok() && aux == value,
+        format_args!(
+            "initial {}, wrote {value:#x}: wrmsr {:?}, rdtscp {:?}, ecx {:#x}",
+            Got(initial),
+            written,
+            result,
+            aux
+        ),
     );
 }
 

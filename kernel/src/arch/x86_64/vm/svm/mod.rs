@@ -19,6 +19,8 @@ use crate::mem::{direct, frames};
 const EFER: u32 = 0xc000_0080;
 const EFER_SVME: u64 = 1 << 12;
 const VM_HSAVE_PA: u32 = 0xc001_0117;
+/// The value RDTSCP returns in ECX: the guest's own while it runs (see `Shared::rdtscp`).
+pub(super) const TSC_AUX: u32 = 0xc000_0103;
 
 // Control area.
 const INTERCEPT_CR: usize = 0x000;
@@ -77,10 +79,11 @@ const MISC1_IOIO: u32 = 1 << 27;
 const MISC1_MSR: u32 = 1 << 28;
 const MISC1_SHUTDOWN: u32 = 1 << 31;
 /// VMRUN, VMMCALL, VMLOAD, VMSAVE, STGI, CLGI, SKINIT, RDTSCP, MONITOR, MWAIT,
-/// MWAIT_CONDITIONAL, XSETBV. RDTSCP: the guest would read the host's TSC_AUX, which the
-/// kernel does not switch (the VMM does not offer RDTSCP, so the guest gets #UD as on a CPU
-/// without it).
-const MISC2_ALWAYS: u32 = 0x7f | (1 << 7) | (1 << 10) | (1 << 11) | (1 << 12) | (1 << 13);
+/// MWAIT_CONDITIONAL, XSETBV. RDTSCP only where the CPU lacks it ([`MISC2_RDTSCP`]).
+const MISC2_ALWAYS: u32 = 0x7f | MISC2_RDTSCP | (1 << 10) | (1 << 11) | (1 << 12) | (1 << 13);
+/// RDTSCP: intercepted (the VMM answers #UD) unless the CPU has it, in which case the kernel
+/// switches TSC_AUX around every VMRUN (SVM does not), so the guest reads its own.
+pub(super) const MISC2_RDTSCP: u32 = 1 << 7;
 /// DR0-DR7 reads and writes: the kernel never uses debug registers, so the guest may not see
 /// or set the host's.
 const DR_ALL: u32 = 0x00ff_00ff;
@@ -121,6 +124,11 @@ struct Shared {
     decode_assists: bool,
     /// The EFER and CR4 bits and physical-address width VMRUN accepts on this CPU.
     guest_features: virt::svm_state::Features,
+    /// The CPU has RDTSCP: guests execute it and WRMSR/RDMSR TSC_AUX directly, and the kernel
+    /// loads the vCPU's TSC_AUX before VMRUN and the host's value after the exit.
+    pub(super) rdtscp: bool,
+    /// The host's TSC_AUX (the kernel never changes it).
+    pub(super) host_tsc_aux: u64,
 }
 
 static SHARED: Once<Shared> = Once::new();
@@ -215,6 +223,13 @@ pub fn init() -> Result<(), &'static str> {
     for msr in PASSTHROUGH_MSRS {
         pass_msr(msrpm, msr);
     }
+    let rdtscp = x86::cpuid::cpuid!(0x8000_0001).edx & (1 << 27) != 0;
+    let mut host_tsc_aux = 0;
+    if rdtscp {
+        pass_msr(msrpm, TSC_AUX);
+        // SAFETY: TSC_AUX exists on CPUs with RDTSCP; reading it has no side effect.
+        host_tsc_aux = unsafe { rdmsr(TSC_AUX) };
+    }
     // SAFETY: CPUID reported SVM and firmware has not disabled it (checked by the caller);
     // setting EFER.SVME enables the SVM instructions, and VM_HSAVE_PA gets a page the kernel
     // owns for good.
@@ -229,6 +244,8 @@ pub fn init() -> Result<(), &'static str> {
         nrip_save: svm.has_nrip(),
         decode_assists: svm.has_decode_assists(),
         guest_features: guest_features(),
+        rdtscp,
+        host_tsc_aux,
     });
     log::info!(
         "svm: {} ASIDs, NRIP save {}, decode assists {}",

@@ -79,11 +79,11 @@ impl Vmcs {
         );
         vmwrite(MSR_BITMAP, shared.msr_bitmap);
         vmwrite(EXIT_MSR_STORE, guest_msrs);
-        vmwrite(EXIT_MSR_STORE_COUNT, SWITCHED_MSRS.len() as u64);
+        vmwrite(EXIT_MSR_STORE_COUNT, switched_msrs());
         vmwrite(ENTRY_MSR_LOAD, guest_msrs);
-        vmwrite(ENTRY_MSR_LOAD_COUNT, SWITCHED_MSRS.len() as u64);
+        vmwrite(ENTRY_MSR_LOAD_COUNT, switched_msrs());
         vmwrite(EXIT_MSR_LOAD, shared.host_msrs);
-        vmwrite(EXIT_MSR_LOAD_COUNT, SWITCHED_MSRS.len() as u64);
+        vmwrite(EXIT_MSR_LOAD_COUNT, switched_msrs());
         if !shadow {
             vmwrite(EPT_POINTER, ept_pointer);
             vmwrite(VPID, u64::from(vpid));
