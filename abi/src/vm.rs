@@ -61,8 +61,10 @@ pub enum Exit {
     /// The hardware refused to enter the guest: qualification 0 = [`EntryError`] code,
     /// 1 = the backend's raw detail.
     EntryFailure = 12,
-    /// XSETBV, MOV to/from debug registers, INVD, and other instructions the kernel intercepts
-    /// for isolation: qualification 0 = [`OtherExit`], 1 = the backend's raw exit code.
+    /// XSETBV, MOV to/from debug registers, INVD, RDTSCP, nested-mode MOV to intercepted
+    /// control registers, and other instructions the kernel intercepts for isolation:
+    /// qualification 0 = an [`other`] kind, 1 = the backend's raw exit code or what the kind
+    /// says.
     Other = 13,
     /// Shadow mode only, handled by the kernel's vTLB and never delivered: a guest page fault
     /// (a shadow fill, or the guest's own fault reflected). Counted in exit profiles.
@@ -230,9 +232,11 @@ impl Exit {
     }
 }
 
-/// Qualification of [`Exit::Other`].
+/// Qualification 0 of [`Exit::Other`]: what the guest executed. Qualification 1 is the
+/// backend's raw exit code, except where a kind says otherwise.
 pub mod other {
     pub const XSETBV: u64 = 1;
+    /// MOV to or from a debug register (every one exits). Qualification 1: a [`MovAccess`].
     pub const DEBUG_REGISTER: u64 = 2;
     pub const INVD: u64 = 3;
     /// Shadow mode: the guest entered a paging mode the vTLB does not shadow; it cannot go on.
@@ -240,7 +244,45 @@ pub mod other {
     /// (paging off on the nested tables; 32-bit, PAE and 4-level paging on the vTLB; 5-level
     /// paging is #GP), so the kernel sends it only for a control state no CPU could be in.
     pub const UNSHADOWED_MODE: u64 = 4;
+    /// Nested mode: a MOV to a control register that the kernel intercepts so that the VMM
+    /// can give the architectural result (CR4 bits of features the guest may not be offered,
+    /// reserved bits, on VMX also CR0 bits VMX fixes). Qualification 1: a [`MovAccess`].
+    pub const CONTROL_REGISTER: u64 = 5;
+    /// RDTSCP, intercepted where the CPU would otherwise execute it with the host's TSC_AUX.
+    pub const RDTSCP: u64 = 6;
     pub const UNKNOWN: u64 = 0xff;
+
+    /// Qualification 1 of [`DEBUG_REGISTER`] and [`CONTROL_REGISTER`]: `reg | write << 4 |
+    /// gpr << 8 | gpr_known << 12`. `reg` is the debug or control register's number, `write`
+    /// set for a MOV to it, `gpr` the general-purpose register (hardware encoding, RAX = 0)
+    /// when the hardware reported it (`gpr_known`); otherwise (SVM without decode assists,
+    /// e.g. QEMU) the VMM decodes the instruction at RIP. The instruction length is in word
+    /// `INSTRUCTION_LEN` where the hardware reports it (VMX, SVM with NRIP save), else 0.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct MovAccess(pub u64);
+
+    impl MovAccess {
+        pub const fn new(reg: u8, write: bool, gpr: Option<u8>) -> MovAccess {
+            let gpr = match gpr {
+                Some(g) => (g as u64 & 0xf) << 8 | 1 << 12,
+                None => 0,
+            };
+            MovAccess((reg as u64 & 0xf) | (write as u64) << 4 | gpr)
+        }
+        pub const fn reg(self) -> u8 {
+            (self.0 & 0xf) as u8
+        }
+        pub const fn write(self) -> bool {
+            self.0 & (1 << 4) != 0
+        }
+        pub const fn gpr(self) -> Option<u8> {
+            if self.0 & (1 << 12) != 0 {
+                Some(((self.0 >> 8) & 0xf) as u8)
+            } else {
+                None
+            }
+        }
+    }
 }
 
 /// Why an entry failed ([`Exit::EntryFailure`] qualification 0).
@@ -577,6 +619,15 @@ mod tests {
         let q = IoQual::new(0xf4, 4, true, true, true);
         assert!(q.is_in() && q.string() && q.rep());
         assert_eq!(q.size(), 4);
+    }
+
+    #[test]
+    fn mov_access_round_trips() {
+        let a = other::MovAccess::new(7, true, Some(13));
+        assert_eq!((a.reg(), a.write(), a.gpr()), (7, true, Some(13)));
+        let a = other::MovAccess::new(4, false, None);
+        assert_eq!((a.reg(), a.write(), a.gpr()), (4, false, None));
+        assert_eq!(other::MovAccess::new(0, false, Some(0)).gpr(), Some(0));
     }
 
     #[test]

@@ -68,6 +68,13 @@ pub enum Exit {
     Invlpg,
     Hypercall,
     Cr(CrAccess),
+    /// MOV to or from debug register `dr` (`gpr` = None when the hardware does not say which,
+    /// as SVM without decode assists).
+    Dr {
+        dr: u8,
+        write: bool,
+        gpr: Option<u8>,
+    },
     Io(PortIo),
     Rdmsr,
     Wrmsr,
@@ -104,6 +111,12 @@ pub fn decode_vmx(reason: u32, qualification: u64, guest_physical: u64) -> Exit 
         14 => Exit::Invlpg,
         18 => Exit::Hypercall,
         28 => Exit::Cr(vmx_cr(qualification)),
+        // Bits 2:0 the debug register, bit 4 the direction (1: MOV from DR), bits 11:8 the GPR.
+        29 => Exit::Dr {
+            dr: (qualification & 0b111) as u8,
+            write: qualification & (1 << 4) == 0,
+            gpr: Some(((qualification >> 8) & 0xf) as u8),
+        },
         30 => Exit::Io(vmx_io(qualification)),
         31 => Exit::Rdmsr,
         32 => Exit::Wrmsr,
@@ -153,6 +166,8 @@ fn vmx_io(q: u64) -> PortIo {
 pub mod svm_code {
     pub const CR_READ_FIRST: u64 = 0x00;
     pub const CR_WRITE_FIRST: u64 = 0x10;
+    pub const DR_READ_FIRST: u64 = 0x20;
+    pub const DR_WRITE_FIRST: u64 = 0x30;
     pub const EXCEPTION_FIRST: u64 = 0x40;
     pub const INTR: u64 = 0x60;
     pub const NMI: u64 = 0x61;
@@ -186,6 +201,11 @@ pub fn decode_svm(code: u64, info1: u64, info2: u64) -> Exit {
             cr: (c - CR_WRITE_FIRST) as u8,
             gpr: svm_cr_gpr(info1),
         }),
+        c if (DR_READ_FIRST..DR_WRITE_FIRST + 16).contains(&c) => Exit::Dr {
+            dr: (c & 0xf) as u8,
+            write: c >= DR_WRITE_FIRST,
+            gpr: svm_cr_gpr(info1),
+        },
         c if (EXCEPTION_FIRST..EXCEPTION_FIRST + 32).contains(&c) => Exit::Exception {
             vector: (c - EXCEPTION_FIRST) as u8,
         },
@@ -223,7 +243,7 @@ pub fn decode_svm(code: u64, info1: u64, info2: u64) -> Exit {
     }
 }
 
-/// With decode assists, EXITINFO1 bit 63 marks a MOV CR and bits 3:0 name its GPR; without them
+/// With decode assists, EXITINFO1 bit 63 marks a MOV CR or DR and bits 3:0 name its GPR; without them
 /// (QEMU's TCG) EXITINFO1 is 0 and the instruction must be decoded.
 fn svm_cr_gpr(info1: u64) -> Option<u8> {
     (info1 & (1 << 63) != 0).then_some((info1 & 0xf) as u8)
@@ -297,6 +317,23 @@ mod tests {
             Exit::EntryFailure { reason: 33 }
         );
         assert_eq!(decode_vmx(9999, 0, 0), Exit::Unknown { reason: 9999 });
+        // mov dr7, rcx (to DR: bit 4 clear), then mov r10, dr6 (from DR).
+        assert_eq!(
+            decode_vmx(29, 7 | (1 << 8), 0),
+            Exit::Dr {
+                dr: 7,
+                write: true,
+                gpr: Some(1)
+            }
+        );
+        assert_eq!(
+            decode_vmx(29, 6 | (1 << 4) | (10 << 8), 0),
+            Exit::Dr {
+                dr: 6,
+                write: false,
+                gpr: Some(10)
+            }
+        );
     }
 
     #[test]
@@ -316,6 +353,22 @@ mod tests {
         assert_eq!(decode_svm(svm_code::MSR, 1, 0), Exit::Wrmsr);
         assert_eq!(decode_svm(svm_code::MSR, 0, 0), Exit::Rdmsr);
         assert_eq!(decode_svm(0x4e, 0, 0), Exit::Exception { vector: 14 });
+        assert_eq!(
+            decode_svm(0x27, 0, 0),
+            Exit::Dr {
+                dr: 7,
+                write: false,
+                gpr: None
+            }
+        );
+        assert_eq!(
+            decode_svm(0x30, (1 << 63) | 9, 0),
+            Exit::Dr {
+                dr: 0,
+                write: true,
+                gpr: Some(9)
+            }
+        );
         assert_eq!(
             decode_svm(0x13, 0, 0),
             Exit::Cr(CrAccess::Write { cr: 3, gpr: None })

@@ -32,6 +32,7 @@ pub mod elf;
 pub mod fuzz;
 pub mod image;
 pub mod info;
+pub mod intercept;
 pub mod layout;
 pub mod mmio;
 pub mod monitor;

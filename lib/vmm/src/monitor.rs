@@ -11,7 +11,7 @@
 //! | rdmsr, wrmsr | [`crate::msr`]; refused accesses get #GP(0) |
 //! | hlt | nothing can wake the guest (no interrupt sources yet): ends, FAILED, "halted" |
 //! | hypercall | `abi::dmp::UART_FLUSH` with a UART window: the ring drained, RAX = OK; another number from `VMM_FIRST` on with the VMM's hypercalls enabled: RAX = BAD_REQUEST; else #UD |
-//! | other (XSETBV, MOV DR, INVD) | #UD |
+//! | other (MOV DR, nested-mode MOV CR, INVD, XSETBV, RDTSCP) | [`crate::intercept`]: the architectural result |
 //! | memory fault | ends, STOPPED with the guest-physical address |
 //! | shutdown (triple fault) | ends, SHUTDOWN with the RIP |
 //! | exception | re-injected |
@@ -83,7 +83,9 @@ pub fn transfer_mask(exit: Exit) -> u64 {
         Exit::Exception => mtd::RIP | mtd::CONTROL | mtd::INJECT,
         // A VMM hypercall's number is in RAX; the reply sets RAX and advances RIP.
         Exit::Hypercall => mtd::GPRS | mtd::RIP,
-        Exit::Shutdown | Exit::EntryFailure | Exit::Other => mtd::RIP,
+        Exit::Shutdown | Exit::EntryFailure => mtd::RIP,
+        // `crate::intercept` reads the operands, mode and privilege level.
+        Exit::Other => mtd::GPRS | mtd::RIP | mtd::CONTROL | mtd::SEGMENTS,
         // Handled by the kernel's vTLB; never delivered. Profile messages carry no state.
         Exit::PageFault | Exit::ControlRegister | Exit::Invlpg | Exit::Profile => 0,
     }
@@ -154,6 +156,7 @@ pub struct Monitor {
     ram_bytes: u64,
     /// The HLT exit the vCPU sleeps in, while it does.
     halted: Option<VcpuState>,
+    intercepts: crate::intercept::Intercepts,
     /// The DMP window's UART words and ring, for guests with DMP.
     uart_window: Option<UartWindow>,
     /// Whether the kernel sends this guest's hypercalls from `VMM_FIRST` on here (and answers the
@@ -269,6 +272,7 @@ impl Monitor {
             ended: None,
             string_io_logged: false,
             other_logged: 0,
+            intercepts: crate::intercept::Intercepts::new(),
             uart_window: None,
             vmm_hypercalls: false,
             ring_buffer: Vec::new(),
@@ -664,14 +668,16 @@ impl Monitor {
                 ),
             ),
             Exit::Other => {
-                if self.other_logged < 8 {
+                let effect = self.intercepts.handle(msg, host_cpuid, mem);
+                if let (Some(text), true) = (effect.log, self.other_logged < 8) {
                     self.other_logged += 1;
-                    step.log(format!(
-                        "#UD for an intercepted instruction (kind {q0}) at {:#x}",
-                        msg.rip()
-                    ));
+                    step.log(text);
                 }
-                step.inject(exception(UD, false), 0);
+                (step.reply, step.mask) = (effect.reply, step.mask | effect.mask);
+                if let Some((vector, error)) = effect.fault {
+                    let protected = msg.get(word::CR0) & 1 != 0;
+                    step.inject(exception(vector, protected), error.map_or(0, u64::from));
+                }
             }
         }
     }

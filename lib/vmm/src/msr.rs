@@ -2,7 +2,8 @@
 //! the guest, as on a CPU that lacks the MSR.
 //!
 //! The kernel never lets these exit: FS_BASE, GS_BASE, KERNEL_GS_BASE, STAR, LSTAR, CSTAR,
-//! SFMASK and SYSENTER_CS/ESP/EIP go straight to the guest's own copies.
+//! SFMASK, SYSENTER_CS/ESP/EIP and (where the CPU has RDTSCP) TSC_AUX go straight to the guest's
+//! own copies.
 //!
 //! | MSR | read | write |
 //! |---|---|---|

@@ -2,9 +2,9 @@
 //! delivered to the VMM as an [`abi::vm::Exit`] with its two qualification words; and which
 //! exits a shadow-mode vCPU's vTLB takes first, counted under which reason.
 
-use abi::vm::{self as vmabi, inject, Exit as VmExit};
+use abi::vm::{self as vmabi, inject, other, Exit as VmExit};
 
-use super::Exit;
+use super::{CrAccess, Exit};
 
 /// The words of a hardware exit the mapping reads, as the back end reported them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,7 +117,24 @@ pub fn neutral(e: &Reported, other_kind: impl FnOnce(u64) -> u64) -> Outcome {
             qual1: e.raw,
             before: Before::ReportMisconfiguration { gpa },
         },
-        Exit::Invlpg | Exit::Cr(_) | Exit::Unknown { .. } => {
+        // A nested-mode MOV CR the kernel intercepts (shadow mode's are the vTLB's, see
+        // `shadow_reason`) and every MOV DR: the VMM gives the architectural result.
+        Exit::Cr(CrAccess::Write { cr, gpr }) => deliver(
+            VmExit::Other,
+            other::CONTROL_REGISTER,
+            other::MovAccess::new(cr, true, gpr).0,
+        ),
+        Exit::Cr(CrAccess::Read { cr, gpr }) => deliver(
+            VmExit::Other,
+            other::CONTROL_REGISTER,
+            other::MovAccess::new(cr, false, gpr).0,
+        ),
+        Exit::Dr { dr, write, gpr } => deliver(
+            VmExit::Other,
+            other::DEBUG_REGISTER,
+            other::MovAccess::new(dr, write, gpr).0,
+        ),
+        Exit::Invlpg | Exit::Cr(CrAccess::Other { .. }) | Exit::Unknown { .. } => {
             deliver(VmExit::Other, other_kind(e.raw), e.raw)
         }
     }
@@ -138,11 +155,14 @@ pub fn access(write: bool, execute: bool, present: bool) -> u64 {
 
 /// The reason a shadow-mode vCPU's vTLB takes exit `exit` under (counted in the exit profile),
 /// None when it is not the vTLB's: #PF, control-register access, INVLPG, and hypercalls when
-/// the vCPU's VMM enabled them (`hypercalls`).
+/// the vCPU's VMM enabled them (`hypercalls`). CR8 accesses are not the vTLB's.
 pub fn shadow_reason(exit: &Exit, hypercalls: bool) -> Option<VmExit> {
     match exit {
         Exit::Hypercall if hypercalls => Some(VmExit::Hypercall),
         Exit::Exception { vector: 14 } => Some(VmExit::PageFault),
+        // CR0, CR3 and CR4 (and CLTS/LMSW) are the vTLB's; CR8 (the task priority, which
+        // VMX intercepts) is the VMM's, as in nested mode.
+        Exit::Cr(CrAccess::Write { cr, .. } | CrAccess::Read { cr, .. }) if *cr == 8 => None,
         Exit::Cr(_) => Some(VmExit::ControlRegister),
         Exit::Invlpg => Some(VmExit::Invlpg),
         _ => None,

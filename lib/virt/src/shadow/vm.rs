@@ -39,8 +39,25 @@ const CR4_OSXSAVE: u64 = 1 << 18;
 const CR4_SMEP: u64 = 1 << 20;
 const CR4_SMAP: u64 = 1 << 21;
 const CR4_PKE: u64 = 1 << 22;
-/// CR4 features the vTLB does not implement (and the VMM hides from CPUID): setting one is #GP.
-const CR4_REFUSED: u64 = CR4_LA57 | CR4_VMXE | CR4_PCIDE | CR4_OSXSAVE | CR4_PKE;
+/// CR4 bits the architecture defines for a guest: VME..OSXMMEXCPT and UMIP (bits 0-11) and the
+/// named ones; SMXE, KL, CET, PKS and the rest are reserved for it, as under KVM. An undefined
+/// bit would reach the hardware CR4 (and, on a CPU that has the feature, switch on state the
+/// kernel does not switch per guest).
+const CR4_DEFINED: u64 = 0xfff
+    | CR4_LA57
+    | CR4_VMXE
+    | CR4_FSGSBASE
+    | CR4_PCIDE
+    | CR4_OSXSAVE
+    | CR4_SMEP
+    | CR4_SMAP
+    | CR4_PKE;
+/// CR4 features the vTLB does not implement (and the VMM hides from CPUID), and every undefined
+/// bit: setting one is #GP.
+const CR4_REFUSED: u64 = CR4_LA57 | CR4_VMXE | CR4_PCIDE | CR4_OSXSAVE | CR4_PKE | !CR4_DEFINED;
+const CR4_FSGSBASE: u64 = 1 << 16;
+const CR0_NW: u64 = 1 << 29;
+const CR0_CD: u64 = 1 << 30;
 /// CR4 bits whose change makes every shadow translation stale.
 const CR4_FLUSHING: u64 = CR4_PSE | CR4_PAE | CR4_PGE | CR4_SMEP | CR4_SMAP;
 /// Bits 63:32 of CR0 and CR4 are reserved (a set one is #GP).
@@ -108,7 +125,11 @@ impl GuestMode {
 
 /// The mode of the control state (`cr0`, `cr4`, `efer`), or why the vTLB refuses it.
 pub fn guest_mode(cr0: u64, cr4: u64, efer: u64) -> Result<GuestMode, CrError> {
-    if cr0 & HIGH != 0 || cr4 & HIGH != 0 || cr4 & CR4_REFUSED != 0 {
+    if cr0 & HIGH != 0
+        || cr0 & (CR0_NW | CR0_CD) == CR0_NW
+        || cr4 & HIGH != 0
+        || cr4 & CR4_REFUSED != 0
+    {
         return Err(CrError::GeneralProtection);
     }
     let lma = efer & EFER_LMA != 0;
@@ -477,7 +498,11 @@ impl<M: Machine, const N: usize, const R: usize> Shadow<M, N, R> {
         let before = self.mode();
         let flush = match cr {
             0 => {
-                if value & HIGH != 0 {
+                // Reserved bits, NW without CD and PG without PE are #GP, as on the CPU.
+                if value & HIGH != 0
+                    || value & (CR0_NW | CR0_CD) == CR0_NW
+                    || value & (CR0_PG | CR0_PE) == CR0_PG
+                {
                     return Err(CrError::GeneralProtection);
                 }
                 let paging = value & CR0_PG != 0;

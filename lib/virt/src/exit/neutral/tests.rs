@@ -45,9 +45,10 @@ fn variant(e: &Exit) -> usize {
         Exit::PreemptionTimer => 15,
         Exit::EntryFailure { .. } => 16,
         Exit::Unknown { .. } => 17,
+        Exit::Dr { .. } => 18,
     }
 }
-const VARIANTS: usize = 18;
+const VARIANTS: usize = 19;
 
 /// The "other" kind the fake back end gives: distinct from every real one.
 const OTHER: u64 = 0x77;
@@ -148,8 +149,39 @@ fn table() -> Vec<(Exit, Outcome)> {
         ),
         (Exit::Invlpg, deliver(VmExit::Other, OTHER, RAW)),
         (
-            Exit::Cr(CrAccess::Write { cr: 3, gpr: None }),
+            Exit::Cr(CrAccess::Write { cr: 4, gpr: None }),
+            deliver(
+                VmExit::Other,
+                vmabi::other::CONTROL_REGISTER,
+                vmabi::other::MovAccess::new(4, true, None).0,
+            ),
+        ),
+        (
+            Exit::Cr(CrAccess::Read {
+                cr: 0,
+                gpr: Some(3),
+            }),
+            deliver(
+                VmExit::Other,
+                vmabi::other::CONTROL_REGISTER,
+                vmabi::other::MovAccess::new(0, false, Some(3)).0,
+            ),
+        ),
+        (
+            Exit::Cr(CrAccess::Other { cr: 0 }),
             deliver(VmExit::Other, OTHER, RAW),
+        ),
+        (
+            Exit::Dr {
+                dr: 7,
+                write: true,
+                gpr: Some(2),
+            },
+            deliver(
+                VmExit::Other,
+                vmabi::other::DEBUG_REGISTER,
+                vmabi::other::MovAccess::new(7, true, Some(2)).0,
+            ),
         ),
         (
             Exit::Unknown { reason: 55 },
@@ -174,6 +206,7 @@ fn every_hardware_reason_has_its_outcome() {
             got,
             Outcome::Deliver {
                 exit: VmExit::Other,
+                qual0: OTHER,
                 ..
             }
         );
@@ -249,6 +282,11 @@ fn the_vtlb_takes_faults_control_registers_invlpg_and_enabled_hypercalls() {
             hypercalls.then_some(VmExit::Hypercall)
         );
     }
+    let cr8 = Exit::Cr(CrAccess::Write {
+        cr: 8,
+        gpr: Some(0),
+    });
+    assert_eq!(shadow_reason(&cr8, true), None, "CR8 is the VMM's");
     for (exit, _) in table() {
         let vtlb = matches!(
             exit,

@@ -336,6 +336,25 @@ fn control_register_writes_the_vtlb_cannot_follow() {
         Err(CrError::GeneralProtection)
     );
     assert_eq!(s.write_cr(4, 0), Err(CrError::GeneralProtection), "PAE off");
+    // Reserved and never-offered CR4 bits (bit 31, SMXE, CET), NW without CD, PG without PE:
+    // #GP as on the CPU, not a stopped guest.
+    for bit in [31, 14, 23] {
+        assert_eq!(
+            s.write_cr(4, CR4 | 1 << bit),
+            Err(CrError::GeneralProtection),
+            "CR4 bit {bit}"
+        );
+    }
+    assert_eq!(
+        s.write_cr(0, CR0 | 1 << 29),
+        Err(CrError::GeneralProtection),
+        "NW without CD"
+    );
+    assert_eq!(
+        s.write_cr(0, CR0 & !CR0_PE),
+        Err(CrError::GeneralProtection),
+        "PG without PE"
+    );
     assert_eq!(s.write_cr(8, 0), Err(CrError::Unsupported));
     assert_eq!((s.cr0, s.cr4), (CR0, CR4));
     // Toggling CR0.WP changes what every leaf allows: flush.

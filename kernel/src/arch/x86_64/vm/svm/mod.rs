@@ -19,6 +19,8 @@ use crate::mem::{direct, frames};
 const EFER: u32 = 0xc000_0080;
 const EFER_SVME: u64 = 1 << 12;
 const VM_HSAVE_PA: u32 = 0xc001_0117;
+/// The value RDTSCP returns in ECX: the guest's own while it runs (see `Shared::rdtscp`).
+pub(super) const TSC_AUX: u32 = 0xc000_0103;
 
 // Control area.
 const INTERCEPT_CR: usize = 0x000;
@@ -76,17 +78,30 @@ const MISC1_INVLPG: u32 = 1 << 25;
 const MISC1_IOIO: u32 = 1 << 27;
 const MISC1_MSR: u32 = 1 << 28;
 const MISC1_SHUTDOWN: u32 = 1 << 31;
-/// VMRUN, VMMCALL, VMLOAD, VMSAVE, STGI, CLGI, SKINIT, MONITOR, MWAIT, MWAIT_CONDITIONAL,
-/// XSETBV.
-const MISC2_ALWAYS: u32 = 0x7f | (1 << 10) | (1 << 11) | (1 << 12) | (1 << 13);
+/// VMRUN, VMMCALL, VMLOAD, VMSAVE, STGI, CLGI, SKINIT, RDTSCP, MONITOR, MWAIT,
+/// MWAIT_CONDITIONAL, XSETBV. RDTSCP only where the CPU lacks it ([`MISC2_RDTSCP`]).
+const MISC2_ALWAYS: u32 = 0x7f | MISC2_RDTSCP | (1 << 10) | (1 << 11) | (1 << 12) | (1 << 13);
+/// RDTSCP: intercepted (the VMM answers #UD) unless the CPU has it, in which case the kernel
+/// switches TSC_AUX around every VMRUN (SVM does not), so the guest reads its own.
+pub(super) const MISC2_RDTSCP: u32 = 1 << 7;
 /// DR0-DR7 reads and writes: the kernel never uses debug registers, so the guest may not see
 /// or set the host's.
 const DR_ALL: u32 = 0x00ff_00ff;
 /// #DB and #AC: a guest could otherwise hang the CPU in an endless chain of them.
 const EXCEPTIONS_REFLECTED: u32 = (1 << 1) | (1 << 17);
+/// Reads and writes of CR8: the task priority is the VMM's (as on VMX, where the guest would
+/// otherwise set the host's), and QEMU 7.2's TCG accepts reserved CR8 bits without #GP.
+const CR8_ACCESS: u32 = (1 << 8) | (1 << (16 + 8));
+/// Nested mode: writes of CR0 and CR4, and CR8. SVM has no masks, so every such write exits and
+/// the VMM gives the architectural result: the guest may set only the CR4 bits of features it
+/// is offered (the CPU would accept, say, OSXSAVE or PCIDE that CPUID hides), and a reserved
+/// bit gets #GP. QEMU 7.2's TCG checks neither itself: an unintercepted reserved CR4 bit gives
+/// VMEXIT_INVALID, a reserved CR0 bit is taken into the VMCB (which the kernel's state checks
+/// then refuse in every later reply).
+const NESTED_CR: u32 = (1 << 16) | (1 << (16 + 4)) | CR8_ACCESS;
 /// Shadow mode: reads and writes of CR0, CR3 and CR4 (the guest's own values live in the
-/// kernel's vTLB; SVM has no read shadows).
-const SHADOW_CR: u32 = 0b1_1001 | (0b1_1001 << 16);
+/// kernel's vTLB; SVM has no read shadows), and CR8 (the VMM's).
+const SHADOW_CR: u32 = 0b1_1001 | (0b1_1001 << 16) | CR8_ACCESS;
 /// Shadow mode: #PF.
 const SHADOW_EXCEPTIONS: u32 = 1 << 14;
 
@@ -109,6 +124,11 @@ struct Shared {
     decode_assists: bool,
     /// The EFER and CR4 bits and physical-address width VMRUN accepts on this CPU.
     guest_features: virt::svm_state::Features,
+    /// The CPU has RDTSCP: guests execute it and WRMSR/RDMSR TSC_AUX directly, and the kernel
+    /// loads the vCPU's TSC_AUX before VMRUN and the host's value after the exit.
+    pub(super) rdtscp: bool,
+    /// The host's TSC_AUX (the kernel never changes it).
+    pub(super) host_tsc_aux: u64,
 }
 
 static SHARED: Once<Shared> = Once::new();
@@ -203,6 +223,13 @@ pub fn init() -> Result<(), &'static str> {
     for msr in PASSTHROUGH_MSRS {
         pass_msr(msrpm, msr);
     }
+    let rdtscp = x86::cpuid::cpuid!(0x8000_0001).edx & (1 << 27) != 0;
+    let mut host_tsc_aux = 0;
+    if rdtscp {
+        pass_msr(msrpm, TSC_AUX);
+        // SAFETY: TSC_AUX exists on CPUs with RDTSCP; reading it has no side effect.
+        host_tsc_aux = unsafe { rdmsr(TSC_AUX) };
+    }
     // SAFETY: CPUID reported SVM and firmware has not disabled it (checked by the caller);
     // setting EFER.SVME enables the SVM instructions, and VM_HSAVE_PA gets a page the kernel
     // owns for good.
@@ -217,6 +244,8 @@ pub fn init() -> Result<(), &'static str> {
         nrip_save: svm.has_nrip(),
         decode_assists: svm.has_decode_assists(),
         guest_features: guest_features(),
+        rdtscp,
+        host_tsc_aux,
     });
     log::info!(
         "svm: {} ASIDs, NRIP save {}, decode assists {}",
@@ -244,6 +273,7 @@ pub fn other_kind(code: u64) -> u64 {
     match code {
         0x20..=0x3f => other::DEBUG_REGISTER,
         0x76 => other::INVD,
+        0x87 => other::RDTSCP,
         0x8d => other::XSETBV,
         _ => other::UNKNOWN,
     }

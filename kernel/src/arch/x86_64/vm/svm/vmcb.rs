@@ -9,6 +9,8 @@ pub struct Vmcb {
     /// A software interrupt is being delivered again with RIP already moved past its INT
     /// (see [`Vmcb::redeliver`]): if its delivery is interrupted once more, RIP stays.
     soft_advanced: bool,
+    /// The guest's TSC_AUX, where the CPU has RDTSCP (reset value 0).
+    tsc_aux: u64,
 }
 
 impl Vmcb {
@@ -49,6 +51,7 @@ impl Vmcb {
         let mut v = Vmcb {
             frame,
             soft_advanced: false,
+            tsc_aux: 0,
         };
         v.set32(INTERCEPT_CR, 0);
         v.set32(INTERCEPT_DR, DR_ALL);
@@ -67,7 +70,12 @@ impl Vmcb {
                 | MISC1_MSR
                 | MISC1_SHUTDOWN,
         );
-        v.set32(INTERCEPT_MISC2, MISC2_ALWAYS);
+        let misc2 = if shared.rdtscp {
+            MISC2_ALWAYS & !MISC2_RDTSCP
+        } else {
+            MISC2_ALWAYS
+        };
+        v.set32(INTERCEPT_MISC2, misc2);
         v.set(IOPM_BASE, shared.iopm);
         v.set(MSRPM_BASE, shared.msrpm);
         v.set32(GUEST_ASID, u32::from(asid));
@@ -77,6 +85,7 @@ impl Vmcb {
             Some(root) => {
                 v.set(NP_ENABLE, 1);
                 v.set(N_CR3, root);
+                v.set32(INTERCEPT_CR, NESTED_CR);
             }
             None => {
                 v.set32(INTERCEPT_CR, SHADOW_CR);
@@ -169,6 +178,14 @@ impl VendorVcpu for Vmcb {
             self.set(S_RFLAGS, w[word::RFLAGS]);
         }
         if mask & mtd::CONTROL != 0 {
+            // A VMM that emulated a MOV to CR4 (or changed CR0 or CR3) gets the TLB flush
+            // the guest's own write would have made: the ASID's translations go.
+            let paging_changed = self.get(S_CR0) != w[word::CR0]
+                || self.get(S_CR3) != w[word::CR3]
+                || self.get(S_CR4) != w[word::CR4];
+            if paging_changed && self.get(NP_ENABLE) & 1 != 0 {
+                self.flush_on_entry();
+            }
             self.set(S_CR0, w[word::CR0]);
             self.set(S_CR2, w[word::CR2]);
             self.set(S_CR3, w[word::CR3]);
@@ -353,14 +370,28 @@ impl VendorVcpu for Vmcb {
         }
         let host = SHARED.get().map_or(0, |s| s.host_vmcb);
         self.set(CLEAN_BITS, 0);
+        if SHARED.get().is_some_and(|s| s.rdtscp) {
+            // SAFETY: the CPU has RDTSCP, hence TSC_AUX; the guest's value replaces the
+            // host's until `entered` puts it back (the kernel itself never reads it).
+            unsafe { wrmsr(TSC_AUX, self.tsc_aux) };
+        }
         // SAFETY: SVM is enabled (a VMCB exists only after `init`), the VMCB passed the
         // kernel's guest-state checks, and the caller keeps everything alive until the exit.
         unsafe { svm_run(gprs, self.frame, host) }
     }
 
-    /// After an exit: the one-shot TLB flush has happened.
+    /// After an exit: the one-shot TLB flush has happened; the guest's TSC_AUX is kept and
+    /// the host's put back.
     fn entered(&mut self) {
         self.set8(TLB_CONTROL, 0);
+        if let Some(s) = SHARED.get().filter(|s| s.rdtscp) {
+            // SAFETY: the CPU has RDTSCP, hence TSC_AUX; reading and restoring it touches no
+            // memory.
+            unsafe {
+                self.tsc_aux = rdmsr(TSC_AUX);
+                wrmsr(TSC_AUX, s.host_tsc_aux);
+            }
+        }
     }
 
     /// A new ASID; the next VMRUN flushes the whole TLB (the ASID's global entries too).

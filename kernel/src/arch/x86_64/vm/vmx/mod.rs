@@ -33,7 +33,10 @@ const EFER: u32 = 0xc000_0080;
 const PAT: u32 = 0x277;
 const FS_BASE: u32 = 0xc000_0100;
 const GS_BASE: u32 = 0xc000_0101;
-const SWITCHED_MSRS: [u32; 4] = [0xc000_0081, 0xc000_0082, 0xc000_0084, 0xc000_0102]; // STAR LSTAR SFMASK KERNEL_GS_BASE
+/// STAR LSTAR SFMASK KERNEL_GS_BASE, and TSC_AUX where the CPU has RDTSCP (the last entry:
+/// the areas' counts leave it out otherwise, see [`switched_msrs`]).
+const SWITCHED_MSRS: [u32; 5] = [0xc000_0081, 0xc000_0082, 0xc000_0084, 0xc000_0102, TSC_AUX];
+const TSC_AUX: u32 = 0xc000_0103;
 const PASSTHROUGH_MSRS: [u32; 10] = [
     FS_BASE,
     GS_BASE,
@@ -142,6 +145,10 @@ const PROC_HLT: u32 = 1 << 7;
 const PROC_INVLPG: u32 = 1 << 9;
 const PROC_CR3_LOAD: u32 = 1 << 15;
 const PROC_CR3_STORE: u32 = 1 << 16;
+/// MOV to and from CR8: without them (and without a TPR shadow) the guest would read and set
+/// the host's own task priority, holding off the host's interrupts; the VMM emulates CR8.
+const PROC_CR8_LOAD: u32 = 1 << 19;
+const PROC_CR8_STORE: u32 = 1 << 20;
 const PROC_MWAIT: u32 = 1 << 10;
 const PROC_RDPMC: u32 = 1 << 11;
 const PROC_MOV_DR: u32 = 1 << 23;
@@ -152,6 +159,7 @@ const PROC_SECONDARY: u32 = 1 << 31;
 const SECONDARY_EPT: u32 = 1 << 1;
 const SECONDARY_VPID: u32 = 1 << 5;
 const SECONDARY_UNRESTRICTED: u32 = 1 << 7;
+const SECONDARY_RDTSCP: u32 = 1 << 3;
 const EXIT_HOST_64: u32 = 1 << 9;
 const EXIT_SAVE_PAT: u32 = 1 << 18;
 const EXIT_LOAD_PAT: u32 = 1 << 19;
@@ -163,7 +171,13 @@ const ENTRY_LOAD_EFER: u32 = 1 << 15;
 
 const CR0_PE: u64 = 1 << 0;
 const CR0_PG: u64 = 1 << 31;
+const CR0_NW: u64 = 1 << 29;
+const CR0_CD: u64 = 1 << 30;
 const CR4_VMXE: u64 = 1 << 13;
+/// CR4 bits a nested-mode guest writes without an exit where VMX allows them: VME, PVI, TSD,
+/// DE, PSE, PAE, MCE, PGE, PCE, OSFXSR, OSXMMEXCPT, UMIP, FSGSBASE, SMEP, SMAP (the VMM
+/// passes their CPUID bits through from the host). Every other bit exits.
+const CR4_GUEST_OWNED: u64 = 0x7ff | (1 << 11) | (1 << 16) | (1 << 20) | (1 << 21);
 const EFER_LMA: u64 = 1 << 10;
 /// Exceptions reflected by the kernel (#DB, #AC; see `kern::vm`).
 const EXCEPTIONS_REFLECTED: u32 = (1 << 1) | (1 << 17);
@@ -186,6 +200,18 @@ struct Shared {
     msr_bitmap: u64,
     /// Host values of the SWITCHED_MSRS, loaded at every exit.
     host_msrs: u64,
+    /// "Enable RDTSCP" is on: guests execute RDTSCP and own TSC_AUX, which the MSR areas
+    /// switch (the CPU has RDTSCP and the control).
+    rdtscp: bool,
+}
+
+/// How many of [`SWITCHED_MSRS`] the VM-entry and VM-exit MSR areas switch.
+fn switched_msrs() -> u64 {
+    if SHARED.get().is_some_and(|s| s.rdtscp) {
+        SWITCHED_MSRS.len() as u64
+    } else {
+        SWITCHED_MSRS.len() as u64 - 1
+    }
 }
 
 static SHARED: Once<Shared> = Once::new();
@@ -247,6 +273,8 @@ pub fn init() -> Result<(), &'static str> {
     let proc = control(
         Controls::PrimaryProcBased,
         PROC_HLT
+            | PROC_CR8_LOAD
+            | PROC_CR8_STORE
             | PROC_MWAIT
             | PROC_RDPMC
             | PROC_MOV_DR
@@ -261,6 +289,15 @@ pub fn init() -> Result<(), &'static str> {
         SECONDARY_EPT | SECONDARY_VPID | SECONDARY_UNRESTRICTED,
         basic,
     )?;
+    // SAFETY: as above.
+    let secondary_caps = unsafe { rdmsr(Controls::SecondaryProcBased.capability_msr(basic)) };
+    let rdtscp = x86::cpuid::cpuid!(0x8000_0001).edx & (1 << 27) != 0
+        && virt::vmx_controls::may_set(secondary_caps, SECONDARY_RDTSCP);
+    let secondary = if rdtscp {
+        secondary | SECONDARY_RDTSCP
+    } else {
+        secondary
+    };
     let exit = control(
         Controls::Exit,
         EXIT_HOST_64 | EXIT_SAVE_PAT | EXIT_LOAD_PAT | EXIT_SAVE_EFER | EXIT_LOAD_EFER,
@@ -283,7 +320,8 @@ pub fn init() -> Result<(), &'static str> {
     for i in 0..512 {
         direct::write_word(msr_bitmap, i, u64::MAX);
     }
-    for msr in PASSTHROUGH_MSRS {
+    let passthrough_tsc_aux = rdtscp.then_some(TSC_AUX);
+    for msr in PASSTHROUGH_MSRS.into_iter().chain(passthrough_tsc_aux) {
         let (base, n) = if msr >= 0xc000_0000 {
             (1024u64, msr - 0xc000_0000)
         } else {
@@ -297,8 +335,11 @@ pub fn init() -> Result<(), &'static str> {
         }
     }
     for (i, msr) in SWITCHED_MSRS.iter().enumerate() {
+        if *msr == TSC_AUX && !rdtscp {
+            continue;
+        }
         direct::write_word(host_msrs, 2 * i, u64::from(*msr));
-        // SAFETY: these MSRs exist on every x86-64 CPU.
+        // SAFETY: these MSRs exist on every x86-64 CPU (TSC_AUX on those with RDTSCP).
         direct::write_word(host_msrs, 2 * i + 1, unsafe { rdmsr(*msr) });
     }
     direct::write_word(vmxon, 0, u64::from(revision));
@@ -329,6 +370,7 @@ pub fn init() -> Result<(), &'static str> {
         cr4_fixed1,
         msr_bitmap,
         host_msrs,
+        rdtscp,
     });
     log::info!("vmx: revision {revision:#x}, pin {pin:#x}, proc {proc:#x}/{secondary:#x}, exit {exit:#x}, entry {entry:#x}");
     Ok(())
@@ -350,6 +392,7 @@ pub fn other_kind(reason: u64) -> u64 {
     match reason & 0xffff {
         29 => other::DEBUG_REGISTER,
         13 => other::INVD,
+        51 => other::RDTSCP,
         55 => other::XSETBV,
         _ => other::UNKNOWN,
     }

@@ -83,11 +83,11 @@ impl Vmcs {
         );
         vmwrite(MSR_BITMAP, shared.msr_bitmap);
         vmwrite(EXIT_MSR_STORE, guest_msrs);
-        vmwrite(EXIT_MSR_STORE_COUNT, SWITCHED_MSRS.len() as u64);
+        vmwrite(EXIT_MSR_STORE_COUNT, switched_msrs());
         vmwrite(ENTRY_MSR_LOAD, guest_msrs);
-        vmwrite(ENTRY_MSR_LOAD_COUNT, SWITCHED_MSRS.len() as u64);
+        vmwrite(ENTRY_MSR_LOAD_COUNT, switched_msrs());
         vmwrite(EXIT_MSR_LOAD, shared.host_msrs);
-        vmwrite(EXIT_MSR_LOAD_COUNT, SWITCHED_MSRS.len() as u64);
+        vmwrite(EXIT_MSR_LOAD_COUNT, switched_msrs());
         if !shadow {
             vmwrite(EPT_POINTER, ept_pointer);
             vmwrite(VPID, u64::from(vpid));
@@ -95,11 +95,19 @@ impl Vmcs {
         vmwrite(LINK_POINTER, u64::MAX);
         // CR0/CR4 bits VMX fixes belong to the host; the guest sees its own values in the
         // read shadows. PE and PG are the guest's own (unrestricted guest).
+        // CD and NW exit too: NW without CD must be #GP, which Bochs 2.7 does not check in
+        // VMX non-root operation (and which would then fail the next VM entry).
         vmwrite(
             CR0_MASK,
-            (shared.cr0_fixed0 | !shared.cr0_fixed1) & !(CR0_PE | CR0_PG),
+            ((shared.cr0_fixed0 | !shared.cr0_fixed1) & !(CR0_PE | CR0_PG)) | CR0_CD | CR0_NW,
         );
-        vmwrite(CR4_MASK, shared.cr4_fixed0 | !shared.cr4_fixed1);
+        // CR4: besides those, every bit but the ones any guest may own exits (VMXE, SMXE,
+        // PCIDE, OSXSAVE, PKE, LA57, ...), so that the VMM gives #GP for features it does not
+        // offer, as the CPU it describes would.
+        vmwrite(
+            CR4_MASK,
+            shared.cr4_fixed0 | !shared.cr4_fixed1 | !CR4_GUEST_OWNED,
+        );
         if shadow {
             // Every CR0/CR4 change exits and reads see the guest's own values.
             vmwrite(CR0_MASK, u64::MAX);
@@ -214,6 +222,16 @@ impl VendorVcpu for Vmcs {
             vmwrite(GUEST_RFLAGS, w[word::RFLAGS]);
         }
         if mask & mtd::CONTROL != 0 {
+            // A VMM that emulated a MOV to CR0 or CR4 gets the TLB flush the guest's own write
+            // could have made (nested mode; shadow mode runs without VPID).
+            let before = (
+                self.guest_cr(GUEST_CR0, CR0_MASK, CR0_SHADOW),
+                vmread(GUEST_CR3),
+                self.guest_cr(GUEST_CR4, CR4_MASK, CR4_SHADOW),
+            );
+            if before != (w[word::CR0], w[word::CR3], w[word::CR4]) {
+                self.flush = true;
+            }
             let cr0 = w[word::CR0];
             vmwrite(CR0_SHADOW, cr0);
             let fixed0 = shared.cr0_fixed0 & !(CR0_PE | CR0_PG);
