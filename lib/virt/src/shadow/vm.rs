@@ -51,8 +51,9 @@ const CR4_DEFINED: u64 = 0xfff
     | CR4_SMAP
     | CR4_PKE;
 /// CR4 features the vTLB does not implement (and the VMM hides from CPUID), and every undefined
-/// bit: setting one is #GP.
-const CR4_REFUSED: u64 = CR4_LA57 | CR4_VMXE | CR4_PCIDE | CR4_OSXSAVE | CR4_PKE | !CR4_DEFINED;
+/// bit: setting one is #GP. So is a bit the CPU does not accept (`Features::cr4`). OSXSAVE is
+/// the guest's where the CPU has it: the kernel switches XCR0 per vCPU.
+const CR4_REFUSED: u64 = CR4_LA57 | CR4_VMXE | CR4_PCIDE | CR4_PKE | !CR4_DEFINED;
 const CR4_FSGSBASE: u64 = 1 << 16;
 const CR0_NW: u64 = 1 << 29;
 const CR0_CD: u64 = 1 << 30;
@@ -230,7 +231,7 @@ impl<M: Machine, const N: usize, const R: usize> Shadow<M, N, R> {
         if cr0 & HIGH != 0
             || cr0 & (CR0_NW | CR0_CD) == CR0_NW
             || cr4 & HIGH != 0
-            || cr4 & CR4_REFUSED != 0
+            || cr4 & (CR4_REFUSED | !self.features.cr4) != 0
         {
             return Err(CrError::GeneralProtection);
         }
@@ -299,7 +300,7 @@ impl<M: Machine, const N: usize, const R: usize> Shadow<M, N, R> {
                 true
             }
             4 => {
-                if value & HIGH != 0 || value & CR4_REFUSED != 0 {
+                if value & HIGH != 0 || value & (CR4_REFUSED | !self.features.cr4) != 0 {
                     return Err(CrError::GeneralProtection);
                 }
                 if value & CR4_PAE == 0 {
