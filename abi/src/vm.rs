@@ -356,8 +356,14 @@ pub mod mtd {
     pub const INJECT: u64 = 1 << 5;
     /// SYSENTER_CS/ESP/EIP, PAT, DR7.
     pub const MSRS: u64 = 1 << 6;
-    /// Every group.
+    /// Every group but [`XCR0`].
     pub const ALL: u64 = (1 << 7) - 1;
+    /// Reply only: XCR0 (word [`super::word::XCR0`]), the guest's extended-state mask, which the
+    /// kernel loads with XSETBV before every entry. Not in [`ALL`], and never in an exit message
+    /// (the VMM that sets it knows it): a reply may set only x87 (bit 0, always) and SSE (bit 1),
+    /// the state the kernel saves for the guest, and only where the CPU has XSAVE. At creation
+    /// it is 1.
+    pub const XCR0: u64 = 1 << 7;
     /// Reply only: stop the vCPU for good (it never runs again).
     pub const STOP: u64 = 1 << 63;
 }
@@ -365,7 +371,8 @@ pub mod mtd {
 /// The message words a reply with `mask` must carry: up to the highest group it names (the
 /// kernel refuses a shorter reply and never reads words beyond a reply's length).
 pub fn reply_len(mask: u64) -> usize {
-    let groups: [(u64, usize); 7] = [
+    let groups: [(u64, usize); 8] = [
+        (mtd::XCR0, word::XCR0 + 1),
         (mtd::MSRS, word::DR7 + 1),
         (mtd::INJECT, word::INTERRUPTIBILITY + 1),
         (mtd::TABLES, word::IDTR_LIMIT + 1),
@@ -463,6 +470,9 @@ pub mod word {
     /// entry to the next exit (guest instructions under QEMU `-icount`). With `EXIT_TSC` it
     /// splits guest from hypervisor time.
     pub const GUEST_TSC: usize = 57;
+    /// Reply only, group [`super::mtd::XCR0`]: the guest's XCR0 (the word that is `GUEST_TSC`
+    /// in an exit message, as `INJECT` is an exit's pending event and a reply's new one).
+    pub const XCR0: usize = 57;
     /// Words a full message uses.
     pub const COUNT: usize = 58;
 }

@@ -102,5 +102,6 @@ fn host_features() -> Features {
     Features {
         maxphyaddr: cpu::physical_address_bits(),
         gb_pages: cpu::has_1gib_pages(),
+        cr4: crate::arch::vm::cpu_cr4(),
     }
 }

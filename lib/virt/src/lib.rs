@@ -22,3 +22,4 @@ pub mod shadow;
 pub mod svm_state;
 pub mod tags;
 pub mod vmx_controls;
+pub mod xcr0;

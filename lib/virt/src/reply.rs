@@ -40,7 +40,8 @@ pub fn canonical(a: u64) -> bool {
 /// group as the vCPU has it now), which supplies what the reply leaves out.
 pub fn check(reply: &[u64; word::COUNT], current: &[u64; word::COUNT]) -> Result<(), ReplyError> {
     let mask = reply[word::MASK] & !mtd::STOP;
-    if mask & !mtd::ALL != 0 {
+    // XCR0's value is the backend's to check (it depends on the CPU's XSAVE: `crate::xcr0`).
+    if mask & !(mtd::ALL | mtd::XCR0) != 0 {
         return Err(ReplyError::UnknownGroups);
     }
     let pick = |group: u64, i: usize| {

@@ -55,7 +55,7 @@ type Words = [u64; word::COUNT];
 
 /// The reply words each group of a mask names (`abi::vm::mtd`); the interruptibility word and
 /// the exit-only words belong to no group of a reply.
-fn groups() -> [(u64, Range<usize>); 7] {
+fn groups() -> [(u64, Range<usize>); 8] {
     [
         (1 << 0, word::GPRS..word::GPRS + 16),
         (1 << 1, word::RIP..word::RFLAGS + 1),
@@ -64,11 +64,12 @@ fn groups() -> [(u64, Range<usize>); 7] {
         (1 << 4, word::GDTR_BASE..word::IDTR_LIMIT + 1),
         (1 << 5, word::INJECT..word::INJECT_ERROR + 1),
         (1 << 6, word::SYSENTER_CS..word::DR7 + 1),
+        (1 << 7, word::XCR0..word::XCR0 + 1),
     ]
 }
 
 /// Mask bits that name groups, and the stop bit; any other bit is unknown.
-const KNOWN_MASK: u64 = 0x7f | 1 << 63;
+const KNOWN_MASK: u64 = 0xff | 1 << 63;
 
 /// Whether a reply with `mask` writes word `i`.
 fn names(mask: u64, i: usize) -> bool {

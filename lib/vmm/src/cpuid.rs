@@ -1,9 +1,13 @@
 //! The CPUID a guest sees: the host's values (the vmm-server executes CPUID itself, which works in
 //! ring 3) filtered down to what this VMM can stand behind, plus a hypervisor leaf of our own.
 //!
+//! - XSAVE is offered with the state the kernel saves for a guest, x87 and SSE (leaf `0xd`:
+//!   XCR0 bits 0 and 1 where the host supports them, 576-byte areas, no XSAVEOPT/XSAVEC/XSAVES);
+//!   OSXSAVE (1.ECX[27]) mirrors the guest's CR4.OSXSAVE ([`with_cr4`]; as the VMM last saw it,
+//!   `crate::intercept::Intercepts::cr4`).
 //! - Features the guest cannot use under this VMM are hidden: VMX and SVM (no nested
-//!   virtualization), MONITOR/MWAIT, XSAVE/OSXSAVE/AVX and everything built on XSAVE (AVX2,
-//!   AVX-512, AMX: XSETBV is refused), PCID, INVPCID, x2APIC, TSC-deadline, LA57, protection
+//!   virtualization), MONITOR/MWAIT, AVX and everything else that needs more XSAVE state (AVX2,
+//!   AVX-512, AMX, ...: the kernel does not save it), PCID, INVPCID, x2APIC, TSC-deadline, LA57, protection
 //!   keys (PCID, INVPCID, LA57 and PKU are what the kernel's shadow paging does not follow), machine-check (no MCE MSRs), the performance-monitoring,
 //!   debug-store and thermal features (no MSRs behind them) and SMX, and hyper-threading
 //!   (the guest has one vCPU).
@@ -13,14 +17,16 @@
 //!   zeros (no paravirtual features).
 //! - The highest basic leaf is clamped to [`BASIC_MAX`] and the highest extended leaf to
 //!   [`EXTENDED_MAX`]. Leaves this filter does not pass (above the maximum, inside the range but
-//!   describing hidden features such as 5, 6, 0xa, 0xb, 0xd, 0x1f, or any other range) return
+//!   describing hidden features such as 5, 6, 0xa, 0xb, 0x1f, or any other range) return
 //!   zeros. Intel hardware would answer a leaf above the maximum with the highest basic leaf's
 //!   values; zeros are simpler and what AMD does.
 
 /// The hypervisor signature, in EBX, ECX, EDX of leaf `0x4000_0000`.
 pub const SIGNATURE: &[u8; 12] = b"DMPmicroHV01";
-/// Highest basic leaf the guest sees (at most): leaves 0-4 and 7 are passed.
-pub const BASIC_MAX: u32 = 7;
+/// Highest basic leaf the guest sees (at most): leaves 0-4, 7 and 0xd are passed.
+pub const BASIC_MAX: u32 = 0xd;
+/// XSAVE area size for x87 and SSE: the 512-byte legacy region and the 64-byte header.
+pub const XSAVE_SIZE: u32 = 576;
 /// Highest extended leaf the guest sees (at most).
 pub const EXTENDED_MAX: u32 = 0x8000_0008;
 /// First and highest hypervisor leaf.
@@ -73,7 +79,6 @@ pub mod leaf1 {
         | ECX_PCID
         | ECX_X2APIC
         | ECX_TSC_DEADLINE
-        | ECX_XSAVE
         | ECX_OSXSAVE
         | ECX_AVX
         | ECX_F16C;
@@ -168,6 +173,10 @@ pub fn filter(leaf: u32, subleaf: u32, host: [u32; 4]) -> [u32; 4] {
             r[ECX] &= !ext1::ECX_HIDDEN;
             r[EDX] &= !ext1::EDX_HIDDEN;
         }
+        // XSAVE: x87 and SSE only (what the kernel saves: `virt::xcr0`).
+        0xd if subleaf == 0 && r[EAX] & 1 != 0 => {
+            r = [r[EAX] & 0b11, XSAVE_SIZE, XSAVE_SIZE, 0];
+        }
         // Brand string, L1/L2/L3 cache and TLB, power management (invariant TSC).
         0x8000_0002..=0x8000_0007 => {}
         // Address sizes only: no core count, no speculation-control features.
@@ -180,7 +189,16 @@ pub fn filter(leaf: u32, subleaf: u32, host: [u32; 4]) -> [u32; 4] {
 /// Whether `leaf` is answered from the host's values at all (callers may skip executing CPUID
 /// for the others; [`filter`] ignores the host values of those leaves anyway).
 pub fn uses_host(leaf: u32) -> bool {
-    matches!(leaf, 0..=4 | 7 | 0x8000_0000..=0x8000_0008)
+    matches!(leaf, 0..=4 | 7 | 0xd | 0x8000_0000..=0x8000_0008)
+}
+
+/// Leaf 1 with OSXSAVE (ECX[27]) set as the guest's CR4.OSXSAVE (`cr4`) is, as the CPU
+/// reports it; other leaves unchanged.
+pub fn with_cr4(leaf: u32, mut r: [u32; 4], cr4: u64) -> [u32; 4] {
+    if leaf == 1 && r[ECX] & leaf1::ECX_XSAVE != 0 && cr4 & (1 << 18) != 0 {
+        r[ECX] |= leaf1::ECX_OSXSAVE;
+    }
+    r
 }
 
 /// The guest's view when the host's own maxima are known: leaves above the host's highest basic
@@ -213,9 +231,15 @@ mod tests {
     #[test]
     fn leaf1_hides_and_marks() {
         let r = filter(1, 0, ALL);
-        for bit in [5, 3, 26, 27, 28, 17, 21, 24] {
+        for bit in [5, 3, 27, 28, 17, 21, 24] {
             assert_eq!(r[ECX] & 1 << bit, 0, "ECX bit {bit}");
         }
+        assert_ne!(r[ECX] & leaf1::ECX_XSAVE, 0, "XSAVE is offered");
+        assert_eq!(with_cr4(1, r, 0)[ECX] & leaf1::ECX_OSXSAVE, 0);
+        assert_ne!(with_cr4(1, r, 1 << 18)[ECX] & leaf1::ECX_OSXSAVE, 0);
+        let no_xsave = [0, 0, 0, 0];
+        assert_eq!(with_cr4(1, no_xsave, 1 << 18), no_xsave);
+        assert_eq!(with_cr4(7, ALL, 1 << 18), ALL);
         assert_ne!(r[ECX] & leaf1::ECX_HYPERVISOR, 0);
         assert_eq!(r[EBX] >> 24, 0, "APIC ID");
         assert_eq!(r[EBX] >> 16 & 0xff, 1, "logical processors");
@@ -281,7 +305,6 @@ mod tests {
             6,
             0xa,
             0xb,
-            0xd,
             0x1f,
             0x8000_0009,
             0x8000_001f,
@@ -306,6 +329,19 @@ mod tests {
             filter_with_limits(0x4000_0000, 0, ALL, 0, 0)[EAX],
             0x4000_0001
         );
-        assert!(uses_host(1) && !uses_host(0x4000_0000) && !uses_host(0xd));
+        assert!(uses_host(1) && !uses_host(0x4000_0000) && uses_host(0xd));
+    }
+
+    #[test]
+    fn xsave_leaf_offers_x87_and_sse_only() {
+        assert_eq!(
+            filter(0xd, 0, [0x2ff, 2696, 2696, 0x1]),
+            [0b11, 576, 576, 0]
+        );
+        assert_eq!(filter(0xd, 0, [0x1, 512, 512, 0]), [0b1, 576, 576, 0]);
+        assert_eq!(filter(0xd, 0, [0; 4]), [0; 4]);
+        // No XSAVEOPT, XSAVEC, XGETBV1, XSAVES; no AVX component.
+        assert_eq!(filter(0xd, 1, ALL), [0; 4]);
+        assert_eq!(filter(0xd, 2, ALL), [0; 4]);
     }
 }

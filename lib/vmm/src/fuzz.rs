@@ -89,6 +89,7 @@ pub fn group_words(group: u64) -> Range<usize> {
         mtd::TABLES => word::GDTR_BASE..word::IDTR_LIMIT + 1,
         mtd::INJECT => word::INJECT..word::INTERRUPTIBILITY + 1,
         mtd::MSRS => word::SYSENTER_CS..word::DR7 + 1,
+        mtd::XCR0 => word::XCR0..word::XCR0 + 1,
         _ => 0..0,
     }
 }

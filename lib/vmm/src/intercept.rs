@@ -8,7 +8,7 @@
 //! | MOV to CR0 (and CLTS, register LMSW) and CR4 in nested mode, where the kernel intercepts them | checked like the CPU, then written into the vCPU state; a reserved or unoffered bit raises #GP(0) |
 //! | MOV to/from CR8 (both modes) | the task priority, kept here; bits 63:4 raise #GP(0) |
 //! | INVD | nothing (a no-op, as under KVM: the guest never owns the caches' contents) |
-//! | XSETBV | #UD: XSAVE is not offered (CPUID hides it, and CR4.OSXSAVE is refused) |
+//! | XSETBV | XCR0 (ECX = 0) set to EDX:EAX when x87 is in it and nothing beyond what leaf `0xd` offers (x87, SSE); else #GP(0); #GP(0) outside ring 0; #UD where XSAVE is not offered |
 //! | RDTSCP | #UD: intercepted only where the CPU lacks it (CPUID then does not show it) |
 //! | anything else | #UD, logged |
 //!
@@ -112,6 +112,11 @@ pub struct Intercepts {
     dr7: u64,
     tpr: u64,
     cr4_allowed: Option<u64>,
+    /// The XCR0 bits XSETBV may set (filtered CPUID 0xd.0 EAX), None without XSAVE.
+    xcr0_allowed: Option<Option<u64>>,
+    /// The guest's CR4 as last seen (every intercepted instruction's exit carries it) or set
+    /// by an emulated MOV to CR4: what CPUID's OSXSAVE bit reports.
+    cr4: u64,
 }
 
 impl Default for Intercepts {
@@ -292,6 +297,39 @@ pub fn fetch(msg: &VcpuState, mem: &mut dyn GuestMemory, out: &mut [u8; MAX_LEN]
     n
 }
 
+/// XSETBV: XCR0 (ECX = 0) from EDX:EAX, checked as the CPU checks it against what the guest
+/// is offered (`allowed`: CPUID 0xd.0 EAX; None without XSAVE). The reply sets group
+/// `mtd::XCR0`, which the kernel checks again and loads before every entry.
+fn xsetbv(msg: &VcpuState, allowed: Option<u64>, e: &mut Effect) {
+    const CR4_OSXSAVE: u64 = 1 << 18;
+    let Some(allowed) = allowed else {
+        e.log = Some(format!(
+            "#UD for XSETBV at {:#x} (XSAVE not offered)",
+            msg.rip()
+        ));
+        e.fault = Some((UD, None));
+        return;
+    };
+    if msg.get(word::CR4) & CR4_OSXSAVE == 0 {
+        e.fault = Some((UD, None));
+        return;
+    }
+    let gp = Some((GP, Some(0)));
+    let index = msg.get(word::GPRS + 1) as u32;
+    let value = (msg.get(word::GPRS + 2) & 0xffff_ffff) << 32 | (msg.get(word::GPRS) & 0xffff_ffff);
+    if cpl(msg) > 0 || index != 0 || value & 1 == 0 || value & !allowed != 0 {
+        e.fault = gp;
+        return;
+    }
+    let len = match msg.get(word::INSTRUCTION_LEN) {
+        0 => 3, // 0F 01 D1
+        n => n,
+    };
+    e.reply.set(word::XCR0, value);
+    e.reply.set_rip(msg.rip().wrapping_add(len));
+    e.mask |= mtd::XCR0 | mtd::RIP;
+}
+
 /// 64-bit mode: EFER.LMA and CS.L.
 fn long_mode(msg: &VcpuState) -> bool {
     let cs = msg.segment(abi::vm::Segment::Cs);
@@ -318,7 +356,18 @@ impl Intercepts {
             dr7: DR7_FIXED,
             tpr: 0,
             cr4_allowed: None,
+            xcr0_allowed: None,
+            cr4: 0,
         }
+    }
+
+    /// The guest's CR4 as this VMM last saw it (for CPUID's OSXSAVE bit, whose exits do not
+    /// carry the control registers: they are the hottest, and the group costs about a hundred
+    /// instructions per exit). Current in nested mode, where every change of CR4.OSXSAVE exits
+    /// here; in shadow mode the kernel's vTLB takes CR4 writes, and the VMM sees the new value
+    /// at the guest's next intercepted instruction (an XSETBV, at the latest).
+    pub fn cr4(&self) -> u64 {
+        self.cr4
     }
 
     /// The guest's DR0-DR3, DR6 and DR7.
@@ -343,6 +392,9 @@ impl Intercepts {
         };
         let kind = msg.get(word::QUAL0);
         let len = msg.get(word::INSTRUCTION_LEN);
+        if msg.get(word::MASK) & mtd::CONTROL != 0 {
+            self.cr4 = msg.get(word::CR4);
+        }
         match kind {
             other::DEBUG_REGISTER | other::CONTROL_REGISTER => {
                 let access = other::MovAccess(msg.get(word::QUAL1));
@@ -386,6 +438,14 @@ impl Intercepts {
                     e.mask |= mtd::RIP;
                 }
             }
+            other::XSETBV => {
+                let allowed = *self.xcr0_allowed.get_or_insert_with(|| {
+                    let mut leaf = |l: u32| cpuid::filter(l, 0, host_cpuid(l, 0));
+                    let xsave = leaf(1)[2] & cpuid::leaf1::ECX_XSAVE != 0;
+                    xsave.then(|| u64::from(leaf(0xd)[0]))
+                });
+                xsetbv(msg, allowed, &mut e);
+            }
             other::INVD => {
                 // INVD is 0F 08 (2 bytes) when the hardware gives no length.
                 let len = if len == 0 { 2 } else { len };
@@ -394,7 +454,6 @@ impl Intercepts {
             }
             _ => {
                 let what = match kind {
-                    other::XSETBV => String::from("XSETBV"),
                     other::RDTSCP => String::from("RDTSCP"),
                     k => format!("kind {k}"),
                 };
@@ -594,6 +653,7 @@ impl Intercepts {
                 }
                 e.reply.set(word::CR4, value);
                 e.mask |= mtd::CONTROL;
+                self.cr4 = value;
             }
             8 => {
                 if value >> 4 != 0 {

@@ -150,12 +150,14 @@ fn cr_write(i: &mut Intercepts, cr: u8, value: u64, state: &VcpuState) -> Effect
 fn cr4_bits_of_unoffered_features_and_reserved_bits_raise_gp() {
     let mut i = Intercepts::new();
     let s = long_state();
-    // VMXE, SMXE, PCIDE, OSXSAVE, PKE, LA57 (hidden by the CPUID filter), bit 31, bit 32.
-    for bit in [13, 14, 17, 18, 22, 12, 31, 32] {
+    // VMXE, SMXE, PCIDE, PKE, LA57 (hidden by the CPUID filter), bit 31, bit 32.
+    for bit in [13, 14, 17, 22, 12, 31, 32] {
         let e = cr_write(&mut i, 4, 0x20 | 1 << bit, &s);
         assert_eq!(e.fault, Some((13, Some(0))), "CR4 bit {bit}");
         assert_eq!(e.mask, 0);
     }
+    // OSXSAVE: XSAVE is offered (the host has it).
+    assert_eq!(cr_write(&mut i, 4, 0x20 | 1 << 18, &s).fault, None);
     // PAE may not be cleared in long mode.
     assert_eq!(cr_write(&mut i, 4, 0, &s).fault, Some((13, Some(0))));
     // Offered bits are written, with RIP past the instruction.
@@ -342,7 +344,7 @@ fn invd_is_a_no_op_and_unoffered_instructions_raise_ud() {
     msg.set(word::QUAL0, other::INVD);
     let e = run(&mut i, &msg);
     assert_eq!((e.fault, e.mask, e.reply.rip()), (None, mtd::RIP, RIP + 2));
-    for kind in [other::XSETBV, other::RDTSCP, other::UNKNOWN] {
+    for kind in [other::RDTSCP, other::UNKNOWN] {
         msg.set(word::QUAL0, kind);
         let e = run(&mut i, &msg);
         assert_eq!(e.fault, Some((6, None)));
@@ -400,4 +402,73 @@ fn clts_and_lmsw_are_what_svm_s_cr0_intercept_also_catches() {
     let e = Intercepts::new().handle(&msg, &mut host, &mut ram);
     assert_eq!(e.reply.get(word::CR0), 0x8000_0011);
     assert_eq!(e.reply.rip(), RIP + 2);
+}
+
+fn xsetbv_exit(ecx: u64, value: u64) -> VcpuState {
+    let mut msg = long_state();
+    msg.set(word::CR4, 0x20 | 1 << 18);
+    msg.set(word::QUAL0, other::XSETBV);
+    msg.set(word::GPRS + 1, ecx);
+    msg.set(word::GPRS, value & 0xffff_ffff);
+    msg.set(word::GPRS + 2, value >> 32);
+    msg
+}
+
+/// A host with XSAVE for x87, SSE and AVX.
+fn xsave_host(leaf: u32, _subleaf: u32) -> [u32; 4] {
+    match leaf {
+        1 => [0, 0, 1 << 26, 0],
+        0xd => [0b111, 832, 832, 0],
+        _ => [0; 4],
+    }
+}
+
+#[test]
+fn xsetbv_sets_x87_and_sse_only() {
+    let mut i = Intercepts::new();
+    let e = i.handle(&xsetbv_exit(0, 0b11), &mut xsave_host, &mut NoMemory);
+    assert_eq!(e.fault, None);
+    assert_eq!(e.mask, mtd::XCR0 | mtd::RIP);
+    assert_eq!((e.reply.get(word::XCR0), e.reply.rip()), (0b11, RIP + 3));
+    for (ecx, value) in [(0, 0b10), (0, 0b111), (0, 1 << 32 | 1), (1, 1), (0, 0)] {
+        let e = i.handle(&xsetbv_exit(ecx, value), &mut xsave_host, &mut NoMemory);
+        assert_eq!(e.fault, Some((13, Some(0))), "ecx {ecx} value {value:#x}");
+        assert_eq!(e.mask, 0);
+    }
+    // Outside ring 0: #GP; without CR4.OSXSAVE: #UD.
+    let mut msg = xsetbv_exit(0, 1);
+    msg.set_segment(Segment::Ss, Seg::new(0x23, 0x93 | 3 << 5, 0xffff_ffff, 0));
+    assert_eq!(
+        i.handle(&msg, &mut xsave_host, &mut NoMemory).fault,
+        Some((13, Some(0)))
+    );
+    let mut msg = xsetbv_exit(0, 1);
+    msg.set(word::CR4, 0x20);
+    assert_eq!(
+        i.handle(&msg, &mut xsave_host, &mut NoMemory).fault,
+        Some((6, None))
+    );
+    // A host without XSAVE: #UD, logged.
+    let e = Intercepts::new().handle(&xsetbv_exit(0, 1), &mut host_without_xsave, &mut NoMemory);
+    assert_eq!(e.fault, Some((6, None)));
+    assert!(e.log.is_some());
+}
+
+fn host_without_xsave(_leaf: u32, _subleaf: u32) -> [u32; 4] {
+    [0; 4]
+}
+
+#[test]
+fn cr4_is_tracked_for_cpuid_s_osxsave() {
+    let mut i = Intercepts::new();
+    assert_eq!(i.cr4(), 0);
+    let s = long_state();
+    assert_eq!(cr_write(&mut i, 4, 0x20 | 1 << 18, &s).fault, None);
+    assert_eq!(i.cr4(), 0x20 | 1 << 18);
+    // An exit that carries the control registers tells the VMM what the vTLB let through.
+    let mut msg = xsetbv_exit(0, 1);
+    msg.set(word::MASK, mtd::CONTROL);
+    msg.set(word::CR4, 0x20);
+    let _ = i.handle(&msg, &mut xsave_host, &mut NoMemory);
+    assert_eq!(i.cr4(), 0x20);
 }

@@ -698,6 +698,12 @@ impl Monitor {
             [0; 4]
         };
         let r = cpuid::filter_with_limits(leaf, subleaf, values, basic, extended);
+        let cr4 = if msg.get(word::MASK) & mtd::CONTROL != 0 {
+            msg.get(word::CR4)
+        } else {
+            self.intercepts.cr4()
+        };
+        let r = cpuid::with_cr4(leaf, r, cr4);
         for (reg, v) in [Gpr::Rax, Gpr::Rbx, Gpr::Rcx, Gpr::Rdx].into_iter().zip(r) {
             step.reply.set_gpr(reg, u64::from(v));
         }

@@ -62,7 +62,7 @@ fn cpuid_is_filtered_and_rip_advances() {
     assert_eq!(r.reply.gpr(Gpr::Rcx) & 1 << 5, 0);
     // Max basic leaf clamped; signature leaf.
     let r = run(&mut m, &exit_msg(Exit::Cpuid, |s| s.set_gpr(Gpr::Rax, 0)));
-    assert_eq!(r.reply.gpr(Gpr::Rax), 7);
+    assert_eq!(r.reply.gpr(Gpr::Rax), u64::from(crate::cpuid::BASIC_MAX));
     let r = run(
         &mut m,
         &exit_msg(Exit::Cpuid, |s| s.set_gpr(Gpr::Rax, 0x4000_0000)),

@@ -105,6 +105,7 @@ impl Guest {
             features: Features {
                 maxphyaddr: 46,
                 gb_pages: true,
+                cr4: u64::MAX,
             },
             format: super::walk::Format::Long,
         }
@@ -216,6 +217,7 @@ impl Machine {
             features: Features {
                 maxphyaddr: 46,
                 gb_pages: true,
+                cr4: u64::MAX,
             },
         }
     }

@@ -53,8 +53,9 @@ const CR4_DEFINED: u64 = 0xfff
     | CR4_SMAP
     | CR4_PKE;
 /// CR4 features the vTLB does not implement (and the VMM hides from CPUID), and every undefined
-/// bit: setting one is #GP.
-const CR4_REFUSED: u64 = CR4_LA57 | CR4_VMXE | CR4_PCIDE | CR4_OSXSAVE | CR4_PKE | !CR4_DEFINED;
+/// bit: setting one is #GP. So is a bit the CPU does not accept (`Features::cr4`). OSXSAVE is
+/// the guest's where the CPU has it: the kernel switches XCR0 per vCPU.
+const CR4_REFUSED: u64 = CR4_LA57 | CR4_VMXE | CR4_PCIDE | CR4_PKE | !CR4_DEFINED;
 const CR4_FSGSBASE: u64 = 1 << 16;
 const CR0_NW: u64 = 1 << 29;
 const CR0_CD: u64 = 1 << 30;
@@ -398,7 +399,7 @@ impl<M: Machine, const N: usize, const R: usize> Shadow<M, N, R> {
         cr4: u64,
         efer: u64,
     ) -> Result<HwControl, CrError> {
-        let mode = guest_mode(cr0, cr4, efer)?;
+        let mode = self.checked_mode(cr0, cr4, efer)?;
         let pdptes = self.pdptes_for(nested, mode, cr3)?;
         self.cr0 = cr0;
         self.cr4 = cr4;
@@ -414,11 +415,20 @@ impl<M: Machine, const N: usize, const R: usize> Shadow<M, N, R> {
         Ok(self.hardware())
     }
 
+    /// [`guest_mode`], and CR4 bits this CPU lacks are #GP as on the CPU (a VMM or guest that
+    /// sets one would otherwise fail the hardware's entry checks).
+    fn checked_mode(&self, cr0: u64, cr4: u64, efer: u64) -> Result<GuestMode, CrError> {
+        if cr4 & !self.features.cr4 != 0 {
+            return Err(CrError::GeneralProtection);
+        }
+        guest_mode(cr0, cr4, efer)
+    }
+
     /// What [`Shadow::load`] would answer, changing nothing (the CR3 is the current root's;
     /// the load may pick another frame, which the hardware checks do not care about; with
     /// paging off it is the current guest CR3, which nothing uses).
     pub fn preview(&self, cr0: u64, cr4: u64, efer: u64) -> Result<HwControl, CrError> {
-        let mode = guest_mode(cr0, cr4, efer)?;
+        let mode = self.checked_mode(cr0, cr4, efer)?;
         if mode == GuestMode::Pae {
             // PDPTEs to load, and no memory to load them from.
             return Err(CrError::Unsupported);
@@ -435,7 +445,7 @@ impl<M: Machine, const N: usize, const R: usize> Shadow<M, N, R> {
         cr4: u64,
         efer: u64,
     ) -> Result<HwControl, CrError> {
-        let mode = guest_mode(cr0, cr4, efer)?;
+        let mode = self.checked_mode(cr0, cr4, efer)?;
         self.pdptes_for(nested, mode, cr3)?;
         Ok(self.hardware_for(mode, cr0, self.cr3, cr4, efer))
     }
@@ -544,7 +554,7 @@ impl<M: Machine, const N: usize, const R: usize> Shadow<M, N, R> {
                 true
             }
             4 => {
-                if value & HIGH != 0 || value & CR4_REFUSED != 0 {
+                if value & HIGH != 0 || value & (CR4_REFUSED | !self.features.cr4) != 0 {
                     return Err(CrError::GeneralProtection);
                 }
                 if value & CR4_PAE == 0 && self.efer & EFER_LMA != 0 {

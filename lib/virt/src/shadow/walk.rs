@@ -42,6 +42,9 @@ pub struct Features {
     pub maxphyaddr: u8,
     /// 1 GiB pages (CPUID 0x8000_0001 EDX bit 26); without them PS in a PDPTE is reserved.
     pub gb_pages: bool,
+    /// The CR4 bits this CPU accepts in a guest's hardware CR4: a MOV to CR4 that sets another
+    /// is #GP (the vTLB passes the guest's CR4 on to the hardware).
+    pub cr4: u64,
 }
 
 /// The guest's paging controls that affect a walk.

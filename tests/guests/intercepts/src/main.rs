@@ -13,9 +13,10 @@
 //!   = 0 and are #UD while CR4.DE = 1; DR7.GD makes the next MOV DR raise #DB with DR6.BD;
 //! - RDTSCP: if CPUID 0x8000_0001 EDX[27] shows it, TSC_AUX reads 0 at first, and RDTSCP
 //!   returns the value written with WRMSR 0xc000_0103 in ECX after 2,000 exits; otherwise #UD;
-//! - XSAVE: if CPUID 1 ECX[26] shows it, CR4.OSXSAVE sets, XSETBV of an invalid XCR0 is #GP, a
-//!   valid one reads back with XGETBV and an XSAVE/XRSTOR round trip restores XMM0; otherwise
-//!   XSETBV and XGETBV are #UD;
+//! - XSAVE: if CPUID 1 ECX[26] shows it, CR4.OSXSAVE sets (and CPUID 1 ECX[27] follows it,
+//!   checked after the XSETBVs: in shadow mode the VMM sees CR4 at the next intercepted one),
+//!   XCR0 reads 1 at first, XSETBV of an invalid XCR0 is #GP, a valid one reads back with
+//!   XGETBV and an XSAVE/XRSTOR round trip restores XMM0; otherwise XSETBV and XGETBV are #UD;
 //! - INVD completes (a no-op for a guest, as under KVM).
 //!
 //! It runs in both memory modes (the manifest starts it twice) on both backends.
@@ -416,8 +417,11 @@ fn xsave(r: &mut Report) {
         return;
     }
     let cr4 = read_cr4();
+    let osxsave_before = cpuid(1, 0).ecx & (1 << 27) != 0;
     // SAFETY: OSXSAVE and OSFXSR enable XSAVE and SSE, which only this function uses.
     let enabled = unsafe { try_write_cr4(cr4 | CR4_OSXSAVE | CR4_OSFXSR) };
+    // Every vCPU starts with XCR0 = x87, whatever another guest set.
+    let initial = try_xgetbv(0);
     let supported = u64::from(cpuid(0xd, 0).eax) | u64::from(cpuid(0xd, 0).edx) << 32;
     // x87 clear, AVX without SSE, a bit the machine does not support, XCR1.
     let invalid = [
@@ -427,6 +431,9 @@ fn xsave(r: &mut Report) {
         grt::trap::try_xsetbv(1, 0b11),
     ];
     let valid = grt::trap::try_xsetbv(0, 0b11);
+    // In shadow mode the VMM learns CR4.OSXSAVE at the next intercepted instruction (here the
+    // XSETBVs): the OSXSAVE bit of CPUID is checked after them.
+    let osxsave_after = cpuid(1, 0).ecx & (1 << 27) != 0;
     let xcr0 = try_xgetbv(0);
     let mut restored: u64 = 0;
     // SAFETY: SSE is enabled (CR4.OSFXSR) and XCR0 holds x87 and SSE; the area is this
@@ -452,13 +459,20 @@ fn xsave(r: &mut Report) {
     r.check(
         "xsetbv/xgetbv/xsave",
         enabled.is_ok()
+            && !osxsave_before
+            && osxsave_after
+            && initial == Ok(1)
             && invalid.iter().all(|x| *x == Err(Fault::GP))
             && valid.is_ok()
             && xcr0 == Ok(0b11)
             && round_trip.is_ok()
             && restored == 0x1122_3344_5566_7788,
         format_args!(
-            "invalid {:?}, valid {:?}, xgetbv {}, xmm0 {:#x}",
+            "cpuid osxsave {} -> {}, initial xcr0 {}, invalid {:?}, valid {:?}, xgetbv {}, \
+             xmm0 {:#x}",
+            osxsave_before,
+            osxsave_after,
+            Got(initial),
             invalid,
             valid,
             Got(xcr0),

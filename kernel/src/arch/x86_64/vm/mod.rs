@@ -8,6 +8,7 @@
 
 pub mod svm;
 pub mod vmx;
+pub mod xcr0;
 
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicU8, Ordering};
@@ -71,10 +72,21 @@ pub fn init(virt: Virtualization) {
     };
     match result {
         Ok(b) => {
+            xcr0::init();
             BACKEND.store(b.abi() as u8, Ordering::Release);
             log::info!("vm: {b:?} backend ready");
         }
         Err(why) => log::warn!("vm: guests disabled: {why}"),
+    }
+}
+
+/// The CR4 bits this CPU accepts in a guest's hardware CR4 (for the shadow vTLB, which passes
+/// the guest's CR4 on): SVM's guest-state features, VMX's CR4_FIXED1.
+pub fn cpu_cr4() -> u64 {
+    match backend() {
+        Some(Backend::Svm) => svm::guest_cr4(),
+        Some(Backend::Vmx) => vmx::guest_cr4(),
+        None => 0x7ff,
     }
 }
 

@@ -338,6 +338,9 @@ fn control_register_writes_the_vtlb_cannot_follow() {
     assert_eq!(s.write_cr(4, 0), Err(CrError::GeneralProtection), "PAE off");
     // Reserved and never-offered CR4 bits (bit 31, SMXE, CET), NW without CD, PG without PE:
     // #GP as on the CPU, not a stopped guest.
+    // OSXSAVE is the guest's where the CPU has it (this fake CPU has every bit).
+    assert!(s.write_cr(4, CR4 | 1 << 18).is_ok());
+    assert!(s.write_cr(4, CR4).is_ok());
     for bit in [31, 14, 23] {
         assert_eq!(
             s.write_cr(4, CR4 | 1 << bit),

@@ -459,6 +459,7 @@ fn long_mode_is_decoded_from_registers() {
     let f = Features {
         maxphyaddr: 39,
         gb_pages: false,
+        cr4: u64::MAX,
     };
     let cr0 = reg::CR0_PG | reg::CR0_WP | 1;
     let cr4 = reg::CR4_PAE | reg::CR4_SMEP;

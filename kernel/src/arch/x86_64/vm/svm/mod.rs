@@ -132,6 +132,8 @@ struct Shared {
 }
 
 static SHARED: Once<Shared> = Once::new();
+/// `Shared::rdtscp`, in one word for the entry and exit paths.
+static RDTSCP: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 /// MSRs the guest reads and writes directly: each is part of the state VMLOAD/VMSAVE or the VMCB
 /// switch, so it never shows the host's value.
@@ -247,6 +249,7 @@ pub fn init() -> Result<(), &'static str> {
         rdtscp,
         host_tsc_aux,
     });
+    RDTSCP.store(rdtscp, core::sync::atomic::Ordering::Relaxed);
     log::info!(
         "svm: {} ASIDs, NRIP save {}, decode assists {}",
         svm.supported_asids(),
@@ -258,6 +261,11 @@ pub fn init() -> Result<(), &'static str> {
         }
     );
     Ok(())
+}
+
+/// The CR4 bits VMRUN accepts in a guest's CR4 on this CPU.
+pub fn guest_cr4() -> u64 {
+    SHARED.get().map_or(0x7ff, |s| s.guest_features.cr4)
 }
 
 /// Number of ASIDs (ASID 0 is the host's).

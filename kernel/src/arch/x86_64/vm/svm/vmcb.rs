@@ -11,6 +11,8 @@ pub struct Vmcb {
     soft_advanced: bool,
     /// The guest's TSC_AUX, where the CPU has RDTSCP (reset value 0).
     tsc_aux: u64,
+    /// The guest's XCR0 (`crate::arch::vm::xcr0`).
+    xcr0: u64,
 }
 
 impl Vmcb {
@@ -52,6 +54,7 @@ impl Vmcb {
             frame,
             soft_advanced: false,
             tsc_aux: 0,
+            xcr0: virt::xcr0::RESET,
         };
         v.set32(INTERCEPT_CR, 0);
         v.set32(INTERCEPT_DR, DR_ALL);
@@ -153,6 +156,7 @@ impl VendorVcpu for Vmcb {
             out[word::INJECT_ERROR] = pending >> 32;
             out[word::INTERRUPTIBILITY] = self.get(INTERRUPT_SHADOW) & 1;
         }
+        // XCR0 is a reply-only group: its word is GUEST_TSC in exit messages.
         if mask & mtd::MSRS != 0 {
             out[word::SYSENTER_CS] = self.get(S_SYSENTER_CS);
             out[word::SYSENTER_ESP] = self.get(S_SYSENTER_ESP);
@@ -210,6 +214,9 @@ impl VendorVcpu for Vmcb {
             self.set(S_SYSENTER_EIP, w[word::SYSENTER_EIP]);
             self.set(S_G_PAT, w[word::PAT]);
             self.set(S_DR7, w[word::DR7]);
+        }
+        if mask & mtd::XCR0 != 0 {
+            self.xcr0 = w[word::XCR0];
         }
         // The CPL follows SS.DPL in protected mode and is 0 in real mode.
         let ss_attr = (self.get(SEGMENT_OFFSETS[1]) >> 16) & 0xfff;
@@ -370,11 +377,12 @@ impl VendorVcpu for Vmcb {
         }
         let host = SHARED.get().map_or(0, |s| s.host_vmcb);
         self.set(CLEAN_BITS, 0);
-        if SHARED.get().is_some_and(|s| s.rdtscp) {
+        if RDTSCP.load(core::sync::atomic::Ordering::Relaxed) {
             // SAFETY: the CPU has RDTSCP, hence TSC_AUX; the guest's value replaces the
             // host's until `entered` puts it back (the kernel itself never reads it).
             unsafe { wrmsr(TSC_AUX, self.tsc_aux) };
         }
+        crate::arch::vm::xcr0::enter(self.xcr0);
         // SAFETY: SVM is enabled (a VMCB exists only after `init`), the VMCB passed the
         // kernel's guest-state checks, and the caller keeps everything alive until the exit.
         unsafe { svm_run(gprs, self.frame, host) }
@@ -384,12 +392,14 @@ impl VendorVcpu for Vmcb {
     /// the host's put back.
     fn entered(&mut self) {
         self.set8(TLB_CONTROL, 0);
-        if let Some(s) = SHARED.get().filter(|s| s.rdtscp) {
+        crate::arch::vm::xcr0::exited();
+        if RDTSCP.load(core::sync::atomic::Ordering::Relaxed) {
+            let host = SHARED.get().map_or(0, |s| s.host_tsc_aux);
             // SAFETY: the CPU has RDTSCP, hence TSC_AUX; reading and restoring it touches no
             // memory.
             unsafe {
                 self.tsc_aux = rdmsr(TSC_AUX);
-                wrmsr(TSC_AUX, s.host_tsc_aux);
+                wrmsr(TSC_AUX, host);
             }
         }
     }
@@ -416,6 +426,9 @@ impl VendorVcpu for Vmcb {
     /// Checks the state VMRUN would see if the groups of `mask` were written from `w`
     /// (`virt::svm_state::check`), changing nothing.
     fn check(&self, mask: u64, w: &[u64; word::COUNT]) -> Result<(), BadState> {
+        if mask & mtd::XCR0 != 0 {
+            crate::arch::vm::xcr0::check(w[word::XCR0])?;
+        }
         self.state_check(mask, w)
             .map_err(|_| BadState("SVM guest-state check"))
     }

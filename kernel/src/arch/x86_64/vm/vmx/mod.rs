@@ -376,6 +376,11 @@ pub fn init() -> Result<(), &'static str> {
     Ok(())
 }
 
+/// The CR4 bits VMX allows in a guest's CR4 (CR4_FIXED1).
+pub fn guest_cr4() -> u64 {
+    SHARED.get().map_or(0x7ff, |s| s.cr4_fixed1)
+}
+
 /// After every exit: the host's GDT limit and TR come back (see `gdt::reload_after_vm_exit`).
 pub fn after_exit() {
     gdt::reload_after_vm_exit();

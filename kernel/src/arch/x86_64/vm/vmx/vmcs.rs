@@ -13,6 +13,8 @@ pub struct Vmcs {
     /// The guest's CR2, which VMX does not switch: saved after each exit, restored before
     /// entry (the kernel's user threads take page faults in between).
     cr2: u64,
+    /// The guest's XCR0 (`crate::arch::vm::xcr0`).
+    xcr0: u64,
     /// Shadow mode: no VPID (every entry and exit flushes the guest's translations); #PF, CR3
     /// accesses, INVLPG and every CR0/CR4 change exit; EPT and unrestricted guest only while
     /// the guest's paging is off.
@@ -54,6 +56,7 @@ impl Vmcs {
             flush: true,
             ept_pointer,
             cr2: 0,
+            xcr0: virt::xcr0::RESET,
             shadow,
             ept: !shadow,
         };
@@ -195,6 +198,7 @@ impl VendorVcpu for Vmcs {
             let state = vmread(GUEST_INTERRUPTIBILITY);
             out[word::INTERRUPTIBILITY] = u64::from(state & 0b11 != 0) | ((state >> 3) & 1) << 1;
         }
+        // XCR0 is a reply-only group: its word is GUEST_TSC in exit messages.
         if mask & mtd::MSRS != 0 {
             out[word::SYSENTER_CS] = vmread(GUEST_SYSENTER_CS);
             out[word::SYSENTER_ESP] = vmread(GUEST_SYSENTER_ESP);
@@ -274,6 +278,9 @@ impl VendorVcpu for Vmcs {
             vmwrite(GUEST_SYSENTER_EIP, w[word::SYSENTER_EIP]);
             vmwrite(GUEST_PAT, w[word::PAT]);
             vmwrite(GUEST_DR7, w[word::DR7]);
+        }
+        if mask & mtd::XCR0 != 0 {
+            self.xcr0 = w[word::XCR0];
         }
     }
 
@@ -393,6 +400,7 @@ impl VendorVcpu for Vmcs {
 
     fn entered(&mut self) {
         self.cr2 = read_cr2();
+        crate::arch::vm::xcr0::exited();
         self.load();
         // A failed entry leaves the VMCS as it was: launched only after a real exit.
         let failed = ENTRY_FAILED.load(Ordering::Acquire) || vmread(EXIT_REASON) & (1 << 31) != 0;
@@ -404,6 +412,9 @@ impl VendorVcpu for Vmcs {
     /// VMX rules the neutral checks do not cover: CR0/CR4 bits VMX fixes are taken care of by
     /// the masks; the SVM rules (reserved bits, long-mode consistency) apply to both.
     fn check(&self, mask: u64, w: &[u64; word::COUNT]) -> Result<(), BadState> {
+        if mask & mtd::XCR0 != 0 {
+            crate::arch::vm::xcr0::check(w[word::XCR0])?;
+        }
         // The control registers and CS decide these rules: check whenever a reply changes
         // either, on the state merged from the reply and the VMCS.
         if mask & (mtd::CONTROL | mtd::SEGMENTS) == 0 {
@@ -521,6 +532,7 @@ impl VendorVcpu for Vmcs {
             }
         }
         set_cr2(self.cr2);
+        crate::arch::vm::xcr0::enter(self.xcr0);
         write_host_state();
         if SHARED
             .get()

@@ -14,6 +14,7 @@ const I: u32 = ErrorCode::FETCH;
 const FEATURES: Features = Features {
     maxphyaddr: 36,
     gb_pages: false,
+    cr4: u64::MAX,
 };
 const PDPT: u64 = 0x2_0fe0; // 32-byte aligned, not page aligned
 const PD: u64 = 0x3_0000;
@@ -370,6 +371,7 @@ fn bits32_4m_pages_with_pse_and_pse36() {
     let wide = Features {
         maxphyaddr: 46,
         gb_pages: true,
+        cr4: u64::MAX,
     };
     assert_eq!(pde_4m_reserved(wide), 1 << 21, "40 address bits at most");
 }
