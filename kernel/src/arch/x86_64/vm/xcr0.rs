@@ -32,11 +32,11 @@ pub fn init() {
             let cr4: u64;
             core::arch::asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack));
             core::arch::asm!("mov cr4, {}", in(reg) cr4 | CR4_OSXSAVE, options(nostack));
-            xsetbv(virt::xcr0::RESET);
         }
     }
     SUPPORTED.call_once(|| supported);
     ON.store(supported.is_some(), Ordering::Relaxed);
+    load(virt::xcr0::RESET);
     log::info!(
         "vm: XSAVE {}",
         match supported {
@@ -63,10 +63,17 @@ pub fn check(value: u64) -> Result<(), super::BadState> {
     virt::xcr0::check(value, supported()).map_err(|_| super::BadState("XCR0"))
 }
 
-/// # Safety
-/// XSAVE is enabled (CR4.OSXSAVE) and `value` passed [`check`].
-unsafe fn xsetbv(value: u64) {
-    // SAFETY: per the caller, XSETBV gets a value the CPU accepts.
+/// Loads `value` into XCR0 unless it is there already; nothing without XSAVE or for a value
+/// [`check`] refuses (XSETBV would fault in the kernel), so every caller is safe.
+fn load(value: u64) {
+    if !ON.load(Ordering::Relaxed)
+        || LOADED.load(Ordering::Relaxed) == value
+        || virt::xcr0::check(value, supported()).is_err()
+    {
+        return;
+    }
+    // SAFETY: `init` set CR4.OSXSAVE on a CPU with XSAVE (`ON`), and `value` passed the check of
+    // the components this CPU supports, so XSETBV accepts it.
     unsafe {
         core::arch::asm!(
             "xsetbv",
@@ -81,20 +88,10 @@ unsafe fn xsetbv(value: u64) {
 
 /// Before an entry: the vCPU's XCR0 (`value` passed [`check`], or is the reset value).
 pub fn enter(value: u64) {
-    if ON.load(Ordering::Relaxed)
-        && LOADED.load(Ordering::Relaxed) != value
-        && virt::xcr0::check(value, supported()).is_ok()
-    {
-        // SAFETY: the CPU has XSAVE (CR4.OSXSAVE was set by `init`) and the value is one it
-        // accepts (checked again here: a bad value would fault in the kernel).
-        unsafe { xsetbv(value) };
-    }
+    load(value);
 }
 
 /// After an exit: the host's XCR0 again.
 pub fn exited() {
-    if ON.load(Ordering::Relaxed) && LOADED.load(Ordering::Relaxed) != virt::xcr0::RESET {
-        // SAFETY: as in `enter`; the reset value is always valid.
-        unsafe { xsetbv(virt::xcr0::RESET) };
-    }
+    load(virt::xcr0::RESET);
 }
